@@ -1,0 +1,258 @@
+"""The per-model settings object, ``__vecorm__ = SearchConfig(...)``.
+
+A frozen dataclass, validated when the model class is created so that a mistake names the
+class instead of surfacing as a database error later::
+
+    class Document(vecorm.Searchable, Base):
+        __tablename__ = "documents"
+        __vecorm__ = vecorm.SearchConfig(
+            fields=("title", "content"),
+            dimensions=1536,
+            distance="cosine",
+            index=vecorm.HNSW(m=16, ef_construction=64),
+            language="english",
+            weights={"title": "A", "content": "B"},
+        )
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from vecorm.embedders.base import Embedder
+from vecorm.errors import ConfigurationError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TS_CONFIG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
+#: pgvector cannot build an HNSW or IVFFlat index on ``vector`` above this many dimensions.
+MAX_INDEXED_VECTOR_DIMENSIONS = 2000
+#: ... nor on ``halfvec`` above this many.
+MAX_INDEXED_HALFVEC_DIMENSIONS = 4000
+
+Storage = Literal["vector", "halfvec"]
+
+
+class Distance(enum.Enum):
+    """A distance function, with the pgvector operator and operator class that go with it."""
+
+    COSINE = "cosine"
+    L2 = "l2"
+    INNER_PRODUCT = "inner_product"
+    L1 = "l1"
+
+    @property
+    def operator(self) -> str:
+        """The SQL operator: ``<=>``, ``<->``, ``<#>`` or ``<+>``."""
+        return _OPERATORS[self]
+
+    def opclass(self, storage: Storage = "vector") -> str:
+        """The index operator class, e.g. ``vector_cosine_ops``."""
+        return f"{storage}_{_OPCLASS_SUFFIX[self]}"
+
+    @classmethod
+    def parse(cls, value: Distance | str) -> Distance:
+        """Accept a member or its name: ``"cosine"``, ``"l2"``, ``"inner_product"``/``"ip"``."""
+        if isinstance(value, Distance):
+            return value
+        normalised = value.strip().lower().replace("-", "_").replace(" ", "_")
+        normalised = {"ip": "inner_product", "euclidean": "l2", "manhattan": "l1"}.get(
+            normalised, normalised
+        )
+        try:
+            return cls(normalised)
+        except ValueError:
+            names = ", ".join(repr(member.value) for member in cls)
+            raise ConfigurationError(f"unknown distance {value!r}; use one of {names}") from None
+
+
+_OPERATORS = {
+    Distance.COSINE: "<=>",
+    Distance.L2: "<->",
+    Distance.INNER_PRODUCT: "<#>",
+    Distance.L1: "<+>",
+}
+_OPCLASS_SUFFIX = {
+    Distance.COSINE: "cosine_ops",
+    Distance.L2: "l2_ops",
+    Distance.INNER_PRODUCT: "ip_ops",
+    Distance.L1: "l1_ops",
+}
+
+
+@dataclass(frozen=True)
+class HNSW:
+    """An HNSW index: better speed/recall than IVFFlat, no training data needed.
+
+    ``ef_search`` is the query-time default (pgvector's own default is 40).
+    """
+
+    m: int = 16
+    ef_construction: int = 64
+    ef_search: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.m <= 100:
+            raise ConfigurationError(f"HNSW m must be between 2 and 100, not {self.m}")
+        if not 4 <= self.ef_construction <= 1000:
+            raise ConfigurationError(
+                f"HNSW ef_construction must be between 4 and 1000, not {self.ef_construction}"
+            )
+        if self.ef_construction < 2 * self.m:
+            raise ConfigurationError(
+                f"HNSW ef_construction ({self.ef_construction}) must be at least 2 * m "
+                f"({2 * self.m})"
+            )
+        if self.ef_search is not None and not 1 <= self.ef_search <= 1000:
+            raise ConfigurationError(
+                f"HNSW ef_search must be between 1 and 1000, not {self.ef_search}"
+            )
+
+    @property
+    def method(self) -> str:
+        return "hnsw"
+
+    @property
+    def with_params(self) -> dict[str, int]:
+        """The index's ``WITH (...)`` storage parameters."""
+        return {"m": self.m, "ef_construction": self.ef_construction}
+
+
+@dataclass(frozen=True)
+class IVFFlat:
+    """An IVFFlat index: faster to build, smaller; build it after the table has data.
+
+    A rule of thumb for ``lists`` is rows / 1000 up to 1M rows; ``probes`` is the query-time
+    default (pgvector's own default is 1).
+    """
+
+    lists: int = 100
+    probes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lists <= 32768:
+            raise ConfigurationError(f"IVFFlat lists must be between 1 and 32768, not {self.lists}")
+        if self.probes is not None and not 1 <= self.probes <= self.lists:
+            raise ConfigurationError(
+                f"IVFFlat probes must be between 1 and lists ({self.lists}), not {self.probes}"
+            )
+
+    @property
+    def method(self) -> str:
+        return "ivfflat"
+
+    @property
+    def with_params(self) -> dict[str, int]:
+        """The index's ``WITH (...)`` storage parameters."""
+        return {"lists": self.lists}
+
+
+VectorIndex = HNSW | IVFFlat
+_WEIGHTS = frozenset("ABCD")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a model is embedded, indexed and searched.
+
+    ``fields`` are the text attributes that are embedded and full-text indexed, in order.
+    Column names (``embedding_column`` ...) are the database names; the Python attributes are
+    always ``embedding``, ``search_vector``, ``embedding_digest`` and ``embedding_model``.
+    """
+
+    fields: tuple[str, ...]
+    dimensions: int = 1536
+    distance: Distance | str = Distance.COSINE
+    index: VectorIndex | None = field(default_factory=HNSW)
+    storage: Storage = "vector"
+    language: str = "english"
+    weights: Mapping[str, str] | None = None
+    text_index: bool = True
+    embedder: Embedder | None = field(default=None, compare=False)
+    embedding_column: str = "embedding"
+    tsvector_column: str = "search_vector"
+    digest_column: str = "embedding_digest"
+    model_column: str = "embedding_model"
+
+    def __post_init__(self) -> None:
+        fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "distance", Distance.parse(self.distance))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+
+    @property
+    def metric(self) -> Distance:
+        """``distance`` as a :class:`Distance` member."""
+        assert isinstance(self.distance, Distance)
+        return self.distance
+
+    @property
+    def opclass(self) -> str:
+        """Operator class of the vector index, e.g. ``vector_cosine_ops``."""
+        return self.metric.opclass(self.storage)
+
+    def validate(self, owner: str) -> None:
+        """Raise :class:`ConfigurationError` naming ``owner`` if the settings cannot work."""
+
+        def fail(message: str) -> ConfigurationError:
+            return ConfigurationError(f"{owner}.__vecorm__: {message}")
+
+        if not self.fields:
+            raise fail("fields must name at least one text attribute")
+        for name in self.fields:
+            if not isinstance(name, str) or not _IDENTIFIER.match(name):
+                raise fail(f"field {name!r} is not a valid attribute name")
+        if len(set(self.fields)) != len(self.fields):
+            raise fail(f"fields repeat a name: {self.fields}")
+        if not isinstance(self.dimensions, int) or not 1 <= self.dimensions <= 16000:
+            raise fail(f"dimensions must be an integer between 1 and 16000, not {self.dimensions}")
+        if self.storage not in ("vector", "halfvec"):
+            raise fail(f"storage must be 'vector' or 'halfvec', not {self.storage!r}")
+        if not _TS_CONFIG.match(self.language):
+            raise fail(
+                f"language {self.language!r} is not a text search configuration name "
+                "(e.g. 'english', 'simple', 'pg_catalog.german')"
+            )
+        for column in (
+            self.embedding_column,
+            self.tsvector_column,
+            self.digest_column,
+            self.model_column,
+        ):
+            if not _IDENTIFIER.match(column) or len(column) > 63:
+                raise fail(f"column name {column!r} is not a valid identifier")
+        if self.weights is not None:
+            for name, weight in self.weights.items():
+                if name not in self.fields:
+                    raise fail(f"weights name {name!r}, which is not one of fields {self.fields}")
+                if weight not in _WEIGHTS:
+                    raise fail(f"weight {weight!r} for {name!r} must be one of 'A', 'B', 'C', 'D'")
+        if self.index is not None:
+            self._validate_index(fail)
+        if self.embedder is not None and getattr(self.embedder, "dimensions", None) not in (
+            None,
+            self.dimensions,
+        ):
+            raise fail(
+                f"embedder {self.embedder.model_name!r} returns {self.embedder.dimensions} "
+                f"dimensions but the column has {self.dimensions}"
+            )
+
+    def _validate_index(self, fail: Callable[[str], ConfigurationError]) -> None:
+        if isinstance(self.index, IVFFlat) and self.metric is Distance.L1:
+            raise fail("IVFFlat does not support L1 distance; use HNSW(...) for L1")
+        limit = (
+            MAX_INDEXED_VECTOR_DIMENSIONS
+            if self.storage == "vector"
+            else MAX_INDEXED_HALFVEC_DIMENSIONS
+        )
+        if self.dimensions > limit:
+            raise fail(
+                f"pgvector cannot index {self.storage} columns over {limit} dimensions "
+                f"({self.dimensions} given); use storage='halfvec' (up to 4000) or index=None"
+            )

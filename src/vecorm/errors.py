@@ -1,0 +1,36 @@
+"""Exceptions raised by vecorm.
+
+Every error a user can cause is a subclass of :class:`VecormError`, and its message says
+what to do about it::
+
+    try:
+        session.commit()
+    except vecorm.DimensionMismatch as exc:
+        print(exc)  # Document.embedding expects 1536 values, got 384
+"""
+
+from __future__ import annotations
+
+
+class VecormError(Exception):
+    """Base class of every exception vecorm raises on purpose."""
+
+
+class ConfigurationError(VecormError):
+    """A model's ``__vecorm__`` settings are invalid; the message names the class."""
+
+
+class InvalidVector(VecormError, ValueError):
+    """A vector value cannot be stored: wrong shape, NaN or infinity, not numeric."""
+
+
+class DimensionMismatch(InvalidVector):
+    """A vector has a different number of values than its column or provider expects."""
+
+
+class EmbeddingError(VecormError):
+    """An embedding provider failed (after its retries) or answered something unusable."""
+
+
+class ServerError(VecormError):
+    """The embedded PostgreSQL server could not be started or reached."""

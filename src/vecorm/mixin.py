@@ -1,0 +1,199 @@
+"""The declarative mixin that makes a model searchable.
+
+Inherit :class:`Searchable` and state a :class:`~vecorm.config.SearchConfig`; the model gains,
+without touching its other columns:
+
+* ``embedding``: ``vector(N)`` (or ``halfvec(N)``), nullable and **deferred**, so loading a row
+  never drags 6 KB of floats along unless asked;
+* ``search_vector``: a ``tsvector GENERATED ALWAYS AS (...) STORED`` over the text fields;
+* ``embedding_digest`` / ``embedding_model``: SHA-256 of the text that was embedded and the
+  model that embedded it, so unchanged text is never re-embedded and a model change is seen;
+* an HNSW or IVFFlat index with the operator class of the configured distance, and a GIN index
+  on the tsvector, with deterministic names.
+
+Example::
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Document(vecorm.Searchable, Base):
+        __tablename__ = "documents"
+        __vecorm__ = vecorm.SearchConfig(fields=("title", "content"), dimensions=384)
+
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str]
+        content: Mapped[str]
+
+    Base.metadata.create_all(engine)   # table, generated column, HNSW + GIN indexes
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Column, Computed, LargeBinary, String, event
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
+from sqlalchemy.orm.attributes import QueryableAttribute
+
+from vecorm.config import SearchConfig
+from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
+from vecorm.indexes import text_index, vector_index
+from vecorm.lexical import tsvector_expression
+from vecorm.types import HalfVec, Vector, to_float_array
+
+
+def search_config(cls: type[Any]) -> SearchConfig:
+    """The validated :class:`SearchConfig` of a searchable class (or instance's class)."""
+    config = getattr(cls, "__vecorm__", None)
+    if not isinstance(config, SearchConfig):
+        name = getattr(cls, "__name__", repr(cls))
+        raise ConfigurationError(
+            f"{name} inherits vecorm.Searchable but has no __vecorm__ = vecorm.SearchConfig(...)"
+        )
+    return config
+
+
+class Searchable:
+    """Declarative mixin adding an embedding, a generated tsvector and their indexes.
+
+    Set ``__vecorm__ = SearchConfig(fields=(...), ...)`` on the class.
+    """
+
+    __vecorm__: ClassVar[SearchConfig]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Validate before SQLAlchemy maps the class so the error names the class, not a column.
+        if getattr(cls, "__vecorm__", None) is not None:
+            search_config(cls).validate(cls.__name__)
+        super().__init_subclass__(**kwargs)
+
+    @declared_attr
+    def embedding(cls) -> Mapped[npt.NDArray[np.float32] | None]:
+        config = search_config(cls)
+        column_type = Vector if config.storage == "vector" else HalfVec
+        return mapped_column(
+            config.embedding_column,
+            column_type(config.dimensions, as_numpy=True),
+            nullable=True,
+            deferred=True,
+            deferred_group="vecorm_embedding",
+        )
+
+    @declared_attr
+    def search_vector(cls) -> Mapped[Any]:
+        config = search_config(cls)
+        columns = [_column_name(cls, name) for name in config.fields]
+        weights = {
+            _column_name(cls, name): weight for name, weight in (config.weights or {}).items()
+        }
+        return mapped_column(
+            config.tsvector_column,
+            TSVECTOR,
+            Computed(tsvector_expression(columns, config.language, weights), persisted=True),
+            deferred=True,
+            deferred_group="vecorm_search_vector",
+        )
+
+    @declared_attr
+    def embedding_digest(cls) -> Mapped[bytes | None]:
+        return mapped_column(
+            search_config(cls).digest_column,
+            LargeBinary,
+            nullable=True,
+            deferred=True,
+            deferred_group="vecorm_bookkeeping",
+        )
+
+    @declared_attr
+    def embedding_model(cls) -> Mapped[str | None]:
+        return mapped_column(
+            search_config(cls).model_column,
+            String(200),
+            nullable=True,
+            deferred=True,
+            deferred_group="vecorm_bookkeeping",
+        )
+
+
+def _column_name(cls: type[Any], attribute: str) -> str:
+    """Database column name of ``attribute``, read from the class body before mapping."""
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get(attribute)
+        if declared is None:
+            continue
+        column = getattr(declared, "column", None)  # MappedColumn
+        if isinstance(column, Column) and column.name:
+            return str(column.name)
+        if isinstance(declared, Column) and declared.name:
+            return str(declared.name)
+        if isinstance(declared, QueryableAttribute):
+            prop_columns = getattr(declared.property, "columns", None)
+            if prop_columns:
+                return str(prop_columns[0].name)
+        break
+    return attribute
+
+
+@event.listens_for(Searchable, "after_mapper_constructed", propagate=True)
+def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Attach indexes and the vector validator once, on the class that owns the table."""
+    config = search_config(cls)
+    table = mapper.local_table
+    embedding = table.c.get(config.embedding_column)
+    if embedding is None or not isinstance(embedding, Column):
+        return  # single-table subclass, or joined subclass whose parent holds the columns
+    if table.info.get("vecorm_completed"):
+        return  # the event can fire again for the same table
+    table.info["vecorm_completed"] = True
+    _check_fields(cls, mapper, config)
+    # Index() on a table's columns attaches itself to that table.
+    vector_index(embedding, config)
+    if config.text_index:
+        text_index(table.c[config.tsvector_column])
+    attribute = mapper.class_manager[_attribute_key(mapper, embedding)]
+    event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
+
+
+def _attribute_key(mapper: Mapper[Any], column: Column[Any]) -> str:
+    prop = mapper.get_property_by_column(column)
+    return prop.key
+
+
+def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> None:
+    for name in config.fields:
+        prop = mapper.attrs.get(name)
+        columns = getattr(prop, "columns", None)
+        if prop is None or not columns:
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__: field {name!r} is not a mapped column of "
+                f"{cls.__name__}"
+            )
+        expected = _column_name(cls, name)
+        if columns[0].name != expected:
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__: field {name!r} maps to column "
+                f"{columns[0].name!r}; declare it in the class body with mapped_column"
+            )
+
+
+def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:
+    label = f"{cls.__name__}.embedding"
+
+    def validate(target: object, value: Any, oldvalue: Any, initiator: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return to_float_array(value, config.dimensions, label=label)
+        except DimensionMismatch:
+            given = np.asarray(value).shape
+            raise DimensionMismatch(
+                f"{label} expects {config.dimensions} values, got {given[0] if given else 0}"
+            ) from None
+        except InvalidVector:
+            raise
+
+    return validate
+
