@@ -1,11 +1,11 @@
 """vecorm: embeddings and hybrid search for SQLAlchemy models on PostgreSQL + pgvector.
 
-    import vecorm
+import vecorm
 
-    class Document(vecorm.Searchable, Base):
-        __tablename__ = "documents"
-        __vecorm__ = vecorm.SearchConfig(fields=("title", "content"))
-        ...
+class Document(vecorm.Searchable, Base):
+    __tablename__ = "documents"
+    __vecorm__ = vecorm.SearchConfig(fields=("title", "content"))
+    ...
 """
 
 from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig

@@ -35,6 +35,7 @@ MAX_INDEXED_VECTOR_DIMENSIONS = 2000
 MAX_INDEXED_HALFVEC_DIMENSIONS = 4000
 
 Storage = Literal["vector", "halfvec"]
+EmbeddingMode = Literal["strict", "deferred"]
 
 
 class Distance(enum.Enum):
@@ -173,6 +174,10 @@ class SearchConfig:
     weights: Mapping[str, str] | None = None
     text_index: bool = True
     embedder: Embedder | None = field(default=None, compare=False)
+    #: What a flush does when the provider fails: ``"strict"`` raises and writes nothing,
+    #: ``"deferred"`` writes the rows with a NULL embedding for :func:`vecorm.backfill`.
+    #: ``None`` follows the mode given to :func:`vecorm.install`.
+    embedding_mode: EmbeddingMode | None = None
     embedding_column: str = "embedding"
     tsvector_column: str = "search_vector"
     digest_column: str = "embedding_digest"
@@ -234,6 +239,10 @@ class SearchConfig:
                     raise fail(f"weight {weight!r} for {name!r} must be one of 'A', 'B', 'C', 'D'")
         if self.index is not None:
             self._validate_index(fail)
+        if self.embedding_mode not in (None, "strict", "deferred"):
+            raise fail(
+                f"embedding_mode must be 'strict', 'deferred' or None, not {self.embedding_mode!r}"
+            )
         if self.embedder is not None and getattr(self.embedder, "dimensions", None) not in (
             None,
             self.dimensions,

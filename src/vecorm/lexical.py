@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy.dialects import postgresql
 
-_PREPARER = postgresql.dialect().identifier_preparer
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
 def regconfig_literal(language: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Column, Computed, LargeBinary, String, event
+from sqlalchemy import Column, Computed, LargeBinary, String, Table, event
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
@@ -45,7 +45,7 @@ from vecorm.lexical import tsvector_expression
 from vecorm.types import HalfVec, Vector, to_float_array
 
 
-def search_config(cls: type[Any]) -> SearchConfig:
+def search_config(cls: Any) -> SearchConfig:
     """The validated :class:`SearchConfig` of a searchable class (or instance's class)."""
     config = getattr(cls, "__vecorm__", None)
     if not isinstance(config, SearchConfig):
@@ -118,7 +118,7 @@ class Searchable:
         )
 
 
-def _column_name(cls: type[Any], attribute: str) -> str:
+def _column_name(cls: Any, attribute: str) -> str:
     """Database column name of ``attribute``, read from the class body before mapping."""
     for klass in cls.__mro__:
         declared = klass.__dict__.get(attribute)
@@ -142,6 +142,8 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     """Attach indexes and the vector validator once, on the class that owns the table."""
     config = search_config(cls)
     table = mapper.local_table
+    if not isinstance(table, Table):
+        return
     embedding = table.c.get(config.embedding_column)
     if embedding is None or not isinstance(embedding, Column):
         return  # single-table subclass, or joined subclass whose parent holds the columns
@@ -196,4 +198,3 @@ def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:
             raise
 
     return validate
-

@@ -102,9 +102,7 @@ def to_float_array(value: object, dimensions: int | None, *, label: str = "vecto
     if array.ndim != 1:
         raise InvalidVector(f"{label} must be one-dimensional, got shape {array.shape}")
     if dimensions is not None and array.shape[0] != dimensions:
-        raise DimensionMismatch(
-            f"{label} expected {dimensions} dimensions, not {array.shape[0]}"
-        )
+        raise DimensionMismatch(f"{label} expected {dimensions} dimensions, not {array.shape[0]}")
     if array.shape[0] == 0:
         raise InvalidVector(f"{label} must have at least 1 dimension")
     if not np.isfinite(array).all():
@@ -137,11 +135,10 @@ class _BinaryBound:
     as_numpy: bool
     sql_name: ClassVar[str]
     binary_param: ClassVar[type[BinaryVectorParam]]
-    text_format: ClassVar[Callable[[Any], str]]
 
     def bind_expression(self, bindvalue: BindParameter[Any]) -> ColumnElement[Any]:
         # The CAST names the type for binary parameters and makes VALUES lists work.
-        return cast(bindvalue, self)  # type: ignore[call-overload]
+        return cast(bindvalue, self)  # type: ignore[arg-type]
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
         dimensions = self.dim
@@ -156,22 +153,19 @@ class _BinaryBound:
 
             return process_binary
 
-        text_format = type(self).text_format
-
         def process_text(value: Any) -> str | None:
             if value is None:
                 return None
-            return text_format(to_float_array(value, dimensions, label=label))
+            return _vector_text(to_float_array(value, dimensions, label=label))
 
         return process_text
 
     def literal_processor(self, dialect: Dialect) -> Callable[[Any], str]:
         dimensions = self.dim
         label = self.sql_name
-        text_format = type(self).text_format
 
         def process(value: Any) -> str:
-            text = text_format(to_float_array(value, dimensions, label=label))
+            text = _vector_text(to_float_array(value, dimensions, label=label))
             return "'" + text + "'"
 
         return process
@@ -200,7 +194,6 @@ class Vector(_BinaryBound, _PgVector):
     cache_ok = True
     sql_name = "vector"
     binary_param = BinaryVectorParam
-    text_format = staticmethod(_vector_text)
 
     def __init__(self, dim: int | None = None, as_numpy: bool = False) -> None:
         super().__init__(dim)
@@ -213,7 +206,6 @@ class HalfVec(_BinaryBound, _PgHalfVec):
     cache_ok = True
     sql_name = "halfvec"
     binary_param = BinaryHalfVecParam
-    text_format = staticmethod(_vector_text)
 
     def __init__(self, dim: int | None = None, as_numpy: bool = False) -> None:
         super().__init__(dim)
@@ -226,4 +218,3 @@ HALFVEC = HalfVec
 # Reflection (MetaData.reflect, Alembic's comparison) yields vecorm's types with dimensions.
 ischema_names["vector"] = Vector
 ischema_names["halfvec"] = HalfVec
-

@@ -189,12 +189,16 @@ def test_generated_tsvector_follows_the_text(engine: Engine) -> None:
     with Session(engine) as session:
         session.add(Document(title="Vacuum tuning", content="autovacuum thresholds"))
         session.commit()
-        matches = session.execute(
-            text(
-                "SELECT title FROM documents WHERE search_vector @@ "
-                "websearch_to_tsquery('english', 'autovacuum')"
+        matches = (
+            session.execute(
+                text(
+                    "SELECT title FROM documents WHERE search_vector @@ "
+                    "websearch_to_tsquery('english', 'autovacuum')"
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     assert matches == ["Vacuum tuning"]
 
 

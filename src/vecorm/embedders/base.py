@@ -84,4 +84,3 @@ def check_embeddings(
     if not np.isfinite(matrix).all():
         raise EmbeddingError(f"embedder {name!r} returned NaN or infinite values")
     return matrix
-

@@ -46,7 +46,7 @@ class HashingEmbedder:
         """Same as :meth:`embed`; hashing is cheap enough not to need a thread."""
         return self.embed(texts)
 
-    def _fill(self, row: np.ndarray, text: str) -> None:  # type: ignore[type-arg]
+    def _fill(self, row: np.ndarray, text: str) -> None:
         words = [word.lower() for word in _WORD.findall(text)]
         for word in words:
             self._add(row, "w:" + word, self.word_weight)
@@ -59,7 +59,7 @@ class HashingEmbedder:
         else:
             row /= norm
 
-    def _add(self, row: np.ndarray, feature: str, weight: float) -> None:  # type: ignore[type-arg]
+    def _add(self, row: np.ndarray, feature: str, weight: float) -> None:
         digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
         bucket = int.from_bytes(digest[:4], "little") % self.dimensions
         sign = 1.0 if digest[4] & 1 else -1.0

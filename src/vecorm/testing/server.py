@@ -54,8 +54,9 @@ class TestServer:
         """URL of ``database`` on this server."""
         return self.base_url.set(database=database)
 
-    def janitor(self, dbname: str, *, template: str | None = None, as_template: bool = False
-                ) -> DatabaseJanitor:
+    def janitor(
+        self, dbname: str, *, template: str | None = None, as_template: bool = False
+    ) -> DatabaseJanitor:
         """pytest-postgresql's janitor for ``dbname`` on this server."""
         return DatabaseJanitor(
             user=self.user,
@@ -94,7 +95,10 @@ def template_database(server: TestServer) -> Iterator[str]:
     janitor.init()
     try:
         conninfo = psycopg.conninfo.make_conninfo(
-            host=server.host, port=server.port, user=server.user, dbname=name,
+            host=server.host,
+            port=server.port,
+            user=server.user,
+            dbname=name,
             **({"password": server.password} if server.password else {}),
         )
         with psycopg.connect(conninfo, autocommit=True) as conn:

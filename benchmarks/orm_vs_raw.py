@@ -1,0 +1,186 @@
+"""ORM vs raw psycopg on the same server in the same run: insert throughput and HNSW top-10.
+
+    python benchmarks/orm_vs_raw.py                 # 10,000 x 1536, embedded server
+    python benchmarks/orm_vs_raw.py --rows 2000     # quicker
+    VECORM_DATABASE_URL=postgresql://... python benchmarks/orm_vs_raw.py
+
+Three paths insert the same rows into the same table shape:
+  raw      psycopg ``executemany`` with pgvector-python's binary adapter (the baseline)
+  vecorm   the Searchable mixin through an ORM Session (binary binds)
+  stock    a model using pgvector-python's SQLAlchemy ``Vector`` type (text binds), for context
+Then an HNSW top-10 cosine query that loads the entity (raw: the same SELECT by hand).
+Ratios are time(path) / time(raw); lower is better, 1.0 is parity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from pgvector.sqlalchemy import VECTOR as StockVector
+from sqlalchemy import String, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import vecorm
+from vecorm.embedded import libpq_conninfo
+
+DIMENSIONS = 1536
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(vecorm.Searchable, Base):
+    __tablename__ = "bench_items"
+    __vecorm__ = vecorm.SearchConfig(fields=("title",), dimensions=DIMENSIONS, text_index=False)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(100))
+
+
+class StockItem(Base):
+    __tablename__ = "bench_stock_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(100))
+    embedding = mapped_column(StockVector(DIMENSIONS))
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def run(url: object, rows: int, queries: int, repeats: int) -> dict[str, float]:
+    engine = vecorm.create_engine(url)  # type: ignore[arg-type]
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    vecorm_table = Item.__table__.name
+    with engine.begin() as conn:  # the index is built after loading, as one should
+        conn.execute(text(f"DROP INDEX IF EXISTS ix_{vecorm_table}_embedding_hnsw"))
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((rows, DIMENSIONS)).astype(np.float32)
+    titles = [f"item {i}" for i in range(rows)]
+    conninfo = libpq_conninfo(engine.url)
+
+    def truncate() -> None:
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {vecorm_table}, bench_stock_items RESTART IDENTITY"))
+
+    def insert_raw() -> None:
+        with psycopg.connect(conninfo) as conn:
+            register_vector(conn)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {vecorm_table} (title, embedding) VALUES (%s, %s)",
+                    list(zip(titles, vectors, strict=True)),
+                )
+
+    def insert_orm() -> None:
+        with Session(engine) as session:
+            session.add_all(
+                [
+                    Item(title=title, embedding=vector)
+                    for title, vector in zip(titles, vectors, strict=True)
+                ]
+            )
+            session.commit()
+
+    def insert_stock() -> None:
+        with Session(engine) as session:
+            session.add_all(
+                [
+                    StockItem(title=title, embedding=vector)
+                    for title, vector in zip(titles, vectors, strict=True)
+                ]
+            )
+            session.commit()
+
+    results: dict[str, list[float]] = {"raw": [], "vecorm": [], "stock": []}
+    for _ in range(repeats):
+        for name, action in (("raw", insert_raw), ("vecorm", insert_orm), ("stock", insert_stock)):
+            truncate()
+            results[name].append(timed(action))
+    insert = {name: min(times) for name, times in results.items()}
+
+    # Leave the vecorm table filled, then index it.
+    truncate()
+    insert_orm()
+    with engine.begin() as conn:
+        conn.execute(text("SET maintenance_work_mem = '512MB'"))
+        conn.execute(
+            text(
+                f"CREATE INDEX ix_{vecorm_table}_embedding_hnsw ON {vecorm_table} "
+                "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+            )
+        )
+        conn.execute(text(f"ANALYZE {vecorm_table}"))
+    probes = rng.standard_normal((queries, DIMENSIONS)).astype(np.float32)
+
+    raw_times: list[float] = []
+    orm_times: list[float] = []
+    with psycopg.connect(conninfo) as raw_conn, Session(engine) as session:
+        register_vector(raw_conn)
+        sql = f"SELECT id, title FROM {vecorm_table} ORDER BY embedding <=> %s LIMIT 10"
+        for probe in probes[: min(20, queries)]:  # warm both paths and the buffer cache
+            raw_conn.execute(sql, (probe,)).fetchall()
+            session.execute(
+                select(Item).order_by(Item.embedding.cosine_distance(probe)).limit(10)
+            ).scalars().all()
+        for probe in probes:
+            start = time.perf_counter()
+            raw_ids = [row[0] for row in raw_conn.execute(sql, (probe,)).fetchall()]
+            raw_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            found = (
+                session.execute(
+                    select(Item).order_by(Item.embedding.cosine_distance(probe)).limit(10)
+                )
+                .scalars()
+                .all()
+            )
+            orm_times.append(time.perf_counter() - start)
+            assert [item.id for item in found] == raw_ids
+            session.expunge_all()
+    engine.dispose()
+    return {
+        "rows": rows,
+        "raw_insert_rows_per_s": rows / insert["raw"],
+        "vecorm_insert_rows_per_s": rows / insert["vecorm"],
+        "stock_insert_rows_per_s": rows / insert["stock"],
+        "raw_query_ms": statistics.median(raw_times) * 1000,
+        "vecorm_query_ms": statistics.median(orm_times) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2, help="insert runs per path (best kept)")
+    args = parser.parse_args()
+    with vecorm.database() as url:
+        result = run(url, args.rows, args.queries, args.repeats)
+    raw_rate = result["raw_insert_rows_per_s"]
+    print(f"rows: {args.rows} x {DIMENSIONS}")
+    print(f"{'path':<26}{'rows/s':>12}{'ratio vs raw':>16}")
+    for label, key in (
+        ("raw psycopg executemany", "raw_insert_rows_per_s"),
+        ("vecorm ORM (binary)", "vecorm_insert_rows_per_s"),
+        ("pgvector stock ORM (text)", "stock_insert_rows_per_s"),
+    ):
+        rate = result[key]
+        print(f"{label:<26}{rate:>12,.0f}{raw_rate / rate:>15.2f}x")
+    raw_ms, orm_ms = result["raw_query_ms"], result["vecorm_query_ms"]
+    print(f"\nHNSW top-10 cosine, median of {args.queries} queries")
+    print(f"{'raw psycopg':<26}{raw_ms:>10.3f} ms")
+    print(f"{'vecorm ORM (entity)':<26}{orm_ms:>10.3f} ms{orm_ms / raw_ms:>14.2f}x")
+
+
+if __name__ == "__main__":
+    main()

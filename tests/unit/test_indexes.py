@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from vecorm.indexes import index_name
+from vecorm.lexical import tsvector_expression
+
+
+def test_index_names_are_deterministic_and_fit_postgres() -> None:
+    assert index_name("documents", "embedding", "hnsw") == "ix_documents_embedding_hnsw"
+    long_name = index_name("t" * 60, "embedding", "hnsw")
+    assert len(long_name) == 63
+    assert long_name == index_name("t" * 60, "embedding", "hnsw")
+    assert long_name != index_name("t" * 60, "embedding", "ivfflat")
+
+
+def test_tsvector_expression_quotes_identifiers_and_weights() -> None:
+    sql = tsvector_expression(["title", "Body Text"], "english", {"title": "A"})
+    assert sql == (
+        "setweight(to_tsvector('english'::regconfig, coalesce(title, '')), 'A') || "
+        "to_tsvector('english'::regconfig, coalesce(\"Body Text\", ''))"
+    )
