@@ -66,11 +66,20 @@ def libpq_conninfo(url: URL) -> str:
     )
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """``sqlalchemy.create_engine`` with the URL normalised to psycopg 3.
+#: Rows per multi-row INSERT. SQLAlchemy's default (1000) makes PostgreSQL sort ~6 MB of
+#: 1536-d rows per batch, past the default 4 MB work_mem; 200 measured ~20% faster.
+INSERT_PAGE_SIZE = 200
 
-    vecorm's types need no per-connection setup, so an engine made any other way works too.
+
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """``sqlalchemy.create_engine`` tuned for vectors, with the URL normalised to psycopg 3.
+
+    vecorm's types need no per-connection setup, so an engine made any other way works too;
+    this one only sets ``insertmanyvalues_page_size=200`` (see :data:`INSERT_PAGE_SIZE`).
+
+    >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """
+    kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
     return _sa_create_engine(normalize_url(url), **kwargs)
 
 

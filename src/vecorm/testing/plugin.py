@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, create_engine
+from sqlalchemy import URL
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from vecorm.embedded import INSERT_PAGE_SIZE, create_engine
 from vecorm.testing.embedders import FakeEmbedder
 from vecorm.testing.server import TestServer, fresh_database, template_database, test_server
 
@@ -69,7 +70,10 @@ else:
     @pytest_asyncio.fixture
     async def vecorm_async_engine(vecorm_url: URL) -> AsyncIterator[AsyncEngine]:
         """An async engine (psycopg 3 async) on this test's database."""
-        engine = create_async_engine(vecorm_url.set(drivername="postgresql+psycopg_async"))
+        engine = create_async_engine(
+            vecorm_url.set(drivername="postgresql+psycopg_async"),
+            insertmanyvalues_page_size=INSERT_PAGE_SIZE,
+        )
         try:
             yield engine
         finally:
