@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -210,9 +211,7 @@ class OpenAIServer:
         """Answer the next ``times`` requests with vectors of ``dimensions`` values."""
         self._queue(_Fault(wrong_dimensions=dimensions), times)
 
-    def fail_on_request(
-        self, k: int, status: int = 500, *, message: str | None = None
-    ) -> None:
+    def fail_on_request(self, k: int, status: int = 500, *, message: str | None = None) -> None:
         """Fail the ``k``-th request from now (1 is the next one) with HTTP ``status``."""
         if k < 1:
             raise ValueError(f"k counts requests from now and starts at 1, got {k}")
@@ -243,20 +242,29 @@ class OpenAIServer:
     ) -> tuple[int, Any, dict[str, str]]:
         """Status, JSON body and extra headers for one recorded request."""
         if request.path.split("?", 1)[0] not in _EMBEDDING_PATHS or request.method != "POST":
-            return _error(404, f"Unknown request URL: {request.method} {request.path}.", "invalid_request_error")
+            return _error(
+                404,
+                f"Unknown request URL: {request.method} {request.path}.",
+                "invalid_request_error",
+            )
         if fault is not None and fault.delay and self._stopping.wait(fault.delay):
             return _error(503, "The test server is shutting down.", "server_error")
         if fault is not None and fault.status is not None:
             return _fault_error(fault)
-        if self._required_api_key is not None:
-            if bearer != self._required_api_key:
-                return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        if self._required_api_key is not None and bearer != self._required_api_key:
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
         return self._embeddings(request, fault)
 
-    def _embeddings(self, request: RecordedRequest, fault: _Fault | None) -> tuple[int, Any, dict[str, str]]:
+    def _embeddings(
+        self, request: RecordedRequest, fault: _Fault | None
+    ) -> tuple[int, Any, dict[str, str]]:
         body = request.body
         if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+            return _error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
         model = body.get("model")
         texts = body.get("input")
         if not isinstance(model, str) or not model:
@@ -268,19 +276,31 @@ class OpenAIServer:
             or not texts
             or not all(isinstance(text, str) and text for text in texts)
         ):
-            return _error(400, "'$.input' is invalid. Please check the API reference.", "invalid_request_error")
+            return _error(
+                400,
+                "'$.input' is invalid. Please check the API reference.",
+                "invalid_request_error",
+            )
         requested = body.get("dimensions")
         if requested is not None:
             if not model.startswith("text-embedding-3") and model in _NATIVE_DIMENSIONS:
-                return _error(400, "This model does not support specifying dimensions.", "invalid_request_error")
+                return _error(
+                    400,
+                    "This model does not support specifying dimensions.",
+                    "invalid_request_error",
+                )
             if not isinstance(requested, int) or requested < 1:
-                return _error(400, f"Invalid value for 'dimensions' = {requested}.", "invalid_request_error")
+                return _error(
+                    400, f"Invalid value for 'dimensions' = {requested}.", "invalid_request_error"
+                )
         width = requested or _NATIVE_DIMENSIONS.get(model, self.default_dimensions)
         if fault is not None and fault.wrong_dimensions is not None:
             width = fault.wrong_dimensions
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
-            return _error(400, f"Invalid value for 'encoding_format' = {encoding}.", "invalid_request_error")
+            return _error(
+                400, f"Invalid value for 'encoding_format' = {encoding}.", "invalid_request_error"
+            )
         vectors = HashingEmbedder(dimensions=width).embed(texts)
         items = [
             {"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
@@ -317,7 +337,11 @@ def _fault_error(fault: _Fault) -> tuple[int, Any, dict[str, str]]:
     if status == 429:
         default, kind, code = "Rate limit reached for requests.", "requests", "rate_limit_exceeded"
     elif status >= 500:
-        default, kind, code = "The server had an error while processing your request.", "server_error", None
+        default, kind, code = (
+            "The server had an error while processing your request.",
+            "server_error",
+            None,
+        )
     else:
         default, kind, code = f"Scripted failure with HTTP {status}.", "invalid_request_error", None
     status, body, headers = _error(status, fault.message or default, kind, code)
@@ -332,7 +356,8 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out and hung up is part of the tests, not a server failure.
-        pass
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -367,7 +392,10 @@ class _Handler(BaseHTTPRequestHandler):
         )
         fault = owner._record(recorded)
         bearer = authorization.removeprefix("Bearer ").strip() if authorization else None
-        status, payload, extra_headers = owner._answer(recorded, fault, bearer)
+        try:
+            status, payload, extra_headers = owner._answer(recorded, fault, bearer)
+        except Exception as exc:  # a bug here must reach the test as a 500, not a hang-up
+            status, payload, extra_headers = _error(500, f"test server error: {exc!r}", "bug")
         data = json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
