@@ -1,0 +1,51 @@
+"""Alembic support: autogenerate that understands pgvector, and operations for migrations.
+
+One line in an existing project's ``env.py`` is enough; Alembic (1.18+) copies the module-level
+``comparators`` / ``renderers`` registries that this package fills into every autogenerate run::
+
+    # migrations/env.py
+    import vecorm.alembic  # noqa: F401
+
+    $ alembic revision --autogenerate -m "searchable documents"
+
+The revision then creates the ``vector`` extension first if it is missing, imports
+``vecorm.types`` for the vector column, renders HNSW / IVFFlat / GIN indexes with their method,
+operator class and parameters, rebuilds an index whose parameters changed, changes a generated
+tsvector column's expression with ``op.alter_column_expression`` and, run again against an
+up-to-date database, is empty. ``vecorm init DIR`` lays down a ready environment.
+
+Operations for hand-written migrations (``op.create_vector_extension()``,
+``op.create_vector_index(..., concurrently=True)``, ``op.backfill_embeddings("pkg.mod:Model")``
+...) are described in :mod:`vecorm.alembic.operations`.
+"""
+
+from __future__ import annotations
+
+from vecorm.alembic import comparators, renderers
+from vecorm.alembic.comparators import IVFFlatCreateIndexOp
+from vecorm.alembic.environment import metadata_from_config
+from vecorm.alembic.operations import (
+    AlterColumnExpressionOp,
+    BackfillEmbeddingsOp,
+    CreateVectorExtensionOp,
+    CreateVectorIndexOp,
+    DropVectorExtensionOp,
+    DropVectorIndexOp,
+    EmptyIVFFlatWarning,
+    import_model,
+)
+
+__all__ = [
+    "AlterColumnExpressionOp",
+    "BackfillEmbeddingsOp",
+    "CreateVectorExtensionOp",
+    "CreateVectorIndexOp",
+    "DropVectorExtensionOp",
+    "DropVectorIndexOp",
+    "EmptyIVFFlatWarning",
+    "IVFFlatCreateIndexOp",
+    "comparators",
+    "import_model",
+    "metadata_from_config",
+    "renderers",
+]

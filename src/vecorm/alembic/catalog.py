@@ -1,0 +1,318 @@
+"""What PostgreSQL stored, read from the catalog, and how a metadata object *would* be stored.
+
+Alembic compares indexes by name and columns, and generated columns by rendered text; it does
+not see a changed ``USING hnsw`` method, ``WITH (m = 16)`` parameters, an operator class, or a
+rewritten ``GENERATED ALWAYS AS (...)`` expression. vecorm compares those from the catalog
+(``pg_index``, ``pg_class.reloptions``, ``pg_opclass``, ``pg_am``, ``pg_get_expr``).
+
+To compare like with like, the metadata side is *normalised by PostgreSQL itself*: inside a
+savepoint, a temporary copy of the table (``CREATE TEMP TABLE t (LIKE schema.t)``, empty, so an
+HNSW build costs nothing) receives the metadata's index or generated column, the catalog text is
+read back, and the savepoint is rolled back::
+
+    with simulated_table(connection, "documents", None) as probe:
+        expected = probe.index_signature(metadata_index)
+    actual = index_signature(connection, "ix_documents_embedding_hnsw", None)
+    expected == actual   # canonical catalog text on both sides, never vecorm's own strings
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Index, MetaData, Table, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateColumn, CreateIndex
+
+log = logging.getLogger("vecorm.alembic")
+
+
+@dataclass(frozen=True)
+class IndexSignature:
+    """An index as the catalog describes it; equal signatures mean nothing to rebuild."""
+
+    method: str
+    unique: bool
+    keys: tuple[str, ...]
+    opclasses: tuple[str, ...]
+    default_opclasses: tuple[bool, ...]
+    include: tuple[str, ...]
+    options: tuple[str, ...]  # reloptions in stored order, e.g. ('m=16', 'ef_construction=64')
+    predicate: str | None
+
+    def comparable(self) -> tuple[object, ...]:
+        """Everything but ``default_opclasses`` (which only serves rendering)."""
+        return (
+            self.method,
+            self.unique,
+            self.keys,
+            self.opclasses,
+            self.include,
+            tuple(sorted(self.options)),
+            self.predicate,
+        )
+
+    @property
+    def with_params(self) -> dict[str, object]:
+        """``reloptions`` as ``postgresql_with`` keywords, numbers as numbers."""
+        params: dict[str, object] = {}
+        for option in self.options:
+            key, _, value = option.partition("=")
+            params[key] = _number_or_text(value)
+        return params
+
+    def describe(self) -> str:
+        """Short text for logs: ``hnsw (embedding vector_cosine_ops) WITH (m=16)``."""
+        keys = ", ".join(f"{key} {opc}" for key, opc in zip(self.keys, self.opclasses, strict=True))
+        options = f" WITH ({', '.join(self.options)})" if self.options else ""
+        return f"{self.method} ({keys}){options}"
+
+
+@dataclass(frozen=True)
+class GeneratedColumn:
+    """A generated column: ``kind`` is ``'s'`` (stored) or ``'v'`` (virtual)."""
+
+    kind: str
+    expression: str
+    type_sql: str
+
+
+_INDEX_SQL = text(
+    """
+    SELECT am.amname,
+           x.indisunique,
+           x.indnkeyatts,
+           x.indnatts,
+           ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, false)
+                 FROM generate_series(1, x.indnatts) AS k ORDER BY k) AS defs,
+           ARRAY(SELECT opc.opcname FROM unnest(x.indclass::oid[]) WITH ORDINALITY AS u(oid, n)
+                 JOIN pg_opclass opc ON opc.oid = u.oid ORDER BY u.n) AS opclasses,
+           ARRAY(SELECT opc.opcdefault FROM unnest(x.indclass::oid[]) WITH ORDINALITY AS u(oid, n)
+                 JOIN pg_opclass opc ON opc.oid = u.oid ORDER BY u.n) AS defaults,
+           coalesce(i.reloptions, '{}'::text[]),
+           pg_get_expr(x.indpred, x.indrelid)
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_am am ON am.oid = i.relam
+    WHERE x.indexrelid = :oid
+    """
+)
+
+_INDEX_OID_SQL = text(
+    """
+    SELECT i.oid, x.indisvalid,
+           EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.oid)
+    FROM pg_class i
+    JOIN pg_index x ON x.indexrelid = i.oid
+    JOIN pg_namespace n ON n.oid = i.relnamespace
+    WHERE i.relname = :name AND n.nspname = coalesce(:schema, current_schema())
+    """
+)
+
+_TEMP_INDEX_OID_SQL = text(
+    "SELECT i.oid FROM pg_class i WHERE i.relname = :name AND i.relnamespace = pg_my_temp_schema()"
+)
+
+_GENERATED_SQL = text(
+    """
+    SELECT a.attgenerated, pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod)
+    FROM pg_attribute a
+    JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = :relid AND a.attname = :column AND a.attgenerated <> ''
+      AND NOT a.attisdropped
+    """
+)
+
+_TABLE_OID_SQL = text(
+    """
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = :name AND n.nspname = coalesce(:schema, current_schema())
+    """
+)
+
+_EXTENSION_SQL = text("SELECT extversion FROM pg_extension WHERE extname = :name")
+
+
+def extension_version(connection: Connection, name: str = "vector") -> str | None:
+    """Installed version of extension ``name``, or ``None``."""
+    return connection.execute(_EXTENSION_SQL, {"name": name}).scalar_one_or_none()
+
+
+def table_oid(connection: Connection, name: str, schema: str | None) -> int | None:
+    """OID of table ``schema.name`` (``current_schema()`` when ``schema`` is None)."""
+    return connection.execute(_TABLE_OID_SQL, {"name": name, "schema": schema}).scalar()
+
+
+def index_state(
+    connection: Connection, name: str, schema: str | None
+) -> tuple[int, bool, bool] | None:
+    """``(oid, is_valid, backs_constraint)`` of index ``name``, or ``None`` when absent."""
+    row = connection.execute(_INDEX_OID_SQL, {"name": name, "schema": schema}).first()
+    return None if row is None else (int(row[0]), bool(row[1]), bool(row[2]))
+
+
+def index_signature_by_oid(connection: Connection, oid: int) -> IndexSignature:
+    """The :class:`IndexSignature` of the index with ``oid``."""
+    row = connection.execute(_INDEX_SQL, {"oid": oid}).one()
+    method, unique, nkeys, _natts, defs, opclasses, defaults, options, predicate = row
+    return IndexSignature(
+        method=str(method),
+        unique=bool(unique),
+        keys=tuple(defs[:nkeys]),
+        opclasses=tuple(opclasses[:nkeys]),
+        default_opclasses=tuple(bool(d) for d in defaults[:nkeys]),
+        include=tuple(defs[nkeys:]),
+        options=tuple(options),
+        predicate=predicate,
+    )
+
+
+def index_signature(connection: Connection, name: str, schema: str | None) -> IndexSignature | None:
+    """The stored :class:`IndexSignature` of index ``name``, or ``None`` when absent."""
+    state = index_state(connection, name, schema)
+    return None if state is None else index_signature_by_oid(connection, state[0])
+
+
+def generated_column(
+    connection: Connection, table: str, column: str, schema: str | None
+) -> GeneratedColumn | None:
+    """The stored generation expression of ``table.column``, or ``None`` if not generated."""
+    relid = table_oid(connection, table, schema)
+    if relid is None:
+        return None
+    row = connection.execute(_GENERATED_SQL, {"relid": relid, "column": column}).first()
+    return None if row is None else GeneratedColumn(str(row[0]), str(row[1]), str(row[2]))
+
+
+class SimulatedTable:
+    """An empty temporary copy of a table on which metadata objects are created and read back.
+
+    Made by :func:`simulated_table`; everything it creates vanishes with its savepoint.
+    """
+
+    def __init__(self, connection: Connection, table: Table) -> None:
+        self.connection = connection
+        # Unqualified, same name: pg_temp comes first in the search path for relations.
+        self.table = table
+
+    def index_signature(self, index: Index) -> IndexSignature | None:
+        """How PostgreSQL stores ``index`` (a metadata index of the real table), or ``None``."""
+        probe_name = f"vecorm_probe_{uuid.uuid4().hex[:16]}"
+        copy = _index_copy(index, self.table, probe_name)
+        try:
+            with self.connection.begin_nested():
+                self.connection.execute(CreateIndex(copy))
+                oid = self.connection.execute(_TEMP_INDEX_OID_SQL, {"name": probe_name}).scalar()
+                assert oid is not None
+                signature = index_signature_by_oid(self.connection, int(oid))
+                raise _Rollback(signature)
+        except _Rollback as done:
+            assert isinstance(done.value, IndexSignature)
+            return done.value
+        except DBAPIError as exc:
+            log.info("vecorm: cannot simulate index %s: %s", index.name, exc.orig)
+            return None
+
+    def generated_column(self, column: Column[object]) -> GeneratedColumn | None:
+        """How PostgreSQL stores metadata ``column``'s generation expression, or ``None``."""
+        probe = Column(column.name, column.type, column.server_default)  # type: ignore[arg-type]
+        Table(self.table.name, MetaData(), probe)
+        quoted_table = self.connection.dialect.identifier_preparer.quote(self.table.name)
+        quoted_column = self.connection.dialect.identifier_preparer.quote(column.name)
+        add = CreateColumn(probe).compile(dialect=self.connection.dialect)
+        try:
+            with self.connection.begin_nested():
+                self.connection.execute(
+                    text(
+                        f"ALTER TABLE pg_temp.{quoted_table} DROP COLUMN IF EXISTS {quoted_column}"
+                    )
+                )
+                self.connection.execute(
+                    text(f"ALTER TABLE pg_temp.{quoted_table} ADD COLUMN {add}")
+                )
+                relid = self.connection.execute(
+                    text("SELECT to_regclass(:name)::oid"), {"name": f"pg_temp.{quoted_table}"}
+                ).scalar_one()
+                row = self.connection.execute(
+                    _GENERATED_SQL, {"relid": relid, "column": column.name}
+                ).first()
+                result = (
+                    None if row is None else GeneratedColumn(str(row[0]), str(row[1]), str(row[2]))
+                )
+                raise _Rollback(result)
+        except _Rollback as done:
+            assert done.value is None or isinstance(done.value, GeneratedColumn)
+            return done.value
+        except DBAPIError as exc:
+            log.info("vecorm: cannot simulate column %s: %s", column.name, exc.orig)
+            return None
+
+
+class _Rollback(Exception):
+    """Carries a result out of a savepoint that must be rolled back."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__()
+        self.value = value
+
+
+@contextmanager
+def simulated_table(
+    connection: Connection, metadata_table: Table, schema: str | None
+) -> Iterator[SimulatedTable | None]:
+    """A :class:`SimulatedTable` copied from the stored ``schema.<metadata_table.name>``.
+
+    Yields ``None`` (and logs why) if the copy cannot be made, e.g. on a read-only replica.
+    Nothing survives: the copy lives in a savepoint that is always rolled back.
+    """
+    preparer = connection.dialect.identifier_preparer
+    source = preparer.quote(metadata_table.name)
+    if schema is not None:
+        source = f"{preparer.quote_schema(schema)}.{source}"
+    savepoint = connection.begin_nested()
+    try:
+        try:
+            connection.execute(
+                text(f"CREATE TEMP TABLE {preparer.quote(metadata_table.name)} (LIKE {source})")
+            )
+        except DBAPIError as exc:
+            log.info("vecorm: cannot copy table %s for comparison: %s", source, exc.orig)
+            yield None
+            return
+        copy = metadata_table.to_metadata(MetaData(), schema=None)  # type: ignore[arg-type]
+        yield SimulatedTable(connection, copy)
+    finally:
+        if savepoint.is_active:
+            savepoint.rollback()
+
+
+def _index_copy(index: Index, table: Table, name: str) -> Index:
+    """``index`` re-targeted at ``table`` (the unqualified temp copy) under ``name``."""
+    for candidate in table.indexes:
+        if candidate.name == index.name:
+            source = candidate
+            break
+    else:  # pragma: no cover - to_metadata copies every index
+        raise LookupError(index.name)
+    return Index(name, *source.expressions, unique=source.unique, **source.dialect_kwargs)
+
+
+def _number_or_text(value: str) -> object:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def options_from_mapping(params: Mapping[str, object]) -> tuple[str, ...]:
+    """``{'m': 16}`` as sorted ``reloptions`` text: ``('m=16',)``."""
+    return tuple(sorted(f"{key}={value}" for key, value in params.items()))

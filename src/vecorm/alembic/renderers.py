@@ -1,0 +1,121 @@
+"""How vecorm's operations appear in a generated revision (Alembic's ``renderers`` registry).
+
+Every rendered operation adds ``import vecorm.alembic`` to the revision, so the file runs as
+written even under an env.py that does not import vecorm::
+
+    op.create_vector_extension()
+    op.alter_column_expression('documents', 'search_vector', "to_tsvector(...)",
+                               existing_expression="to_tsvector(...)")
+"""
+
+from __future__ import annotations
+
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import ops
+
+from vecorm.alembic.comparators import ImportsOp, IVFFlatCreateIndexOp
+from vecorm.alembic.operations import (
+    AlterColumnExpressionOp,
+    CreateVectorExtensionOp,
+    CreateVectorIndexOp,
+    DropVectorExtensionOp,
+    DropVectorIndexOp,
+)
+
+#: The import line that registers ``op.create_vector_extension`` and friends.
+OPERATIONS_IMPORT = (
+    "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"
+)
+
+IVFFLAT_NOTE = (
+    "# vecorm: IVFFlat learns its lists from the rows present when it is built; on an empty "
+    "table,\n# backfill embeddings first and build the index in a later revision "
+    "(see vecorm docs/alembic.md)."
+)
+
+
+def _needs_operations(autogen_context: AutogenContext) -> None:
+    if autogen_context.imports is not None:
+        autogen_context.imports.add(OPERATIONS_IMPORT)
+
+
+def _schema_kw(schema: str | None) -> str:
+    return f"schema={schema!r}" if schema else ""
+
+
+@renderers.dispatch_for(CreateVectorExtensionOp)
+def _render_create_extension(
+    autogen_context: AutogenContext, operation: CreateVectorExtensionOp
+) -> str:
+    _needs_operations(autogen_context)
+    return f"op.create_vector_extension({_schema_kw(operation.schema)})"
+
+
+@renderers.dispatch_for(DropVectorExtensionOp)
+def _render_drop_extension(
+    autogen_context: AutogenContext, operation: DropVectorExtensionOp
+) -> str:
+    _needs_operations(autogen_context)
+    return f"op.drop_vector_extension({_schema_kw(operation.schema)})"
+
+
+@renderers.dispatch_for(AlterColumnExpressionOp)
+def _render_alter_expression(
+    autogen_context: AutogenContext, operation: AlterColumnExpressionOp
+) -> str:
+    _needs_operations(autogen_context)
+    args = [
+        repr(operation.table_name),
+        repr(operation.column_name),
+        repr(operation.expression),
+        f"existing_expression={operation.existing_expression!r}",
+    ]
+    if operation.schema:
+        args.append(_schema_kw(operation.schema))
+    if operation.strategy != "auto":
+        args.append(f"strategy={operation.strategy!r}")
+    return f"op.alter_column_expression({', '.join(args)})"
+
+
+@renderers.dispatch_for(CreateVectorIndexOp)
+def _render_create_vector_index(
+    autogen_context: AutogenContext, operation: CreateVectorIndexOp
+) -> str:
+    _needs_operations(autogen_context)
+    args = [
+        repr(operation.index_name),
+        repr(operation.table_name),
+        repr(operation.column_name),
+        f"method={operation.method!r}",
+        f"opclass={operation.opclass!r}",
+        f"with_={operation.with_!r}",
+        f"concurrently={operation.concurrently!r}",
+    ]
+    if operation.schema:
+        args.append(_schema_kw(operation.schema))
+    return f"op.create_vector_index({', '.join(args)})"
+
+
+@renderers.dispatch_for(DropVectorIndexOp)
+def _render_drop_vector_index(autogen_context: AutogenContext, operation: DropVectorIndexOp) -> str:
+    _needs_operations(autogen_context)
+    args = [repr(operation.index_name), f"concurrently={operation.concurrently!r}"]
+    if operation.schema:
+        args.append(_schema_kw(operation.schema))
+    return f"op.drop_vector_index({', '.join(args)})"
+
+
+@renderers.dispatch_for(IVFFlatCreateIndexOp)
+def _render_ivfflat_index(
+    autogen_context: AutogenContext, operation: IVFFlatCreateIndexOp
+) -> list[str]:
+    standard = renderers.dispatch(ops.CreateIndexOp)(autogen_context, operation)
+    return [*IVFFLAT_NOTE.split("\n"), *([standard] if isinstance(standard, str) else standard)]
+
+
+@renderers.dispatch_for(ImportsOp)
+def _render_imports(autogen_context: AutogenContext, operation: ImportsOp) -> list[str]:
+    if autogen_context.imports is not None:
+        autogen_context.imports.update(operation.imports)
+    return []
