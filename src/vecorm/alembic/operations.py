@@ -415,7 +415,9 @@ class BackfillEmbeddingsOp(MigrateOperation):
     """Embed the rows of a searchable model whose embedding is missing or stale.
 
     ``op.backfill_embeddings("myapp.models:Document", batch_size=64)`` runs
-    ``vecorm.backfill.backfill(session, Document, batch_size=64)`` on the migration's connection.
+    ``vecorm.backfill.backfill(session, Document, batch_size=64)`` on the migration's connection,
+    inside the revision's transaction. ``embedder`` may be an import path
+    (``embedder="myapp.ai:embedder"``); otherwise the model's configured embedder is used.
     """
 
     def __init__(self, model: str, options: Mapping[str, Any] | None = None) -> None:
@@ -434,29 +436,30 @@ class BackfillEmbeddingsOp(MigrateOperation):
 @Operations.implementation_for(BackfillEmbeddingsOp)
 def _backfill_embeddings(operations: Operations, operation: BackfillEmbeddingsOp) -> None:
     if operations.get_context().as_sql:
-        operations.execute(f"-- vecorm: run `backfill_embeddings({operation.model!r})` online")
+        operations.execute(f"-- vecorm: run backfill_embeddings({operation.model!r}) online")
         return
     model = import_model(operation.model)
-    try:
-        backfill_module = importlib.import_module("vecorm.backfill")
-    except ImportError as exc:  # pragma: no cover - shipped with vecorm
-        raise VecormError(
-            "vecorm.backfill is not available in this installation; upgrade vecorm"
-        ) from exc
-    with Session(bind=operations.get_bind()) as session:
-        backfill_module.backfill(session, model, **operation.options)
-        session.flush()
+    options = dict(operation.options)
+    if isinstance(options.get("embedder"), str):
+        options["embedder"] = import_object(options["embedder"])
+    options.setdefault("progress", False)
+    from vecorm.backfill import backfill
+
+    # The backfill commits per batch; here each "commit" releases a savepoint and the rows are
+    # committed with the rest of the revision.
+    with Session(bind=operations.get_bind(), join_transaction_mode="create_savepoint") as session:
+        backfill(session, model, **options)
 
 
-def import_model(path: str) -> type[Any]:
-    """The class named by ``"package.module:Class"``.
+def import_object(path: str) -> Any:
+    """The object named by ``"package.module:attribute"``.
 
-    >>> import_model("vecorm.config:SearchConfig").__name__
-    'SearchConfig'
+    >>> import_object("vecorm.config:HNSW").__name__
+    'HNSW'
     """
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
-        raise ConfigurationError(f"model {path!r} must look like 'package.module:ClassName'")
+        raise ConfigurationError(f"{path!r} must look like 'package.module:name'")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -468,6 +471,16 @@ def import_model(path: str) -> type[Any]:
             target = getattr(target, part)
         except AttributeError:
             raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}") from None
+    return target
+
+
+def import_model(path: str) -> type[Any]:
+    """The class named by ``"package.module:Class"``.
+
+    >>> import_model("vecorm.config:SearchConfig").__name__
+    'SearchConfig'
+    """
+    target = import_object(path)
     if not isinstance(target, type):
         raise ConfigurationError(f"{path!r} is not a class")
     return target
