@@ -262,6 +262,21 @@ def run_backfill(
     )
 
 
+def embed_stale_in_transaction(
+    session: Session, columns: EmbeddingColumns, embedder: Embedder, *, batch_size: int
+) -> BackfillResult:
+    """Embed every stale row inside the session's current transaction, committing nothing."""
+    started = time.perf_counter()
+    counters = _Counters()
+    with tqdm(disable=True) as bar:
+        _sweep(
+            session, columns, embedder, batch_size, bar, counters, skip_locked=False, commit=False
+        )
+    return BackfillResult(
+        counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
+    )
+
+
 @dataclass
 class _Counters:
     embedded: int = 0
@@ -278,8 +293,13 @@ def _sweep(
     counters: _Counters,
     *,
     skip_locked: bool,
+    commit: bool = True,
 ) -> None:
-    """One pass over the table in primary-key order, a committed transaction per batch."""
+    """One pass over the table in primary-key order, a committed transaction per batch.
+
+    With ``commit=False`` everything happens in the caller's transaction (a model change's
+    final catch-up, under a table lock).
+    """
     after: tuple[Any, ...] | None = None
     width = len(columns.keys)
     while True:
@@ -301,15 +321,18 @@ def _sweep(
         try:
             rows = session.execute(statement).all()
             if not rows:
-                session.commit()
+                if commit:
+                    session.commit()
                 return
             after = tuple(rows[-1][:width])
             work = _stale_rows(columns, embedder.model_name, rows)
             if work:
                 counters.calls += _embed_and_write(session, columns, embedder, work)
-            session.commit()
+            if commit:
+                session.commit()
         except BaseException:
-            session.rollback()
+            if commit:
+                session.rollback()
             raise
         counters.batches += 1
         counters.embedded += len(work)
