@@ -33,6 +33,7 @@ from vecorm.alembic.operations import (
     DropVectorIndexOp,
     EmptyIVFFlatWarning,
     import_model,
+    import_object,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "IVFFlatCreateIndexOp",
     "comparators",
     "import_model",
+    "import_object",
     "metadata_from_config",
     "renderers",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -311,8 +311,3 @@ def _number_or_text(value: str) -> object:
         return float(value)
     except ValueError:
         return value
-
-
-def options_from_mapping(params: Mapping[str, object]) -> tuple[str, ...]:
-    """``{'m': 16}`` as sorted ``reloptions`` text: ``('m=16',)``."""
-    return tuple(sorted(f"{key}={value}" for key, value in params.items()))
