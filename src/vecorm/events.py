@@ -52,6 +52,8 @@ from sqlalchemy import ColumnElement, event, select, tuple_
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 from sqlalchemy.orm import InstanceState, Mapper, Session, scoped_session, sessionmaker
+from sqlalchemy.orm.attributes import History
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.unitofwork import UOWTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -281,14 +283,18 @@ def _changed_instances(session: Session) -> list[_Candidate]:
         state: InstanceState[Any] = sa_inspect(instance)
         if state.deleted or state.detached:
             continue
-        explicit = any(value is not None for value in state.attrs["embedding"].history.added)
+        explicit = any(value is not None for value in _history(state, "embedding").added)
         pending = state.key is None
-        if not pending and not explicit:
-            attrs = state.attrs
-            if not any(attrs[name].history.has_changes() for name in config.fields):
-                continue
+        text_changed = pending or any(_history(state, name).has_changes() for name in config.fields)
+        if not text_changed and not explicit:
+            continue
         found.append(_Candidate(instance, state, config, pending, explicit))
     return found
+
+
+def _history(state: InstanceState[Any], key: str) -> History:
+    """Pre-flush history of one attribute, never loading it (cheaper than ``state.attrs``)."""
+    return state.get_history(key, PASSIVE_NO_INITIALIZE)
 
 
 def _load_stored(
@@ -420,11 +426,11 @@ def _scalar_default(mapper: Mapper[Any], name: str) -> Any:
 def _record_assigned_vector(
     candidate: _Candidate, digest: bytes | None, embedder: Embedder | None
 ) -> None:
-    attrs = candidate.state.attrs
+    state = candidate.state
     instance = candidate.instance
-    if not attrs["embedding_digest"].history.added:
+    if not _history(state, "embedding_digest").added:
         instance.embedding_digest = digest
-    if not attrs["embedding_model"].history.added:
+    if not _history(state, "embedding_model").added:
         instance.embedding_model = embedder.model_name if embedder is not None else None
 
 
