@@ -43,8 +43,6 @@ from vecorm.alembic.operations import AlterColumnExpressionOp, CreateVectorExten
 
 log = logging.getLogger("vecorm.alembic")
 
-#: ``Table.info`` keys that are vecorm's bookkeeping, never rendered into a revision.
-PRIVATE_INFO_KEYS = frozenset({"vecorm_completed"})
 _PGVECTOR_TYPES = (VECTOR, HALFVEC, SPARSEVEC)
 _IMPORTABLE_PREFIXES = ("vecorm.", "pgvector.")
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
@@ -274,9 +272,6 @@ def compare_schema(
         log.info("Detected missing extension 'vector'")
         upgrade_ops.ops.insert(0, CreateVectorExtensionOp())
     for op in _walk(upgrade_ops):
-        if isinstance(op, ops.CreateTableOp):
-            for key in PRIVATE_INFO_KEYS & set(op.info):
-                del op.info[key]
         if isinstance(op, ops.OpContainer):
             op.ops = [_with_ivfflat_note(child) for child in op.ops]
     modules = {
