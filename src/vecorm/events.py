@@ -461,7 +461,7 @@ def _embed_groups(groups: list[_Group]) -> dict[tuple[int, str], EmbeddingMatrix
     for group in groups:
         embedder = group.embedder
         texts = list(dict.fromkeys(job.text for job in group.jobs))
-        batches = _batches(texts, embedder.max_batch_size)
+        batches = _batches(texts, getattr(embedder, "max_batch_size", None) or len(texts))
         for number, batch in enumerate(batches, start=1):
             try:
                 matrix = check_embeddings(embedder, batch, call_embedder(embedder, batch))

@@ -362,9 +362,11 @@ def test_install_is_scoped_to_its_target_and_uninstall_removes_it(
         bare.add(Document(id=3, title="plain Session"))
         session.commit()
         bare.commit()
+    assert len(hooked().dispatch.before_flush) == 1
+    assert len(plain().dispatch.before_flush) == len(Session().dispatch.before_flush) == 0
     assert uninstall(hooked) is True
     assert uninstall(hooked) is False
-    assert not event.contains(hooked.class_, "before_flush", lambda *a: None)
+    assert len(hooked().dispatch.before_flush) == 0
     with hooked() as session:
         session.add(Document(id=4, title="after uninstall"))
         session.commit()
