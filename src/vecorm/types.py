@@ -231,6 +231,10 @@ class _DenseVectorType:
             return _to_array_result
 
         def process(value: Any) -> list[float] | None:
+            if isinstance(value, str):
+                # The server's shortest decimals read as Python floats, as pgvector-python does.
+                values: list[float] = np.fromstring(value[1:-1], dtype=np.float64, sep=",").tolist()
+                return values
             array = _to_array_result(value)
             return None if array is None else array.tolist()
 
