@@ -64,13 +64,18 @@ class DriverDatabase:
         async with AsyncSession(self._async_engine) as session:
             return await session.run_sync(work)
 
-    def close(self) -> None:
+    def dispose(self) -> None:
+        """Close pooled connections; the next statement connects afresh."""
         if self._runner is None:
             self.engine.dispose()
             return
         assert self._async_engine is not None
         self._runner.run(self._async_engine.dispose())
-        self._runner.close()
+
+    def close(self) -> None:
+        self.dispose()
+        if self._runner is not None:
+            self._runner.close()
 
 
 @contextmanager
