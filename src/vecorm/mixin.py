@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
 
+from vecorm import sqlmodel as _sqlmodel
 from vecorm.config import SearchConfig
 from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.indexes import text_index, vector_index
@@ -68,6 +69,10 @@ class Searchable:
         # Validate before SQLAlchemy maps the class so the error names the class, not a column.
         if getattr(cls, "__vecorm__", None) is not None:
             search_config(cls).validate(cls.__name__)
+        # --- SQLModel support (vecorm/sqlmodel.py) ---
+        # pydantic refuses attributes that are not fields: route the mixin's to SQLAlchemy.
+        _sqlmodel.prepare_class(cls)
+        # --- end SQLModel support ---
         super().__init_subclass__(**kwargs)
 
     @declared_attr
