@@ -85,18 +85,60 @@ _OPCLASS_SUFFIX = {
 }
 
 
+HNSWIterativeScan = Literal["off", "relaxed_order", "strict_order"]
+IVFFlatIterativeScan = Literal["off", "relaxed_order"]
+
+
+def _check_query_time(
+    kind: str,
+    iterative_scan: str,
+    allowed: tuple[str, ...],
+    *,
+    max_scan_tuples: int | None = None,
+    scan_mem_multiplier: float | None = None,
+) -> None:
+    """Validate the query-time settings of an index declaration (see vecorm.query)."""
+    if iterative_scan not in allowed:
+        names = ", ".join(repr(name) for name in allowed)
+        raise ConfigurationError(
+            f"{kind} iterative_scan must be one of {names}, not {iterative_scan!r}"
+        )
+    if max_scan_tuples is not None and not 1 <= max_scan_tuples <= 2_147_483_647:
+        raise ConfigurationError(f"{kind} max_scan_tuples must be positive, not {max_scan_tuples}")
+    if scan_mem_multiplier is not None and not 1 <= scan_mem_multiplier <= 1000:
+        raise ConfigurationError(
+            f"{kind} scan_mem_multiplier must be between 1 and 1000, not {scan_mem_multiplier}"
+        )
+
+
 @dataclass(frozen=True)
 class HNSW:
     """An HNSW index: better speed/recall than IVFFlat, no training data needed.
 
-    ``ef_search`` is the query-time default (pgvector's own default is 40).
+    ``ef_search`` is the query-time default; ``None`` means vecorm's 200 (pgvector's own
+    default is 40; see docs/querying.md for why vecorm searches wider).
     """
 
     m: int = 16
     ef_construction: int = 64
     ef_search: int | None = None
+    #: Query time: keep scanning the graph until enough rows pass the WHERE clause
+    #: (pgvector 0.8). ``"relaxed_order"`` (default) gives the best recall under filters;
+    #: vecorm's queries add a primary-key tie-break whose sort re-orders the rows exactly.
+    iterative_scan: HNSWIterativeScan = "relaxed_order"
+    #: Query time: most tuples an iterative scan visits (pgvector's default 20000).
+    max_scan_tuples: int | None = None
+    #: Query time: memory of an iterative scan as a multiple of ``work_mem`` (default 1).
+    scan_mem_multiplier: float | None = None
 
     def __post_init__(self) -> None:
+        _check_query_time(
+            "HNSW",
+            self.iterative_scan,
+            ("off", "relaxed_order", "strict_order"),
+            max_scan_tuples=self.max_scan_tuples,
+            scan_mem_multiplier=self.scan_mem_multiplier,
+        )
         if not 2 <= self.m <= 100:
             raise ConfigurationError(f"HNSW m must be between 2 and 100, not {self.m}")
         if not 4 <= self.ef_construction <= 1000:
@@ -133,8 +175,18 @@ class IVFFlat:
 
     lists: int = 100
     probes: int | None = None
+    #: Query time: probe more lists until enough rows pass the WHERE clause (pgvector 0.8).
+    iterative_scan: IVFFlatIterativeScan = "relaxed_order"
+    #: Query time: most lists an iterative scan probes (default: all).
+    max_probes: int | None = None
 
     def __post_init__(self) -> None:
+        _check_query_time("IVFFlat", self.iterative_scan, ("off", "relaxed_order"))
+        if self.max_probes is not None and not 1 <= self.max_probes <= self.lists:
+            raise ConfigurationError(
+                f"IVFFlat max_probes must be between 1 and lists ({self.lists}), "
+                f"not {self.max_probes}"
+            )
         if not 1 <= self.lists <= 32768:
             raise ConfigurationError(f"IVFFlat lists must be between 1 and 32768, not {self.lists}")
         if self.probes is not None and not 1 <= self.probes <= self.lists:

@@ -33,16 +33,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Column, Computed, LargeBinary, String, Table, event
+from sqlalchemy import Column, Computed, LargeBinary, Select, String, Table, event
 from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
+from sqlalchemy.sql.elements import ColumnElement
 
+from vecorm import hybrid as _hybrid
+from vecorm import query as _query
 from vecorm import sqlmodel as _sqlmodel
-from vecorm.config import SearchConfig
+from vecorm import textsearch as _textsearch
+from vecorm.config import Distance, SearchConfig
+from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.indexes import text_index, vector_index
 from vecorm.lexical import tsvector_expression
+from vecorm.query import QueryInput
 from vecorm.types import HalfVec, Vector, to_float_array
 
 
@@ -121,6 +128,73 @@ class Searchable:
             deferred=True,
             deferred_group="vecorm_bookkeeping",
         )
+
+    # --- query helpers (query.py / hybrid.py) ---
+    @classmethod
+    def nearest(
+        cls,
+        query: QueryInput,
+        k: int = 10,
+        *,
+        distance: Distance | str | None = None,
+        max_distance: float | None = None,
+        embedder: Embedder | None = None,
+        with_score: bool = False,
+        exact: bool = False,
+    ) -> Select[Any]:
+        """``select(cls, distance)`` of the ``k`` nearest rows; see :func:`vecorm.query.nearest`.
+
+        ``session.execute(Document.nearest("vacuum tuning", k=5).where(...)).all()``
+        """
+        return _query.nearest(
+            cls,
+            query,
+            k,
+            distance=distance,
+            max_distance=max_distance,
+            embedder=embedder,
+            with_score=with_score,
+            exact=exact,
+        )
+
+    def _distance_to_instance(
+        self,
+        query: QueryInput,
+        *,
+        distance: Distance | str | None = None,
+        embedder: Embedder | None = None,
+    ) -> float | None:
+        return _query.instance_distance(self, query, distance=distance, embedder=embedder)
+
+    def _distance_to_expression(
+        cls,
+        query: QueryInput,
+        *,
+        distance: Distance | str | None = None,
+        embedder: Embedder | None = None,
+    ) -> ColumnElement[float | None]:
+        return _query.distance_expression(cls, query, distance=distance, embedder=embedder)
+
+    #: Distance to a query (vector or text): a SQL expression on the class, usable in
+    #: ``where`` / ``order_by`` / ``select``, and the same number computed in Python on an
+    #: instance. ``select(Document).where(Document.distance_to(q) < 0.3)``; ``doc.distance_to(q)``
+    distance_to = hybrid_method(_distance_to_instance, _distance_to_expression)
+
+    @classmethod
+    def text_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
+        """``select(cls, score)`` of full-text matches; see :func:`vecorm.textsearch.text_search`.
+
+        ``session.execute(Document.text_search("error 0x80070057")).all()``
+        """
+        return _textsearch.text_search(cls, text, k, **options)
+
+    @classmethod
+    def hybrid_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
+        """Semantic + full-text fused in one statement; see :func:`vecorm.hybrid.hybrid_search`.
+
+        ``session.execute(Document.hybrid_search("ERR_CONN_RESET", k=5, method="rrf")).all()``
+        """
+        return _hybrid.hybrid_search(cls, text, k, **options)
 
 
 def _column_name(cls: Any, attribute: str) -> str:

@@ -1,0 +1,494 @@
+"""Nearest-neighbour statements, distance expressions and query-time index settings.
+
+Everything here *builds* SQLAlchemy statements; nothing executes on its own. A nearest-neighbour
+search is an ordinary :class:`~sqlalchemy.sql.Select` of ``(Model, distance)`` that composes
+like any other::
+
+    stmt = (
+        Document.nearest("how do I tune autovacuum?", k=10)   # or a list / numpy vector
+        .where(Document.category == "postgres")
+        .options(selectinload(Document.author))
+    )
+    for document, distance in session.execute(stmt):
+        ...
+
+The ``ORDER BY`` uses the operator of the index's operator class (``<=>`` for cosine ...), so
+PostgreSQL walks the HNSW / IVFFlat index, and a primary-key tie-break makes the order total.
+
+**Query-time settings.** pgvector reads ``hnsw.ef_search``, ``hnsw.iterative_scan``,
+``ivfflat.probes`` ... when a scan runs. vecorm carries them on the statement as execution
+options (``vecorm_hnsw_ef_search`` ...; :func:`search_options` builds them) and a hook you install
+once per engine applies them with ``set_config(name, value, true)`` (``SET LOCAL``) on the same
+connection, in the same transaction, right before the statement, and puts the previous values
+back right after it. Nothing outlives the statement, so nothing reaches the pool's next user::
+
+    engine = create_engine(url)
+    vecorm.install_search_settings(engine)        # explicit, once; uninstall_... removes it
+
+    session.execute(Document.nearest(q, k=100).execution_options(**search_options(ef_search=200)))
+
+:meth:`nearest` fills these options from the model's :class:`~vecorm.HNSW` /
+:class:`~vecorm.IVFFlat` declaration (iterative scan ``relaxed_order`` by default, so a filtered
+query still returns ``k`` rows). Without the hook the options are ignored and pgvector's
+defaults apply. :func:`apply_search_settings` is the hook-free alternative: it runs the
+``SET LOCAL`` itself in the session's current transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    Float,
+    Select,
+    bindparam,
+    column,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+    table,
+    true,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
+from vecorm.embedders.base import Embedder
+from vecorm.embedders.query import embed_query
+from vecorm.errors import ConfigurationError
+from vecorm.types import FloatArray, to_float_array
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+
+QueryInput = str | Sequence[float] | npt.NDArray[Any]
+"""What a search accepts: text (embedded with the model's embedder) or a vector."""
+
+#: ``hnsw.ef_search`` of vecorm's statements when the model sets none (pgvector's is 40).
+#: Wider search costs about 2x on unfiltered queries but finds filtered neighbours, and it
+#: makes pgvector's cost estimate honest enough for the planner to pick an exact scan when
+#: a filter is selective (docs/querying.md, benchmarks/filtered_search.py).
+DEFAULT_EF_SEARCH = 200
+#: pgvector refuses ``hnsw.ef_search`` above this.
+MAX_EF_SEARCH = 1000
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class _Setting:
+    guc: str
+    check: Callable[[object], str]
+
+
+def _integer(low: int, high: int) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(f"must be an integer between {low} and {high}, not {value!r}")
+        return str(value)
+
+    return check
+
+
+def _number(low: float, high: float) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigurationError(f"must be a number between {low} and {high}, not {value!r}")
+        return repr(float(value))
+
+    return check
+
+
+def _choice(*names: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in names:
+            raise ConfigurationError(f"must be one of {', '.join(map(repr, names))}, not {value!r}")
+        return str(value)
+
+    return check
+
+
+#: Execution option key -> the pgvector setting it controls.
+SETTINGS: Mapping[str, _Setting] = {
+    "vecorm_hnsw_ef_search": _Setting("hnsw.ef_search", _integer(1, MAX_EF_SEARCH)),
+    "vecorm_hnsw_iterative_scan": _Setting(
+        "hnsw.iterative_scan", _choice("off", "relaxed_order", "strict_order")
+    ),
+    "vecorm_hnsw_max_scan_tuples": _Setting("hnsw.max_scan_tuples", _integer(1, 2_147_483_647)),
+    "vecorm_hnsw_scan_mem_multiplier": _Setting("hnsw.scan_mem_multiplier", _number(1, 1000)),
+    "vecorm_ivfflat_probes": _Setting("ivfflat.probes", _integer(1, 32768)),
+    "vecorm_ivfflat_iterative_scan": _Setting(
+        "ivfflat.iterative_scan", _choice("off", "relaxed_order")
+    ),
+    "vecorm_ivfflat_max_probes": _Setting("ivfflat.max_probes", _integer(1, 32768)),
+}
+
+
+def search_options(
+    *,
+    ef_search: int | None = None,
+    iterative_scan: str | None = None,
+    max_scan_tuples: int | None = None,
+    scan_mem_multiplier: float | None = None,
+    probes: int | None = None,
+    max_probes: int | None = None,
+) -> dict[str, Any]:
+    """Execution options that set pgvector's query-time parameters for one statement.
+
+    ``iterative_scan`` applies to HNSW and, when it is ``"off"`` or ``"relaxed_order"``, to
+    IVFFlat too (IVFFlat has no strict order)::
+
+        stmt = Document.nearest(q, k=50).execution_options(**search_options(ef_search=100))
+    """
+    chosen: dict[str, object] = {
+        "vecorm_hnsw_ef_search": ef_search,
+        "vecorm_hnsw_iterative_scan": iterative_scan,
+        "vecorm_hnsw_max_scan_tuples": max_scan_tuples,
+        "vecorm_hnsw_scan_mem_multiplier": scan_mem_multiplier,
+        "vecorm_ivfflat_probes": probes,
+        "vecorm_ivfflat_max_probes": max_probes,
+    }
+    if iterative_scan in ("off", "relaxed_order"):
+        chosen["vecorm_ivfflat_iterative_scan"] = iterative_scan
+    options = {key: value for key, value in chosen.items() if value is not None}
+    settings_from_options(options)  # validate now, where the mistake is made
+    return options
+
+
+def index_search_options(config: SearchConfig, *, depth: int = 0) -> dict[str, Any]:
+    """The model's query-time defaults as execution options; ``ef_search`` >= ``depth``."""
+    index = config.index
+    if isinstance(index, HNSW):
+        ef_search = index.ef_search or DEFAULT_EF_SEARCH
+        options: dict[str, Any] = {
+            "vecorm_hnsw_ef_search": min(MAX_EF_SEARCH, max(ef_search, depth)),
+            "vecorm_hnsw_iterative_scan": index.iterative_scan,
+        }
+        if index.max_scan_tuples is not None:
+            options["vecorm_hnsw_max_scan_tuples"] = index.max_scan_tuples
+        if index.scan_mem_multiplier is not None:
+            options["vecorm_hnsw_scan_mem_multiplier"] = index.scan_mem_multiplier
+        return options
+    if isinstance(index, IVFFlat):
+        options = {"vecorm_ivfflat_iterative_scan": index.iterative_scan}
+        if index.probes is not None:
+            options["vecorm_ivfflat_probes"] = index.probes
+        if index.max_probes is not None:
+            options["vecorm_ivfflat_max_probes"] = index.max_probes
+        return options
+    return {}
+
+
+def settings_from_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """``{"hnsw.ef_search": "100", ...}`` for the vecorm execution options in ``options``."""
+    settings: dict[str, str] = {}
+    for key, value in options.items():
+        setting = SETTINGS.get(key)
+        if setting is None:
+            if key.startswith("vecorm_hnsw_") or key.startswith("vecorm_ivfflat_"):
+                known = ", ".join(sorted(SETTINGS))
+                raise ConfigurationError(f"unknown execution option {key!r}; use one of {known}")
+            continue
+        try:
+            settings[setting.guc] = setting.check(value)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{key} ({setting.guc}) {exc}") from None
+    return settings
+
+
+def _set_config_statement(settings: Mapping[str, str]) -> Select[Any]:
+    """``SELECT current_setting(n, true), set_config(n, v, true), ...``: old values, then set."""
+    columns: list[ColumnElement[Any]] = []
+    for name, value in settings.items():
+        columns.append(func.current_setting(literal(name), true()))
+        columns.append(func.set_config(literal(name), literal(value), true()))
+    return select(*columns)
+
+
+def _restore_statement(previous: Mapping[str, str | None]) -> Select[Any]:
+    """Set each name back; a setting that did not exist yet (library not loaded) gets its
+    session value (``pg_settings.reset_val``)."""
+    columns = []
+    for name, value in previous.items():
+        reset_value = (
+            select(_PG_SETTINGS.c.reset_val)
+            .where(_PG_SETTINGS.c.name == literal(name))
+            .scalar_subquery()
+        )
+        columns.append(
+            func.set_config(literal(name), func.coalesce(literal(value), reset_value), true())
+        )
+    return select(*columns)
+
+
+_PG_SETTINGS = table("pg_settings", column("name"), column("reset_val"), schema="pg_catalog")
+
+
+def _run_raw(conn: Connection, stmt: Select[Any]) -> tuple[Any, ...]:
+    """Run ``stmt`` on ``conn``'s DBAPI connection, bypassing events (we are inside one)."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    arguments: Any = params
+    if compiled.positional:
+        arguments = tuple(params[name] for name in compiled.positiontup or ())
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(compiled.string, arguments)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return tuple(row or ())
+
+
+_RESTORE_KEY = "vecorm_search_settings_restore"
+
+
+def _before_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    if context is None or executemany:
+        return
+    settings = settings_from_options(context.execution_options)
+    if not settings:
+        return
+    dbapi_connection = conn.connection.dbapi_connection
+    if getattr(dbapi_connection, "autocommit", False):
+        raise ConfigurationError(
+            "vecorm query settings use SET LOCAL, which needs a transaction, but this "
+            "connection is in AUTOCOMMIT mode; run the statement in a transaction "
+            "(the default isolation level) or leave out the vecorm_* execution options"
+        )
+    row = _run_raw(conn, _set_config_statement(settings))
+    previous = dict(zip(settings, row[::2], strict=True))
+    server_side = bool(getattr(context, "_is_server_side", False)) or bool(
+        context.execution_options.get("stream_results", False)
+    )
+    # A server-side cursor scans while rows are fetched, after this hook: keep the settings
+    # until the transaction ends (COMMIT / ROLLBACK still resets them).
+    conn.info[_RESTORE_KEY] = None if server_side else (id(cursor), previous)
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    pending = conn.info.pop(_RESTORE_KEY, None)
+    if pending is None or pending[0] != id(cursor):
+        return
+    _run_raw(conn, _restore_statement(pending[1]))
+
+
+def _target(bind: Engine | AsyncEngine) -> Engine:
+    return bind.sync_engine if isinstance(bind, AsyncEngine) else bind
+
+
+def install_search_settings(bind: Engine | AsyncEngine) -> None:
+    """Apply ``vecorm_*`` execution options as ``SET LOCAL`` around each statement on ``bind``.
+
+    Call once after creating the engine (sync or async); idempotent::
+
+        engine = create_engine(url)
+        vecorm.install_search_settings(engine)
+    """
+    engine = _target(bind)
+    if not event.contains(engine, "before_cursor_execute", _before_cursor_execute):
+        event.listen(engine, "before_cursor_execute", _before_cursor_execute)
+        event.listen(engine, "after_cursor_execute", _after_cursor_execute)
+
+
+def uninstall_search_settings(bind: Engine | AsyncEngine) -> None:
+    """Remove what :func:`install_search_settings` installed on ``bind``."""
+    engine = _target(bind)
+    if event.contains(engine, "before_cursor_execute", _before_cursor_execute):
+        event.remove(engine, "before_cursor_execute", _before_cursor_execute)
+        event.remove(engine, "after_cursor_execute", _after_cursor_execute)
+
+
+def search_settings_installed(bind: Engine | AsyncEngine) -> bool:
+    """Whether :func:`install_search_settings` is active on ``bind``."""
+    return event.contains(_target(bind), "before_cursor_execute", _before_cursor_execute)
+
+
+def apply_search_settings(target: Session | Connection, **settings: Any) -> None:
+    """``SET LOCAL`` pgvector settings now, for the rest of the current transaction.
+
+    The hook-free way; takes the arguments of :func:`search_options`::
+
+        with Session(engine) as session, session.begin():
+            vecorm.apply_search_settings(session, ef_search=200, iterative_scan="strict_order")
+            rows = session.execute(Document.nearest(q, k=100)).all()
+    """
+    resolved = settings_from_options(search_options(**settings))
+    if not resolved:
+        return
+    if isinstance(target, Connection) and not target.in_transaction():
+        raise ConfigurationError("apply_search_settings needs a transaction: call conn.begin()")
+    target.execute(_set_config_statement(resolved))
+
+
+# --------------------------------------------------------------------------- expressions
+
+
+def _config(model: Any) -> SearchConfig:
+    from vecorm.mixin import search_config
+
+    return search_config(model)
+
+
+def _name(model: Any) -> str:
+    return getattr(model, "__name__", type(model).__name__)
+
+
+def query_vector(model: Any, query: QueryInput, *, embedder: Embedder | None = None) -> FloatArray:
+    """``query`` as a validated float32 vector for ``model``; text is embedded (LRU cached).
+
+    Raises :class:`~vecorm.ConfigurationError` for text when no embedder is configured.
+    """
+    config = _config(model)
+    if isinstance(query, str):
+        provider = embedder if embedder is not None else config.embedder
+        if provider is None:
+            raise ConfigurationError(
+                f"{_name(model)}: a text query needs an embedder; pass embedder=... or set "
+                f"SearchConfig(embedder=...) on {_name(model)}.__vecorm__, or pass a vector"
+            )
+        vector: object = embed_query(provider, query)
+    else:
+        vector = query
+    return to_float_array(vector, config.dimensions, label=f"{_name(model)} query vector")
+
+
+def metric_of(model: Any, distance: Distance | str | None = None) -> Distance:
+    """``distance`` parsed, or the model's configured metric."""
+    return Distance.parse(distance) if distance is not None else _config(model).metric
+
+
+def distance_expression(
+    model: Any,
+    query: QueryInput,
+    *,
+    distance: Distance | str | None = None,
+    embedder: Embedder | None = None,
+) -> ColumnElement[float | None]:
+    """``embedding <=> :query`` (the operator of ``distance``, default the model's metric).
+
+    Inner product is pgvector's ``<#>``: the *negative* inner product, so smaller is nearer.
+    Only the configured metric can use the model's index.
+    """
+    metric = metric_of(model, distance)
+    embedding = model.embedding
+    vector = bindparam(None, query_vector(model, query, embedder=embedder), type_=embedding.type)
+    expression: ColumnElement[float | None] = embedding.op(metric.operator, return_type=Float)(
+        vector
+    )
+    return expression
+
+
+def similarity_expression(
+    distance: ColumnElement[float | None], metric: Distance
+) -> ColumnElement[Any]:
+    """A higher-is-better score: ``1 - d`` for cosine, the inner product for ``<#>``,
+    ``1 / (1 + d)`` for L2 and L1."""
+    if metric is Distance.COSINE:
+        return literal(1.0) - distance
+    if metric is Distance.INNER_PRODUCT:
+        return -distance
+    return literal(1.0) / (literal(1.0) + distance)
+
+
+def python_distance(metric: Distance, left: object, right: object) -> float:
+    """The distance pgvector computes, in Python (float64): same sign conventions."""
+    a = np.asarray(left, dtype=np.float64)
+    b = np.asarray(right, dtype=np.float64)
+    if metric is Distance.COSINE:
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        return float("nan") if norms == 0.0 else 1.0 - float(a @ b) / norms
+    if metric is Distance.L2:
+        return float(np.linalg.norm(a - b))
+    if metric is Distance.INNER_PRODUCT:
+        return -float(a @ b)
+    return float(np.abs(a - b).sum())
+
+
+def instance_distance(
+    instance: Any,
+    query: QueryInput,
+    *,
+    distance: Distance | str | None = None,
+    embedder: Embedder | None = None,
+) -> float | None:
+    """Distance from ``instance.embedding`` to ``query`` in Python; ``None`` without embedding."""
+    embedding = instance.embedding
+    if embedding is None:
+        return None
+    model = type(instance)
+    vector = query_vector(model, query, embedder=embedder)
+    if _config(model).storage == "halfvec":
+        vector = vector.astype(np.float16).astype(np.float32)  # as the SQL cast rounds it
+    return python_distance(metric_of(model, distance), embedding, vector)
+
+
+def primary_key_columns(model: Any) -> tuple[ColumnElement[Any], ...]:
+    """The mapped primary-key columns of ``model``, in order."""
+    mapper = inspect(model)
+    return tuple(mapper.primary_key)
+
+
+def nearest(
+    model: Any,
+    query: QueryInput,
+    k: int = 10,
+    *,
+    distance: Distance | str | None = None,
+    max_distance: float | None = None,
+    embedder: Embedder | None = None,
+    with_score: bool = False,
+    exact: bool = False,
+) -> Select[Any]:
+    """``SELECT model, distance ... ORDER BY distance, pk LIMIT k`` as a composable ``Select``.
+
+    ``max_distance`` keeps rows with ``distance <= max_distance``; ``with_score`` adds a
+    ``score`` column (see :func:`similarity_expression`); ``exact=True`` orders by an
+    expression the index cannot serve, forcing an exact scan (use it when a ``where`` keeps
+    only a few rows and no index on the filter column lets PostgreSQL see that)::
+
+        stmt = nearest(Document, [0.1, 0.2, 0.3], k=5).where(Document.category == "ml")
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigurationError(f"k must be a positive integer, not {k!r}")
+    metric = metric_of(model, distance)
+    expression = distance_expression(model, query, distance=metric, embedder=embedder)
+    distance_column = expression.label("distance")
+    columns: list[Any] = [model, distance_column]
+    if with_score:
+        columns.append(similarity_expression(expression, metric).label("score"))
+    stmt = select(*columns).where(model.embedding.is_not(None))
+    if max_distance is not None:
+        stmt = stmt.where(expression <= max_distance)
+    # "+ 0" is the same order, but not the index's expression: the planner must scan exactly.
+    ordering: ColumnElement[Any] = expression + 0.0 if exact else distance_column
+    stmt = stmt.order_by(ordering, *primary_key_columns(model)).limit(k)
+    options = index_search_options(_config(model), depth=k)
+    return stmt.execution_options(**options) if options else stmt

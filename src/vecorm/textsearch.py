@@ -1,0 +1,206 @@
+"""Full-text search on the model's generated ``tsvector``: query parsing and ``ts_rank`` ranking.
+
+The search text is always a bound parameter and is only ever parsed by PostgreSQL's own
+lenient parsers (``plainto_tsquery`` / ``phraseto_tsquery`` / ``websearch_to_tsquery``), which
+accept any string: ``& | ! ( ) : * ' "``, backslashes and SQL text are just words to them, and
+text made only of stop words gives an empty query that matches nothing. Modes:
+
+``"any"`` (default)
+    Rows containing *any* query lexeme, ranked: natural-language queries rarely have every
+    word in one document, and ``websearch_to_tsquery``'s AND returns nothing for most of them.
+``"all"``
+    Every lexeme (``plainto_tsquery``).
+``"phrase"``
+    The lexemes in order (``phraseto_tsquery``).
+``"websearch"``
+    Search-engine syntax: ``"quoted phrase"``, ``-excluded``, ``or``.
+
+Example::
+
+    stmt = Document.text_search("error 0x80070057", k=10)           # (Document, score)
+    stmt = text_search(Document, "vacuum -autovacuum", mode="websearch").where(...)
+
+``TsRankArm`` is the same ranking packaged as a lexical arm for :mod:`vecorm.hybrid`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import REAL, Select, Text, bindparam, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
+from sqlalchemy.sql.elements import ColumnElement
+
+from vecorm.errors import ConfigurationError
+from vecorm.query import primary_key_columns
+
+Mode = Literal["any", "all", "phrase", "websearch"]
+Ranking = Literal["ts_rank", "ts_rank_cd"]
+
+MODES: tuple[str, ...] = ("any", "all", "phrase", "websearch")
+RANKINGS: tuple[str, ...] = ("ts_rank", "ts_rank_cd")
+#: ``ts_rank`` normalisation 1 divides by 1 + log(document length): the best of the
+#: ``ts_rank`` variants measured on SciFact (nDCG@10 0.575 with any-term queries).
+DEFAULT_NORMALIZATION = 1
+
+
+def clean_search_text(text: str) -> str:
+    """``text`` made safe to bind: NUL (which PostgreSQL text cannot hold) becomes a space,
+    unencodable surrogates are replaced."""
+    if not isinstance(text, str):
+        raise ConfigurationError(f"search text must be a str, not {type(text).__name__}")
+    cleaned = text.replace("\x00", " ")
+    return cleaned.encode("utf-8", "replace").decode("utf-8")
+
+
+def _regconfig(language: str) -> ColumnElement[Any]:
+    return cast(literal(language), REGCONFIG)
+
+
+def tsquery_expression(
+    text: str, *, language: str = "english", mode: Mode = "any"
+) -> ColumnElement[Any]:
+    """The ``tsquery`` for ``text``, parsed by PostgreSQL with the bound text.
+
+    ``"any"`` is ``plainto_tsquery``'s AND rewritten to OR on its canonical text (lexemes are
+    quoted there, so only the operators between them change)::
+
+        tsquery_expression("error 0x80070057")   # 'error' | '0x80070057'
+    """
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+    config = _regconfig(language)
+    bound = bindparam(None, clean_search_text(text), type_=Text)
+    if mode == "websearch":
+        return func.websearch_to_tsquery(config, bound, type_=TSQUERY)
+    if mode == "phrase":
+        return func.phraseto_tsquery(config, bound, type_=TSQUERY)
+    parsed = func.plainto_tsquery(config, bound, type_=TSQUERY)
+    if mode == "all":
+        return parsed
+    # Lexemes never contain a space, so " & " only ever occurs as the operator.
+    any_term = func.replace(cast(parsed, Text), " & ", " | ")
+    return cast(any_term, TSQUERY)
+
+
+def _weights_array(weights: Mapping[str, float] | Sequence[float] | None) -> Any:
+    if weights is None:
+        return None
+    if isinstance(weights, Mapping):
+        defaults = {"D": 0.1, "C": 0.2, "B": 0.4, "A": 1.0}
+        unknown = set(weights) - set(defaults)
+        if unknown:
+            raise ConfigurationError(f"weights keys must be 'A'..'D', not {sorted(unknown)}")
+        values = [float(weights.get(label, defaults[label])) for label in "DCBA"]
+    else:
+        values = [float(value) for value in weights]
+        if len(values) != 4:
+            raise ConfigurationError("weights must have 4 values, for labels D, C, B, A")
+    if not all(0.0 <= value <= 1.0 for value in values):
+        raise ConfigurationError(f"weights must be between 0 and 1, not {values}")
+    return bindparam(None, values, type_=ARRAY(REAL))
+
+
+def rank_expression(
+    vector: ColumnElement[Any],
+    query: ColumnElement[Any],
+    *,
+    ranking: Ranking = "ts_rank",
+    normalization: int = DEFAULT_NORMALIZATION,
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+) -> ColumnElement[float]:
+    """``ts_rank([weights,] vector, query, normalization)`` (or ``ts_rank_cd``)."""
+    if ranking not in RANKINGS:
+        raise ConfigurationError(
+            f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}"
+        )
+    if isinstance(normalization, bool) or not isinstance(normalization, int):
+        raise ConfigurationError(f"normalization must be an int bit mask, not {normalization!r}")
+    if not 0 <= normalization <= 63:
+        raise ConfigurationError(f"normalization must be between 0 and 63, not {normalization}")
+    function = getattr(func, ranking)
+    arguments: list[Any] = [vector, query, literal(normalization)]
+    weight_array = _weights_array(weights)
+    if weight_array is not None:
+        arguments.insert(0, weight_array)
+    result: ColumnElement[float] = function(*arguments, type_=REAL)
+    return result
+
+
+def _language(model: Any) -> str:
+    from vecorm.mixin import search_config
+
+    return search_config(model).language
+
+
+def matches(model: Any, query: ColumnElement[Any]) -> ColumnElement[bool]:
+    """``search_vector @@ query``: the condition the GIN index serves."""
+    condition: ColumnElement[bool] = model.search_vector.bool_op("@@")(query)
+    return condition
+
+
+@dataclass(frozen=True)
+class TsRankArm:
+    """A lexical arm for :func:`vecorm.hybrid.hybrid_search` ranked with ``ts_rank``.
+
+    Selects ``pk_0 .. pk_n, score`` of the ``depth`` best matching rows, best first::
+
+        hybrid_search(Document, "error 0x80070057", lexical=TsRankArm(mode="all"))
+    """
+
+    mode: Mode = "any"
+    ranking: Ranking = "ts_rank"
+    normalization: int = DEFAULT_NORMALIZATION
+    weights: Mapping[str, float] | Sequence[float] | None = field(default=None, compare=False)
+
+    def candidates(
+        self, model: Any, text: str, *, where: Sequence[ColumnElement[bool]], depth: int
+    ) -> Select[Any]:
+        """``pk_0.., score`` of the ``depth`` best matches under ``where``, best first."""
+        query = tsquery_expression(text, language=_language(model), mode=self.mode)
+        score = rank_expression(
+            model.search_vector,
+            query,
+            ranking=self.ranking,
+            normalization=self.normalization,
+            weights=self.weights,
+        ).label("score")
+        keys = primary_key_columns(model)
+        return (
+            select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
+            .where(matches(model, query), *where)
+            .order_by(score.desc(), *keys)
+            .limit(depth)
+        )
+
+
+def text_search(
+    model: Any,
+    text: str,
+    k: int = 10,
+    *,
+    mode: Mode = "any",
+    ranking: Ranking = "ts_rank",
+    normalization: int = DEFAULT_NORMALIZATION,
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+) -> Select[Any]:
+    """``SELECT model, score WHERE search_vector @@ q ORDER BY score DESC, pk LIMIT k``.
+
+    A composable ``Select`` of ``(model, score)``; empty or stop-word-only text returns no row::
+
+        session.execute(text_search(Document, "error 0x80070057", k=5)).all()
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigurationError(f"k must be a positive integer, not {k!r}")
+    query = tsquery_expression(text, language=_language(model), mode=mode)
+    score = rank_expression(
+        model.search_vector, query, ranking=ranking, normalization=normalization, weights=weights
+    ).label("score")
+    return (
+        select(model, score)
+        .where(matches(model, query))
+        .order_by(score.desc(), *primary_key_columns(model))
+        .limit(k)
+    )
