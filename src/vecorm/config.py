@@ -170,7 +170,7 @@ class IVFFlat:
     """An IVFFlat index: faster to build, smaller; build it after the table has data.
 
     A rule of thumb for ``lists`` is rows / 1000 up to 1M rows; ``probes`` is the query-time
-    default (pgvector's own default is 1).
+    default; ``None`` means sqrt(lists) in vecorm's statements (pgvector's own default is 1).
     """
 
     lists: int = 100

@@ -36,6 +36,7 @@ defaults apply. :func:`apply_search_settings` is the hook-free alternative: it r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -183,13 +184,20 @@ def index_search_options(config: SearchConfig, *, depth: int = 0) -> dict[str, A
             options["vecorm_hnsw_scan_mem_multiplier"] = index.scan_mem_multiplier
         return options
     if isinstance(index, IVFFlat):
-        options = {"vecorm_ivfflat_iterative_scan": index.iterative_scan}
-        if index.probes is not None:
-            options["vecorm_ivfflat_probes"] = index.probes
+        options = {
+            "vecorm_ivfflat_iterative_scan": index.iterative_scan,
+            "vecorm_ivfflat_probes": index.probes or default_probes(index.lists),
+        }
         if index.max_probes is not None:
             options["vecorm_ivfflat_max_probes"] = index.max_probes
         return options
     return {}
+
+
+def default_probes(lists: int) -> int:
+    """``ivfflat.probes`` when the model sets none: sqrt(lists), pgvector's own advice
+    (its default of 1 searches a single list)."""
+    return max(1, math.ceil(math.sqrt(lists)))
 
 
 def settings_from_options(options: Mapping[str, Any]) -> dict[str, str]:

@@ -156,6 +156,8 @@ def test_index_defaults_follow_the_config() -> None:
         "vecorm_ivfflat_probes": 3,
         "vecorm_ivfflat_max_probes": 5,
     }
+    default_ivf = vecorm.SearchConfig(fields=("a",), distance="l2", index=vecorm.IVFFlat(lists=100))
+    assert index_search_options(default_ivf)["vecorm_ivfflat_probes"] == 10  # sqrt(lists)
     assert index_search_options(vecorm.search_config(Plain)) == {}
     assert Plain.nearest([1, 2, 3]).get_execution_options() == {}
     tuned = vecorm.SearchConfig(
