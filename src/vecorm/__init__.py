@@ -10,6 +10,7 @@ class Document(vecorm.Searchable, Base):
 
 from vecorm.backfill import BackfillResult, backfill, stale_condition, stale_count
 from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
+from vecorm.drivers import register_array_types
 from vecorm.embedded import EmbeddedServer, create_engine, database, database_url, start_embedded
 from vecorm.embedders import AsyncEmbedder, Embedder, HashingEmbedder
 from vecorm.errors import (
@@ -23,12 +24,13 @@ from vecorm.errors import (
 from vecorm.events import install, installed_embedder, is_installed, uninstall
 from vecorm.mixin import Searchable, search_config
 from vecorm.reembed import ChangeStatus, ModelChange
-from vecorm.types import HalfVec, Vector
+from vecorm.types import Bit, HalfVec, HalfVector, SparseVec, Vector
 
 __all__ = [
     "HNSW",
     "AsyncEmbedder",
     "BackfillResult",
+    "Bit",
     "ChangeStatus",
     "ConfigurationError",
     "DimensionMismatch",
@@ -37,6 +39,7 @@ __all__ = [
     "Embedder",
     "EmbeddingError",
     "HalfVec",
+    "HalfVector",
     "HashingEmbedder",
     "IVFFlat",
     "InvalidVector",
@@ -44,6 +47,7 @@ __all__ = [
     "SearchConfig",
     "Searchable",
     "ServerError",
+    "SparseVec",
     "VecormError",
     "Vector",
     "backfill",
@@ -53,6 +57,7 @@ __all__ = [
     "install",
     "installed_embedder",
     "is_installed",
+    "register_array_types",
     "search_config",
     "stale_condition",
     "stale_count",
