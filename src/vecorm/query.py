@@ -37,6 +37,7 @@ defaults apply. :func:`apply_search_settings` is the hook-free alternative: it r
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ import numpy.typing as npt
 from sqlalchemy import (
     Float,
     Select,
+    String,
     bindparam,
     column,
     event,
@@ -56,10 +58,11 @@ from sqlalchemy import (
     table,
     true,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
 from vecorm.embedders.base import Embedder
@@ -217,41 +220,67 @@ def settings_from_options(options: Mapping[str, Any]) -> dict[str, str]:
     return settings
 
 
-def _set_config_statement(settings: Mapping[str, str]) -> Select[Any]:
+def _setting_name(index: int) -> BindParameter[str]:
+    return bindparam(f"vecorm_name_{index}", type_=String)
+
+
+def _setting_value(index: int) -> BindParameter[str]:
+    return bindparam(f"vecorm_value_{index}", type_=String)
+
+
+def _set_config_statement(count: int) -> Select[Any]:
     """``SELECT current_setting(n, true), set_config(n, v, true), ...``: old values, then set."""
     columns: list[ColumnElement[Any]] = []
-    for name, value in settings.items():
-        columns.append(func.current_setting(literal(name), true()))
-        columns.append(func.set_config(literal(name), literal(value), true()))
+    for index in range(count):
+        columns.append(func.current_setting(_setting_name(index), true()))
+        columns.append(func.set_config(_setting_name(index), _setting_value(index), true()))
     return select(*columns)
 
 
-def _restore_statement(previous: Mapping[str, str | None]) -> Select[Any]:
+def _restore_statement(count: int) -> Select[Any]:
     """Set each name back; a setting that did not exist yet (library not loaded) gets its
     session value (``pg_settings.reset_val``)."""
     columns = []
-    for name, value in previous.items():
+    for index in range(count):
         reset_value = (
             select(_PG_SETTINGS.c.reset_val)
-            .where(_PG_SETTINGS.c.name == literal(name))
+            .where(_PG_SETTINGS.c.name == _setting_name(index))
             .scalar_subquery()
         )
-        columns.append(
-            func.set_config(literal(name), func.coalesce(literal(value), reset_value), true())
-        )
+        restored = func.coalesce(_setting_value(index), reset_value)
+        columns.append(func.set_config(_setting_name(index), restored, true()))
     return select(*columns)
 
 
 _PG_SETTINGS = table("pg_settings", column("name"), column("reset_val"), schema="pg_catalog")
+_BUILDERS = {"set": _set_config_statement, "restore": _restore_statement}
+# Compiled once per dialect and shape: the hook runs around every search statement.
+_compiled: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, int], SQLCompiler]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _run_raw(conn: Connection, stmt: Select[Any]) -> tuple[Any, ...]:
-    """Run ``stmt`` on ``conn``'s DBAPI connection, bypassing events (we are inside one)."""
-    compiled = stmt.compile(dialect=conn.dialect)
-    params = compiled.construct_params()
+def _statement_for(dialect: Dialect, kind: str, count: int) -> SQLCompiler:
+    cache = _compiled.setdefault(dialect, {})
+    compiled = cache.get((kind, count))
+    if compiled is None:
+        compiled = _BUILDERS[kind](count).compile(dialect=dialect)
+        cache[(kind, count)] = compiled
+    return compiled
+
+
+def _run_raw(conn: Connection, kind: str, values: Mapping[str, str | None]) -> tuple[Any, ...]:
+    """Run the ``kind`` statement for ``values`` on ``conn``'s DBAPI connection, bypassing
+    events (we are inside one)."""
+    compiled = _statement_for(conn.dialect, kind, len(values))
+    bound: dict[str, Any] = {}
+    for index, (name, value) in enumerate(values.items()):
+        bound[f"vecorm_name_{index}"] = name
+        bound[f"vecorm_value_{index}"] = value
+    params = compiled.construct_params(bound)
     arguments: Any = params
     if compiled.positional:
-        arguments = tuple(params[name] for name in compiled.positiontup or ())
+        arguments = tuple(params[key] for key in compiled.positiontup or ())
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(compiled.string, arguments)
@@ -272,6 +301,7 @@ def _before_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
+    conn.info.pop(_RESTORE_KEY, None)  # left over if the previous statement failed
     if context is None or executemany:
         return
     settings = settings_from_options(context.execution_options)
@@ -284,7 +314,7 @@ def _before_cursor_execute(
             "connection is in AUTOCOMMIT mode; run the statement in a transaction "
             "(the default isolation level) or leave out the vecorm_* execution options"
         )
-    row = _run_raw(conn, _set_config_statement(settings))
+    row = _run_raw(conn, "set", settings)
     previous = dict(zip(settings, row[::2], strict=True))
     server_side = bool(getattr(context, "_is_server_side", False)) or bool(
         context.execution_options.get("stream_results", False)
@@ -305,7 +335,7 @@ def _after_cursor_execute(
     pending = conn.info.pop(_RESTORE_KEY, None)
     if pending is None or pending[0] != id(cursor):
         return
-    _run_raw(conn, _restore_statement(pending[1]))
+    _run_raw(conn, "restore", pending[1])
 
 
 def _target(bind: Engine | AsyncEngine) -> Engine:
@@ -353,7 +383,11 @@ def apply_search_settings(target: Session | Connection, **settings: Any) -> None
         return
     if isinstance(target, Connection) and not target.in_transaction():
         raise ConfigurationError("apply_search_settings needs a transaction: call conn.begin()")
-    target.execute(_set_config_statement(resolved))
+    parameters: dict[str, str] = {}
+    for index, (name, value) in enumerate(resolved.items()):
+        parameters[f"vecorm_name_{index}"] = name
+        parameters[f"vecorm_value_{index}"] = value
+    target.execute(_set_config_statement(len(resolved)), parameters)
 
 
 # --------------------------------------------------------------------------- expressions

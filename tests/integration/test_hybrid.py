@@ -52,6 +52,16 @@ class Ticket(vecorm.Searchable, Base):
     team: Mapped[Team] = relationship()
 
 
+class Passage(vecorm.Searchable, Base):
+    """A composite primary key: arms join and tie-break on both columns."""
+
+    __tablename__ = "passages"
+    __vecorm__ = vecorm.SearchConfig(fields=("text",), dimensions=DIMS, embedder=EMBEDDER)
+    doc: Mapped[str] = mapped_column(String(10), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str]
+
+
 def _codes(count: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [f"0x8007{int(value):04x}" for value in rng.choice(0x10000, count, replace=False)]
@@ -317,3 +327,25 @@ def test_invalid_arguments() -> None:
         Ticket.hybrid_search("x", method="sum")
     with pytest.raises(vecorm.ConfigurationError):
         Ticket.hybrid_search("x", depth=0)
+
+
+def test_composite_primary_keys(session: Session) -> None:
+    texts = ["vacuum and bloat", "replication lag", "vacuum freeze", "error 0x80070057"]
+    session.add_all(
+        Passage(doc=doc, seq=seq, text=body, embedding=EMBEDDER.embed([body])[0])
+        for doc in ("a", "b")
+        for seq, body in enumerate(texts)
+    )
+    session.flush()
+    rows = session.execute(Passage.hybrid_search("vacuum", k=8)).all()
+    keys = [(row[0].doc, row[0].seq) for row in rows]
+    assert len(keys) == len(set(keys)) == 8  # no row duplicated by a partial join
+    assert {key for key, row in zip(keys, rows, strict=True) if row.text_rank} == {
+        ("a", 0),
+        ("a", 2),
+        ("b", 0),
+        ("b", 2),
+    }
+    nearest = session.execute(Passage.nearest("vacuum freeze", k=2)).all()
+    # Equal distances (same text in "a" and "b"): the primary key breaks the tie.
+    assert [(p.doc, p.seq) for p, _ in nearest] == [("a", 2), ("b", 2)]
