@@ -234,6 +234,9 @@ class SearchConfig:
     tsvector_column: str = "search_vector"
     digest_column: str = "embedding_digest"
     model_column: str = "embedding_model"
+    #: Name of an existing vector index to adopt as is (default: ``ix_<table>_<column>_<method>``).
+    #: Alembic then compares it under that name and never rebuilds it; see docs/adopting.md.
+    vector_index_name: str | None = None
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -283,6 +286,13 @@ class SearchConfig:
         ):
             if not _IDENTIFIER.match(column) or len(column) > 63:
                 raise fail(f"column name {column!r} is not a valid identifier")
+        if self.vector_index_name is not None and not (
+            isinstance(self.vector_index_name, str) and 0 < len(self.vector_index_name) <= 63
+        ):
+            raise fail(
+                f"vector_index_name {self.vector_index_name!r} must be an index name of 1 to 63 "
+                "characters"
+            )
         if self.weights is not None:
             for name, weight in self.weights.items():
                 if name not in self.fields:

@@ -33,16 +33,32 @@ def index_name(table_name: str, column_name: str, method: str) -> str:
     return f"{name[: MAX_IDENTIFIER_LENGTH - 9]}_{digest}"
 
 
-def vector_index(column: Column[object], config: SearchConfig) -> Index | None:
-    """The HNSW or IVFFlat index for ``column``, or ``None`` when ``config.index`` is None."""
+#: ``Index.info`` key set on an index adopted under ``SearchConfig(vector_index_name=...)``;
+#: vecorm's Alembic comparator reports (never rebuilds) such an index when it differs.
+ADOPTED_INFO_KEY = "vecorm_adopted"
+
+
+def vector_index_name(table_name: str, column_name: str, config: SearchConfig) -> str | None:
+    """The vector index's name: ``config.vector_index_name``, else :func:`index_name`'s."""
     if config.index is None:
         return None
+    if config.vector_index_name is not None:
+        return config.vector_index_name
+    return index_name(table_name, column_name, config.index.method)
+
+
+def vector_index(column: Column[object], config: SearchConfig) -> Index | None:
+    """The HNSW or IVFFlat index for ``column``, or ``None`` when ``config.index`` is None."""
+    name = vector_index_name(_table_name(column), column.name, config)
+    if config.index is None or name is None:
+        return None
     return Index(
-        index_name(_table_name(column), column.name, config.index.method),
+        name,
         column,
         postgresql_using=config.index.method,
         postgresql_with=config.index.with_params,
         postgresql_ops={column.name: config.opclass},
+        info={ADOPTED_INFO_KEY: True} if config.vector_index_name is not None else {},
     )
 
 

@@ -62,6 +62,12 @@ class Project:
         (created,) = set(self.versions.glob("*.py")) - before
         return created
 
+    def autogenerate_empty(self, message: str) -> str:
+        """Run ``alembic revision`` (no autogenerate) and return the new revision id."""
+        script = command.revision(self.config(), message=message)
+        assert script is not None and not isinstance(script, list)
+        return str(script.revision)
+
     def upgrade(self, revision: str = "head") -> None:
         command.upgrade(self.config(), revision)
 

@@ -16,13 +16,15 @@ up-to-date database, is empty. ``vecorm init DIR`` lays down a ready environment
 
 Operations for hand-written migrations (``op.create_vector_extension()``,
 ``op.create_vector_index(..., concurrently=True)``, ``op.backfill_embeddings("pkg.mod:Model")``
-...) are described in :mod:`vecorm.alembic.operations`.
+...) are described in :mod:`vecorm.alembic.operations`. Adopting an existing vector column
+and index (renamed with ``op.rename_index``, or reported when it differs, never rebuilt) is
+described in docs/adopting.md.
 """
 
 from __future__ import annotations
 
 from vecorm.alembic import comparators, renderers
-from vecorm.alembic.comparators import IVFFlatCreateIndexOp
+from vecorm.alembic.comparators import IndexMismatchOp, IndexMismatchWarning, IVFFlatCreateIndexOp
 from vecorm.alembic.environment import metadata_from_config
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
@@ -32,6 +34,7 @@ from vecorm.alembic.operations import (
     DropVectorExtensionOp,
     DropVectorIndexOp,
     EmptyIVFFlatWarning,
+    RenameIndexOp,
     import_model,
     import_object,
 )
@@ -45,6 +48,9 @@ __all__ = [
     "DropVectorIndexOp",
     "EmptyIVFFlatWarning",
     "IVFFlatCreateIndexOp",
+    "IndexMismatchOp",
+    "IndexMismatchWarning",
+    "RenameIndexOp",
     "comparators",
     "import_model",
     "import_object",

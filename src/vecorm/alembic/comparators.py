@@ -9,6 +9,13 @@ in env.py is all it takes. What they add to Alembic's own comparison:
   expressions, operator classes, ``WITH`` parameters, predicate), after PostgreSQL normalised
   the metadata's version (see :mod:`vecorm.alembic.catalog`); a difference is a drop + create,
   equality removes any diff Alembic produced for that index;
+* an index Alembic would drop, whose definition is exactly that of a metadata index Alembic
+  would create on the same table, is renamed instead (``op.rename_index``), never rebuilt;
+* an *adopted* index (``SearchConfig(vector_index_name=...)``, or a hand-made HNSW / IVFFlat
+  index under a name vecorm did not give it, on the column of a new vector index) that differs
+  from the metadata is kept as it is and reported: an :class:`IndexMismatchWarning` and an
+  :class:`IndexMismatchOp` that runs nothing, renders both definitions and the commented-out
+  rebuild, and makes ``alembic check`` fail (see docs/adopting.md);
 * generated (``Computed``) columns are compared the same way, replacing Alembic's text comparison
   (which can only warn); a change becomes ``op.alter_column_expression(...)``;
 * types from ``vecorm.*`` / ``pgvector.*`` bring their ``import`` into the revision, and the
@@ -18,7 +25,9 @@ in env.py is all it takes. What they add to Alembic's own comparison:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from alembic.autogenerate import comparators
@@ -33,23 +42,94 @@ from sqlalchemy.types import TypeEngine
 
 from vecorm.alembic.catalog import (
     IndexSignature,
+    SimulatedTable,
     extension_version,
     generated_column,
     index_signature_by_oid,
     index_state,
     simulated_table,
 )
-from vecorm.alembic.operations import AlterColumnExpressionOp, CreateVectorExtensionOp
+from vecorm.alembic.operations import (
+    AlterColumnExpressionOp,
+    CreateVectorExtensionOp,
+    RenameIndexOp,
+)
+from vecorm.indexes import ADOPTED_INFO_KEY, index_name
 
 log = logging.getLogger("vecorm.alembic")
 
 _PGVECTOR_TYPES = (VECTOR, HALFVEC, SPARSEVEC)
 _IMPORTABLE_PREFIXES = ("vecorm.", "pgvector.")
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+_VECTOR_METHODS = frozenset({"hnsw", "ivfflat"})
 
 
 class IVFFlatCreateIndexOp(ops.CreateIndexOp):
     """A ``CreateIndexOp`` for an IVFFlat index; renders with a note on training data."""
+
+
+class IndexMismatchWarning(UserWarning):
+    """An existing index vecorm adopts differs from the model's; it is kept, not rebuilt."""
+
+
+class IndexMismatchOp(ops.MigrateOperation):
+    """An adopted index whose definition differs from the metadata's: reported, never run.
+
+    Renders as comments giving the stored (``found``) and configured (``expected``)
+    definitions and the drop + create that would rebuild it, commented out; ``alembic check``
+    lists it as ``("vecorm_index_mismatch", ...)``.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        index_name: str,
+        found: IndexSignature,
+        expected: IndexSignature,
+        rebuild: tuple[ops.MigrateOperation, ops.MigrateOperation],
+        *,
+        schema: str | None = None,
+        downgrade: bool = False,
+    ) -> None:
+        self.table_name = table_name
+        self.index_name = index_name
+        self.found = found
+        self.expected = expected
+        self.rebuild = rebuild
+        self.schema = schema
+        self.downgrade = downgrade
+
+    @property
+    def message(self) -> str:
+        return (
+            f"vecorm: index {self.index_name!r} on {self.table_name!r} differs from the model and "
+            f"is kept as it is (found {self.found.describe()}; the model expects "
+            f"{self.expected.describe()}). Change the model's SearchConfig to match it, or "
+            "uncomment the rebuild in the revision"
+        )
+
+    def reverse(self) -> IndexMismatchOp:
+        """The downgrade's note: how to restore the stored index if the rebuild was run."""
+        drop, create = self.rebuild
+        return IndexMismatchOp(
+            self.table_name,
+            self.index_name,
+            self.found,
+            self.expected,
+            (create.reverse(), drop.reverse()),
+            schema=self.schema,
+            downgrade=not self.downgrade,
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str, str, str]:
+        return (
+            "vecorm_index_mismatch",
+            self.schema,
+            self.table_name,
+            self.index_name,
+            self.found.describe(),
+            self.expected.describe(),
+        )
 
 
 @comparators.dispatch_for(
@@ -88,6 +168,7 @@ def compare_table(
     if conn_table is None or metadata_table is None or connection is None:
         return PriorityDispatchResult.CONTINUE
     indexes = _comparable_indexes(autogen_context, connection, metadata_table, schema)
+    replaced = _replaced_indexes(connection, modify_ops, metadata_table, conn_table, schema)
     computed = [
         column
         for column in metadata_table.c
@@ -98,18 +179,21 @@ def compare_table(
             column, column.name, "column", False, conn_table.c[column.name]
         )
     ]
-    if not indexes and not computed:
+    if not indexes and not computed and replaced is None:
         return PriorityDispatchResult.CONTINUE
     with simulated_table(connection, metadata_table, schema) as probe:
         if probe is None:
             return PriorityDispatchResult.CONTINUE
         expected_indexes = {index: probe.index_signature(index) for index, _ in indexes}
         expected_columns = {column: probe.generated_column(column) for column in computed}
+        expected_new = _simulate_new_indexes(probe, replaced, conn_table)
     for index, actual in indexes:
         expected = expected_indexes[index]
         if expected is None:
             continue  # could not be simulated (e.g. a column it needs is new): Alembic decides
-        _reconcile_index(modify_ops, conn_table, index, expected, actual, tname)
+        _reconcile_index(modify_ops, conn_table, index, expected, actual, tname, schema)
+    if replaced is not None:
+        _adopt_replaced_indexes(modify_ops, conn_table, replaced, expected_new, tname, schema)
     for column, expected_column in expected_columns.items():
         stored = generated_column(connection, tname, column.name, schema)
         if expected_column is None or stored is None:
@@ -162,6 +246,7 @@ def _reconcile_index(
     expected: IndexSignature,
     actual: IndexSignature,
     tname: str,
+    schema: str | None,
 ) -> None:
     alembic_ops = [
         op
@@ -173,6 +258,22 @@ def _reconcile_index(
         for op in alembic_ops:
             modify_ops.ops.remove(op)
         return
+    for op in alembic_ops:
+        modify_ops.ops.remove(op)
+    if index.info.get(ADOPTED_INFO_KEY):
+        drop = ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
+        _report_mismatch(
+            modify_ops,
+            IndexMismatchOp(
+                tname,
+                str(index.name),
+                actual,
+                expected,
+                (drop, _create_index_op(index)),
+                schema=schema,
+            ),
+        )
+        return
     log.info(
         "Detected changed index %r on %r: %s -> %s",
         index.name,
@@ -180,13 +281,126 @@ def _reconcile_index(
         actual.describe(),
         expected.describe(),
     )
-    for op in alembic_ops:
-        modify_ops.ops.remove(op)
     # Drop first: a column type change in the same revision may need the old index gone.
     modify_ops.ops.insert(
         0, ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
     )
     modify_ops.ops.append(_create_index_op(index))
+
+
+@dataclass
+class _Replacements:
+    """Alembic's plan to create some metadata indexes and drop some stored ones, same table."""
+
+    created: list[tuple[ops.CreateIndexOp, Index]]
+    dropped: list[tuple[ops.DropIndexOp, IndexSignature]]
+
+
+def _replaced_indexes(
+    connection: Connection,
+    modify_ops: ops.ModifyTableOps,
+    metadata_table: Table,
+    conn_table: Table,
+    schema: str | None,
+) -> _Replacements | None:
+    """The creates and drops Alembic planned for this table, if it planned both."""
+    by_name = {str(index.name): index for index in metadata_table.indexes if index.name}
+    created = [
+        (op, by_name[str(op.index_name)])
+        for op in modify_ops.ops
+        if isinstance(op, ops.CreateIndexOp) and str(op.index_name) in by_name
+    ]
+    dropped: list[tuple[ops.DropIndexOp, IndexSignature]] = []
+    for op in modify_ops.ops:
+        if not isinstance(op, ops.DropIndexOp) or op.index_name is None:
+            continue
+        state = index_state(connection, op.index_name, schema)
+        if state is not None and state[1] and not state[2]:
+            dropped.append((op, index_signature_by_oid(connection, state[0])))
+    if not created or not dropped:
+        return None
+    return _Replacements(created, dropped)
+
+
+def _simulate_new_indexes(
+    probe: SimulatedTable, replaced: _Replacements | None, conn_table: Table
+) -> dict[str, IndexSignature]:
+    """How PostgreSQL would store each index Alembic means to create on existing columns."""
+    if replaced is None:
+        return {}
+    found: dict[str, IndexSignature] = {}
+    for op, index in replaced.created:
+        if not all(column.name in conn_table.c for column in index.columns):
+            continue  # on a column this revision adds: nothing stored can match it
+        signature = probe.index_signature(index)
+        if signature is not None:
+            found[str(op.index_name)] = signature
+    return found
+
+
+def _adopt_replaced_indexes(
+    modify_ops: ops.ModifyTableOps,
+    conn_table: Table,
+    replaced: _Replacements,
+    expected_new: dict[str, IndexSignature],
+    tname: str,
+    schema: str | None,
+) -> None:
+    """Rename a stored index that already is the new one; report a differing hand-made one."""
+    unused = list(replaced.dropped)
+    for create, _ in replaced.created:
+        expected = expected_new.get(str(create.index_name))
+        if expected is None:
+            continue
+        same = [pair for pair in unused if pair[1].comparable() == expected.comparable()]
+        if same:
+            drop, _ = same[0]
+            unused.remove(same[0])
+            rename = RenameIndexOp(
+                str(drop.index_name), str(create.index_name), table_name=tname, schema=schema
+            )
+            log.info(
+                "Detected index %r stored as %r: renaming it", create.index_name, drop.index_name
+            )
+            modify_ops.ops[modify_ops.ops.index(drop)] = rename
+            modify_ops.ops.remove(create)
+            continue
+        for pair in unused:
+            drop, actual = pair
+            if _is_hand_made_twin(conn_table, tname, str(drop.index_name), actual, expected):
+                unused.remove(pair)
+                modify_ops.ops.remove(drop)
+                modify_ops.ops.remove(create)
+                _report_mismatch(
+                    modify_ops,
+                    IndexMismatchOp(
+                        tname, str(drop.index_name), actual, expected, (drop, create), schema=schema
+                    ),
+                )
+                break
+
+
+def _is_hand_made_twin(
+    conn_table: Table, tname: str, name: str, actual: IndexSignature, expected: IndexSignature
+) -> bool:
+    """A vector index on the same keys, under a name vecorm would not have given it."""
+    if actual.method not in _VECTOR_METHODS or expected.method not in _VECTOR_METHODS:
+        return False
+    if actual.keys != expected.keys:
+        return False
+    columns = {_PREPARER.quote(column.name): column.name for column in conn_table.c}
+    vecorm_names = {
+        index_name(tname, columns[key], method)
+        for key in actual.keys
+        if key in columns
+        for method in _VECTOR_METHODS
+    }
+    return name not in vecorm_names
+
+
+def _report_mismatch(modify_ops: ops.ModifyTableOps, mismatch: IndexMismatchOp) -> None:
+    warnings.warn(IndexMismatchWarning(mismatch.message), stacklevel=2)
+    modify_ops.ops.append(mismatch)
 
 
 def _with_ivfflat_note(op: ops.MigrateOperation) -> ops.MigrateOperation:

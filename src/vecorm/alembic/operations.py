@@ -24,6 +24,8 @@ Hand-written migrations use them like Alembic's own::
 * ``create_vector_index`` / ``drop_vector_index``: HNSW / IVFFlat with optional ``CONCURRENTLY``
   (run inside Alembic's ``autocommit_block``); an invalid index left by a failed concurrent build
   is dropped first. An IVFFlat index on an empty table warns (:class:`EmptyIVFFlatWarning`).
+* ``rename_index``: ``ALTER INDEX ... RENAME TO ...``, what autogenerate emits to adopt an
+  existing index whose definition already matches the model under vecorm's name.
 * ``backfill_embeddings``: embed rows whose embedding is missing or stale, through
   ``vecorm.backfill.backfill(session, Model, ...)``, with the model given by import path.
 """
@@ -394,6 +396,56 @@ def _drop_index(
             operations.execute(statement)
     else:
         operations.execute(statement)
+
+
+@Operations.register_operation("rename_index")
+class RenameIndexOp(MigrateOperation):
+    """``ALTER INDEX [schema.]old_name RENAME TO new_name``: the index itself is not touched.
+
+    ``op.rename_index("documents_embedding_idx", "ix_documents_embedding_hnsw")``. Autogenerate
+    emits it instead of a drop and a create when an index under another name already has the
+    definition the metadata asks for (see docs/adopting.md).
+    """
+
+    def __init__(
+        self,
+        old_name: str,
+        new_name: str,
+        *,
+        table_name: str | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.old_name = old_name
+        self.new_name = new_name
+        self.table_name = table_name
+        self.schema = schema
+
+    @classmethod
+    def rename_index(
+        cls,
+        operations: Operations,
+        old_name: str,
+        new_name: str,
+        *,
+        table_name: str | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """Rename index ``old_name`` to ``new_name`` (in ``schema``), keeping its data."""
+        operations.invoke(cls(old_name, new_name, table_name=table_name, schema=schema))
+
+    def reverse(self) -> RenameIndexOp:
+        return RenameIndexOp(
+            self.new_name, self.old_name, table_name=self.table_name, schema=self.schema
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str, str | None]:
+        return ("rename_index", self.table_name, self.old_name, self.new_name, self.schema)
+
+
+@Operations.implementation_for(RenameIndexOp)
+def _rename_index(operations: Operations, operation: RenameIndexOp) -> None:
+    source = _qualified(operations, operation.old_name, operation.schema)
+    operations.execute(f"ALTER INDEX {source} RENAME TO {_quote(operations, operation.new_name)}")
 
 
 def _warn_if_empty(connection: Connection, table_name: str, schema: str | None) -> None:

@@ -14,13 +14,14 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 
-from vecorm.alembic.comparators import ImportsOp, IVFFlatCreateIndexOp
+from vecorm.alembic.comparators import ImportsOp, IndexMismatchOp, IVFFlatCreateIndexOp
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
     CreateVectorExtensionOp,
     CreateVectorIndexOp,
     DropVectorExtensionOp,
     DropVectorIndexOp,
+    RenameIndexOp,
 )
 
 #: The import line that registers ``op.create_vector_extension`` and friends.
@@ -119,3 +120,40 @@ def _render_imports(autogen_context: AutogenContext, operation: ImportsOp) -> li
     if autogen_context.imports is not None:
         autogen_context.imports.update(operation.imports)
     return []
+
+
+@renderers.dispatch_for(RenameIndexOp)
+def _render_rename_index(autogen_context: AutogenContext, operation: RenameIndexOp) -> str:
+    _needs_operations(autogen_context)
+    args = [repr(operation.old_name), repr(operation.new_name)]
+    if operation.table_name:
+        args.append(f"table_name={operation.table_name!r}")
+    if operation.schema:
+        args.append(_schema_kw(operation.schema))
+    return f"op.rename_index({', '.join(args)})"
+
+
+@renderers.dispatch_for(IndexMismatchOp)
+def _render_index_mismatch(
+    autogen_context: AutogenContext, operation: IndexMismatchOp
+) -> list[str]:
+    """Comments only (and ``pass``, so a revision holding nothing else still compiles)."""
+    rebuild: list[str] = []
+    for op in operation.rebuild:
+        rendered = renderers.dispatch(type(op))(autogen_context, op)
+        for line in [rendered] if isinstance(rendered, str) else rendered:
+            rebuild.extend(f"# {part}" for part in line.splitlines())
+    advice = (
+        "# If you uncommented the rebuild in upgrade(), restore the stored index with:"
+        if operation.downgrade
+        else "# Change the model's SearchConfig to match it, or rebuild it by uncommenting:"
+    )
+    return [
+        f"# vecorm: index {operation.index_name!r} on {operation.table_name!r} differs from the "
+        "model; it is kept as it is.",
+        f"#   found:    {operation.found.describe()}",
+        f"#   expected: {operation.expected.describe()}",
+        advice,
+        *rebuild,
+        "pass",
+    ]
