@@ -27,10 +27,11 @@ back right after it. Nothing outlives the statement, so nothing reaches the pool
 
     session.execute(Document.nearest(q, k=100).execution_options(**search_options(ef_search=200)))
 
-:meth:`nearest` fills these options from the model's :class:`~vecorm.HNSW` /
-:class:`~vecorm.IVFFlat` declaration (iterative scan ``relaxed_order`` by default, so a filtered
-query still returns ``k`` rows). Without the hook the options are ignored and pgvector's
-defaults apply. :func:`apply_search_settings` is the hook-free alternative: it runs the
+:func:`nearest` fills these options from the model's :class:`~vecorm.HNSW` /
+:class:`~vecorm.IVFFlat` declaration: iterative scan ``relaxed_order`` (a filtered query still
+returns ``k`` rows), ``ef_search`` 200 and ``probes`` sqrt(lists) unless set (see
+docs/querying.md for the measurements behind them). Without the hook the options are ignored
+and pgvector's defaults apply. :func:`apply_search_settings` is the hook-free alternative: it runs the
 ``SET LOCAL`` itself in the session's current transaction.
 """
 
