@@ -31,8 +31,8 @@ back right after it. Nothing outlives the statement, so nothing reaches the pool
 :class:`~vecorm.IVFFlat` declaration: iterative scan ``relaxed_order`` (a filtered query still
 returns ``k`` rows), ``ef_search`` 200 and ``probes`` sqrt(lists) unless set (see
 docs/querying.md for the measurements behind them). Without the hook the options are ignored
-and pgvector's defaults apply. :func:`apply_search_settings` is the hook-free alternative: it runs the
-``SET LOCAL`` itself in the session's current transaction.
+and pgvector's defaults apply. :func:`apply_search_settings` is the hook-free alternative: it
+runs the ``SET LOCAL`` itself in the session's current transaction.
 """
 
 from __future__ import annotations
