@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Engine, create_engine
 
-from alembic import command
 from vecorm.scaffold import init_migrations
 
 

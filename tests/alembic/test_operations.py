@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import text
 
-from alembic import command
 from tests.alembic.conftest import Project
 from tests.integration.catalog import column_types, generated_expression, indexes
 from vecorm.alembic import EmptyIVFFlatWarning
