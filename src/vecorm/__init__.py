@@ -11,7 +11,14 @@ class Document(vecorm.Searchable, Base):
 from vecorm.backfill import BackfillResult, backfill, stale_condition, stale_count
 from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
 from vecorm.drivers import register_array_types
-from vecorm.embedded import EmbeddedServer, create_engine, database, database_url, start_embedded
+from vecorm.embedded import (
+    EmbeddedServer,
+    create_async_engine,
+    create_engine,
+    database,
+    database_url,
+    start_embedded,
+)
 from vecorm.embedders import AsyncEmbedder, Embedder, HashingEmbedder
 from vecorm.errors import (
     ConfigurationError,
@@ -22,8 +29,17 @@ from vecorm.errors import (
     VecormError,
 )
 from vecorm.events import install, installed_embedder, is_installed, uninstall
+from vecorm.hybrid import hybrid_search
 from vecorm.mixin import Searchable, search_config
+from vecorm.query import (
+    apply_search_settings,
+    install_search_settings,
+    search_options,
+    search_settings_installed,
+    uninstall_search_settings,
+)
 from vecorm.reembed import ChangeStatus, ModelChange
+from vecorm.textsearch import TsRankArm, text_search
 from vecorm.types import Bit, HalfVec, HalfVector, SparseVec, Vector
 
 __all__ = [
@@ -48,19 +64,28 @@ __all__ = [
     "Searchable",
     "ServerError",
     "SparseVec",
+    "TsRankArm",
     "VecormError",
     "Vector",
+    "apply_search_settings",
     "backfill",
+    "create_async_engine",
     "create_engine",
     "database",
     "database_url",
+    "hybrid_search",
     "install",
+    "install_search_settings",
     "installed_embedder",
     "is_installed",
     "register_array_types",
     "search_config",
+    "search_options",
+    "search_settings_installed",
     "stale_condition",
     "stale_count",
     "start_embedded",
+    "text_search",
     "uninstall",
+    "uninstall_search_settings",
 ]

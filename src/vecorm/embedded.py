@@ -27,6 +27,7 @@ from psycopg import sql
 from sqlalchemy import URL, make_url
 from sqlalchemy import create_engine as _sa_create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from vecorm.errors import ServerError
 
@@ -74,13 +75,38 @@ INSERT_PAGE_SIZE = 200
 def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """``sqlalchemy.create_engine`` tuned for vectors, with the URL normalised to psycopg 3.
 
-    vecorm's types need no per-connection setup, so an engine made any other way works too;
-    this one only sets ``insertmanyvalues_page_size=200`` (see :data:`INSERT_PAGE_SIZE`).
+    On top of SQLAlchemy's engine it sets ``insertmanyvalues_page_size=200`` (see
+    :data:`INSERT_PAGE_SIZE`) and calls :func:`vecorm.query.install_search_settings`, so
+    per-statement ``ef_search`` / ``probes`` / iterative-scan options take effect. vecorm's types
+    need no per-connection setup, so an engine made any other way works too; call
+    ``install_search_settings(engine)`` on it for the query-time settings.
 
     >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """
+    from vecorm.query import install_search_settings
+
     kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
-    return _sa_create_engine(normalize_url(url), **kwargs)
+    engine = _sa_create_engine(normalize_url(url), **kwargs)
+    install_search_settings(engine)
+    return engine
+
+
+def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """The asyncio twin of :func:`create_engine` (psycopg 3 async unless a driver is named).
+
+    >>> engine = create_async_engine("postgresql://app@localhost/app")   # doctest: +SKIP
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+
+    from vecorm.query import install_search_settings
+
+    parsed = normalize_url(url)
+    if parsed.drivername == "postgresql+psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg_async")
+    kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
+    engine = _sa_create_async_engine(parsed, **kwargs)
+    install_search_settings(engine)
+    return engine
 
 
 def ensure_extension(url: str | URL) -> None:

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -216,6 +217,10 @@ def _column_name(cls: Any, attribute: str) -> str:
     return attribute
 
 
+# Tables already given their indexes; kept off Table.info so Alembic never renders it.
+_completed_tables: weakref.WeakSet[Table] = weakref.WeakSet()
+
+
 @event.listens_for(Searchable, "after_mapper_constructed", propagate=True)
 def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     """Attach indexes and the vector validator once, on the class that owns the table."""
@@ -226,9 +231,9 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     embedding = table.c.get(config.embedding_column)
     if embedding is None or not isinstance(embedding, Column):
         return  # single-table subclass, or joined subclass whose parent holds the columns
-    if table.info.get("vecorm_completed"):
+    if table in _completed_tables:
         return  # the event can fire again for the same table
-    table.info["vecorm_completed"] = True
+    _completed_tables.add(table)
     _check_fields(cls, mapper, config)
     # Index() on a table's columns attaches itself to that table.
     vector_index(embedding, config)
@@ -258,6 +263,20 @@ def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> 
                 f"{cls.__name__}.__vecorm__: field {name!r} maps to column "
                 f"{columns[0].name!r}; declare it in the class body with mapped_column"
             )
+        # The generated tsvector needs text, and the embedded text must match it.
+        if not _is_text(columns[0]):
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__: field {name!r} is a {columns[0].type} column; "
+                "fields must be text (String/Text) columns"
+            )
+
+
+def _is_text(column: Column[Any]) -> bool:
+    """A String/Text column, directly or through a TypeDecorator."""
+    affinity = column.type._type_affinity  # what SQLAlchemy itself compares types by
+    return isinstance(column.type, String) or (
+        isinstance(affinity, type) and issubclass(affinity, String)
+    )
 
 
 def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:

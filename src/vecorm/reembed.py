@@ -51,7 +51,7 @@ from vecorm.backfill import (
 from vecorm.config import SearchConfig, Storage
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
-from vecorm.indexes import MAX_IDENTIFIER_LENGTH, index_name
+from vecorm.indexes import MAX_IDENTIFIER_LENGTH, index_name, vector_index_name
 from vecorm.mixin import search_config
 from vecorm.types import HalfVec, Vector
 
@@ -316,11 +316,10 @@ class ModelChange:
     def _swap(
         self, conn: Connection, preparer: IdentifierPreparer, target: str, keep_previous: bool
     ) -> None:
-        live_index = None
-        if self.old_config.index is not None:
-            live_index = index_name(
-                str(self._table.name), self._live.embedding.name, self.old_config.index.method
-            )
+        live_index = vector_index_name(
+            str(self._table.name), self._live.embedding.name, self.old_config
+        )
+        if live_index is not None:
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {self._qualified(conn, live_index)}")
         shadow_index = self._shadow_index(concurrently=False)
         if shadow_index is not None:
@@ -355,10 +354,8 @@ class ModelChange:
                 f"ALTER TABLE {target} RENAME COLUMN {preparer.quote(shadow_name)} "
                 f"TO {preparer.quote(live_name)}"
             )
-        if shadow_index is not None and self.config.index is not None:
-            final = index_name(
-                str(self._table.name), self._live.embedding.name, self.config.index.method
-            )
+        final = vector_index_name(str(self._table.name), self._live.embedding.name, self.config)
+        if shadow_index is not None and final is not None:
             conn.exec_driver_sql(
                 f"ALTER INDEX {self._qualified(conn, str(shadow_index.name))} "
                 f"RENAME TO {preparer.quote(final)}"

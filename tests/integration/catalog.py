@@ -29,8 +29,9 @@ def column_types(conn: Connection, table: str, schema: str = "public") -> dict[s
     return {name: type_ for name, type_ in rows}
 
 
-def generated_expression(conn: Connection, table: str, column: str, schema: str = "public"
-                         ) -> tuple[str, str]:
+def generated_expression(
+    conn: Connection, table: str, column: str, schema: str = "public"
+) -> tuple[str, str]:
     """(attgenerated, expression) of a generated column: 's' means STORED."""
     row = conn.execute(
         text(

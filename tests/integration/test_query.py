@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import sqlalchemy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import ForeignKey, String, create_engine, insert, select, text
@@ -392,14 +393,17 @@ def test_autocommit_connections_are_refused(vecorm_url: URL) -> None:
         engine.dispose()
 
 
-def test_apply_search_settings_without_a_hook(vecorm_engine: Engine) -> None:
+def test_apply_search_settings_without_a_hook(vecorm_url: URL, vecorm_engine: Engine) -> None:
     _fill_hnsw(vecorm_engine)
-    with Session(vecorm_engine) as session, session.begin():
+    plain = sqlalchemy.create_engine(vecorm_url)  # no install_search_settings on this one
+    assert not search_settings_installed(plain)
+    with Session(plain) as session, session.begin():
         apply_search_settings(session, ef_search=7, iterative_scan="off")
         assert session.scalar(text("SHOW hnsw.ef_search")) == "7"
         assert _hnsw_rows(session) == 7
-    with vecorm_engine.connect() as conn, pytest.raises(vecorm.ConfigurationError):
+    with plain.connect() as conn, pytest.raises(vecorm.ConfigurationError):
         apply_search_settings(conn, ef_search=7)
+    plain.dispose()
 
 
 def test_invalid_settings_are_refused() -> None:

@@ -118,3 +118,13 @@ def test_config_is_frozen() -> None:
         config.dimensions = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.weights["body"] = "B"  # type: ignore[index]
+
+
+def test_non_text_field_is_refused_naming_the_class() -> None:
+    with pytest.raises(vecorm.ConfigurationError, match=r"Years.__vecorm__: field 'year' is a"):
+        make_model(
+            "Years",
+            vecorm.SearchConfig(fields=("year",), dimensions=4),
+            __annotations__={"id": Mapped[int], "body": Mapped[str], "year": Mapped[int]},
+            year=mapped_column(),
+        )

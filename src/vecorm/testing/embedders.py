@@ -10,7 +10,7 @@ from vecorm.embedders.base import Embedder, EmbeddingMatrix
 from vecorm.embedders.hashing import HashingEmbedder
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity, so query-embedding caches work
 class RecordingEmbedder:
     """Wraps a provider and records each batch it is asked to embed.
 

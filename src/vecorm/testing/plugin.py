@@ -11,7 +11,7 @@ from sqlalchemy import URL
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from vecorm.embedded import INSERT_PAGE_SIZE, create_engine
+from vecorm.embedded import create_async_engine, create_engine
 from vecorm.testing.embedders import FakeEmbedder
 from vecorm.testing.server import TestServer, fresh_database, template_database, test_server
 
@@ -39,7 +39,7 @@ def vecorm_url(vecorm_server: TestServer, vecorm_template: str) -> Iterator[URL]
 
 @pytest.fixture
 def vecorm_engine(vecorm_url: URL) -> Iterator[Engine]:
-    """A SQLAlchemy engine (psycopg 3) on this test's database."""
+    """``vecorm.create_engine`` (psycopg 3, search settings installed) on this test's database."""
     engine = create_engine(vecorm_url)
     try:
         yield engine
@@ -65,15 +65,12 @@ try:
 except ImportError:  # pragma: no cover - async fixtures need pytest-asyncio
     pass
 else:
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     @pytest_asyncio.fixture
     async def vecorm_async_engine(vecorm_url: URL) -> AsyncIterator[AsyncEngine]:
         """An async engine (psycopg 3 async) on this test's database."""
-        engine = create_async_engine(
-            vecorm_url.set(drivername="postgresql+psycopg_async"),
-            insertmanyvalues_page_size=INSERT_PAGE_SIZE,
-        )
+        engine = create_async_engine(vecorm_url)
         try:
             yield engine
         finally:
