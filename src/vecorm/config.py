@@ -18,6 +18,7 @@ class instead of surfacing as a database error later::
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Literal
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
 
+log = logging.getLogger("vecorm")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TS_CONFIG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
 #: pgvector cannot build an HNSW or IVFFlat index on ``vector`` above this many dimensions.
@@ -34,7 +36,16 @@ MAX_INDEXED_VECTOR_DIMENSIONS = 2000
 #: ... nor on ``halfvec`` above this many.
 MAX_INDEXED_HALFVEC_DIMENSIONS = 4000
 
+#: ... nor on ``bit`` above this many.
+MAX_INDEXED_BIT_DIMENSIONS = 64000
+#: Candidates per result row that a binary-quantized index hands to the exact re-rank.
+DEFAULT_RERANK = 40
+
 Storage = Literal["vector", "halfvec"]
+#: What a vector index stores: the full ``vector``, ``halfvec`` (half the size) or a
+#: binary-quantized ``bit`` string (1/32 of ``vector``), whose candidates are re-ranked exactly.
+Precision = Literal["vector", "halfvec", "bit"]
+PRECISIONS: tuple[Precision, ...] = ("vector", "halfvec", "bit")
 EmbeddingMode = Literal["strict", "deferred"]
 
 
@@ -51,8 +62,10 @@ class Distance(enum.Enum):
         """The SQL operator: ``<=>``, ``<->``, ``<#>`` or ``<+>``."""
         return _OPERATORS[self]
 
-    def opclass(self, storage: Storage = "vector") -> str:
-        """The index operator class, e.g. ``vector_cosine_ops``."""
+    def opclass(self, storage: Storage | Precision = "vector") -> str:
+        """The index operator class, e.g. ``vector_cosine_ops``; ``bit_hamming_ops`` for bit."""
+        if storage == "bit":
+            return "bit_hamming_ops"
         return f"{storage}_{_OPCLASS_SUFFIX[self]}"
 
     @classmethod
@@ -87,6 +100,24 @@ _OPCLASS_SUFFIX = {
 
 HNSWIterativeScan = Literal["off", "relaxed_order", "strict_order"]
 IVFFlatIterativeScan = Literal["off", "relaxed_order"]
+
+
+def _check_precision(kind: str, precision: object, rerank: object) -> None:
+    """Validate ``precision`` / ``rerank`` of an index declaration."""
+    if precision is not None and precision not in PRECISIONS:
+        names = ", ".join(repr(name) for name in PRECISIONS)
+        raise ConfigurationError(
+            f"{kind} precision must be one of {names} or None, not {precision!r}"
+        )
+    if rerank is not None:
+        if isinstance(rerank, bool) or not isinstance(rerank, int) or not 1 <= rerank <= 1000:
+            raise ConfigurationError(
+                f"{kind} rerank must be an integer between 1 and 1000, not {rerank!r}"
+            )
+        if precision not in (None, "bit"):
+            raise ConfigurationError(
+                f"{kind} rerank applies to precision='bit' only (got precision={precision!r})"
+            )
 
 
 def _check_query_time(
@@ -130,8 +161,17 @@ class HNSW:
     max_scan_tuples: int | None = None
     #: Query time: memory of an iterative scan as a multiple of ``work_mem`` (default 1).
     scan_mem_multiplier: float | None = None
+    #: What the index stores: ``"vector"``, ``"halfvec"`` (an expression index on
+    #: ``embedding::halfvec(N)``: half the size, same recall) or ``"bit"`` (on
+    #: ``binary_quantize(embedding)::bit(N)``: 1/32 the size; searches take ``k * rerank``
+    #: candidates by Hamming distance and re-rank them exactly). ``None``: the column's type,
+    #: or above 2000 dimensions ``"halfvec"`` (above 4000, ``"bit"``).
+    precision: Precision | None = None
+    #: For ``precision="bit"``: candidates per result row (default ``DEFAULT_RERANK``, 40).
+    rerank: int | None = None
 
     def __post_init__(self) -> None:
+        _check_precision("HNSW", self.precision, self.rerank)
         _check_query_time(
             "HNSW",
             self.iterative_scan,
@@ -179,8 +219,17 @@ class IVFFlat:
     iterative_scan: IVFFlatIterativeScan = "relaxed_order"
     #: Query time: most lists an iterative scan probes (default: all).
     max_probes: int | None = None
+    #: What the index stores: ``"vector"``, ``"halfvec"`` (an expression index on
+    #: ``embedding::halfvec(N)``: half the size, same recall) or ``"bit"`` (on
+    #: ``binary_quantize(embedding)::bit(N)``: 1/32 the size; searches take ``k * rerank``
+    #: candidates by Hamming distance and re-rank them exactly). ``None``: the column's type,
+    #: or above 2000 dimensions ``"halfvec"`` (above 4000, ``"bit"``).
+    precision: Precision | None = None
+    #: For ``precision="bit"``: candidates per result row (default ``DEFAULT_RERANK``, 40).
+    rerank: int | None = None
 
     def __post_init__(self) -> None:
+        _check_precision("IVFFlat", self.precision, self.rerank)
         _check_query_time("IVFFlat", self.iterative_scan, ("off", "relaxed_order"))
         if self.max_probes is not None and not 1 <= self.max_probes <= self.lists:
             raise ConfigurationError(
@@ -252,9 +301,38 @@ class SearchConfig:
         return self.distance
 
     @property
+    def index_precision(self) -> Precision | None:
+        """What the vector index stores (``None`` without an index); see :attr:`HNSW.precision`.
+
+        Unset, it is the column's own type, except above pgvector's 2000-dimension limit for
+        ``vector`` indexes: ``"halfvec"`` up to 4000 dimensions, ``"bit"`` beyond.
+        """
+        if self.index is None:
+            return None
+        if self.index.precision is not None:
+            return self.index.precision
+        if self.storage == "halfvec":
+            return "halfvec" if self.dimensions <= MAX_INDEXED_HALFVEC_DIMENSIONS else "bit"
+        if self.dimensions <= MAX_INDEXED_VECTOR_DIMENSIONS:
+            return "vector"
+        return "halfvec" if self.dimensions <= MAX_INDEXED_HALFVEC_DIMENSIONS else "bit"
+
+    @property
+    def index_is_expression(self) -> bool:
+        """Whether the vector index is on an expression (a cast) rather than the column."""
+        precision = self.index_precision
+        return precision is not None and precision != self.storage
+
+    @property
+    def rerank(self) -> int:
+        """Candidates per result row of a ``precision="bit"`` search."""
+        configured = self.index.rerank if self.index is not None else None
+        return configured if configured is not None else DEFAULT_RERANK
+
+    @property
     def opclass(self) -> str:
-        """Operator class of the vector index, e.g. ``vector_cosine_ops``."""
-        return self.metric.opclass(self.storage)
+        """Operator class of the vector index, e.g. ``vector_cosine_ops``, ``bit_hamming_ops``."""
+        return self.metric.opclass(self.index_precision or self.storage)
 
     def validate(self, owner: str) -> None:
         """Raise :class:`ConfigurationError` naming ``owner`` if the settings cannot work."""
@@ -300,7 +378,7 @@ class SearchConfig:
                 if weight not in _WEIGHTS:
                     raise fail(f"weight {weight!r} for {name!r} must be one of 'A', 'B', 'C', 'D'")
         if self.index is not None:
-            self._validate_index(fail)
+            self._validate_index(fail, owner)
         if self.embedding_mode not in (None, "strict", "deferred"):
             raise fail(
                 f"embedding_mode must be 'strict', 'deferred' or None, not {self.embedding_mode!r}"
@@ -314,16 +392,38 @@ class SearchConfig:
                 f"dimensions but the column has {self.dimensions}"
             )
 
-    def _validate_index(self, fail: Callable[[str], ConfigurationError]) -> None:
-        if isinstance(self.index, IVFFlat) and self.metric is Distance.L1:
+    def _validate_index(self, fail: Callable[[str], ConfigurationError], owner: str) -> None:
+        assert self.index is not None
+        precision = self.index_precision
+        kind = type(self.index).__name__
+        if isinstance(self.index, IVFFlat) and self.metric is Distance.L1 and precision != "bit":
             raise fail("IVFFlat does not support L1 distance; use HNSW(...) for L1")
-        limit = (
-            MAX_INDEXED_VECTOR_DIMENSIONS
-            if self.storage == "vector"
-            else MAX_INDEXED_HALFVEC_DIMENSIONS
-        )
-        if self.dimensions > limit:
+        if self.storage == "halfvec" and precision == "vector":
             raise fail(
-                f"pgvector cannot index {self.storage} columns over {limit} dimensions "
-                f"({self.dimensions} given); use storage='halfvec' (up to 4000) or index=None"
+                "precision='vector' on a storage='halfvec' column would index values the column "
+                "does not hold; use precision='halfvec' (the column as is) or 'bit'"
+            )
+        limits = {
+            "vector": MAX_INDEXED_VECTOR_DIMENSIONS,
+            "halfvec": MAX_INDEXED_HALFVEC_DIMENSIONS,
+            "bit": MAX_INDEXED_BIT_DIMENSIONS,
+        }
+        assert precision is not None
+        if self.dimensions > limits[precision]:
+            raise fail(
+                f"pgvector cannot index {precision} over {limits[precision]} dimensions "
+                f"({self.dimensions} given); use {kind}(precision='halfvec') (up to 4000 "
+                "dimensions) or precision='bit' (binary-quantized, re-ranked exactly)"
+            )
+        if self.index.rerank is not None and precision != "bit":
+            raise fail(f"rerank applies to precision='bit' only; this index is {precision}")
+        if self.index.precision is None and precision != self.storage:
+            log.info(
+                "vecorm: %s: %d dimensions exceed pgvector's limit for %s indexes; indexing "
+                "%s(embedding) instead (set %s(precision=...) to choose)",
+                owner,
+                self.dimensions,
+                self.storage,
+                "binary_quantize" if precision == "bit" else precision,
+                kind,
             )

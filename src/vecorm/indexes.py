@@ -7,15 +7,27 @@ PostgreSQL's 63 characters) because Alembic compares indexes by name::
     # Index('ix_documents_embedding_hnsw', embedding, postgresql_using='hnsw',
     #       postgresql_with={'m': 16, 'ef_construction': 64},
     #       postgresql_ops={'embedding': 'vector_cosine_ops'})
+
+An index of another precision than the column (``HNSW(precision="halfvec" | "bit")``) is an
+*expression* index, named after its precision so that changing it builds the new index
+before the old one is dropped::
+
+    vector_index(table.c.embedding, SearchConfig(fields=("body",), index=HNSW(precision="bit")))
+    # Index('ix_documents_embedding_bit_hnsw',
+    #       CAST(binary_quantize(embedding) AS BIT(1536)), postgresql_using='hnsw', ...,
+    #       postgresql_ops={'embedding_bit': 'bit_hamming_ops'})
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
-from sqlalchemy import Column, Index
+from sqlalchemy import Column, Index, cast, func
+from sqlalchemy.sql.elements import ColumnElement
 
 from vecorm.config import SearchConfig
+from vecorm.types import Bit, HalfVec
 
 MAX_IDENTIFIER_LENGTH = 63
 
@@ -44,7 +56,22 @@ def vector_index_name(table_name: str, column_name: str, config: SearchConfig) -
         return None
     if config.vector_index_name is not None:
         return config.vector_index_name
-    return index_name(table_name, column_name, config.index.method)
+    method = config.index.method
+    if config.index_is_expression:
+        method = f"{config.index_precision}_{method}"
+    return index_name(table_name, column_name, method)
+
+
+def indexed_expression(column: ColumnElement[Any], config: SearchConfig) -> ColumnElement[Any]:
+    """What the vector index is built on: ``column``, ``column::halfvec(N)`` or
+    ``binary_quantize(column)::bit(N)``; a query must order by the same expression to use it.
+    """
+    precision = config.index_precision
+    if precision is None or precision == config.storage:
+        return column
+    if precision == "halfvec":
+        return cast(column, HalfVec(config.dimensions))
+    return cast(func.binary_quantize(column), Bit(config.dimensions))
 
 
 def vector_index(column: Column[object], config: SearchConfig) -> Index | None:
@@ -52,12 +79,17 @@ def vector_index(column: Column[object], config: SearchConfig) -> Index | None:
     name = vector_index_name(_table_name(column), column.name, config)
     if config.index is None or name is None:
         return None
+    key: ColumnElement[Any] = column
+    ops_key = column.name
+    if config.index_is_expression:
+        ops_key = f"{column.name}_{config.index_precision}"
+        key = indexed_expression(column, config).label(ops_key)
     return Index(
         name,
-        column,
+        key,
         postgresql_using=config.index.method,
         postgresql_with=config.index.with_params,
-        postgresql_ops={column.name: config.opclass},
+        postgresql_ops={ops_key: config.opclass},
         info={ADOPTED_INFO_KEY: True} if config.vector_index_name is not None else {},
     )
 

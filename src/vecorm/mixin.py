@@ -142,6 +142,7 @@ class Searchable:
         embedder: Embedder | None = None,
         with_score: bool = False,
         exact: bool = False,
+        candidates: int | None = None,
     ) -> Select[Any]:
         """``select(cls, distance)`` of the ``k`` nearest rows; see :func:`vecorm.query.nearest`.
 
@@ -156,6 +157,7 @@ class Searchable:
             embedder=embedder,
             with_score=with_score,
             exact=exact,
+            candidates=candidates,
         )
 
     def _distance_to_instance(

@@ -46,10 +46,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
+    Boolean,
     Float,
+    Integer,
     Select,
     String,
     bindparam,
+    cast,
     column,
     event,
     func,
@@ -58,18 +61,24 @@ from sqlalchemy import (
     select,
     table,
     true,
+    tuple_,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.schema import Column
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
 from vecorm.embedders.base import Embedder
 from vecorm.embedders.query import embed_query
 from vecorm.errors import ConfigurationError
-from vecorm.types import FloatArray, to_float_array
+from vecorm.indexes import indexed_expression
+from vecorm.types import Bit, FloatArray, HalfVec, Vector, to_float_array
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
@@ -440,6 +449,33 @@ def distance_expression(
     Inner product is pgvector's ``<#>``: the *negative* inner product, so smaller is nearer.
     Only the configured metric can use the model's index.
     """
+    config = _config(model)
+    metric = metric_of(model, distance)
+    embedding = model.embedding
+    value = query_vector(model, query, embedder=embedder)
+    if (
+        config.index_precision == "halfvec"
+        and config.storage == "vector"
+        and metric is config.metric
+    ):
+        # The expression index's own expression, or the planner cannot use it.
+        target: ColumnElement[Any] = indexed_expression(embedding, config)
+        vector = bindparam(None, value, type_=HalfVec(config.dimensions))
+    else:
+        target = embedding
+        vector = bindparam(None, value, type_=embedding.type)
+    expression: ColumnElement[float | None] = target.op(metric.operator, return_type=Float)(vector)
+    return expression
+
+
+def exact_distance_expression(
+    model: Any,
+    query: QueryInput,
+    *,
+    distance: Distance | str | None = None,
+    embedder: Embedder | None = None,
+) -> ColumnElement[float | None]:
+    """``embedding <=> :query`` on the stored column, whatever the index's precision."""
     metric = metric_of(model, distance)
     embedding = model.embedding
     vector = bindparam(None, query_vector(model, query, embedder=embedder), type_=embedding.type)
@@ -447,6 +483,86 @@ def distance_expression(
         vector
     )
     return expression
+
+
+def hamming_expression(
+    model: Any, query: QueryInput, *, embedder: Embedder | None = None
+) -> ColumnElement[float | None]:
+    """``binary_quantize(embedding)::bit(N) <~> binary_quantize(:query)::bit(N)``: the
+    ordering a ``precision="bit"`` index serves."""
+    config = _config(model)
+    value = query_vector(model, query, embedder=embedder)
+    vector_type = (
+        Vector(config.dimensions) if config.storage == "vector" else HalfVec(config.dimensions)
+    )
+    quantized = cast(
+        func.binary_quantize(bindparam(None, value, type_=vector_type)), Bit(config.dimensions)
+    )
+    indexed = cast(func.binary_quantize(model.embedding), Bit(config.dimensions))
+    expression: ColumnElement[float | None] = indexed.op("<~>", return_type=Float)(quantized)
+    return expression
+
+
+class BinaryCandidates(ColumnElement[bool]):
+    """``pk IN (SELECT pk FROM t WHERE <filters> ORDER BY <hamming> LIMIT n)``.
+
+    The first stage of a search on a binary-quantized index. The filters are the enclosing
+    statement's own ``WHERE`` criteria on the model's table, read when the statement is
+    compiled, so ``nearest(...).where(Document.tenant_id == 7)`` filters (and prunes
+    partitions) inside the candidate scan too, not only after it.
+    """
+
+    __visit_name__ = "vecorm_binary_candidates"
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [
+        ("keys", InternalTraversal.dp_clauseelement_tuple),
+        ("order", InternalTraversal.dp_clauseelement),
+        ("count", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(
+        self,
+        keys: Sequence[ColumnElement[Any]],
+        order: ColumnElement[Any],
+        count: int,
+    ) -> None:
+        self.keys = tuple(keys)
+        self.order = order
+        self.count = literal(count, Integer)
+
+
+def _own_table_criteria(
+    criteria: Sequence[ColumnElement[Any]], own_tables: set[Any]
+) -> list[ColumnElement[Any]]:
+    """The criteria that reference only ``own_tables`` (a filter on a joined table would turn
+    the candidate subquery into a correlated one)."""
+    kept = []
+    for criterion in criteria:
+        if isinstance(criterion, BinaryCandidates):
+            continue
+        columns = [
+            element for element in visitors.iterate(criterion) if isinstance(element, Column)
+        ]
+        if all(element.table in own_tables for element in columns):
+            kept.append(criterion)
+    return kept
+
+
+@compiles(BinaryCandidates)
+def _compile_binary_candidates(element: BinaryCandidates, compiler: SQLCompiler, **kw: Any) -> str:
+    own_tables = {key.table for key in element.keys if isinstance(key, Column)}
+    enclosing = compiler.stack[-1]["selectable"] if compiler.stack else None
+    criteria = list(getattr(enclosing, "_where_criteria", ()))
+    inner = (
+        select(*element.keys)
+        .where(*_own_table_criteria(criteria, own_tables))
+        .order_by(element.order)
+        .limit(element.count)
+        .correlate(None)  # its own scan of the table, which shadows the outer one inside
+    )
+    target = element.keys[0] if len(element.keys) == 1 else tuple_(*element.keys)
+    return compiler.process(target.in_(inner), **kw)
 
 
 def similarity_expression(
@@ -488,9 +604,15 @@ def instance_distance(
         return None
     model = type(instance)
     vector = query_vector(model, query, embedder=embedder)
-    if _config(model).storage == "halfvec":
-        vector = vector.astype(np.float16).astype(np.float32)  # as the SQL cast rounds it
-    return python_distance(metric_of(model, distance), embedding, vector)
+    config = _config(model)
+    metric = metric_of(model, distance)
+    if config.storage == "halfvec" or (
+        config.index_precision == "halfvec" and metric is config.metric
+    ):
+        # As the SQL casts round them (distance_expression compares halfvec to halfvec).
+        vector = vector.astype(np.float16).astype(np.float32)
+        embedding = np.asarray(embedding, dtype=np.float32).astype(np.float16)
+    return python_distance(metric, embedding, vector)
 
 
 def primary_key_columns(model: Any) -> tuple[ColumnElement[Any], ...]:
@@ -509,6 +631,7 @@ def nearest(
     embedder: Embedder | None = None,
     with_score: bool = False,
     exact: bool = False,
+    candidates: int | None = None,
 ) -> Select[Any]:
     """``SELECT model, distance ... ORDER BY distance, pk LIMIT k`` as a composable ``Select``.
 
@@ -518,20 +641,67 @@ def nearest(
     only a few rows and no index on the filter column lets PostgreSQL see that)::
 
         stmt = nearest(Document, [0.1, 0.2, 0.3], k=5).where(Document.category == "ml")
+
+    On a ``precision="halfvec"`` index the distance is computed in half precision (the
+    index's own expression); on a ``precision="bit"`` index the statement takes
+    ``candidates`` rows (default ``k * rerank``) by Hamming distance through the index, with
+    ``hnsw.ef_search`` raised to match, and orders them by the exact distance.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigurationError(f"k must be a positive integer, not {k!r}")
+    if candidates is not None and (
+        isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < k
+    ):
+        raise ConfigurationError(f"candidates must be an integer >= k ({k}), not {candidates!r}")
+    config = _config(model)
     metric = metric_of(model, distance)
+    binary = config.index_precision == "bit" and metric is config.metric and not exact
     expression = distance_expression(model, query, distance=metric, embedder=embedder)
     distance_column = expression.label("distance")
     columns: list[Any] = [model, distance_column]
     if with_score:
         columns.append(similarity_expression(expression, metric).label("score"))
     stmt = select(*columns).where(model.embedding.is_not(None))
+    depth = k
+    if binary:
+        depth = candidates if candidates is not None else k * config.rerank
+        keys = primary_key_columns(model)
+        order = hamming_expression(model, query, embedder=embedder)
+        stmt = stmt.where(BinaryCandidates(keys, order, depth))
     if max_distance is not None:
         stmt = stmt.where(expression <= max_distance)
     # "+ 0" is the same order, but not the index's expression: the planner must scan exactly.
     ordering: ColumnElement[Any] = expression + 0.0 if exact else distance_column
     stmt = stmt.order_by(ordering, *primary_key_columns(model)).limit(k)
-    options = index_search_options(_config(model), depth=k)
+    options = index_search_options(config, depth=depth)
     return stmt.execution_options(**options) if options else stmt
+
+
+def nearest_candidates(
+    model: Any,
+    query: QueryInput,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+    depth: int,
+    distance: Distance | str | None = None,
+    embedder: Embedder | None = None,
+    candidates: int | None = None,
+) -> Select[Any]:
+    """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first,
+    through the model's index whatever its precision (a hybrid search's semantic arm).
+
+    Run it with :func:`index_search_options` ``(config, depth=candidates)``.
+    """
+    config = _config(model)
+    metric = metric_of(model, distance)
+    expression = distance_expression(model, query, distance=metric, embedder=embedder)
+    distance_column = expression.label("distance")
+    keys = primary_key_columns(model)
+    stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), distance_column).where(
+        model.embedding.is_not(None), *where
+    )
+    if config.index_precision == "bit" and metric is config.metric:
+        count = candidates if candidates is not None else depth * config.rerank
+        order = hamming_expression(model, query, embedder=embedder)
+        stmt = stmt.where(BinaryCandidates(keys, order, count))
+    return stmt.order_by(distance_column, *keys).limit(depth)

@@ -37,7 +37,10 @@ def make_model(name: str, config: object, **columns: object) -> type:
             dict(fields=("body",), distance="l1", index=vecorm.IVFFlat()),
             "IVFFlat does not support L1",
         ),
-        (dict(fields=("body",), dimensions=3072), "cannot index vector columns over 2000"),
+        (
+            dict(fields=("body",), dimensions=3072, index=vecorm.HNSW(precision="vector")),
+            "cannot index vector over 2000",
+        ),
         (dict(fields=("body",), embedding_column="bad name"), "not a valid identifier"),
         (
             dict(fields=("body",), dimensions=384, embedder=vecorm.HashingEmbedder(dimensions=8)),
