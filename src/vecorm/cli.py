@@ -1,6 +1,9 @@
 """The ``vecorm`` command.
 
     vecorm demo             # the README's demo on the embedded server
+    vecorm backfill myapp.models:Document   # embed missing or stale rows, resumable
+    vecorm doctor myapp.models:Document     # versions, extension, indexes, stale rows
+    vecorm bench --rows 10000               # exact vs IVFFlat vs HNSW, recall vs latency
     vecorm adopt myapp.models:Document   # take over vectors already in the table
     vecorm --help
 
@@ -11,15 +14,17 @@ from __future__ import annotations
 
 import click
 
-from vecorm.errors import VecormError
+from vecorm.clitools import raise_user_error
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except VecormError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except click.ClickException:
+            raise
+        except Exception as exc:  # a user's mistake becomes one line and a hint, never a traceback
+            raise_user_error(exc)
 
 
 @click.group(cls=_Group)
@@ -28,27 +33,49 @@ def main() -> None:
     """vecorm: embeddings and hybrid search for SQLAlchemy models on PostgreSQL + pgvector."""
 
 
+_EMBEDDER_HELP = "local, hashing, openai, or MODULE:NAME of your own provider"
+
+
 @main.command()
 @click.option(
     "--database-url",
     envvar="VECORM_DATABASE_URL",
     default=None,
-    help="Use this server instead of the embedded one.",
+    help="Use this server instead of the embedded one (default: $VECORM_DATABASE_URL).",
 )
-def demo(database_url: str | None) -> None:
-    """Create a small knowledge base on the embedded server and search it."""
+@click.option(
+    "--embedder",
+    type=click.Choice(["auto", "local", "hashing", "openai"]),
+    default="auto",
+    show_default=True,
+    help="auto: the local model when vecorm[local] is installed, else hashing. "
+    "openai only when named here (needs OPENAI_API_KEY).",
+)
+def demo(database_url: str | None, embedder: str) -> None:
+    """Load 65 passages, answer questions, compare semantic and hybrid search."""
+    from vecorm.clitools import parse_url
     from vecorm.demo import run_demo
 
-    run_demo(database_url, echo=click.echo)
+    run_demo(parse_url(database_url) if database_url else None, embedder=embedder, echo=click.echo)
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--async", "use_async", is_flag=True, help="env.py runs on an AsyncEngine.")
-@click.option("--ini", "ini_path", default="alembic.ini", show_default=True,
-              type=click.Path(dir_okay=False), help="Where to write alembic.ini (kept if present).")
-@click.option("--metadata", "target_metadata", default="",
-              help="Your models' MetaData, e.g. myapp.models:Base (stored in alembic.ini).")
+@click.option(
+    "--ini",
+    "ini_path",
+    default="alembic.ini",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write alembic.ini (kept if present).",
+)
+@click.option(
+    "--metadata",
+    "target_metadata",
+    default="",
+    help="Your models' MetaData, e.g. myapp.models:Base (stored in alembic.ini).",
+)
 def init(directory: str, use_async: bool, ini_path: str, target_metadata: str) -> None:
     """Create an Alembic environment in DIRECTORY that already imports vecorm's hooks."""
     from vecorm.scaffold import init_migrations
@@ -57,8 +84,10 @@ def init(directory: str, use_async: bool, ini_path: str, target_metadata: str) -
         directory, ini_path=ini_path, use_async=use_async, target_metadata=target_metadata
     ):
         click.echo(f"created {path}")
-    click.echo("next: set sqlalchemy.url (or $DATABASE_URL) and target_metadata in "
-               f"{ini_path}, then `alembic revision --autogenerate -m \"...\"`")
+    click.echo(
+        "next: set sqlalchemy.url (or $DATABASE_URL) and target_metadata in "
+        f'{ini_path}, then `alembic revision --autogenerate -m "..."`'
+    )
 
 
 @main.command()
@@ -148,3 +177,180 @@ def adopt(
             f"{name}: {result.missing} rows have text but no vector; "
             f"`vecorm adopt {model_path} --re-embed` embeds them (recorded rows are kept)"
         )
+
+
+@main.command()
+@click.argument("model_path", metavar="MODULE:MODEL")
+@click.option(
+    "--embedder",
+    "embedder_name",
+    default=None,
+    metavar="NAME",
+    help=f"{_EMBEDDER_HELP} (default: the model's SearchConfig(embedder=...)).",
+)
+@click.option(
+    "--database-url",
+    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
+    default=None,
+    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per transaction (default: the provider's batch size).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show a progress bar on stderr.",
+)
+def backfill(
+    model_path: str,
+    embedder_name: str | None,
+    database_url: str | None,
+    batch_size: int | None,
+    progress: bool,
+) -> None:
+    """Embed the rows of MODULE:MODEL whose embedding is missing or stale.
+
+    Commits every batch: interrupted, it carries on where it stopped when run again.
+    """
+    from vecorm.backfill import backfill as backfill_rows
+    from vecorm.backfill import stale_count
+    from vecorm.clitools import connect, load_embedder, load_model, require_url
+    from vecorm.mixin import search_config
+
+    url = require_url(database_url)
+    model = load_model(model_path)
+    width = search_config(model).dimensions
+    embedder = load_embedder(embedder_name, dimensions=width) if embedder_name else None
+    with connect(url) as session:
+        result = backfill_rows(
+            session, model, embedder=embedder, batch_size=batch_size, progress=progress
+        )
+        left = stale_count(session, model, embedder=embedder)
+    name = model.__name__
+    if result.embedded == 0:
+        click.echo(f"{name}: nothing to embed, every row is up to date")
+    else:
+        click.echo(
+            f"{name}: embedded {result.embedded} rows in {result.batches} batches "
+            f"({result.calls} provider calls, {result.rows_per_second:.0f} rows/s)"
+        )
+    if left:
+        click.echo(f"{name}: {left} rows became stale meanwhile; run the command again")
+
+
+@main.command()
+@click.argument("model_paths", metavar="[MODULE:MODEL]...", nargs=-1)
+@click.option(
+    "--embedder",
+    "embedder_name",
+    default=None,
+    metavar="NAME",
+    help=f"{_EMBEDDER_HELP}, for the width and stale-row checks (default: each model's own).",
+)
+@click.option(
+    "--database-url",
+    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
+    default=None,
+    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL, "
+    "else a scratch embedded server).",
+)
+def doctor(
+    model_paths: tuple[str, ...], embedder_name: str | None, database_url: str | None
+) -> None:
+    """Check the server, pgvector and your searchable models; exit 1 on a problem."""
+    from vecorm.clitools import parse_url
+    from vecorm.doctor import run_doctor
+
+    url = parse_url(database_url) if database_url else None
+    if not run_doctor(url, model_paths, embedder_name=embedder_name, echo=click.echo):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option(
+    "--rows",
+    type=click.IntRange(min=10),
+    default=10_000,
+    show_default=True,
+    help="Random vectors to load.",
+)
+@click.option("--dimensions", type=click.IntRange(1, 2000), default=1536, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Neighbours per query.",
+)
+@click.option(
+    "--lists", type=click.IntRange(min=1), default=None, help="IVFFlat lists [default: sqrt(rows)]."
+)
+@click.option("--m", type=click.IntRange(2, 100), default=16, show_default=True, help="HNSW m.")
+@click.option("--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default="vecorm-bench.png",
+    show_default=True,
+    help="Where to write the recall-vs-latency PNG.",
+)
+@click.option("--no-plot", is_flag=True, help="Print the table only.")
+@click.option(
+    "--data",
+    type=click.Choice(["random", "clustered"]),
+    default="random",
+    show_default=True,
+    help="random: uniform on the sphere (hardest); clustered: like real embeddings.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--database-url",
+    envvar="VECORM_DATABASE_URL",
+    default=None,
+    help="Use this server instead of a scratch embedded one.",
+)
+def bench(
+    rows: int,
+    dimensions: int,
+    queries: int,
+    k: int,
+    lists: int | None,
+    m: int,
+    ef_construction: int,
+    plot_path: str,
+    no_plot: bool,
+    data: str,
+    seed: int,
+    database_url: str | None,
+) -> None:
+    """Exact scan vs IVFFlat vs HNSW on random vectors: recall against latency."""
+    from vecorm.bench import BenchConfig, run_bench_command
+    from vecorm.clitools import parse_url
+
+    config = BenchConfig(
+        rows=rows,
+        dimensions=dimensions,
+        queries=queries,
+        k=k,
+        lists=lists,
+        m=m,
+        ef_construction=ef_construction,
+        seed=seed,
+        data="clustered" if data == "clustered" else "random",
+    )
+    run_bench_command(
+        parse_url(database_url) if database_url else None,
+        config,
+        plot_path=None if no_plot else plot_path,
+        echo=click.echo,
+        progress=lambda message: click.echo(message, err=True),
+    )

