@@ -69,9 +69,21 @@ def indexed_expression(column: ColumnElement[Any], config: SearchConfig) -> Colu
     precision = config.index_precision
     if precision is None or precision == config.storage:
         return column
+    return precision_expression(column, precision, config.dimensions)
+
+
+def precision_expression(
+    column: ColumnElement[Any], precision: str | None, dimensions: int
+) -> ColumnElement[Any]:
+    """``column`` as an index of ``precision`` stores it: as is (``None``), cast to
+    ``halfvec(dimensions)``, or ``binary_quantize(column)::bit(dimensions)``."""
+    if precision is None:
+        return column
     if precision == "halfvec":
-        return cast(column, HalfVec(config.dimensions))
-    return cast(func.binary_quantize(column), Bit(config.dimensions))
+        return cast(column, HalfVec(dimensions))
+    if precision == "bit":
+        return cast(func.binary_quantize(column), Bit(dimensions))
+    raise ValueError(f"precision must be None, 'halfvec' or 'bit', not {precision!r}")
 
 
 def vector_index(column: Column[object], config: SearchConfig) -> Index | None:

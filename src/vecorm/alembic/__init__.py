@@ -23,7 +23,7 @@ described in docs/adopting.md.
 
 from __future__ import annotations
 
-from vecorm.alembic import comparators, renderers
+from vecorm.alembic import comparators, precision, renderers
 from vecorm.alembic.comparators import IndexMismatchOp, IndexMismatchWarning, IVFFlatCreateIndexOp
 from vecorm.alembic.environment import metadata_from_config
 from vecorm.alembic.operations import (
@@ -55,5 +55,6 @@ __all__ = [
     "import_model",
     "import_object",
     "metadata_from_config",
+    "precision",
     "renderers",
 ]

@@ -35,7 +35,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import Column, Computed, Index, Table, text
+from sqlalchemy import Column, Computed, Index, Table, literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeEngine
@@ -436,13 +436,18 @@ def _create_index_op(index: Index) -> ops.CreateIndexOp:
 def stored_index(conn_table: Table, name: str, signature: IndexSignature) -> Index:
     """An :class:`~sqlalchemy.Index` on the reflected table that renders the stored index."""
     by_quoted = {_PREPARER.quote(column.name): column for column in conn_table.c}
-    keys: list[Any] = [by_quoted[key] if key in by_quoted else text(key) for key in signature.keys]
+    # An expression key is labelled so that its operator class can be named (e.g. a
+    # halfvec_cosine_ops expression index, whose type has no default HNSW opclass).
+    keys: list[Any] = [
+        by_quoted[key] if key in by_quoted else literal_column(key).label(f"expr_{position}")
+        for position, key in enumerate(signature.keys)
+    ]
     ops_by_column = {
-        by_quoted[key].name: opclass
-        for key, opclass, is_default in zip(
-            signature.keys, signature.opclasses, signature.default_opclasses, strict=True
+        (by_quoted[key].name if key in by_quoted else f"expr_{position}"): opclass
+        for position, (key, opclass, is_default) in enumerate(
+            zip(signature.keys, signature.opclasses, signature.default_opclasses, strict=True)
         )
-        if key in by_quoted and not is_default
+        if not is_default
     }
     kwargs: dict[str, Any] = {"postgresql_using": signature.method}
     if signature.options:

@@ -45,6 +45,7 @@ from sqlalchemy.schema import CreateIndex
 
 from vecorm.alembic.catalog import generated_column, index_state, table_oid
 from vecorm.errors import ConfigurationError, VecormError
+from vecorm.indexes import precision_expression
 
 ExpressionStrategy = Literal["auto", "set_expression", "recreate"]
 
@@ -268,9 +269,17 @@ class CreateVectorIndexOp(MigrateOperation):
         with_: Mapping[str, object] | None = None,
         concurrently: bool = False,
         schema: str | None = None,
+        precision: str | None = None,
+        dimensions: int | None = None,
     ) -> None:
         if method not in ("hnsw", "ivfflat"):
             raise ConfigurationError(f"method must be 'hnsw' or 'ivfflat', not {method!r}")
+        if precision not in (None, "halfvec", "bit"):
+            raise ConfigurationError(
+                f"precision must be None (the column as is), 'halfvec' or 'bit', not {precision!r}"
+            )
+        if precision is not None and dimensions is None:
+            raise ConfigurationError(f"precision={precision!r} needs dimensions=<the column's>")
         self.index_name = index_name
         self.table_name = table_name
         self.column_name = column_name
@@ -279,6 +288,8 @@ class CreateVectorIndexOp(MigrateOperation):
         self.with_ = dict(with_ or {})
         self.concurrently = concurrently
         self.schema = schema
+        self.precision = precision
+        self.dimensions = dimensions
 
     @classmethod
     def create_vector_index(
@@ -293,8 +304,14 @@ class CreateVectorIndexOp(MigrateOperation):
         with_: Mapping[str, object] | None = None,
         concurrently: bool = False,
         schema: str | None = None,
+        precision: str | None = None,
+        dimensions: int | None = None,
     ) -> None:
-        """Build a vector index; ``concurrently=True`` runs outside the transaction."""
+        """Build a vector index; ``concurrently=True`` runs outside the transaction.
+
+        ``precision="halfvec"`` / ``"bit"`` (with ``dimensions``) indexes
+        ``column::halfvec(N)`` / ``binary_quantize(column)::bit(N)`` instead of the column.
+        """
         operations.invoke(
             cls(
                 index_name,
@@ -305,19 +322,28 @@ class CreateVectorIndexOp(MigrateOperation):
                 with_=with_,
                 concurrently=concurrently,
                 schema=schema,
+                precision=precision,
+                dimensions=dimensions,
             )
         )
 
     def to_index(self) -> Index:
         """The SQLAlchemy :class:`~sqlalchemy.Index` this operation builds."""
         target = Table(self.table_name, MetaData(), Column(self.column_name), schema=self.schema)
+        key: Any = target.c[self.column_name]
+        ops_key = self.column_name
+        if self.precision is not None:
+            assert self.dimensions is not None
+            ops_key = f"{self.column_name}_{self.precision}"
+            key = precision_expression(key, self.precision, self.dimensions).label(ops_key)
         return Index(
             self.index_name,
-            target.c[self.column_name],
+            key,
             postgresql_using=self.method,
-            postgresql_ops={self.column_name: self.opclass},
+            postgresql_ops={ops_key: self.opclass},
             postgresql_with=self.with_,
             postgresql_concurrently=self.concurrently,
+            _table=target,
         )
 
     def reverse(self) -> DropVectorIndexOp:

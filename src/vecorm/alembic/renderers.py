@@ -93,6 +93,9 @@ def _render_create_vector_index(
         f"with_={operation.with_!r}",
         f"concurrently={operation.concurrently!r}",
     ]
+    if operation.precision is not None:
+        args.append(f"precision={operation.precision!r}")
+        args.append(f"dimensions={operation.dimensions!r}")
     if operation.schema:
         args.append(_schema_kw(operation.schema))
     return f"op.create_vector_index({', '.join(args)})"

@@ -1,0 +1,125 @@
+"""Precision changes, partitions and Citus operations as Alembic revisions that run as written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.alembic.conftest import Project, body, undefined_names
+from tests.integration.catalog import indexes
+
+MODELS = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    import vecorm
+
+    # These tests are about vector indexes: no BM25 side tables where the config has them.
+    NO_BM25 = {{"bm25": None}} if "bm25" in vecorm.SearchConfig.__dataclass_fields__ else {{}}
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Document(vecorm.Searchable, Base):
+        __tablename__ = "documents"
+        __vecorm__ = vecorm.SearchConfig(fields=("title",), {config}, **NO_BM25)
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(200))
+"""
+
+INDEX_NAMES = {
+    "vector": "ix_documents_embedding_hnsw",
+    "halfvec": "ix_documents_embedding_halfvec_hnsw",
+    "bit": "ix_documents_embedding_bit_hnsw",
+}
+DEFINITIONS = {
+    "vector": "USING hnsw (embedding vector_cosine_ops)",
+    "halfvec": "USING hnsw (((embedding)::halfvec(16)) halfvec_cosine_ops)",
+    "bit": "USING hnsw (((binary_quantize(embedding))::bit(16)) bit_hamming_ops)",
+}
+
+
+def _vector_indexes(project: Project) -> dict[str, str]:
+    with project.engine.connect() as conn:
+        found = indexes(conn, "documents")
+    return {name: info.definition for name, info in found.items() if "embedding" in name}
+
+
+def _assert_empty(project: Project) -> None:
+    revision = project.autogenerate("nothing to do")
+    assert body(revision, "upgrade") == "pass", revision.read_text()
+    assert body(revision, "downgrade") == "pass", revision.read_text()
+    revision.unlink()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("vector", "halfvec"), ("halfvec", "bit"), ("bit", "vector")]
+)
+def test_precision_change_builds_the_new_index_concurrently_then_drops_the_old(
+    project_factory: Callable[..., Project], first: str, second: str
+) -> None:
+    project = project_factory()
+    project.set_models(
+        MODELS.format(config=f'dimensions=16, index=vecorm.HNSW(precision="{first}")')
+    )
+    initial = project.autogenerate("initial")
+    project.upgrade()
+    assert list(_vector_indexes(project)) == [INDEX_NAMES[first]]
+    _assert_empty(project)
+
+    project.set_models(
+        MODELS.format(config=f'dimensions=16, index=vecorm.HNSW(precision="{second}")')
+    )
+    change = project.autogenerate("precision")
+    upgrade = body(change, "upgrade").splitlines()
+    assert undefined_names(change) == ""
+    assert upgrade[0].startswith(f"op.create_vector_index('{INDEX_NAMES[second]}', 'documents'")
+    assert "concurrently=True" in upgrade[0]
+    assert (f"precision='{second}', dimensions=16" in upgrade[0]) == (second != "vector")
+    assert upgrade[1] == f"op.drop_vector_index('{INDEX_NAMES[first]}', concurrently=True)"
+    project.upgrade()
+    found = _vector_indexes(project)
+    assert list(found) == [INDEX_NAMES[second]]
+    assert DEFINITIONS[second] in found[INDEX_NAMES[second]]
+    _assert_empty(project)
+
+    project.downgrade(initial.name.split("_")[0])
+    found = _vector_indexes(project)
+    assert list(found) == [INDEX_NAMES[first]]
+    assert DEFINITIONS[first] in found[INDEX_NAMES[first]]
+
+
+def test_large_dimensions_get_an_expression_index_that_autogenerates_idempotently(
+    project_factory: Callable[..., Project],
+) -> None:
+    project = project_factory()
+    project.set_models(MODELS.format(config="dimensions=3072"))
+    initial = project.autogenerate("initial")
+    assert undefined_names(initial) == ""
+    assert "'ix_documents_embedding_halfvec_hnsw'" in body(initial, "upgrade")
+    project.upgrade()
+    found = _vector_indexes(project)
+    assert (
+        "USING hnsw (((embedding)::halfvec(3072)) halfvec_cosine_ops)"
+        in (found["ix_documents_embedding_halfvec_hnsw"])
+    )
+    _assert_empty(project)
+    # A parameter change keeps the name: Alembic's drop + create, compared from the catalog.
+    project.set_models(MODELS.format(config="dimensions=3072, index=vecorm.HNSW(m=8)"))
+    rebuilt = project.autogenerate("m=8")
+    upgrade = body(rebuilt, "upgrade")
+    assert "op.drop_index('ix_documents_embedding_halfvec_hnsw'" in upgrade
+    assert "postgresql_with={'m': 8, 'ef_construction': 64}" in upgrade
+    project.upgrade()
+    with project.engine.connect() as conn:
+        assert indexes(conn, "documents")["ix_documents_embedding_halfvec_hnsw"].options == (
+            "ef_construction=64",
+            "m=8",
+        )
+    _assert_empty(project)
+    project.downgrade(initial.name.split("_")[0])
+    with project.engine.connect() as conn:
+        restored = indexes(conn, "documents")["ix_documents_embedding_halfvec_hnsw"]
+    assert restored.options == ("ef_construction=64", "m=16")
+    assert "((embedding)::halfvec(3072)) halfvec_cosine_ops" in restored.definition
