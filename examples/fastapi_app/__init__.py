@@ -1,0 +1,1 @@
+"""FastAPI + async SQLAlchemy app with vecorm search (see README.md)."""

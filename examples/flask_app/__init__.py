@@ -1,0 +1,1 @@
+"""Flask + Flask-SQLAlchemy app with vecorm search (see README.md)."""

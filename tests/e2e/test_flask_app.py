@@ -1,0 +1,140 @@
+"""examples/flask_app over HTTP with Flask's test client, on a database its migration built."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import URL, create_engine, inspect
+
+from tests.e2e.conftest import EXAMPLES, url_text
+from vecorm.demo import load_passages
+
+
+def alembic_config(app: str, url: URL) -> Config:
+    config = Config(str(EXAMPLES / app / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url_text(url).replace("%", "%%"))
+    config.attributes["configure_logger"] = False  # leave pytest's logging alone
+    return config
+
+
+def test_migration_builds_the_schema_on_a_fresh_database(vecorm_url: URL) -> None:
+    config = alembic_config("flask_app", vecorm_url)
+    command.upgrade(config, "head")
+    engine = create_engine(vecorm_url)
+    inspector = inspect(engine)
+    columns = {column["name"]: column for column in inspector.get_columns("articles")}
+    assert str(columns["embedding"]["type"]) == "VECTOR(384)"
+    assert columns["search_vector"]["computed"]["persisted"] is True
+    assert {index["name"] for index in inspector.get_indexes("articles")} == {
+        "ix_articles_category",
+        "ix_articles_embedding_hnsw",
+        "ix_articles_search_vector_gin",
+    }
+    # The models and the migrated database agree: nothing left to generate. If this fails after
+    # a change to vecorm's schema, add a revision: `alembic -c examples/flask_app/alembic.ini
+    # revision --autogenerate -m "..."` (DATABASE_URL pointing at a database at head).
+    command.check(config)
+    command.downgrade(config, "base")
+    assert not inspect(engine).has_table("articles")
+    engine.dispose()
+
+
+@pytest.fixture
+def app(vecorm_url: URL) -> Iterator[Flask]:
+    from flask_app.app import create_app
+    from flask_app.models import Article, db
+
+    command.upgrade(alembic_config("flask_app", vecorm_url), "head")
+    application = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url_text(vecorm_url), "SEARCH_EMBEDDER": "hashing"}
+    )
+    with application.app_context():
+        # A corpus to search, added the way the app's own code would: embedded on commit.
+        db.session.add_all(
+            Article(title=p.title, body=p.body, category=p.category) for p in load_passages()
+        )
+        db.session.commit()
+        db.session.remove()
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def test_new_articles_are_embedded_on_commit(client: FlaskClient) -> None:
+    created = client.post(
+        "/articles",
+        json={
+            "title": "Error XJ-4471 in the billing export",
+            "body": "Restart the exporter.",
+            "category": "support",
+            "author": "ops",
+        },
+    )
+    assert created.status_code == 201
+    article_id = created.get_json()["id"]
+    shown = client.get(f"/articles/{article_id}").get_json()
+    assert shown["embedded"] is True and shown["embedding_model"] == "vecorm-hashing-384"
+
+    hits = client.get("/search", query_string={"q": "XJ-4471", "mode": "hybrid"}).get_json()
+    assert hits["results"][0]["id"] == article_id
+    text_hits = client.get("/search", query_string={"q": "billing exporter", "mode": "text"})
+    assert [hit["id"] for hit in text_hits.get_json()["results"]] == [article_id]
+
+
+def test_semantic_search_returns_distances_in_order(client: FlaskClient) -> None:
+    response = client.get("/search", query_string={"q": "pg_repack", "mode": "semantic", "k": 4})
+    body = response.get_json()
+    assert response.status_code == 200 and body["mode"] == "semantic"
+    distances = [hit["distance"] for hit in body["results"]]
+    assert len(distances) == 4 and distances == sorted(distances)
+    assert all(hit["score"] is None for hit in body["results"])
+
+
+def test_hybrid_search_finds_exact_terms_semantic_misses(client: FlaskClient) -> None:
+    question = "what does SQLSTATE 40P01 mean?"
+    semantic = client.get("/search", query_string={"q": question, "mode": "semantic"})
+    hybrid = client.get("/search", query_string={"q": question})  # hybrid by default
+    assert hybrid.get_json()["mode"] == "hybrid"
+    titles = [hit["title"] for hit in hybrid.get_json()["results"]]
+    assert titles[0] == "Deadlocks between transactions"
+    assert "Deadlocks between transactions" not in [
+        hit["title"] for hit in semantic.get_json()["results"]
+    ]
+    scores = [hit["score"] for hit in hybrid.get_json()["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid", "text"])
+def test_category_filter_applies_in_every_mode(client: FlaskClient, mode: str) -> None:
+    response = client.get(
+        "/search",
+        query_string={"q": "locks and timeouts", "mode": mode, "category": "errors", "k": 10},
+    )
+    results = response.get_json()["results"]
+    assert results and {hit["category"] for hit in results} == {"errors"}
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ({}, "pass the text to search for as ?q="),
+        ({"q": "vacuum", "mode": "fuzzy"}, "mode must be one of semantic, hybrid, text"),
+        ({"q": "vacuum", "k": "0"}, "k must be between 1 and 50"),
+    ],
+)
+def test_bad_requests_get_json_errors(
+    client: FlaskClient, query: dict[str, str], detail: str
+) -> None:
+    response = client.get("/search", query_string=query)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "Bad Request", "detail": detail}
