@@ -253,6 +253,37 @@ class IVFFlat:
         return {"lists": self.lists}
 
 
+@dataclass(frozen=True)
+class BM25:
+    """BM25 ranking for the full-text side (the default lexical ranking).
+
+    ``k1`` and ``b`` are Anserini's defaults (0.9, 0.4), chosen on other collections, not
+    tuned here. ``candidates_per_term`` bounds the work of an unfiltered any-term query: each
+    query term contributes its best postings by impact, and those documents are scored
+    exactly; ``None`` scores every document holding a query term (see docs/search-quality.md)::
+
+        SearchConfig(fields=("body",), bm25=BM25(k1=1.2, b=0.75))
+        SearchConfig(fields=("body",), bm25=None)     # no statistics tables; ts_rank ranking
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    candidates_per_term: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k1, bool) or not isinstance(self.k1, int | float) or not self.k1 >= 0:
+            raise ConfigurationError(f"BM25 k1 must be a number >= 0, not {self.k1!r}")
+        if isinstance(self.b, bool) or not isinstance(self.b, int | float) or not 0 <= self.b <= 1:
+            raise ConfigurationError(f"BM25 b must be a number between 0 and 1, not {self.b!r}")
+        per_term = self.candidates_per_term
+        if per_term is not None and (
+            isinstance(per_term, bool) or not isinstance(per_term, int) or per_term < 1
+        ):
+            raise ConfigurationError(
+                f"BM25 candidates_per_term must be a positive integer or None, not {per_term!r}"
+            )
+
+
 VectorIndex = HNSW | IVFFlat
 _WEIGHTS = frozenset("ABCD")
 
@@ -286,6 +317,9 @@ class SearchConfig:
     #: Name of an existing vector index to adopt as is (default: ``ix_<table>_<column>_<method>``).
     #: Alembic then compares it under that name and never rebuilds it; see docs/adopting.md.
     vector_index_name: str | None = None
+    #: BM25 statistics kept by the database and BM25 as the default lexical ranking
+    #: (docs/search-quality.md); ``None`` keeps no statistics and ranks with ``ts_rank``.
+    bm25: BM25 | None = field(default_factory=BM25)
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)

@@ -2,7 +2,8 @@
 
 Each *arm* is a ranked subquery of ``(pk_0 .. pk_n, score, rank)``: the semantic arm takes the
 ``depth`` nearest rows through the vector index, the lexical arm the ``depth`` best full-text
-matches (``ts_rank`` here, :class:`LexicalArm` lets another ranking plug in). The arms are
+matches (BM25 by default, :mod:`vecorm.bm25`; ``lexical="ts_rank"`` or any
+:class:`LexicalArm` plugs in another ranking). The arms are
 FULL OUTER JOINed on the primary key, so a row found by only one arm still competes, and
 fused by one of:
 
@@ -44,7 +45,7 @@ from vecorm.query import (
     index_search_options,
     primary_key_columns,
 )
-from vecorm.textsearch import TsRankArm
+from vecorm.textsearch import Ranking, lexical_arm
 
 Method = Literal["blend", "rrf"]
 DEFAULT_DEPTH = 100
@@ -124,7 +125,7 @@ def hybrid_search(
     rrf_k: int = DEFAULT_RRF_K,
     depth: int = DEFAULT_DEPTH,
     where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
-    lexical: LexicalArm | None = None,
+    lexical: LexicalArm | Ranking | None = None,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
 ) -> Select[Any]:
@@ -161,7 +162,7 @@ def hybrid_search(
         lower_is_better=True,
         name="semantic",
     )
-    arm = lexical if lexical is not None else TsRankArm()
+    arm = lexical_arm(model, lexical) if lexical is None or isinstance(lexical, str) else lexical
     lexical_ranked = _ranked(
         arm.candidates(model, text, where=filters, depth=depth),
         "score",

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
+from vecorm import bm25 as _bm25
 from vecorm import hybrid as _hybrid
 from vecorm import query as _query
 from vecorm import sqlmodel as _sqlmodel
@@ -241,6 +242,8 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     vector_index(embedding, config)
     if config.text_index:
         text_index(table.c[config.tsvector_column])
+    if config.bm25 is not None:
+        _bm25.attach(table, config)  # side tables + statement triggers (vecorm/bm25.py)
     attribute = mapper.class_manager[_attribute_key(mapper, embedding)]
     event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
 

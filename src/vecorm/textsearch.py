@@ -1,4 +1,7 @@
-"""Full-text search on the model's generated ``tsvector``: query parsing and ``ts_rank`` ranking.
+"""Full-text search on the model's generated ``tsvector``: query parsing and ranking.
+
+Ranking is BM25 (:mod:`vecorm.bm25`) when the model keeps BM25 statistics (the default),
+else ``ts_rank``; ``ranking="ts_rank"`` / ``"ts_rank_cd"`` choose PostgreSQL's own.
 
 The search text is always a bound parameter and is only ever parsed by PostgreSQL's own
 lenient parsers (``plainto_tsquery`` / ``phraseto_tsquery`` / ``websearch_to_tsquery``), which
@@ -20,7 +23,8 @@ Example::
     stmt = Document.text_search("error 0x80070057", k=10)           # (Document, score)
     stmt = text_search(Document, "vacuum -autovacuum", mode="websearch").where(...)
 
-``TsRankArm`` is the same ranking packaged as a lexical arm for :mod:`vecorm.hybrid`.
+``TsRankArm`` / :class:`vecorm.bm25.BM25Arm` are the rankings packaged as lexical arms for
+:mod:`vecorm.hybrid`; :func:`lexical_arm` picks one by name.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import REAL, Select, Text, bindparam, cast, func, literal, select
+from sqlalchemy import REAL, Select, Text, and_, bindparam, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,10 +41,12 @@ from vecorm.errors import ConfigurationError
 from vecorm.query import primary_key_columns
 
 Mode = Literal["any", "all", "phrase", "websearch"]
-Ranking = Literal["ts_rank", "ts_rank_cd"]
+Ranking = Literal["bm25", "ts_rank", "ts_rank_cd"]
+TsRanking = Literal["ts_rank", "ts_rank_cd"]
 
 MODES: tuple[str, ...] = ("any", "all", "phrase", "websearch")
-RANKINGS: tuple[str, ...] = ("ts_rank", "ts_rank_cd")
+RANKINGS: tuple[str, ...] = ("bm25", "ts_rank", "ts_rank_cd")
+TS_RANKINGS: tuple[str, ...] = ("ts_rank", "ts_rank_cd")
 #: ``ts_rank`` normalisation 1 divides by 1 + log(document length): the best of the
 #: ``ts_rank`` variants measured on SciFact (nDCG@10 0.575 with any-term queries).
 DEFAULT_NORMALIZATION = 1
@@ -107,14 +113,14 @@ def rank_expression(
     vector: ColumnElement[Any],
     query: ColumnElement[Any],
     *,
-    ranking: Ranking = "ts_rank",
+    ranking: TsRanking = "ts_rank",
     normalization: int = DEFAULT_NORMALIZATION,
     weights: Mapping[str, float] | Sequence[float] | None = None,
 ) -> ColumnElement[float]:
     """``ts_rank([weights,] vector, query, normalization)`` (or ``ts_rank_cd``)."""
-    if ranking not in RANKINGS:
+    if ranking not in TS_RANKINGS:
         raise ConfigurationError(
-            f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}"
+            f"ranking must be one of {', '.join(map(repr, TS_RANKINGS))}, not {ranking!r}"
         )
     if isinstance(normalization, bool) or not isinstance(normalization, int):
         raise ConfigurationError(f"normalization must be an int bit mask, not {normalization!r}")
@@ -151,7 +157,7 @@ class TsRankArm:
     """
 
     mode: Mode = "any"
-    ranking: Ranking = "ts_rank"
+    ranking: TsRanking = "ts_rank"
     normalization: int = DEFAULT_NORMALIZATION
     weights: Mapping[str, float] | Sequence[float] | None = field(default=None, compare=False)
 
@@ -176,27 +182,86 @@ class TsRankArm:
         )
 
 
+def _check_ranking(ranking: str) -> None:
+    if ranking not in RANKINGS:
+        raise ConfigurationError(
+            f"ranking must be one of {', '.join(map(repr, RANKINGS))}, not {ranking!r}"
+        )
+
+
+def default_ranking(model: Any) -> Ranking:
+    """``"bm25"`` when ``model`` keeps BM25 statistics, else ``"ts_rank"``."""
+    from vecorm.bm25 import has_bm25
+
+    return "bm25" if has_bm25(model) else "ts_rank"
+
+
+def lexical_arm(
+    model: Any, ranking: Ranking | None = None, *, mode: Mode = "any", **options: Any
+) -> Any:
+    """The lexical arm for ``ranking`` (default :func:`default_ranking`)::
+
+    hybrid_search(Document, "q", lexical=lexical_arm(Document, "ts_rank_cd"))
+    """
+    from vecorm.bm25 import BM25Arm
+
+    chosen = default_ranking(model) if ranking is None else ranking
+    _check_ranking(chosen)
+    if chosen == "bm25":
+        return BM25Arm(mode=mode, **options)
+    return TsRankArm(mode=mode, ranking=chosen, **options)
+
+
 def text_search(
     model: Any,
     text: str,
     k: int = 10,
     *,
     mode: Mode = "any",
-    ranking: Ranking = "ts_rank",
-    normalization: int = DEFAULT_NORMALIZATION,
+    ranking: Ranking | None = None,
+    normalization: int | None = None,
     weights: Mapping[str, float] | Sequence[float] | None = None,
+    k1: float | None = None,
+    b: float | None = None,
 ) -> Select[Any]:
-    """``SELECT model, score WHERE search_vector @@ q ORDER BY score DESC, pk LIMIT k``.
+    """``SELECT model, score WHERE <matches> ORDER BY score DESC, pk LIMIT k``.
 
-    A composable ``Select`` of ``(model, score)``; empty or stop-word-only text returns no row::
+    A composable ``Select`` of ``(model, score)``, ranked by BM25 (``k1`` / ``b`` override
+    the model's) or, with ``ranking="ts_rank"`` / ``"ts_rank_cd"``, by PostgreSQL's
+    ``ts_rank`` (``normalization``, label ``weights``). Empty or stop-word-only text returns
+    no row::
 
         session.execute(text_search(Document, "error 0x80070057", k=5)).all()
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigurationError(f"k must be a positive integer, not {k!r}")
+    chosen = default_ranking(model) if ranking is None else ranking
+    _check_ranking(chosen)
+    if chosen == "bm25":
+        if normalization is not None or weights is not None:
+            raise ConfigurationError(
+                "normalization and weights apply to ts_rank; pass ranking='ts_rank' to use "
+                "them, or k1= / b= to tune BM25"
+            )
+        from vecorm.bm25 import scores
+
+        ranked = scores(model, text, mode=mode, depth=k, k1=k1, b=b).subquery("bm25")
+        keys = primary_key_columns(model)
+        return (
+            select(model, ranked.c.score)
+            .join(ranked, and_(*(key == ranked.c[f"pk_{i}"] for i, key in enumerate(keys))))
+            .order_by(ranked.c.score.desc(), *keys)
+            .limit(k)
+        )
+    if k1 is not None or b is not None:
+        raise ConfigurationError("k1 and b apply to ranking='bm25'")
     query = tsquery_expression(text, language=_language(model), mode=mode)
     score = rank_expression(
-        model.search_vector, query, ranking=ranking, normalization=normalization, weights=weights
+        model.search_vector,
+        query,
+        ranking=chosen,
+        normalization=DEFAULT_NORMALIZATION if normalization is None else normalization,
+        weights=weights,
     ).label("score")
     return (
         select(model, score)

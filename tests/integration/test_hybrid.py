@@ -21,10 +21,10 @@ from sqlalchemy.orm import (
 )
 
 import vecorm
+from vecorm.bm25 import BM25Arm
 from vecorm.hybrid import hybrid_search, semantic_candidates
 from vecorm.query import install_search_settings
 from vecorm.testing.assertions import indexes_used
-from vecorm.textsearch import TsRankArm
 
 DIMS = 64
 EMBEDDER = vecorm.HashingEmbedder(dimensions=DIMS)
@@ -159,7 +159,7 @@ def test_hybrid_beats_semantic_on_exact_terms(session: Session) -> None:
 
 def _arm_rows(session: Session, query: str, where: list, depth: int) -> tuple[dict, dict]:  # type: ignore[type-arg]
     semantic = session.execute(semantic_candidates(Ticket, query, where=where, depth=depth)).all()
-    lexical = session.execute(TsRankArm().candidates(Ticket, query, where=where, depth=depth)).all()
+    lexical = session.execute(BM25Arm().candidates(Ticket, query, where=where, depth=depth)).all()
     return {row.pk_0: row.distance for row in semantic}, {row.pk_0: row.score for row in lexical}
 
 
@@ -277,7 +277,10 @@ def test_one_statement_using_both_indexes(session: Session, vecorm_engine: Engin
     session.execute(text("SET LOCAL enable_seqscan = off"))
     used = indexes_used(session, Ticket.hybrid_search("error 0x80070057", k=5))
     assert "ix_tickets_embedding_hnsw" in used
-    assert "ix_tickets_search_vector_gin" in used
+    # BM25 (the default lexical arm) reads each term's best postings through its index.
+    assert "ix_tickets_bm25_postings_impact" in used
+    used = indexes_used(session, Ticket.hybrid_search("error 0x80070057", k=5, lexical="ts_rank"))
+    assert {"ix_tickets_embedding_hnsw", "ix_tickets_search_vector_gin"} <= set(used)
 
 
 def test_semantic_arm_really_returns_depth_rows(session: Session) -> None:

@@ -84,11 +84,18 @@ def test_phrase_and_websearch_modes(session: Session) -> None:
 
 def test_ranking_options(session: Session) -> None:
     default = session.execute(Article.text_search("vacuum table")).all()
+    ts_rank = session.execute(Article.text_search("vacuum table", ranking="ts_rank")).all()
     cover = session.execute(Article.text_search("vacuum table", ranking="ts_rank_cd")).all()
-    assert {a.id for a, _ in default} == {a.id for a, _ in cover}
+    assert {a.id for a, _ in default} == {a.id for a, _ in cover} == {a.id for a, _ in ts_rank}
     # Body-only weights: the title no longer counts, so 4 ("table" twice in body) can lead.
     flat = session.execute(
-        text_search(Article, "vacuum table", weights={"A": 0.0, "D": 1.0}, normalization=0)
+        text_search(
+            Article,
+            "vacuum table",
+            ranking="ts_rank",
+            weights={"A": 0.0, "D": 1.0},
+            normalization=0,
+        )
     ).all()
     reference = session.execute(
         select(
@@ -108,13 +115,15 @@ def test_ranking_options(session: Session) -> None:
     for article, score in flat:
         assert score == pytest.approx(by_id[article.id])
     with pytest.raises(vecorm.ConfigurationError):
-        Article.text_search("x", ranking="bm25")
+        Article.text_search("x", ranking="okapi")
+    with pytest.raises(vecorm.ConfigurationError, match="ranking='ts_rank'"):
+        Article.text_search("x", weights={"A": 1.0})  # label weights are a ts_rank option
     with pytest.raises(vecorm.ConfigurationError):
         Article.text_search("x", mode="fuzzy")
     with pytest.raises(vecorm.ConfigurationError):
-        Article.text_search("x", weights={"E": 1.0})
+        Article.text_search("x", ranking="ts_rank", weights={"E": 1.0})
     with pytest.raises(vecorm.ConfigurationError):
-        Article.text_search("x", normalization=64)
+        Article.text_search("x", ranking="ts_rank", normalization=64)
 
 
 def test_empty_or_stop_word_text_finds_nothing(session: Session) -> None:
@@ -160,10 +169,13 @@ def test_tsquery_expression_is_bound_not_interpolated() -> None:
 
 def test_explain_uses_the_gin_index(session: Session) -> None:
     # Seven rows: the planner would read the table; disable that to see the GIN path.
+    # (BM25, the default ranking, reads its postings instead: tests/integration/test_bm25.py.)
     session.execute(text("SET LOCAL enable_seqscan = off"))
     for mode in ("any", "all", "websearch"):
         assert_index_used(
-            session, Article.text_search("vacuum table", mode=mode), "ix_articles_search_vector_gin"
+            session,
+            Article.text_search("vacuum table", mode=mode, ranking="ts_rank"),
+            "ix_articles_search_vector_gin",
         )
 
 
