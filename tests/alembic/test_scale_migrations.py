@@ -123,3 +123,64 @@ def test_large_dimensions_get_an_expression_index_that_autogenerates_idempotentl
         restored = indexes(conn, "documents")["ix_documents_embedding_halfvec_hnsw"]
     assert restored.options == ("ef_construction=64", "m=16")
     assert "((embedding)::halfvec(3072)) halfvec_cosine_ops" in restored.definition
+
+
+PARTITIONED = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    import vecorm
+
+    NO_BM25 = {"bm25": None} if "bm25" in vecorm.SearchConfig.__dataclass_fields__ else {}
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Document(vecorm.Searchable, Base):
+        __tablename__ = "documents"
+        __table_args__ = {"postgresql_partition_by": "LIST (tenant_id)"}
+        __vecorm__ = vecorm.SearchConfig(
+            fields=("title",), dimensions=16, index=vecorm.HNSW(precision="halfvec"), **NO_BM25
+        )
+        tenant_id: Mapped[int] = mapped_column(primary_key=True)
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(200))
+"""
+
+ADD_PARTITIONS = """
+    op.create_partition("documents", "documents_t1", values=[1])
+    op.create_partition("documents", "documents_t2", values=[2])
+"""
+
+
+def test_partitioned_model_and_partitions_as_revisions(
+    project_factory: Callable[..., Project],
+) -> None:
+    project = project_factory()
+    project.set_models(PARTITIONED)
+    initial = project.autogenerate("partitioned documents")
+    assert "postgresql_partition_by='LIST (tenant_id)'" in body(initial, "upgrade")
+    project.upgrade()
+    revision_id = project.autogenerate_empty("tenants 1 and 2")
+    (script,) = project.versions.glob(f"{revision_id}_*.py")
+    source = script.read_text()
+    source = source.replace("def upgrade() -> None:\n", "def upgrade() -> None:" + ADD_PARTITIONS)
+    source = source.replace(
+        "def downgrade() -> None:\n",
+        'def downgrade() -> None:\n    op.drop_partition("documents_t2")\n'
+        '    op.drop_partition("documents_t1")\n',
+    )
+    script.write_text("import vecorm.alembic  # noqa: F401\n" + source)
+    project.upgrade()
+    with project.engine.connect() as conn:
+        for partition in ("documents_t1", "documents_t2"):
+            definitions = [info.definition for info in indexes(conn, partition).values()]
+            assert any(
+                "USING hnsw (((embedding)::halfvec(16)) halfvec_cosine_ops)" in d
+                for d in definitions
+            ), definitions
+    # The partitions are not in the metadata, and autogenerate leaves them alone.
+    _assert_empty(project)
+    project.downgrade(initial.name.split("_")[0])
+    with project.engine.connect() as conn:
+        assert indexes(conn, "documents_t1") == {}

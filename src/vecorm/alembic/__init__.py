@@ -23,7 +23,7 @@ described in docs/adopting.md.
 
 from __future__ import annotations
 
-from vecorm.alembic import comparators, precision, renderers
+from vecorm.alembic import comparators, partitions, precision, renderers
 from vecorm.alembic.comparators import IndexMismatchOp, IndexMismatchWarning, IVFFlatCreateIndexOp
 from vecorm.alembic.environment import metadata_from_config
 from vecorm.alembic.operations import (
@@ -38,12 +38,15 @@ from vecorm.alembic.operations import (
     import_model,
     import_object,
 )
+from vecorm.alembic.partitions import CreatePartitionOp, DropPartitionOp
 
 __all__ = [
     "AlterColumnExpressionOp",
     "BackfillEmbeddingsOp",
+    "CreatePartitionOp",
     "CreateVectorExtensionOp",
     "CreateVectorIndexOp",
+    "DropPartitionOp",
     "DropVectorExtensionOp",
     "DropVectorIndexOp",
     "EmptyIVFFlatWarning",
@@ -55,6 +58,7 @@ __all__ = [
     "import_model",
     "import_object",
     "metadata_from_config",
+    "partitions",
     "precision",
     "renderers",
 ]

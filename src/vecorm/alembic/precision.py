@@ -83,7 +83,10 @@ def metadata_index_op(index: Index, schema: str | None) -> CreateVectorIndexOp |
     method = options["using"]
     if method not in _VECTOR_METHODS or len(index.expressions) != 1 or index.table is None:
         return None
-    elements = list(visitors.iterate(index.expressions[0]))
+    expression = index.expressions[0]
+    if isinstance(expression, str):
+        return None  # a column named by a string: resolved by Alembic, not an expression
+    elements = list(visitors.iterate(expression))
     columns = [element for element in elements if isinstance(element, Column)]
     if len(columns) != 1:
         return None
