@@ -153,9 +153,12 @@ def load_model(path: str) -> type[Any]:
     try:
         model = import_model(path)
     except ConfigurationError as exc:
-        raise UserError(
-            str(exc), hint="run from your project's root, or set PYTHONPATH so the module imports"
-        ) from exc
+        hint = (
+            "check the class name"
+            if "has no attribute" in str(exc)
+            else "run from your project's root, or set PYTHONPATH so the module imports"
+        )
+        raise UserError(str(exc), hint=hint) from exc
     if not (isinstance(model, type) and issubclass(model, Searchable)):
         raise UserError(
             f"{path} is not a searchable model",

@@ -237,7 +237,16 @@ def run_demo(
             _Base.metadata.create_all(engine)
             with Session(engine) as session:
                 echo(f"Server:   {_server_versions(session)}")
-                echo(f"Embedder: {describe_embedder(provider)}")
+                load = getattr(provider, "load", None)
+                if callable(load):  # a local model: load it now, so timings are honest
+                    loading = time.perf_counter()
+                    load()
+                    echo(
+                        f"Embedder: {describe_embedder(provider)}, "
+                        f"loaded in {time.perf_counter() - loading:.1f} s"
+                    )
+                else:
+                    echo(f"Embedder: {describe_embedder(provider)}")
                 loading = time.perf_counter()
                 count = load_knowledge_base(session, provider)
                 echo(

@@ -450,6 +450,11 @@ def test_bench_prints_the_table_and_writes_the_plot(vecorm_url: URL, tmp_path: P
             "run from your project's root",
         ),
         (
+            ["backfill", "vecorm.demo:Pasage", "--database-url", "postgresql://u@localhost/x"],
+            "'vecorm.demo' has no attribute 'Pasage'",
+            "check the class name",
+        ),
+        (
             ["backfill", "Model", "--database-url", "postgresql://u@localhost/x"],
             "'Model' is not MODULE:MODEL",
             "myapp.models:Document",

@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import URL, create_engine, inspect
+from sqlalchemy import URL, create_engine, inspect, text
+from sqlalchemy.orm import Session
 
 from tests.e2e.conftest import EXAMPLES, url_text
 from vecorm.demo import load_passages
@@ -41,6 +42,28 @@ def test_migration_builds_the_schema_on_a_fresh_database(vecorm_url: URL) -> Non
     command.check(config)
     command.downgrade(config, "base")
     assert not inspect(engine).has_table("articles")
+    engine.dispose()
+
+
+def test_upgrading_an_app_with_rows_fills_the_bm25_statistics(vecorm_url: URL) -> None:
+    """0001 is the app before BM25; 0002 adds the statistics and computes them for old rows."""
+    from flask_app.models import Article
+
+    config = alembic_config("flask_app", vecorm_url)
+    command.upgrade(config, "0001")
+    engine = create_engine(vecorm_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO articles (title, body, category) VALUES (:t, :b, 'ops')"),
+            [
+                {"t": "Vacuum tuning", "b": "Autovacuum thresholds."},
+                {"t": "Replica lag", "b": "Streaming replication falls behind."},
+            ],
+        )
+    command.upgrade(config, "head")
+    with Session(engine) as session:
+        found = session.execute(Article.text_search("autovacuum thresholds", k=5)).all()
+        assert [article.title for article, _ in found] == ["Vacuum tuning"]
     engine.dispose()
 
 
