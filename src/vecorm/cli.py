@@ -5,6 +5,7 @@
     vecorm doctor myapp.models:Document     # versions, extension, indexes, stale rows
     vecorm bench --rows 10000               # exact vs IVFFlat vs HNSW, recall vs latency
     vecorm adopt myapp.models:Document   # take over vectors already in the table
+    vecorm build-index myapp.models:Document --memory 4GB   # CONCURRENTLY, with progress
     vecorm --help
 
 User mistakes end in one clear line and a hint, never a traceback.
@@ -353,4 +354,46 @@ def bench(
         plot_path=None if no_plot else plot_path,
         echo=click.echo,
         progress=lambda message: click.echo(message, err=True),
+    )
+
+
+@main.command("build-index")
+@click.argument("model_path", metavar="MODULE:MODEL")
+@click.option(
+    "--database-url",
+    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
+    default=None,
+    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
+)
+@click.option("--memory", default=None, metavar="SIZE", help="maintenance_work_mem, e.g. 4GB.")
+@click.option("--workers", type=click.IntRange(0, 1024), default=None, help="Parallel workers.")
+@click.option("--rebuild", is_flag=True, help="REINDEX CONCURRENTLY an existing index.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def build_index(
+    model_path: str,
+    database_url: str | None,
+    memory: str | None,
+    workers: int | None,
+    rebuild: bool,
+    progress: bool,
+) -> None:
+    """Build MODULE:MODEL's vector index CONCURRENTLY (see vecorm.index_build)."""
+    from vecorm.clitools import load_model, require_url
+    from vecorm.embedded import create_engine
+    from vecorm.index_build import build_model_index
+
+    engine = create_engine(require_url(database_url))
+    try:
+        report = build_model_index(
+            engine,
+            load_model(model_path),
+            rebuild=rebuild,
+            maintenance_work_mem=memory,
+            parallel_workers=workers,
+            progress=progress,
+        )
+    finally:
+        engine.dispose()
+    click.echo(
+        f"built {report.index} in {report.seconds:.1f} s ({report.size_bytes / 2**20:.1f} MB)"
     )

@@ -271,6 +271,9 @@ class CreateVectorIndexOp(MigrateOperation):
         schema: str | None = None,
         precision: str | None = None,
         dimensions: int | None = None,
+        maintenance_work_mem: str | None = None,
+        parallel_workers: int | None = None,
+        progress: bool = False,
     ) -> None:
         if method not in ("hnsw", "ivfflat"):
             raise ConfigurationError(f"method must be 'hnsw' or 'ivfflat', not {method!r}")
@@ -290,6 +293,9 @@ class CreateVectorIndexOp(MigrateOperation):
         self.schema = schema
         self.precision = precision
         self.dimensions = dimensions
+        self.maintenance_work_mem = maintenance_work_mem
+        self.parallel_workers = parallel_workers
+        self.progress = progress
 
     @classmethod
     def create_vector_index(
@@ -306,11 +312,17 @@ class CreateVectorIndexOp(MigrateOperation):
         schema: str | None = None,
         precision: str | None = None,
         dimensions: int | None = None,
+        maintenance_work_mem: str | None = None,
+        parallel_workers: int | None = None,
+        progress: bool = False,
     ) -> None:
         """Build a vector index; ``concurrently=True`` runs outside the transaction.
 
         ``precision="halfvec"`` / ``"bit"`` (with ``dimensions``) indexes
         ``column::halfvec(N)`` / ``binary_quantize(column)::bit(N)`` instead of the column.
+        ``maintenance_work_mem`` (``"4GB"``) and ``parallel_workers`` apply to this build
+        only; a build whose HNSW graph will not fit warns first; ``progress=True`` shows a
+        bar fed by ``pg_stat_progress_create_index`` (see :mod:`vecorm.index_build`).
         """
         operations.invoke(
             cls(
@@ -324,6 +336,9 @@ class CreateVectorIndexOp(MigrateOperation):
                 schema=schema,
                 precision=precision,
                 dimensions=dimensions,
+                maintenance_work_mem=maintenance_work_mem,
+                parallel_workers=parallel_workers,
+                progress=progress,
             )
         )
 
@@ -400,11 +415,31 @@ def _create_vector_index(operations: Operations, operation: CreateVectorIndexOp)
         if operation.method == "ivfflat":
             _warn_if_empty(connection, operation.table_name, operation.schema)
     statement = CreateIndex(index, if_not_exists=True)
+    tuned = operation.maintenance_work_mem is not None or operation.parallel_workers is not None
+    if context.as_sql or not (tuned or operation.progress):
+        if operation.concurrently:
+            with context.autocommit_block():
+                operations.execute(statement)
+        else:
+            operations.execute(statement)
+        return
+    from vecorm.index_build import build_index
+
+    def run() -> None:
+        build_index(
+            operations.get_bind(),
+            operation.to_index(),
+            concurrently=operation.concurrently,
+            maintenance_work_mem=operation.maintenance_work_mem,
+            parallel_workers=operation.parallel_workers,
+            progress=operation.progress,
+        )
+
     if operation.concurrently:
         with context.autocommit_block():
-            operations.execute(statement)
+            run()
     else:
-        operations.execute(statement)
+        run()
 
 
 @Operations.implementation_for(DropVectorIndexOp)

@@ -96,6 +96,10 @@ def _render_create_vector_index(
     if operation.precision is not None:
         args.append(f"precision={operation.precision!r}")
         args.append(f"dimensions={operation.dimensions!r}")
+    if operation.maintenance_work_mem is not None:
+        args.append(f"maintenance_work_mem={operation.maintenance_work_mem!r}")
+    if operation.parallel_workers is not None:
+        args.append(f"parallel_workers={operation.parallel_workers!r}")
     if operation.schema:
         args.append(_schema_kw(operation.schema))
     return f"op.create_vector_index({', '.join(args)})"
