@@ -283,6 +283,9 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
             Finding("ok", name, f"embedder {provider.model_name} ({provider.dimensions}-d)")
         )
     findings.extend(_index_findings(session, model, schema, table_name, rows))
+    bm25_finding = _bm25_finding(session, model)
+    if bm25_finding is not None:
+        findings.append(bm25_finding)
     if provider is not None:
         findings.append(_stale_finding(session, model, provider, rows))
     return findings
@@ -353,6 +356,50 @@ def _index_findings(
         return findings
     findings.append(_explain_finding(session, model, index, rows))
     return findings
+
+
+def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
+    """Are the BM25 side tables and their triggers there (text and hybrid search need them)?"""
+    from vecorm import bm25
+
+    if not bm25.has_bm25(model):
+        return None
+    name = model.__name__
+    tables = bm25.side_tables(model)
+    hint = "generate a migration: `alembic revision --autogenerate`, then upgrade"
+    missing = [
+        side.name
+        for side in (tables.postings, tables.terms, tables.deltas)
+        if session.execute(select(func.to_regclass(_qualified(side)))).scalar_one() is None
+    ]
+    if missing:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 statistics tables missing ({', '.join(missing)}): text and hybrid search fail",
+            hint,
+        )
+    trigger = table("pg_trigger", column("tgrelid"), column("tgname"))
+    present = set(
+        session.execute(
+            select(trigger.c.tgname).where(
+                trigger.c.tgrelid == func.to_regclass(_qualified(tables.table))
+            )
+        ).scalars()
+    )
+    absent = [event for event in bm25.trigger_definitions(tables) if event not in present]
+    if absent:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 triggers missing ({', '.join(absent)}): the statistics go stale on writes",
+            hint,
+        )
+    return Finding("ok", name, "BM25 statistics tables and triggers present")
+
+
+def _qualified(side: Any) -> str:
+    return f"{side.schema}.{side.name}" if side.schema else str(side.name)
 
 
 def _declared_indexes(model: type[Any]) -> dict[str, str]:

@@ -315,6 +315,7 @@ def test_doctor_on_a_healthy_model(vecorm_url: URL, models_module: str) -> None:
     assert "ok Product table products: 3000 rows, embedding vector(32)" in lines
     assert "ok Product embedder vecorm-hashing-32 (32-d)" in lines
     assert "ok Product full-text index ix_products_search_vector_gin present" in lines
+    assert "ok Product BM25 statistics tables and triggers present" in lines
     assert "ok Product EXPLAIN nearest(k=10): Index Scan using ix_products_embedding_hnsw" in lines
     assert "ok Product no stale rows: every row with text is embedded by vecorm-hashing-32" in lines
     assert lines[-1] == "all checks passed"
@@ -325,6 +326,7 @@ def test_doctor_reports_problems_with_hints(vecorm_url: URL, models_module: str)
     engine = create_engine(vecorm_url)
     with engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_products_search_vector_gin"))
+        conn.execute(text("DROP TRIGGER products_bm25_update ON products"))
     engine.dispose()
     result = _doctor(
         vecorm_url,
@@ -342,6 +344,10 @@ def test_doctor_reports_problems_with_hints(vecorm_url: URL, models_module: str)
         "ok Product EXPLAIN nearest(k=10): the planner reads the 12 rows exactly (cheaper "
         "at this size); ix_products_embedding_hnsw is used once the table grows"
     ) in lines
+    assert (
+        "FAIL Product BM25 triggers missing (products_bm25_update): the statistics go stale on "
+        "writes" in lines
+    )
     stale = lines.index(
         "WARN Product 12 of 12 rows are stale (no embedding, edited text, or another model)"
     )
@@ -351,7 +357,7 @@ def test_doctor_reports_problems_with_hints(vecorm_url: URL, models_module: str)
     )
     missing = lines.index("FAIL Missing table no_such_table does not exist")
     assert lines[missing + 1].startswith("hint: create it: `alembic upgrade head`")
-    assert lines[-1] == "2 problems found"
+    assert lines[-1] == "4 problems found"  # the trigger counts for Product and WrongWidth
 
 
 def test_doctor_reports_a_provider_of_the_wrong_width(vecorm_url: URL, models_module: str) -> None:
