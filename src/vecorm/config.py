@@ -38,7 +38,8 @@ MAX_INDEXED_HALFVEC_DIMENSIONS = 4000
 
 #: ... nor on ``bit`` above this many.
 MAX_INDEXED_BIT_DIMENSIONS = 64000
-#: Candidates per result row that a binary-quantized index hands to the exact re-rank.
+#: Candidates per result row that a binary-quantized index hands to the exact re-rank
+#: (half as many from 1000 dimensions up; see SearchConfig.rerank).
 DEFAULT_RERANK = 40
 
 Storage = Literal["vector", "halfvec"]
@@ -167,7 +168,7 @@ class HNSW:
     #: candidates by Hamming distance and re-rank them exactly). ``None``: the column's type,
     #: or above 2000 dimensions ``"halfvec"`` (above 4000, ``"bit"``).
     precision: Precision | None = None
-    #: For ``precision="bit"``: candidates per result row (default ``DEFAULT_RERANK``, 40).
+    #: For ``precision="bit"``: candidates per result row (default 20, 40 below 1000 dims).
     rerank: int | None = None
 
     def __post_init__(self) -> None:
@@ -225,7 +226,7 @@ class IVFFlat:
     #: candidates by Hamming distance and re-rank them exactly). ``None``: the column's type,
     #: or above 2000 dimensions ``"halfvec"`` (above 4000, ``"bit"``).
     precision: Precision | None = None
-    #: For ``precision="bit"``: candidates per result row (default ``DEFAULT_RERANK``, 40).
+    #: For ``precision="bit"``: candidates per result row (default 20, 40 below 1000 dims).
     rerank: int | None = None
 
     def __post_init__(self) -> None:
@@ -359,9 +360,13 @@ class SearchConfig:
 
     @property
     def rerank(self) -> int:
-        """Candidates per result row of a ``precision="bit"`` search."""
+        """Candidates per result row of a ``precision="bit"`` search: the index's ``rerank``,
+        else 20 from 1000 dimensions up and 40 below (fewer bits tell neighbours apart less
+        well; benchmarks/scale.py: 0.997 recall@10 at 20 on 1536 dimensions)."""
         configured = self.index.rerank if self.index is not None else None
-        return configured if configured is not None else DEFAULT_RERANK
+        if configured is not None:
+            return configured
+        return DEFAULT_RERANK // 2 if self.dimensions >= 1000 else DEFAULT_RERANK
 
     @property
     def opclass(self) -> str:

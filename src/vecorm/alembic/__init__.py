@@ -23,7 +23,12 @@ described in docs/adopting.md.
 
 from __future__ import annotations
 
-from vecorm.alembic import comparators, partitions, precision, renderers
+from vecorm.alembic import citus, comparators, partitions, precision, renderers
+from vecorm.alembic.citus import (
+    CreateDistributedTableOp,
+    CreateReferenceTableOp,
+    UndistributeTableOp,
+)
 from vecorm.alembic.comparators import IndexMismatchOp, IndexMismatchWarning, IVFFlatCreateIndexOp
 from vecorm.alembic.environment import metadata_from_config
 from vecorm.alembic.operations import (
@@ -43,7 +48,9 @@ from vecorm.alembic.partitions import CreatePartitionOp, DropPartitionOp
 __all__ = [
     "AlterColumnExpressionOp",
     "BackfillEmbeddingsOp",
+    "CreateDistributedTableOp",
     "CreatePartitionOp",
+    "CreateReferenceTableOp",
     "CreateVectorExtensionOp",
     "CreateVectorIndexOp",
     "DropPartitionOp",
@@ -54,6 +61,8 @@ __all__ = [
     "IndexMismatchOp",
     "IndexMismatchWarning",
     "RenameIndexOp",
+    "UndistributeTableOp",
+    "citus",
     "comparators",
     "import_model",
     "import_object",

@@ -1,0 +1,226 @@
+"""Citus operations for migrations: distribute a searchable table, replicate a lookup table.
+
+::
+
+    def upgrade() -> None:
+        op.create_reference_table("categories")
+        op.create_distributed_table("documents", "tenant_id")
+        op.create_distributed_table("chunks", "tenant_id", colocate_with="documents")
+
+    def downgrade() -> None:
+        op.undistribute_table("chunks")
+        op.undistribute_table("documents")
+        op.undistribute_table("categories")
+
+Before it runs, ``create_distributed_table`` checks in the catalog that every unique index of
+the table (the primary key included) contains the distribution column, which Citus requires,
+and says which index does not. ``alembic upgrade --sql`` prints the calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import MigrateOperation, Operations
+from sqlalchemy import MetaData, Select, Table, text
+
+from vecorm.alembic.renderers import OPERATIONS_IMPORT
+from vecorm.citus import distribute_table, reference_table, undistribute_table
+from vecorm.errors import ConfigurationError
+
+
+def _table(name: str, schema: str | None) -> Table:
+    return Table(name, MetaData(), schema=schema)
+
+
+def _run(operations: Operations, statement: Select[Any]) -> None:
+    """Execute ``statement``; in ``--sql`` mode print it with its values inlined."""
+    context = operations.get_context()
+    if context.as_sql:
+        compiled = statement.compile(
+            dialect=context.dialect, compile_kwargs={"literal_binds": True}
+        )
+        operations.execute(str(compiled))
+    else:
+        operations.execute(statement)
+
+
+@Operations.register_operation("create_distributed_table")
+class CreateDistributedTableOp(MigrateOperation):
+    """``SELECT create_distributed_table('table', 'column', colocate_with => ...)``."""
+
+    def __init__(
+        self,
+        table_name: str,
+        column: str,
+        *,
+        colocate_with: str | None = None,
+        shard_count: int | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.table_name = table_name
+        self.column = column
+        self.colocate_with = colocate_with
+        self.shard_count = shard_count
+        self.schema = schema
+
+    @classmethod
+    def create_distributed_table(
+        cls,
+        operations: Operations,
+        table_name: str,
+        column: str,
+        *,
+        colocate_with: str | None = None,
+        shard_count: int | None = None,
+        schema: str | None = None,
+    ) -> None:
+        """Shard ``table_name`` by ``column`` over the Citus workers."""
+        operations.invoke(
+            cls(
+                table_name,
+                column,
+                colocate_with=colocate_with,
+                shard_count=shard_count,
+                schema=schema,
+            )
+        )
+
+    def reverse(self) -> UndistributeTableOp:
+        return UndistributeTableOp(self.table_name, schema=self.schema, _reverse=self)
+
+
+@Operations.register_operation("create_reference_table")
+class CreateReferenceTableOp(MigrateOperation):
+    """``SELECT create_reference_table('table')``."""
+
+    def __init__(self, table_name: str, *, schema: str | None = None) -> None:
+        self.table_name = table_name
+        self.schema = schema
+
+    @classmethod
+    def create_reference_table(
+        cls, operations: Operations, table_name: str, *, schema: str | None = None
+    ) -> None:
+        """Replicate ``table_name`` to every node (small lookup tables joined by searches)."""
+        operations.invoke(cls(table_name, schema=schema))
+
+    def reverse(self) -> UndistributeTableOp:
+        return UndistributeTableOp(self.table_name, schema=self.schema, _reverse=self)
+
+
+@Operations.register_operation("undistribute_table")
+class UndistributeTableOp(MigrateOperation):
+    """``SELECT undistribute_table('table')``: back to an ordinary local table."""
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        schema: str | None = None,
+        _reverse: MigrateOperation | None = None,
+    ) -> None:
+        self.table_name = table_name
+        self.schema = schema
+        self._reverse = _reverse
+
+    @classmethod
+    def undistribute_table(
+        cls, operations: Operations, table_name: str, *, schema: str | None = None
+    ) -> None:
+        """Gather ``table_name``'s shards back onto the coordinator."""
+        operations.invoke(cls(table_name, schema=schema))
+
+    def reverse(self) -> MigrateOperation:
+        if self._reverse is None:
+            raise ValueError(f"cannot reverse undistribute_table({self.table_name!r}) on its own")
+        return self._reverse
+
+
+_UNIQUE_WITHOUT_SQL = text(
+    """
+    SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+    WHERE x.indrelid = to_regclass(:table) AND x.indisunique
+      AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = x.indrelid AND a.attname = :column
+                        AND a.attnum = ANY(x.indkey::int2[]))
+    ORDER BY i.relname
+    """
+)
+
+
+@Operations.implementation_for(CreateDistributedTableOp)
+def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
+    target = _table(operation.table_name, operation.schema)
+    context = operations.get_context()
+    if not context.as_sql:
+        preparer = context.dialect.identifier_preparer
+        qualified = preparer.quote(operation.table_name)
+        if operation.schema:
+            qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
+        offending = [
+            str(name)
+            for (name,) in operations.get_bind().execute(
+                _UNIQUE_WITHOUT_SQL, {"table": qualified, "column": operation.column}
+            )
+        ]
+        if offending:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name} by {operation.column!r}: unique "
+                f"index {', '.join(offending)} lacks it. Add {operation.column} to the primary "
+                "key and unique constraints first"
+            )
+    _run(
+        operations,
+        distribute_table(
+            target,
+            operation.column,
+            colocate_with=operation.colocate_with,
+            shard_count=operation.shard_count,
+            check=False,
+        ),
+    )
+
+
+@Operations.implementation_for(CreateReferenceTableOp)
+def _create_reference_table(operations: Operations, operation: CreateReferenceTableOp) -> None:
+    _run(operations, reference_table(_table(operation.table_name, operation.schema)))
+
+
+@Operations.implementation_for(UndistributeTableOp)
+def _undistribute_table(operations: Operations, operation: UndistributeTableOp) -> None:
+    _run(operations, undistribute_table(_table(operation.table_name, operation.schema)))
+
+
+def _schema(schema: str | None) -> str:
+    return f", schema={schema!r}" if schema else ""
+
+
+@renderers.dispatch_for(CreateDistributedTableOp)
+def _render_distributed(autogen_context: AutogenContext, op: CreateDistributedTableOp) -> str:
+    if autogen_context.imports is not None:
+        autogen_context.imports.add(OPERATIONS_IMPORT)
+    extra = ""
+    if op.colocate_with:
+        extra += f", colocate_with={op.colocate_with!r}"
+    if op.shard_count:
+        extra += f", shard_count={op.shard_count!r}"
+    return (
+        f"op.create_distributed_table({op.table_name!r}, {op.column!r}{extra}{_schema(op.schema)})"
+    )
+
+
+@renderers.dispatch_for(CreateReferenceTableOp)
+def _render_reference(autogen_context: AutogenContext, op: CreateReferenceTableOp) -> str:
+    if autogen_context.imports is not None:
+        autogen_context.imports.add(OPERATIONS_IMPORT)
+    return f"op.create_reference_table({op.table_name!r}{_schema(op.schema)})"
+
+
+@renderers.dispatch_for(UndistributeTableOp)
+def _render_undistribute(autogen_context: AutogenContext, op: UndistributeTableOp) -> str:
+    if autogen_context.imports is not None:
+        autogen_context.imports.add(OPERATIONS_IMPORT)
+    return f"op.undistribute_table({op.table_name!r}{_schema(op.schema)})"

@@ -1,0 +1,188 @@
+"""Citus: the SQL vecorm emits, the constraints it checks, and the same models on plain
+PostgreSQL with HASH partitions standing in for shards (top-k per partition, then merged)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import ForeignKey, String, UniqueConstraint, insert, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import vecorm
+import vecorm.alembic
+from vecorm.citus import (
+    check_distribution,
+    distribute_table,
+    distribution_plan,
+    reference_table,
+    undistribute_table,
+)
+from vecorm.partitioning import create_hash_partitions
+from vecorm.query import python_distance
+from vecorm.testing.assertions import explain, plan_nodes
+
+DIMS = 16
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Category(Base):
+    __tablename__ = "categories"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+
+
+class Passage(vecorm.Searchable, Base):
+    """Citus-ready: the distribution column is in the primary key. HASH partitions stand in
+    for Citus shards on plain PostgreSQL."""
+
+    __tablename__ = "passages"
+    __table_args__ = {"postgresql_partition_by": "HASH (tenant_id)"}
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(String(80))
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+
+
+class GlobalKey(vecorm.Searchable, Base):
+    __tablename__ = "global_keys"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int]
+    body: Mapped[str]
+
+
+class UniqueSlug(vecorm.Searchable, Base):
+    __tablename__ = "unique_slugs"
+    __table_args__ = (UniqueConstraint("slug", name="uq_unique_slugs_slug"),)
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str]
+    body: Mapped[str]
+
+
+def _sql(statement: object) -> str:
+    return str(
+        statement.compile(  # type: ignore[attr-defined]
+            dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
+            compile_kwargs={"literal_binds": True},
+        )
+    )
+
+
+def test_emitted_sql() -> None:
+    assert _sql(
+        distribute_table(Passage, "tenant_id", colocate_with="tenants", shard_count=32)
+    ) == (
+        "SELECT create_distributed_table('passages', 'tenant_id', colocate_with => 'tenants', "
+        "shard_count => 32)"
+    )
+    assert _sql(reference_table(Category)) == ("SELECT create_reference_table('categories')")
+    assert _sql(undistribute_table(Passage)) == "SELECT undistribute_table('passages')"
+    assert distribution_plan({"c": Category, "p": Passage}, "tenant_id") == {
+        "categories": "reference",
+        "passages": "distributed",
+    }
+
+
+def test_alembic_operations_offline() -> None:
+    buffer = io.StringIO()
+    context = MigrationContext.configure(
+        dialect_name="postgresql", opts={"as_sql": True, "output_buffer": buffer}
+    )
+    op = Operations(context)
+    op.create_reference_table("categories")  # type: ignore[attr-defined]
+    op.create_distributed_table("passages", "tenant_id", colocate_with="none")  # type: ignore[attr-defined]
+    op.undistribute_table("passages")  # type: ignore[attr-defined]
+    assert buffer.getvalue().split(";\n\n")[:3] == [
+        "SELECT create_reference_table('categories')",
+        "SELECT create_distributed_table('passages', 'tenant_id', colocate_with => 'none')",
+        "SELECT undistribute_table('passages')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (GlobalKey, r"primary key \(id\) must include the distribution column 'tenant_id'"),
+        (UniqueSlug, "unique constraint uq_unique_slugs_slug must include 'tenant_id'"),
+    ],
+)
+def test_constraints_citus_imposes(model: type, message: str) -> None:
+    with pytest.raises(vecorm.ConfigurationError, match=message):
+        check_distribution(model, "tenant_id")
+    with pytest.raises(vecorm.ConfigurationError, match=message):
+        distribute_table(model, "tenant_id")
+    check_distribution(Passage, "tenant_id")
+
+
+@pytest.fixture
+def shards(vecorm_engine: Engine) -> tuple[Engine, np.ndarray]:
+    Base.metadata.create_all(vecorm_engine)
+    vectors = np.random.default_rng(4).normal(size=(400, DIMS)).astype(np.float32)
+    with vecorm_engine.begin() as conn:
+        create_hash_partitions(conn, Passage, 4)
+        conn.execute(insert(Category), [{"id": 1, "name": "faq"}])
+        conn.execute(
+            insert(Passage),
+            [
+                {"tenant_id": i % 8, "id": i, "body": f"p{i}", "category_id": 1, "embedding": v}
+                for i, v in enumerate(vectors)
+            ],
+        )
+        # Stand-ins for Citus's functions, recording their calls (Citus is not installed here).
+        conn.execute(text("CREATE TABLE citus_calls (call text)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION create_distributed_table(t regclass, c text, "
+                "colocate_with text DEFAULT 'default', shard_count int DEFAULT NULL) "
+                "RETURNS void LANGUAGE sql AS $$ INSERT INTO citus_calls "
+                "VALUES (format('%s by %s colocate %s', t, c, colocate_with)) $$"
+            )
+        )
+        conn.execute(text("ANALYZE"))
+    return vecorm_engine, vectors
+
+
+def test_operation_checks_the_catalog_then_calls_citus(shards: tuple[Engine, np.ndarray]) -> None:
+    engine, _ = shards
+    with engine.connect() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        with pytest.raises(vecorm.ConfigurationError, match="unique index global_keys_pkey lacks"):
+            op.create_distributed_table("global_keys", "tenant_id")  # type: ignore[attr-defined]
+        op.create_distributed_table("passages", "tenant_id", colocate_with="none")  # type: ignore[attr-defined]
+        assert conn.execute(text("SELECT call FROM citus_calls")).scalars().all() == [
+            "passages by tenant_id colocate none"
+        ]
+
+
+def test_same_models_search_across_and_within_shards(shards: tuple[Engine, np.ndarray]) -> None:
+    engine, vectors = shards
+    query = np.random.default_rng(9).normal(size=DIMS).astype(np.float32)
+    distances = np.array([python_distance(vecorm.Distance.COSINE, v, query) for v in vectors])
+    with Session(engine) as session, session.begin():
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        # Across shards: each partition's index returns its top k, merged by distance.
+        everywhere = Passage.nearest(query, k=10)
+        nodes = list(plan_nodes(explain(session, everywhere)))
+        scanned = {node["Relation Name"] for node in nodes if "Relation Name" in node}
+        assert len(scanned) == 4 and any(n["Node Type"] == "Merge Append" for n in nodes)
+        ids = [row[0].id for row in session.execute(everywhere)]
+        assert ids == list(np.argsort(distances)[:10])
+        # Within one tenant: routed to one shard, like a Citus router query.
+        tenant = Passage.nearest(query, k=5).where(Passage.tenant_id == 3)
+        nodes = list(plan_nodes(explain(session, tenant)))
+        assert len({node["Relation Name"] for node in nodes if "Relation Name" in node}) == 1
+        mine = [i for i in range(len(vectors)) if i % 8 == 3]
+        expected = [mine[j] for j in np.argsort(distances[mine])[:5]]
+        assert [row[0].id for row in session.execute(tenant)] == expected
