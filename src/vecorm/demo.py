@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import URL, String, func, select, text
+from sqlalchemy import URL, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vecorm.config import HNSW, SearchConfig
@@ -311,8 +311,7 @@ def _clip(value: str, width: int) -> str:
 
 
 def _server_versions(session: Session) -> str:
-    server = session.execute(select(func.current_setting("server_version"))).scalar_one()
-    vector: Any = session.execute(
-        text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-    ).scalar_one_or_none()
-    return f"PostgreSQL {str(server).split()[0]} + pgvector {vector or '(not installed)'}"
+    from vecorm.doctor import server_versions
+
+    server, vector, _ = server_versions(session)
+    return f"PostgreSQL {server} + pgvector {vector or '(not installed)'}"
