@@ -42,7 +42,8 @@ the lexeme in the ``tsvector`` and ``dl`` the positions of all its lexemes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,7 +87,6 @@ MODES: tuple[str, ...] = ("any", "all", "phrase", "websearch")
 COMPACT_EVERY = 64
 _SIDE_COLUMNS = frozenset({"term", "tf", "dl", "impact"})
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
-_INFO_KEY = "vecorm_bm25"
 
 
 # --------------------------------------------------------------------------- declarations
@@ -135,9 +135,18 @@ class BM25Tables:
         return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
+# Side tables per searchable table; kept off Table.info so Alembic never renders it.
+_registry: weakref.WeakKeyDictionary[Table, BM25Tables] = weakref.WeakKeyDictionary()
+
+
 def _tables_of(table: Table) -> BM25Tables | None:
-    found = table.info.get(_INFO_KEY)
-    return found if isinstance(found, BM25Tables) else None
+    return _registry.get(table)
+
+
+def declared_tables(metadata: MetaData) -> list[BM25Tables]:
+    """The :class:`BM25Tables` of every searchable table in ``metadata``."""
+    found = (_tables_of(table) for table in metadata.tables.values())
+    return [tables for tables in found if tables is not None]
 
 
 def side_tables(model_or_table: Any) -> BM25Tables:
@@ -230,17 +239,22 @@ def attach(table: Table, config: SearchConfig) -> BM25Tables:
         comment="vecorm BM25 pending frequency changes, compacted into the terms table",
     )
     tables = BM25Tables(table, postings, terms, deltas, config)
-    table.info[_INFO_KEY] = tables
+    _registry[table] = tables
     # The trigger functions reference the side tables, which create_all makes after the
     # main table (metadata order); PL/pgSQL resolves names at run time, so order is moot.
     event.listen(table, "after_create", _create_ddl)
     event.listen(table, "before_drop", _drop_ddl)
+    event.listen(table, "after_drop", _drop_side_tables)
     return tables
 
 
-def _create_ddl(target: Table, connection: Connection, **_: Any) -> None:
+def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
     tables = _tables_of(target)
     if tables is not None:
+        # ``Model.__table__.create()`` or ``create_all(tables=[...])`` without the side
+        # tables: make them here; a create_all that includes them makes them itself.
+        for side in _not_in_this_run(tables, kw):
+            side.create(connection, checkfirst=True)
         for statement in create_statements(tables):
             connection.exec_driver_sql(statement)
 
@@ -250,6 +264,25 @@ def _drop_ddl(target: Table, connection: Connection, **_: Any) -> None:
     if tables is not None:
         for statement in drop_statements(tables):
             connection.exec_driver_sql(statement)
+
+
+def _drop_side_tables(target: Table, connection: Connection, **kw: Any) -> None:
+    tables = _tables_of(target)
+    if tables is not None:
+        for side in _not_in_this_run(tables, kw):
+            side.drop(connection, checkfirst=True)
+
+
+def _not_in_this_run(tables: BM25Tables, kw: Mapping[str, Any]) -> list[Table]:
+    """Side tables that the running create_all / drop_all (if any) will not handle."""
+    sides = [tables.postings, tables.terms, tables.deltas]
+    if not kw.get("_is_metadata_operation"):
+        return sides
+    runner = kw.get("_ddl_runner")
+    effective = getattr(runner, "_effective_tables", None)
+    if effective is None:
+        return []
+    return [side for side in sides if side not in effective]
 
 
 # --------------------------------------------------------------------------- trigger SQL
@@ -440,23 +473,43 @@ def trigger_definitions(tables: BM25Tables) -> dict[str, str]:
     return definitions
 
 
+COMMENT_PREFIX = "vecorm bm25 "
+
+
+def signature(tables: BM25Tables) -> str:
+    """A digest of the function and trigger definitions, stored as the insert function's
+    comment so that Alembic can tell whether the database has this version."""
+    definitions = [*function_definitions(tables).values(), *trigger_definitions(tables).values()]
+    return hashlib.sha256("\n".join(definitions).encode()).hexdigest()[:16]
+
+
 def create_statements(tables: BM25Tables) -> list[str]:
-    """DDL creating the functions and triggers (the side tables come from the metadata)."""
-    return [*function_definitions(tables).values(), *trigger_definitions(tables).values()]
+    """DDL creating the functions and triggers (the side tables come from the metadata).
 
-
-def drop_statements(tables: BM25Tables) -> list[str]:
-    """DDL dropping the triggers and functions."""
+    Replaces earlier versions: triggers are dropped and made again."""
     sql = _Sql(tables)
-    statements = [
+    drops = [
         f"DROP TRIGGER IF EXISTS {_PREPARER.quote(name)} ON {sql.table}"
         for name in trigger_definitions(tables)
     ]
-    statements += [
-        f"DROP FUNCTION IF EXISTS {tables.qualified(name)}()"
+    comment = (
+        f"COMMENT ON FUNCTION {tables.qualified(tables.function_name('insert'))}() "
+        f"IS '{COMMENT_PREFIX}{signature(tables)}'"
+    )
+    return [
+        *function_definitions(tables).values(),
+        *drops,
+        *trigger_definitions(tables).values(),
+        comment,
+    ]
+
+
+def drop_statements(tables: BM25Tables) -> list[str]:
+    """DDL dropping the functions and, with them (``CASCADE``), the triggers."""
+    return [
+        f"DROP FUNCTION IF EXISTS {tables.qualified(name)}() CASCADE"
         for name in function_definitions(tables)
     ]
-    return statements
 
 
 # --------------------------------------------------------------------------- maintenance

@@ -397,3 +397,79 @@ def build_index(
     click.echo(
         f"built {report.index} in {report.seconds:.1f} s ({report.size_bytes / 2**20:.1f} MB)"
     )
+
+
+@main.command("eval")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv to judge by.")
+@click.option(
+    "--embedder",
+    "embedder_name",
+    default="local",
+    show_default=True,
+    help="local, openai, fake (deterministic hashing), or MODULE:NAME.",
+)
+@click.option(
+    "--modes", default=None, help="Comma-separated modes (default: all; see vecorm.evaluation)."
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write numbers here.")
+@click.option("--sweep", is_flag=True, help="Also sweep blend weight, RRF k, k1, b, ef_search.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default="vecorm-eval-sweep.png",
+    show_default=True,
+    help="Where --sweep draws its trade-offs.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Embedding cache (default: ~/.cache/vecorm/embeddings).",
+)
+@click.option(
+    "--database-url",
+    envvar="VECORM_DATABASE_URL",
+    default=None,
+    help="Server for the scratch table (default: $VECORM_DATABASE_URL, else embedded).",
+)
+@click.option("--max-queries", type=click.IntRange(1), default=None, help="Judge a subset.")
+@click.option(
+    "--max-docs",
+    type=click.IntRange(1),
+    default=None,
+    help="Load at most this many documents (judged ones first).",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_command(
+    directory: str,
+    split: str,
+    embedder_name: str,
+    modes: str | None,
+    json_path: str | None,
+    sweep: bool,
+    plot: str,
+    cache_dir: str | None,
+    database_url: str | None,
+    max_queries: int | None,
+    max_docs: int | None,
+    progress: bool,
+) -> None:
+    """Judge vecorm's search modes on a BEIR-layout collection in DIRECTORY."""
+    from vecorm.evaluation import run_eval_command
+
+    run_eval_command(
+        directory,
+        split=split,
+        embedder_name=embedder_name,
+        modes=modes,
+        json_path=json_path,
+        sweep=sweep,
+        plot=plot,
+        cache_dir=cache_dir,
+        database_url=database_url,
+        max_queries=max_queries,
+        max_docs=max_docs,
+        progress=progress,
+        echo=click.echo,
+    )

@@ -23,6 +23,7 @@ described in docs/adopting.md.
 
 from __future__ import annotations
 
+from vecorm.alembic import bm25 as bm25  # BM25 trigger functions: compare + render
 from vecorm.alembic import citus, comparators, partitions, precision, renderers
 from vecorm.alembic.citus import (
     CreateDistributedTableOp,

@@ -1,0 +1,302 @@
+"""BM25 statistics in migrations: the trigger functions and triggers, compared and rendered.
+
+The side tables (``<table>_bm25_postings`` / ``_terms`` / ``_deltas``) are ordinary tables
+in the metadata, so Alembic creates and compares them itself. What it cannot see are the
+functions and statement triggers that keep them exact; this module compares those (by the
+digest :func:`vecorm.bm25.signature` stores as the insert function's comment) and renders::
+
+    op.create_bm25_statistics('documents', ["CREATE OR REPLACE FUNCTION ...", ...])
+
+which creates (or replaces) the functions and triggers, then fills the statistics from the
+rows already in the table. Its reverse drops them, or puts back the definitions the database
+had, read from the catalog (``pg_get_functiondef`` / ``pg_get_triggerdef``). A second
+autogenerate against an up-to-date database renders nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate.api import AutogenContext
+from alembic.operations import MigrateOperation, Operations, ops
+from alembic.util import DispatchPriority, PriorityDispatchResult
+from sqlalchemy import DDL, text
+from sqlalchemy.engine import Connection
+
+from vecorm import bm25
+
+_OPERATIONS_IMPORT = (
+    "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"
+)
+
+
+@Operations.register_operation("create_bm25_statistics")
+class CreateBM25StatisticsOp(MigrateOperation):
+    """Run the DDL of a table's BM25 triggers, then (``rebuild``) fill its statistics.
+
+    ``op.create_bm25_statistics('documents', [...])``; reversed by
+    ``op.drop_bm25_statistics('documents', [...])``.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        statements: Sequence[str],
+        *,
+        schema: str | None = None,
+        rebuild: bool = True,
+        previous: Sequence[str] | None = None,
+    ) -> None:
+        self.table_name = table_name
+        self.statements = list(statements)
+        self.schema = schema
+        self.rebuild = rebuild
+        self.previous = None if previous is None else list(previous)
+
+    @classmethod
+    def create_bm25_statistics(
+        cls,
+        operations: Operations,
+        table_name: str,
+        statements: Sequence[str],
+        *,
+        schema: str | None = None,
+        rebuild: bool = True,
+    ) -> None:
+        """Create or replace the BM25 functions and triggers of ``table_name``."""
+        operations.invoke(cls(table_name, statements, schema=schema, rebuild=rebuild))
+
+    def reverse(self) -> MigrateOperation:
+        if self.previous:
+            return CreateBM25StatisticsOp(
+                self.table_name,
+                self.previous,
+                schema=self.schema,
+                rebuild=self.rebuild,
+                previous=self.statements,
+            )
+        return DropBM25StatisticsOp(
+            self.table_name, _drops_for(self.table_name, self.schema), schema=self.schema
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str]:
+        return ("create_bm25_statistics", self.schema, self.table_name)
+
+
+@Operations.register_operation("drop_bm25_statistics")
+class DropBM25StatisticsOp(MigrateOperation):
+    """Drop a table's BM25 functions (and with them its triggers)."""
+
+    def __init__(
+        self,
+        table_name: str,
+        statements: Sequence[str],
+        *,
+        schema: str | None = None,
+        previous: Sequence[str] | None = None,
+    ) -> None:
+        self.table_name = table_name
+        self.statements = list(statements)
+        self.schema = schema
+        self.previous = None if previous is None else list(previous)
+
+    @classmethod
+    def drop_bm25_statistics(
+        cls,
+        operations: Operations,
+        table_name: str,
+        statements: Sequence[str],
+        *,
+        schema: str | None = None,
+    ) -> None:
+        """Drop the BM25 functions and triggers of ``table_name``."""
+        operations.invoke(cls(table_name, statements, schema=schema))
+
+    def reverse(self) -> MigrateOperation:
+        return CreateBM25StatisticsOp(
+            self.table_name, self.previous or [], schema=self.schema, previous=self.statements
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str]:
+        return ("drop_bm25_statistics", self.schema, self.table_name)
+
+
+def _qualified_function(table_name: str, schema: str | None, event: str) -> str:
+    from sqlalchemy.dialects import postgresql
+
+    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+    name = preparer.quote(f"{table_name}_bm25_{event}")
+    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
+
+
+def _drops_for(table_name: str, schema: str | None) -> list[str]:
+    events = ("insert", "update", "delete", "truncate", "rebuild", "compact")
+    return [
+        f"DROP FUNCTION IF EXISTS {_qualified_function(table_name, schema, event)}() CASCADE"
+        for event in events
+    ]
+
+
+@Operations.implementation_for(CreateBM25StatisticsOp)
+def _create(operations: Operations, operation: CreateBM25StatisticsOp) -> None:
+    for statement in operation.statements:
+        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+    if operation.rebuild and operation.statements:
+        name = _qualified_function(operation.table_name, operation.schema, "rebuild")
+        operations.execute(DDL(f"SELECT {name}()"))  # type: ignore[no-untyped-call]
+
+
+@Operations.implementation_for(DropBM25StatisticsOp)
+def _drop(operations: Operations, operation: DropBM25StatisticsOp) -> None:
+    for statement in operation.statements:
+        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+_INSTALLED = text(
+    """
+    SELECT n.nspname AS schema, p.proname AS name, p.oid AS oid,
+           obj_description(p.oid, 'pg_proc') AS comment
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.proname LIKE '%\\_bm25\\_insert' AND obj_description(p.oid, 'pg_proc') LIKE :prefix
+    """
+)
+
+
+def _installed(connection: Connection) -> dict[tuple[str | None, str], str]:
+    """``{(schema, table): signature}`` of BM25 statistics present in the database."""
+    found: dict[tuple[str | None, str], str] = {}
+    default = connection.dialect.default_schema_name
+    for row in connection.execute(_INSTALLED, {"prefix": bm25.COMMENT_PREFIX + "%"}):
+        schema = None if row.schema == default else row.schema
+        table = row.name[: -len("_bm25_insert")]
+        found[(schema, table)] = row.comment[len(bm25.COMMENT_PREFIX) :]
+    return found
+
+
+def _current_definitions(connection: Connection, table_name: str, schema: str | None) -> list[str]:
+    """The database's own text of the functions and triggers, to put back on downgrade."""
+    events = ("insert", "update", "delete", "truncate", "rebuild", "compact")
+    statements = []
+    for event in events:
+        function = _qualified_function(table_name, schema, event)
+        definition = connection.execute(
+            text("SELECT pg_get_functiondef(to_regprocedure(:name))"), {"name": f"{function}()"}
+        ).scalar()
+        if definition:
+            statements.append(str(definition))
+    for row in connection.execute(
+        text(
+            "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
+            "WHERE t.tgrelid = to_regclass(:table) AND t.tgname LIKE :pattern ORDER BY t.tgname"
+        ),
+        {"table": _table_name(table_name, schema), "pattern": f"{table_name}_bm25_%"},
+    ):
+        quoted = _table_name(row[0], None)
+        statements.insert(
+            0, f"DROP TRIGGER IF EXISTS {quoted} ON {_table_name(table_name, schema)}"
+        )
+        statements.append(str(row[1]))
+    comment = connection.execute(
+        text("SELECT obj_description(to_regprocedure(:name), 'pg_proc')"),
+        {"name": f"{_qualified_function(table_name, schema, 'insert')}()"},
+    ).scalar()
+    if comment:
+        escaped = str(comment).replace("'", "''")
+        statements.append(
+            f"COMMENT ON FUNCTION {_qualified_function(table_name, schema, 'insert')}() "
+            f"IS '{escaped}'"
+        )
+    return statements
+
+
+def _table_name(table_name: str, schema: str | None) -> str:
+    from sqlalchemy.dialects import postgresql
+
+    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+    quoted = preparer.quote(table_name)
+    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
+
+
+@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
+def compare_bm25(
+    autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
+) -> PriorityDispatchResult:
+    """Emit ``op.create_bm25_statistics`` where the triggers are missing or differ, and
+    ``op.drop_bm25_statistics`` where a model no longer keeps BM25 statistics."""
+    connection = autogen_context.connection
+    metadata = autogen_context.metadata
+    if connection is None or metadata is None or connection.dialect.name != "postgresql":
+        return PriorityDispatchResult.CONTINUE
+    metadatas = metadata if isinstance(metadata, Sequence) else [metadata]
+    declared = {
+        (tables.table.schema, tables.table.name): tables
+        for each in metadatas
+        for tables in bm25.declared_tables(each)
+    }
+    installed = _installed(connection)
+    for key, tables in declared.items():
+        if key[0] not in schemas and not (key[0] is None and None in schemas):
+            continue
+        found = installed.get(key)
+        if found == bm25.signature(tables):
+            continue
+        previous = _current_definitions(connection, key[1], key[0]) if found else None
+        upgrade_ops.ops.append(
+            CreateBM25StatisticsOp(
+                key[1], bm25.create_statements(tables), schema=key[0], previous=previous
+            )
+        )
+    metadata_tables = {
+        (table.schema, table.name) for each in metadatas for table in each.tables.values()
+    }
+    for key in installed.keys() - declared.keys():
+        if key not in metadata_tables:
+            continue  # the table itself is gone or not ours: its drop takes the triggers
+        upgrade_ops.ops.append(
+            DropBM25StatisticsOp(
+                key[1],
+                _drops_for(key[1], key[0]),
+                schema=key[0],
+                previous=_current_definitions(connection, key[1], key[0]),
+            )
+        )
+    return PriorityDispatchResult.CONTINUE
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _literal(statement: str) -> str:
+    if '"""' in statement or "\\" in statement:
+        return repr(statement)
+    return '"""' + statement + '"""'
+
+
+def _render_statements(statements: Sequence[str]) -> str:
+    return "[\n        " + ",\n        ".join(_literal(s) for s in statements) + ",\n    ]"
+
+
+def _render(name: str, operation: Any, autogen_context: AutogenContext, extra: str = "") -> str:
+    if autogen_context.imports is not None:
+        autogen_context.imports.add(_OPERATIONS_IMPORT)
+    schema = f", schema={operation.schema!r}" if operation.schema else ""
+    return (
+        f"op.{name}(\n    {operation.table_name!r},\n    "
+        f"{_render_statements(operation.statements)}{schema}{extra},\n)"
+    )
+
+
+@renderers.dispatch_for(CreateBM25StatisticsOp)
+def _render_create(autogen_context: AutogenContext, operation: CreateBM25StatisticsOp) -> str:
+    extra = "" if operation.rebuild else ", rebuild=False"
+    return _render("create_bm25_statistics", operation, autogen_context, extra)
+
+
+@renderers.dispatch_for(DropBM25StatisticsOp)
+def _render_drop(autogen_context: AutogenContext, operation: DropBM25StatisticsOp) -> str:
+    return _render("drop_bm25_statistics", operation, autogen_context)

@@ -1,0 +1,114 @@
+"""BM25 statistics through Alembic: side tables and triggers in the revision, existing rows
+backfilled, k1/b changes replace the functions, downgrade restores, a second run is empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import text
+
+from tests.alembic.conftest import Project
+
+MODELS = """
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+import vecorm
+from vecorm.config import BM25
+
+class Base(DeclarativeBase):
+    pass
+
+class Note(vecorm.Searchable, Base):
+    __tablename__ = "notes"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=3, index=None{options})
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+"""
+
+
+def triggers(project: Project) -> list[str]:
+    with project.engine.connect() as conn:
+        return list(
+            conn.scalars(
+                text(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'notes'::regclass "
+                    "AND NOT tgisinternal ORDER BY tgname"
+                )
+            )
+        )
+
+
+def documents_counted(project: Project) -> int:
+    with project.engine.connect() as conn:
+        return int(
+            conn.scalar(
+                text(
+                    "SELECT coalesce(sum(df), 0) FROM (SELECT df FROM notes_bm25_terms "
+                    "WHERE term = '' UNION ALL SELECT df FROM notes_bm25_deltas WHERE term = '') c"
+                )
+            )
+        )
+
+
+def test_bm25_statistics_through_migrations(project_factory: object) -> None:
+    project: Project = project_factory()  # type: ignore[operator]
+    # Version 1: a searchable table without BM25, with rows in it.
+    project.set_models(MODELS.format(options=", bm25=None"))
+    first = project.autogenerate("notes")
+    assert "bm25" not in first.read_text()
+    project.upgrade()
+    with project.engine.begin() as conn:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'vacuum'), (2, 'lock wait')"))
+
+    # Version 2: BM25 on. Side tables and triggers appear; existing rows are backfilled.
+    project.set_models(MODELS.format(options=""))
+    second = project.autogenerate("bm25")
+    source = second.read_text()
+    for name in ("notes_bm25_postings", "notes_bm25_terms", "notes_bm25_deltas"):
+        assert f"op.create_table('{name}'" in source
+    assert "op.create_bm25_statistics(" in source
+    assert "import vecorm.alembic" in source
+    assert source.index("op.create_table('notes_bm25_postings'") < source.index(
+        "op.create_bm25_statistics("
+    )
+    project.upgrade()
+    assert triggers(project) == [
+        "notes_bm25_delete",
+        "notes_bm25_insert",
+        "notes_bm25_truncate",
+        "notes_bm25_update",
+    ]
+    assert documents_counted(project) == 2
+    with project.engine.begin() as conn:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (3, 'vacuum full')"))
+    assert documents_counted(project) == 3
+
+    # Up to date: a second autogenerate renders nothing.
+    assert_empty(project.autogenerate("nothing"))
+    project.upgrade()
+
+    # Version 3: other k1/b: the functions are replaced (impacts recomputed by the rebuild).
+    project.set_models(MODELS.format(options=", bm25=BM25(k1=1.2, b=0.75)"))
+    third = project.autogenerate("k1 b")
+    assert "op.create_bm25_statistics(" in third.read_text()
+    assert "1.2" in third.read_text()
+    project.upgrade()
+    assert_empty(project.autogenerate("nothing again"))
+    project.upgrade()
+
+    # Downgrades: the previous definitions come back, then the statistics go.
+    project.downgrade("-2")  # past "nothing again" and "k1 b"
+    with project.engine.connect() as conn:
+        definition = conn.scalar(text("SELECT pg_get_functiondef('notes_bm25_insert'::regproc)"))
+    assert "0.9" in str(definition) and "1.2" not in str(definition)
+    assert documents_counted(project) == 3
+    project.downgrade("-2")  # past "nothing" and "bm25"
+    assert triggers(project) == []
+    with project.engine.connect() as conn:
+        assert conn.scalar(text("SELECT to_regclass('notes_bm25_postings')")) is None
+    project.upgrade()
+    assert documents_counted(project) == 3
+
+
+def assert_empty(revision: Path) -> None:
+    source = revision.read_text()
+    assert "op." not in source.split("def upgrade")[1].split("def downgrade")[0], source
