@@ -504,7 +504,8 @@ def hamming_expression(
 
 
 class BinaryCandidates(ColumnElement[bool]):
-    """``pk IN (SELECT pk FROM t WHERE <filters> ORDER BY <hamming> LIMIT n)``.
+    """``pk = ANY(ARRAY(SELECT pk FROM t WHERE <filters> ORDER BY <hamming> LIMIT n))``
+    (``(pk1, pk2) IN (...)`` for a composite key).
 
     The first stage of a search on a binary-quantized index. The filters are the enclosing
     statement's own ``WHERE`` criteria on the model's table, read when the statement is
@@ -561,8 +562,12 @@ def _compile_binary_candidates(element: BinaryCandidates, compiler: SQLCompiler,
         .limit(element.count)
         .correlate(None)  # its own scan of the table, which shadows the outer one inside
     )
-    target = element.keys[0] if len(element.keys) == 1 else tuple_(*element.keys)
-    return compiler.process(target.in_(inner), **kw)
+    if len(element.keys) == 1:
+        # "= ANY(ARRAY(...))": the candidates are computed once (an InitPlan), then fetched by
+        # primary key, whatever the planner guesses about the table's size.
+        key = compiler.process(element.keys[0], **kw)
+        return f"{key} = ANY(ARRAY({compiler.process(inner.scalar_subquery(), **kw)}))"
+    return compiler.process(tuple_(*element.keys).in_(inner), **kw)
 
 
 def similarity_expression(
