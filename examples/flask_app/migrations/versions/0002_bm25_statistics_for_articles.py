@@ -1,35 +1,26 @@
 """bm25 statistics for articles
 
 vecorm ranks full text with BM25 (added after 0001 was written), from statistics kept in three
-side tables. Autogenerate wrote the tables; the triggers that maintain them and the statistics
-of the rows that already exist are added by hand below (vecorm.bm25.create_statements and
-rebuild).
+side tables by statement triggers. Unedited autogenerate output: the side tables, then
+op.create_bm25_statistics, which creates the functions and triggers and fills the statistics
+from the rows already in the table.
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-25 13:36:17.696345
+Create Date: 2026-11-25 13:49:07.367012
 
 """
 from typing import Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
-
-import vecorm
-from vecorm import bm25
-
+import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)
 
 # revision identifiers, used by Alembic.
 revision: str = '0002'
 down_revision: Union[str, Sequence[str], None] = '0001'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
-
-
-def _statistics() -> bm25.BM25Tables:
-    """The articles table as of this revision (its key, the BM25 settings), not the live model."""
-    table = sa.Table("articles", sa.MetaData(), sa.Column("id", sa.Integer(), primary_key=True))
-    return bm25.attach(table, vecorm.SearchConfig(fields=("title", "body"), dimensions=384))
 
 
 def upgrade() -> None:
@@ -61,20 +52,214 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('term'),
     comment="vecorm BM25 document frequencies ('' = document count and total length)"
     )
+    op.create_bm25_statistics(
+        'articles',
+        [
+            """CREATE OR REPLACE FUNCTION articles_bm25_insert() RETURNS trigger
+    LANGUAGE plpgsql AS $vecorm$
+    DECLARE
+        avgdl float8;
+        delta_id bigint;
+    BEGIN
+        IF current_setting('vecorm.bm25_deferred', true) = 'on' THEN
+            RETURN NULL;
+        END IF;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT '', count(*), coalesce(sum(x.dl), 0)
+        FROM (SELECT (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl FROM new_rows s) x
+        HAVING count(*) > 0 RETURNING id INTO delta_id;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT u.lexeme, count(*), 0 FROM new_rows s, unnest(s.search_vector) u
+        GROUP BY u.lexeme;
+        SELECT (SELECT CASE WHEN sum(df) > 0 AND sum(length) > 0 THEN sum(length)::float8 / sum(df) ELSE 1.0 END FROM (SELECT df, length FROM articles_bm25_terms WHERE term = '' UNION ALL SELECT df, length FROM articles_bm25_deltas WHERE term = '') c) INTO avgdl;
+        WITH d AS MATERIALIZED (
+          SELECT s.id, s.search_vector AS vector, (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl
+          FROM new_rows s
+        )
+        INSERT INTO articles_bm25_postings (id, term, tf, dl, impact)
+        SELECT d.id, u.lexeme, coalesce(array_length(u.positions, 1), 1), d.dl,
+               (coalesce(array_length(u.positions, 1), 1) * (0.9 + 1.0)) / (coalesce(array_length(u.positions, 1), 1)
+                 + 0.9 * (1.0 - 0.4 + 0.4 * d.dl / avgdl))
+        FROM d CROSS JOIN LATERAL unnest(d.vector) u;
+        IF mod(delta_id, 64) = 0 THEN
+
+        IF current_setting('transaction_isolation') = 'read committed'
+           AND pg_try_advisory_xact_lock(3789052519796470567) THEN
+          WITH moved AS (DELETE FROM articles_bm25_deltas RETURNING term, df, length)
+          INSERT INTO articles_bm25_terms AS t (term, df, length)
+          SELECT term, sum(df), sum(length) FROM moved GROUP BY term ORDER BY term
+          ON CONFLICT (term) DO UPDATE
+            SET df = t.df + excluded.df, length = t.length + excluded.length;
+          DELETE FROM articles_bm25_terms WHERE df = 0 AND term <> '';
+        END IF;
+        END IF;
+        RETURN NULL;
+    END;
+    $vecorm$""",
+            """CREATE OR REPLACE FUNCTION articles_bm25_update() RETURNS trigger
+    LANGUAGE plpgsql AS $vecorm$
+    DECLARE
+        avgdl float8;
+        delta_id bigint;
+    BEGIN
+        IF current_setting('vecorm.bm25_deferred', true) = 'on' THEN
+            RETURN NULL;
+        END IF;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT '', -count(*), -coalesce(sum(x.dl), 0)
+        FROM (SELECT (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl FROM (SELECT id, search_vector FROM old_rows EXCEPT ALL SELECT id, search_vector FROM new_rows) s) x
+        HAVING count(*) > 0 RETURNING id INTO delta_id;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT u.lexeme, -count(*), 0 FROM (SELECT id, search_vector FROM old_rows EXCEPT ALL SELECT id, search_vector FROM new_rows) s, unnest(s.search_vector) u
+        GROUP BY u.lexeme;
+        DELETE FROM articles_bm25_postings p USING (SELECT id, search_vector FROM old_rows EXCEPT ALL SELECT id, search_vector FROM new_rows) s WHERE p.id = s.id;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT '', count(*), coalesce(sum(x.dl), 0)
+        FROM (SELECT (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl FROM (SELECT id, search_vector FROM new_rows EXCEPT ALL SELECT id, search_vector FROM old_rows) s) x
+        HAVING count(*) > 0 RETURNING id INTO delta_id;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT u.lexeme, count(*), 0 FROM (SELECT id, search_vector FROM new_rows EXCEPT ALL SELECT id, search_vector FROM old_rows) s, unnest(s.search_vector) u
+        GROUP BY u.lexeme;
+        SELECT (SELECT CASE WHEN sum(df) > 0 AND sum(length) > 0 THEN sum(length)::float8 / sum(df) ELSE 1.0 END FROM (SELECT df, length FROM articles_bm25_terms WHERE term = '' UNION ALL SELECT df, length FROM articles_bm25_deltas WHERE term = '') c) INTO avgdl;
+        WITH d AS MATERIALIZED (
+          SELECT s.id, s.search_vector AS vector, (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl
+          FROM (SELECT id, search_vector FROM new_rows EXCEPT ALL SELECT id, search_vector FROM old_rows) s
+        )
+        INSERT INTO articles_bm25_postings (id, term, tf, dl, impact)
+        SELECT d.id, u.lexeme, coalesce(array_length(u.positions, 1), 1), d.dl,
+               (coalesce(array_length(u.positions, 1), 1) * (0.9 + 1.0)) / (coalesce(array_length(u.positions, 1), 1)
+                 + 0.9 * (1.0 - 0.4 + 0.4 * d.dl / avgdl))
+        FROM d CROSS JOIN LATERAL unnest(d.vector) u;
+        IF mod(delta_id, 64) = 0 THEN
+
+        IF current_setting('transaction_isolation') = 'read committed'
+           AND pg_try_advisory_xact_lock(3789052519796470567) THEN
+          WITH moved AS (DELETE FROM articles_bm25_deltas RETURNING term, df, length)
+          INSERT INTO articles_bm25_terms AS t (term, df, length)
+          SELECT term, sum(df), sum(length) FROM moved GROUP BY term ORDER BY term
+          ON CONFLICT (term) DO UPDATE
+            SET df = t.df + excluded.df, length = t.length + excluded.length;
+          DELETE FROM articles_bm25_terms WHERE df = 0 AND term <> '';
+        END IF;
+        END IF;
+        RETURN NULL;
+    END;
+    $vecorm$""",
+            """CREATE OR REPLACE FUNCTION articles_bm25_delete() RETURNS trigger
+    LANGUAGE plpgsql AS $vecorm$
+    DECLARE
+        avgdl float8;
+        delta_id bigint;
+    BEGIN
+        IF current_setting('vecorm.bm25_deferred', true) = 'on' THEN
+            RETURN NULL;
+        END IF;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT '', -count(*), -coalesce(sum(x.dl), 0)
+        FROM (SELECT (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl FROM old_rows s) x
+        HAVING count(*) > 0 RETURNING id INTO delta_id;
+        INSERT INTO articles_bm25_deltas (term, df, length)
+        SELECT u.lexeme, -count(*), 0 FROM old_rows s, unnest(s.search_vector) u
+        GROUP BY u.lexeme;
+        DELETE FROM articles_bm25_postings p USING old_rows s WHERE p.id = s.id;
+        IF mod(delta_id, 64) = 0 THEN
+
+        IF current_setting('transaction_isolation') = 'read committed'
+           AND pg_try_advisory_xact_lock(3789052519796470567) THEN
+          WITH moved AS (DELETE FROM articles_bm25_deltas RETURNING term, df, length)
+          INSERT INTO articles_bm25_terms AS t (term, df, length)
+          SELECT term, sum(df), sum(length) FROM moved GROUP BY term ORDER BY term
+          ON CONFLICT (term) DO UPDATE
+            SET df = t.df + excluded.df, length = t.length + excluded.length;
+          DELETE FROM articles_bm25_terms WHERE df = 0 AND term <> '';
+        END IF;
+        END IF;
+        RETURN NULL;
+    END;
+    $vecorm$""",
+            """CREATE OR REPLACE FUNCTION articles_bm25_truncate() RETURNS trigger
+    LANGUAGE plpgsql AS $vecorm$
+    DECLARE
+        avgdl float8;
+        delta_id bigint;
+    BEGIN
+        DELETE FROM articles_bm25_postings;
+        DELETE FROM articles_bm25_deltas;
+        DELETE FROM articles_bm25_terms;
+        RETURN NULL;
+    END;
+    $vecorm$""",
+            """CREATE OR REPLACE FUNCTION articles_bm25_rebuild() RETURNS void
+    LANGUAGE plpgsql AS $vecorm$
+    DECLARE
+        avgdl float8;
+        delta_id bigint;
+    BEGIN
+        LOCK TABLE articles IN SHARE MODE;
+        DELETE FROM articles_bm25_postings;
+        DELETE FROM articles_bm25_deltas;
+        DELETE FROM articles_bm25_terms;
+        INSERT INTO articles_bm25_terms (term, df, length)
+        SELECT '', count(*), coalesce(sum(x.dl), 0)
+        FROM (SELECT (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl FROM articles s) x;
+        INSERT INTO articles_bm25_terms (term, df, length)
+        SELECT u.lexeme, count(*), 0 FROM articles s, unnest(s.search_vector) u
+        GROUP BY u.lexeme ORDER BY u.lexeme;
+        SELECT CASE WHEN df > 0 AND length > 0 THEN length::float8 / df ELSE 1.0 END
+          INTO avgdl FROM articles_bm25_terms WHERE term = '';
+        WITH d AS MATERIALIZED (
+          SELECT s.id, s.search_vector AS vector, (SELECT coalesce(sum(coalesce(array_length(u.positions, 1), 1)), 0) FROM unnest(s.search_vector) u) AS dl
+          FROM articles s
+        )
+        INSERT INTO articles_bm25_postings (id, term, tf, dl, impact)
+        SELECT d.id, u.lexeme, coalesce(array_length(u.positions, 1), 1), d.dl,
+               (coalesce(array_length(u.positions, 1), 1) * (0.9 + 1.0)) / (coalesce(array_length(u.positions, 1), 1)
+                 + 0.9 * (1.0 - 0.4 + 0.4 * d.dl / avgdl))
+        FROM d CROSS JOIN LATERAL unnest(d.vector) u;
+    END;
+    $vecorm$""",
+            """CREATE OR REPLACE FUNCTION articles_bm25_compact() RETURNS void
+    LANGUAGE plpgsql AS $vecorm$
+    BEGIN
+        IF current_setting('transaction_isolation') = 'read committed'
+           AND pg_try_advisory_xact_lock(3789052519796470567) THEN
+          WITH moved AS (DELETE FROM articles_bm25_deltas RETURNING term, df, length)
+          INSERT INTO articles_bm25_terms AS t (term, df, length)
+          SELECT term, sum(df), sum(length) FROM moved GROUP BY term ORDER BY term
+          ON CONFLICT (term) DO UPDATE
+            SET df = t.df + excluded.df, length = t.length + excluded.length;
+          DELETE FROM articles_bm25_terms WHERE df = 0 AND term <> '';
+        END IF;
+    END;
+    $vecorm$""",
+            """DROP TRIGGER IF EXISTS articles_bm25_insert ON articles""",
+            """DROP TRIGGER IF EXISTS articles_bm25_update ON articles""",
+            """DROP TRIGGER IF EXISTS articles_bm25_delete ON articles""",
+            """DROP TRIGGER IF EXISTS articles_bm25_truncate ON articles""",
+            """CREATE TRIGGER articles_bm25_insert AFTER INSERT ON articles REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION articles_bm25_insert()""",
+            """CREATE TRIGGER articles_bm25_update AFTER UPDATE ON articles REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION articles_bm25_update()""",
+            """CREATE TRIGGER articles_bm25_delete AFTER DELETE ON articles REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION articles_bm25_delete()""",
+            """CREATE TRIGGER articles_bm25_truncate AFTER TRUNCATE ON articles FOR EACH STATEMENT EXECUTE FUNCTION articles_bm25_truncate()""",
+            """COMMENT ON FUNCTION articles_bm25_insert() IS 'vecorm bm25 bae19967a50e1c52'""",
+        ],
+    )
     # ### end Alembic commands ###
-    statistics = _statistics()
-    connection = op.get_bind()
-    for statement in bm25.create_statements(statistics):  # functions and statement triggers
-        connection.exec_driver_sql(statement)
-    bm25.rebuild(connection, statistics.table)  # statistics of the rows already there
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    connection = op.get_bind()
-    for statement in bm25.drop_statements(_statistics()):
-        connection.exec_driver_sql(statement)
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_bm25_statistics(
+        'articles',
+        [
+            """DROP FUNCTION IF EXISTS articles_bm25_insert() CASCADE""",
+            """DROP FUNCTION IF EXISTS articles_bm25_update() CASCADE""",
+            """DROP FUNCTION IF EXISTS articles_bm25_delete() CASCADE""",
+            """DROP FUNCTION IF EXISTS articles_bm25_truncate() CASCADE""",
+            """DROP FUNCTION IF EXISTS articles_bm25_rebuild() CASCADE""",
+            """DROP FUNCTION IF EXISTS articles_bm25_compact() CASCADE""",
+        ],
+    )
     op.drop_table('articles_bm25_terms')
     op.drop_index('ix_articles_bm25_postings_impact', table_name='articles_bm25_postings', postgresql_include=['id', 'tf', 'dl'])
     op.drop_table('articles_bm25_postings')
