@@ -65,8 +65,10 @@ from sqlalchemy import (
     bindparam,
     cast,
     event,
+    exists,
     func,
     literal,
+    literal_column,
     select,
     true,
     union_all,
@@ -77,6 +79,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import SchemaItem
+from sqlalchemy.sql.selectable import CompoundSelect
 
 from vecorm.config import BM25, SearchConfig
 from vecorm.errors import ConfigurationError
@@ -565,6 +568,20 @@ def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
     return [table.c[name] for name in names]
 
 
+#: Candidates rescored exactly after the pruned pass (at least; 2 * depth when larger).
+RESCORED = 200
+
+
+def _constant(value: float) -> ColumnElement[float]:
+    """A float written into the SQL: a bound value would let a prepared statement's generic
+    plan guess (psycopg prepares a statement after its fifth run)."""
+    return literal_column(repr(float(value)), Float)
+
+
+def _integer(value: int) -> ColumnElement[int]:
+    return literal_column(str(int(value)), Integer)
+
+
 def query_terms(text: str, language: str) -> Select[Any]:
     """``SELECT term, qtf``: the lexemes of ``text`` (stop words removed) and how often each
     occurs in it (a repeated query word counts that many times, as in Lucene)."""
@@ -614,7 +631,7 @@ def scores(
     names = tables.keys
 
     query = query_terms(text, language).cte("bm25_query").prefix_with("MATERIALIZED")
-    wanted = select(query.c.term).union_all(select(literal("", Text)))
+    wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
     counts = union_all(
         select(terms.c.term, terms.c.df, terms.c.length).where(terms.c.term.in_(wanted)),
         select(deltas.c.term, deltas.c.df, deltas.c.length).where(deltas.c.term.in_(wanted)),
@@ -634,50 +651,81 @@ def scores(
             cast(totals.c.df, Float).label("n"),
             func.coalesce(
                 cast(totals.c.length, Float) / cast(func.nullif(totals.c.df, 0), Float),
-                literal(1.0, Float),
+                _constant(1.0),
             ).label("avgdl"),
         )
-        .where(totals.c.term == "")
+        .where(totals.c.term == literal_column("''", Text))
         .subquery("bm25_collection")
     )
     idf = func.ln(
-        literal(1.0) + (collection.c.n - totals.c.df + 0.5) / (totals.c.df + literal(0.5))
+        _constant(1.0)
+        + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
     )
     weighted = (
-        select(totals.c.term, (idf * query.c.qtf).label("idf"), collection.c.avgdl)
+        select(
+            totals.c.term,
+            totals.c.df,
+            (idf * query.c.qtf).label("idf"),
+            collection.c.avgdl,
+        )
         .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
-        .where(totals.c.term != "", totals.c.df > 0)
+        .where(totals.c.term != literal_column("''", Text), totals.c.df > _integer(0))
         .cte("bm25_terms")
         .prefix_with("MATERIALIZED")
     )
-    tf = cast(postings.c.tf, Float)
-    dl = cast(postings.c.dl, Float)
-    k1_param = literal(k1_value, Float)
-    b_param = literal(b_value, Float)
-    term_score = (
-        weighted.c.idf
-        * tf
-        * (k1_param + 1.0)
-        / (tf + k1_param * (literal(1.0) - b_param + b_param * dl / weighted.c.avgdl))
-    )
+    k1_param = _constant(k1_value)
+    b_param = _constant(b_value)
+
+    def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
+        tf = cast(tf_column, Float)
+        dl = cast(dl_column, Float)
+        part: ColumnElement[Any] = (
+            weighted.c.idf
+            * tf
+            * (k1_param + _constant(1.0))
+            / (tf + k1_param * (_constant(1.0) - b_param + b_param * dl / weighted.c.avgdl))
+        )
+        return part
+
+    term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
     pruned = mode == "any" and not where and per_term is not None
+    exhaustive = (
+        select(*key_columns, func.sum(term_score).label("score"))
+        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .group_by(*key_columns)
+    )
+    if mode == "all":
+        exhaustive = exhaustive.having(
+            func.count() == select(func.count()).select_from(query).scalar_subquery()
+        )
+    scored: Select[Any] | CompoundSelect[Any] = exhaustive
     if pruned:
+        assert per_term is not None
+        # Each term's best postings by impact (an index-ordered scan), partial scores from
+        # them alone, then the best few candidates rescored exactly over every query term.
+        # When no query term has more than per_term postings, that is every posting: the
+        # exhaustive branch runs instead (PostgreSQL skips the other on a one-time filter).
+        long_lists = exists().where(weighted.c.df > _integer(per_term))
         best = (
-            select(*key_columns)
+            select(*key_columns, postings.c.tf, postings.c.dl)
             .where(postings.c.term == weighted.c.term)
             .order_by(postings.c.impact.desc())
-            .limit(per_term)
+            .limit(_integer(per_term))
             .lateral("bm25_best")
         )
+        best_keys = [best.c[name] for name in names]
         candidates = (
-            select(*(best.c[name] for name in names))
+            select(*best_keys)
             .select_from(weighted.join(best, true()))
-            .distinct()
+            .where(long_lists)
+            .group_by(*best_keys)
+            .order_by(func.sum(contribution(best.c.tf, best.c.dl)).desc(), *best_keys)
+            .limit(_integer(max(2 * depth, RESCORED)))
             .cte("bm25_candidates")
             .prefix_with("MATERIALIZED")
         )
-        scored = (
+        rescored = (
             select(*key_columns, func.sum(term_score).label("score"))
             .select_from(
                 candidates.join(weighted, true()).join(
@@ -690,16 +738,7 @@ def scores(
             )
             .group_by(*key_columns)
         )
-    else:
-        scored = (
-            select(*key_columns, func.sum(term_score).label("score"))
-            .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
-            .group_by(*key_columns)
-        )
-        if mode == "all":
-            scored = scored.having(
-                func.count() == select(func.count()).select_from(query).scalar_subquery()
-            )
+        scored = union_all(exhaustive.where(~long_lists), rescored)
     ranked = scored.subquery("bm25_scored")
     score = ranked.c.score.label("score")
     keys = [ranked.c[name] for name in names]
@@ -715,7 +754,7 @@ def scores(
             stmt = stmt.where(
                 matches(model, tsquery_expression(text, language=language, mode=mode))
             )
-    return stmt.order_by(score.desc(), *keys).limit(depth)
+    return stmt.order_by(score.desc(), *keys).limit(_integer(depth))
 
 
 @dataclass(frozen=True)

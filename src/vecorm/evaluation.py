@@ -66,8 +66,10 @@ def dense_exact(model: Any, text: str, vector: QueryInput, depth: int) -> Select
 
 
 def dense_index(model: Any, text: str, vector: QueryInput, depth: int) -> Select[Any]:
-    """Nearest neighbours through the vector index (vecorm's query-time settings)."""
-    return _keys_only(model, nearest(model, vector, k=depth))
+    """Nearest neighbours through the vector index, ``ef_search`` = depth with iterative
+    scan, as the hybrid's semantic arm searches (the planner may still scan exactly)."""
+    stmt = _keys_only(model, nearest(model, vector, k=depth))
+    return stmt.execution_options(vecorm_hnsw_ef_search=max(depth, 1))
 
 
 def bm25_mode(model: Any, text: str, vector: QueryInput, depth: int) -> Select[Any]:

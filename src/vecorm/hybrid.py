@@ -12,9 +12,17 @@ fused by one of:
     query's* candidates of that arm (best 1, worst 0, absent 0). Raw ``ts_rank`` values are
     tiny and unbounded and cosine similarities crowd near the top, so blending them raw (as
     the seed did) lets one arm dominate whatever ``w`` says; normalised, ``w`` means what it
-    says.
+    says. ``normalization="theoretical"`` replaces each arm's worst candidate by the worst
+    possible value (BM25 0, cosine distance 2), Bruch et al.'s TM2C2.
 ``"rrf"``
     Reciprocal rank fusion: ``sum(weight / (rrf_k + rank))`` over the arms that found the row.
+
+Defaults come from the literature, not from a test collection: ``w = 0.5`` (no preference
+between the arms), per-query min-max (Bruch, Gai & Ingber 2023, "An Analysis of Fusion
+Functions for Hybrid Retrieval": a convex combination of normalised scores beats RRF),
+``rrf_k = 60`` (Cormack, Clarke & Büttcher 2009) and ``depth = 100`` candidates per arm.
+Unfiltered, the HNSW arm searches with ``ef_search = depth`` and iterative scan, so it
+returns ``depth`` rows; measurements are in docs/search-quality.md.
 
 ``where`` filters apply inside *both* arms (a filter on the outer query would only thin the
 fused top-k). The result is a composable ``Select`` of ``(Model, score, distance, text_score,
@@ -36,10 +44,11 @@ from sqlalchemy import Float, Select, and_, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
-from vecorm.config import Distance
+from vecorm.config import HNSW, Distance
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
 from vecorm.query import (
+    MAX_EF_SEARCH,
     QueryInput,
     distance_expression,
     index_search_options,
@@ -48,6 +57,8 @@ from vecorm.query import (
 from vecorm.textsearch import Ranking, lexical_arm
 
 Method = Literal["blend", "rrf"]
+Normalization = Literal["minmax", "theoretical"]
+DEFAULT_NORMALIZATION: Normalization = "minmax"
 DEFAULT_DEPTH = 100
 DEFAULT_RRF_K = 60
 DEFAULT_SEMANTIC_WEIGHT = 0.5
@@ -95,16 +106,29 @@ def semantic_candidates(
     )
 
 
-def _ranked(candidates: Select[Any], value: str, *, lower_is_better: bool, name: str) -> Subquery:
-    """Add ``rank`` (1 = best) and ``norm`` (per-query min-max, best 1, worst 0) columns."""
+def _ranked(
+    candidates: Select[Any],
+    value: str,
+    *,
+    lower_is_better: bool,
+    name: str,
+    floor: float | None = None,
+) -> Subquery:
+    """Add ``rank`` (1 = best) and ``norm`` (best 1) columns: per-query min-max, or with a
+    ``floor`` (the scoring function's worst possible value, 0 after normalising) in place of
+    the query's worst candidate."""
     inner = candidates.subquery(f"{name}_candidates")
     keys = [column for column in inner.c if column.key.startswith("pk_")]
     raw = inner.c[value]
     best_first = raw.asc() if lower_is_better else raw.desc()
-    low = func.min(raw).over()
-    high = func.max(raw).over()
-    span = func.nullif(high - low, literal(0.0, Float), type_=Float)
-    to_best = (high - raw) if lower_is_better else (raw - low)
+    low = func.min(raw).over() if floor is None else literal(floor, Float)
+    high = func.max(raw).over() if floor is None else literal(floor, Float)
+    if lower_is_better:
+        span = func.nullif(high - func.min(raw).over(), literal(0.0, Float), type_=Float)
+        to_best = high - raw
+    else:
+        span = func.nullif(func.max(raw).over() - low, literal(0.0, Float), type_=Float)
+        to_best = raw - low
     norm = func.coalesce(to_best / span, literal(1.0, Float))
     return select(
         *keys,
@@ -112,6 +136,13 @@ def _ranked(candidates: Select[Any], value: str, *, lower_is_better: bool, name:
         func.row_number().over(order_by=(best_first, *keys)).label("rank"),
         norm.label("norm"),
     ).subquery(name)
+
+
+def _distance_floor(model: Any, distance: Distance | str | None) -> float | None:
+    """The worst possible distance: 2 for cosine; unbounded metrics fall back to min-max."""
+    from vecorm.query import metric_of
+
+    return 2.0 if metric_of(model, distance) is Distance.COSINE else None
 
 
 def hybrid_search(
@@ -128,6 +159,7 @@ def hybrid_search(
     lexical: LexicalArm | Ranking | None = None,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
+    normalization: Normalization = DEFAULT_NORMALIZATION,
 ) -> Select[Any]:
     """One statement fusing the nearest rows to ``vector`` (default: ``text`` embedded) with
     the full-text matches of ``text``; see the module docstring.
@@ -143,6 +175,10 @@ def hybrid_search(
         raise ConfigurationError(f"depth must be a positive integer, not {depth!r}")
     if not 0.0 <= semantic_weight <= 1.0:
         raise ConfigurationError(f"semantic_weight must be between 0 and 1, not {semantic_weight}")
+    if normalization not in ("minmax", "theoretical"):
+        raise ConfigurationError(
+            f"normalization must be 'minmax' or 'theoretical', not {normalization!r}"
+        )
     if method not in ("blend", "rrf"):
         raise ConfigurationError(f"method must be 'blend' or 'rrf', not {method!r}")
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
@@ -161,6 +197,7 @@ def hybrid_search(
         "distance",
         lower_is_better=True,
         name="semantic",
+        floor=_distance_floor(model, distance) if normalization == "theoretical" else None,
     )
     arm = lexical_arm(model, lexical) if lexical is None or isinstance(lexical, str) else lexical
     lexical_ranked = _ranked(
@@ -168,6 +205,7 @@ def hybrid_search(
         "score",
         lower_is_better=False,
         name="lexical",
+        floor=0.0 if normalization == "theoretical" else None,
     )
     keys = primary_key_columns(model)
     semantic_keys = [semantic.c[f"pk_{i}"] for i in range(len(keys))]
@@ -220,5 +258,11 @@ def hybrid_search(
     )
     from vecorm.mixin import search_config
 
-    options = index_search_options(search_config(model), depth=depth)
+    config = search_config(model)
+    options = index_search_options(config, depth=depth)
+    if isinstance(config.index, HNSW) and config.index.ef_search is None and not filters:
+        # Unfiltered, an ef_search equal to the depth returns depth rows (iterative scan
+        # does the rest) and keeps pgvector's cost estimate low enough for the planner to
+        # use the index on small tables; filters keep the query layer's wider default.
+        options["vecorm_hnsw_ef_search"] = min(MAX_EF_SEARCH, depth)
     return stmt.execution_options(**options) if options else stmt

@@ -90,7 +90,7 @@ TOPICS = ["statin myopathy", "vitamin d fracture", "aspirin bleeding", "insulin 
 def session(vecorm_engine: Engine) -> Iterator[Session]:
     Base.metadata.create_all(vecorm_engine)
     rng = np.random.default_rng(0)
-    filler = "patients cohort trial outcome risk dose study effect".split()
+    filler = ["patients", "cohort", "trial", "outcome", "risk", "dose", "study", "effect"]
     rows = []
     for i in range(80):
         topic = TOPICS[i % len(TOPICS)] if i < 8 else ""

@@ -227,6 +227,25 @@ def test_scores_equal_a_python_recomputation(session: Session, method: str, weig
             assert row.text_score == pytest.approx(scores[ticket.id])
 
 
+def test_theoretical_normalisation_equals_a_python_recomputation(session: Session) -> None:
+    query, depth = "update error 0x8007 package ERR_DNS_RESET", 25
+    distances, scores = _arm_rows(session, query, [], depth)
+    nearest_distance, best_score = min(distances.values()), max(scores.values())
+    fused = {
+        key: 0.5 * ((2.0 - distances[key]) / (2.0 - nearest_distance) if key in distances else 0)
+        + 0.5 * (scores[key] / best_score if key in scores else 0.0)
+        for key in set(distances) | set(scores)
+    }
+    rows = session.execute(
+        hybrid_search(Ticket, query, k=10, depth=depth, normalization="theoretical")
+    ).all()
+    for row in rows:
+        assert row.score == pytest.approx(fused[row[0].id], rel=1e-6)
+    assert [row.score for row in rows] == sorted(fused.values(), reverse=True)[:10]
+    with pytest.raises(vecorm.ConfigurationError, match="normalization"):
+        hybrid_search(Ticket, query, normalization="zscore")  # type: ignore[arg-type]
+
+
 def test_filters_apply_inside_both_arms(session: Session) -> None:
     query = "error 0x8007 ERR_CONN_RESET"
     # Without the filter the identifier tickets are among the best; with it, none can appear

@@ -1,0 +1,207 @@
+"""BM25 at scale: query latency at 20k and 200k documents, write throughput, bulk load.
+
+Synthetic text with Zipfian word frequencies (so a few words are in most documents, as in
+real text), queries of 3 *common* words (the expensive case: every query term has a huge
+posting list). Prints, per collection size:
+
+* median / p95 latency of a BM25 top-100 with vecorm's pruning (each term's best postings by
+  impact, then an exact rescore) and of exhaustive scoring (``candidates_per_term=None``),
+  and how often the pruned top-10 equals the exhaustive top-10;
+* the bulk-load time (COPY with statistics deferred, rebuilt once);
+
+then ORM bulk-insert throughput of 1536-d rows with text, with BM25 statistics maintained
+and without (``SearchConfig(bm25=None)``), and their ratio.
+
+    python benchmarks/bm25_scale.py                      # 20k and 200k documents
+    python benchmarks/bm25_scale.py --sizes 20000 --words 30
+    VECORM_DATABASE_URL=postgresql://... python benchmarks/bm25_scale.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Integer, Text, insert, text
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+
+import vecorm
+from vecorm import bm25
+from vecorm.config import BM25
+from vecorm.embedded import create_engine, database
+
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aiou"]
+
+
+def vocabulary(size: int, rng: np.random.Generator) -> list[str]:
+    """Pronounceable made-up words (3 syllables + 'x', which no stemmer strips)."""
+    words: set[str] = set()
+    while len(words) < size:
+        picks = rng.integers(0, len(SYLLABLES), size=(size, 3))
+        words.update("".join(SYLLABLES[i] for i in row) + "x" for row in picks)
+    return sorted(words)[:size]
+
+
+def corpus(count: int, words: int, rng: np.random.Generator, vocab: list[str]) -> list[str]:
+    ranks = np.arange(1, len(vocab) + 1)
+    weights = 1.0 / ranks**1.07  # Zipf
+    weights /= weights.sum()
+    lengths = np.maximum(5, rng.poisson(words, size=count))
+    tokens = rng.choice(len(vocab), size=int(lengths.sum()), p=weights)
+    bodies, start = [], 0
+    for length in lengths:
+        bodies.append(" ".join(vocab[i] for i in tokens[start : start + length]))
+        start += length
+    return bodies
+
+
+def make_model(name: str, *, dimensions: int, with_bm25: bool, index: bool) -> type[Any]:
+    class Base(DeclarativeBase):
+        pass
+
+    attributes = {
+        "__tablename__": name,
+        "__vecorm__": vecorm.SearchConfig(
+            fields=("body",),
+            dimensions=dimensions,
+            index=vecorm.HNSW() if index else None,
+            text_index=False,
+            bm25=BM25() if with_bm25 else None,
+        ),
+        "id": mapped_column(Integer, primary_key=True),
+        "body": mapped_column(Text, nullable=False),
+    }
+    return type(f"Bench{name.title()}", (vecorm.Searchable, Base), attributes)
+
+
+def load(engine: Any, model: type[Any], bodies: list[str]) -> float:
+    """COPY the rows with statistics deferred, then rebuild them once."""
+    model.metadata.drop_all(engine)
+    model.metadata.create_all(engine)
+    started = time.perf_counter()
+    with Session(engine) as session:
+        with bm25.bulk_load(session, model):
+            raw = session.connection().connection.dbapi_connection
+            assert raw is not None
+            cursor = raw.cursor()
+            buffer = io.StringIO()
+            for i, body in enumerate(bodies):
+                buffer.write(f"{i}\t{body}\n")
+            with cursor.copy(f"COPY {model.__tablename__} (id, body) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                copy.write(buffer.getvalue())
+        session.commit()
+    elapsed = time.perf_counter() - started
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for suffix in ("", "_bm25_postings", "_bm25_terms"):
+            conn.exec_driver_sql(f"VACUUM ANALYZE {model.__tablename__}{suffix}")
+    return elapsed
+
+
+def latency(
+    session: Session, model: type[Any], queries: list[str], **options: Any
+) -> tuple[float, float, list[list[float]]]:
+    timings, results = [], []
+    for query in queries:
+        stmt = bm25.scores(model, query, depth=100, **options)
+        started = time.perf_counter()
+        rows = session.execute(stmt).all()
+        timings.append((time.perf_counter() - started) * 1000)
+        results.append([round(row.score, 9) for row in rows])
+    session.rollback()
+    return statistics.median(timings), float(np.percentile(timings, 95)), results
+
+
+def query_benchmark(engine: Any, sizes: list[int], words: int, query_count: int) -> None:
+    rng = np.random.default_rng(7)
+    vocab = vocabulary(50_000, rng)
+    common = vocab[:60]  # the most frequent words (rank order = frequency order)
+    queries = [" ".join(rng.choice(common, 3, replace=False)) for _ in range(query_count)]
+    print(f"\n## BM25 top-100, {query_count} queries of 3 common words, ~{words} words/doc\n")
+    print(
+        "| documents | postings | load s | pruned median ms | p95 | exact median ms | p95 "
+        "| top-10 same |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    previous: float | None = None
+    for size in sizes:
+        model = make_model(f"bm25_scale_{size}", dimensions=4, with_bm25=True, index=False)
+        seconds = load(engine, model, corpus(size, words, rng, vocab))
+        with Session(engine) as session:
+            postings = session.scalar(text(f"SELECT count(*) FROM bm25_scale_{size}_bm25_postings"))
+            latency(session, model, queries[:5])  # warm the cache
+            pruned = latency(session, model, queries)
+            exact = latency(session, model, queries, candidates_per_term=None)
+        same = np.mean([a[:10] == b[:10] for a, b in zip(pruned[2], exact[2], strict=True)])
+        print(
+            f"| {size:,} | {postings:,} | {seconds:.0f} | {pruned[0]:.1f} | {pruned[1]:.1f} | "
+            f"{exact[0]:.1f} | {exact[1]:.1f} | {same:.0%} |"
+        )
+        if previous is not None:
+            print(
+                f"\npruned latency grew {pruned[0] / previous:.1f}x for "
+                f"{size / sizes[0]:.0f}x the documents"
+            )
+        previous = previous or pruned[0]
+        model.metadata.drop_all(engine)
+
+
+def write_benchmark(engine: Any, rows: int, batch: int) -> None:
+    rng = np.random.default_rng(3)
+    vocab = vocabulary(20_000, rng)
+    bodies = corpus(rows, 150, rng, vocab)
+    vectors = rng.standard_normal((rows, 1536)).astype(np.float32)
+    print(
+        f"\n## ORM bulk insert: {rows} rows of 1536-d vectors + ~150 words, HNSW index, "
+        f"batches of {batch}\n"
+    )
+    rates = {}
+    for with_bm25 in (False, True):
+        model = make_model("bm25_writes", dimensions=1536, with_bm25=with_bm25, index=True)
+        model.metadata.drop_all(engine)
+        model.metadata.create_all(engine)
+        started = time.perf_counter()
+        with Session(engine) as session:
+            for start in range(0, rows, batch):
+                session.execute(
+                    insert(model),
+                    [
+                        {"id": i, "body": bodies[i], "embedding": vectors[i]}
+                        for i in range(start, min(rows, start + batch))
+                    ],
+                )
+                session.commit()
+        rates[with_bm25] = rows / (time.perf_counter() - started)
+        model.metadata.drop_all(engine)
+    print("| statistics | rows/s |\n|---|---|")
+    print(f"| none (bm25=None) | {rates[False]:.0f} |")
+    print(f"| BM25 maintained | {rates[True]:.0f} |")
+    print(f"\nthroughput with BM25 statistics: {rates[True] / rates[False]:.2f}x of without")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="20000,200000")
+    parser.add_argument("--words", type=int, default=40, help="mean words per document")
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--write-rows", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--skip-writes", action="store_true")
+    args = parser.parse_args()
+    with database() as url:
+        engine = create_engine(url)
+        try:
+            query_benchmark(
+                engine, [int(s) for s in args.sizes.split(",")], args.words, args.queries
+            )
+            if not args.skip_writes:
+                write_benchmark(engine, args.write_rows, args.batch)
+        finally:
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
