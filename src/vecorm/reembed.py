@@ -51,7 +51,12 @@ from vecorm.backfill import (
 from vecorm.config import SearchConfig, Storage
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
-from vecorm.indexes import MAX_IDENTIFIER_LENGTH, index_name, vector_index_name
+from vecorm.indexes import (
+    MAX_IDENTIFIER_LENGTH,
+    index_name,
+    indexed_expression,
+    vector_index_name,
+)
 from vecorm.mixin import search_config
 from vecorm.types import HalfVec, Vector
 
@@ -270,12 +275,17 @@ class ModelChange:
             Column(name, self._types["embedding"]),
             schema=self._table.schema,
         )
+        key: Any = scratch.c[name]
+        ops_key = name
+        if self.config.index_is_expression:  # e.g. a halfvec index on a 3072-d vector column
+            ops_key = f"{name}_{self.config.index_precision}"
+            key = indexed_expression(key, self.config).label(ops_key)
         return Index(
             index_name(str(self._table.name), name, self.config.index.method),
-            scratch.c[name],
+            key,
             postgresql_using=self.config.index.method,
             postgresql_with=self.config.index.with_params,
-            postgresql_ops={name: self.config.opclass},
+            postgresql_ops={ops_key: self.config.opclass},
             postgresql_concurrently=concurrently,
         )
 
