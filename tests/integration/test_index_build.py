@@ -218,7 +218,6 @@ def test_cli_build_index(
             vecorm_url.render_as_string(hide_password=False),
             "--memory",
             "256MB",
-            "--no-progress",
         ],
     )
     assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from tests.integration.catalog import indexes
-from vecorm.query import python_distance
+from vecorm.query import index_search_options, nearest_candidates, python_distance
 from vecorm.testing.assertions import assert_index_used, indexes_used
 from vecorm.testing.server import TestServer, fresh_database
 
@@ -310,3 +310,20 @@ def test_impossible_precision_is_a_clear_error(config: dict[str, object], messag
                 "title": mapped_column(String(40)),
             },
         )
+
+
+@pytest.mark.parametrize("name", ["halfvec", "bit"])
+def test_nearest_candidates_for_a_hybrid_arm(filled: Engine, name: str) -> None:
+    model, index = MODELS[name]
+    query = clustered(1, DIMS, seed=41)[0]
+    arm = nearest_candidates(model, query, where=[model.category == "a"], depth=10)
+    arm = arm.execution_options(**index_search_options(vecorm.search_config(model), depth=10 * 40))
+    with Session(filled) as session, session.begin():
+        keys = [row.pk_0 for row in session.execute(arm)]
+        expected = [
+            row[0].id
+            for row in session.execute(model.nearest(query, k=10).where(model.category == "a"))
+        ]
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        assert_index_used(session, arm, index)
+    assert keys == expected and all(key % 2 == 0 for key in keys)
