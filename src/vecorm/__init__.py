@@ -24,13 +24,17 @@ from vecorm.errors import (
     ConfigurationError,
     DimensionMismatch,
     EmbeddingError,
+    IndexBuildError,
     InvalidVector,
+    ReplicaLagError,
     ServerError,
     VecormError,
 )
 from vecorm.events import install, installed_embedder, is_installed, uninstall
 from vecorm.hybrid import hybrid_search
+from vecorm.index_build import IndexBuildMemoryWarning, build_model_index
 from vecorm.mixin import Searchable, search_config
+from vecorm.partitioning import check_partition_indexes, create_hash_partitions, create_partition
 from vecorm.query import (
     apply_search_settings,
     install_search_settings,
@@ -39,6 +43,7 @@ from vecorm.query import (
     uninstall_search_settings,
 )
 from vecorm.reembed import ChangeStatus, ModelChange
+from vecorm.routing import RoutingSession, wait_for_replay
 from vecorm.textsearch import TsRankArm, text_search
 from vecorm.types import Bit, HalfVec, HalfVector, SparseVec, Vector
 
@@ -58,8 +63,12 @@ __all__ = [
     "HalfVector",
     "HashingEmbedder",
     "IVFFlat",
+    "IndexBuildError",
+    "IndexBuildMemoryWarning",
     "InvalidVector",
     "ModelChange",
+    "ReplicaLagError",
+    "RoutingSession",
     "SearchConfig",
     "Searchable",
     "ServerError",
@@ -69,8 +78,12 @@ __all__ = [
     "Vector",
     "apply_search_settings",
     "backfill",
+    "build_model_index",
+    "check_partition_indexes",
     "create_async_engine",
     "create_engine",
+    "create_hash_partitions",
+    "create_partition",
     "database",
     "database_url",
     "hybrid_search",
@@ -88,4 +101,5 @@ __all__ = [
     "text_search",
     "uninstall",
     "uninstall_search_settings",
+    "wait_for_replay",
 ]

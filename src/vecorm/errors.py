@@ -34,3 +34,11 @@ class EmbeddingError(VecormError):
 
 class ServerError(VecormError):
     """The embedded PostgreSQL server could not be started or reached."""
+
+
+class IndexBuildError(VecormError):
+    """A vector index build could not run (wrong target, failed build)."""
+
+
+class ReplicaLagError(VecormError):
+    """A replica did not replay the primary's WAL up to a position in time."""

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex
 
 from vecorm.config import SearchConfig
-from vecorm.errors import ConfigurationError, VecormError
+from vecorm.errors import ConfigurationError, IndexBuildError
 from vecorm.indexes import index_name, vector_index_name
 
 _MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)?\s*$", re.IGNORECASE)
@@ -54,10 +54,6 @@ _ELEMENT_BYTES = 128
 
 class IndexBuildMemoryWarning(UserWarning):
     """An HNSW graph will not fit in ``maintenance_work_mem``: the build will be much slower."""
-
-
-class IndexBuildError(VecormError):
-    """A vector index build could not run (wrong target, failed build)."""
 
 
 def parse_memory(value: str | int) -> int:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 
-from vecorm.errors import VecormError
+from vecorm.errors import ReplicaLagError
 
 #: Execution option: ``"replica"`` or ``"primary"`` forces a statement's route.
 ROUTE_OPTION = "vecorm_route"
@@ -44,10 +44,6 @@ _SEARCH_PREFIXES = ("vecorm_hnsw_", "vecorm_ivfflat_")
 _REPLAYED_SQL = text("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)").bindparams(
     bindparam("lsn")
 )
-
-
-class ReplicaLagError(VecormError):
-    """A replica did not replay the primary's WAL up to a position in time."""
 
 
 def is_search(statement: Any) -> bool:
