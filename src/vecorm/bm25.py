@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,7 +57,6 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    PrimaryKeyConstraint,
     Select,
     Table,
     Text,
@@ -65,7 +64,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     event,
-    exists,
     func,
     literal,
     literal_column,
@@ -211,7 +209,15 @@ def attach(table: Table, config: SearchConfig) -> BM25Tables:
         Column("tf", Integer, nullable=False),
         Column("dl", Integer, nullable=False),
         Column("impact", REAL, nullable=False),
-        PrimaryKeyConstraint(*(key.name for key in keys), "term", name=f"{name}_bm25_postings_pk"),
+        # Unique (document, term) covering tf and dl: a rescore probes it index-only (an
+        # index rather than a primary key, whose INCLUDE Alembic would not render).
+        Index(
+            f"ux_{name}_bm25_postings_key",
+            *(key.name for key in keys),
+            "term",
+            unique=True,
+            postgresql_include=["tf", "dl"],
+        ),
         schema=schema,
         comment="vecorm BM25 postings, maintained by triggers",
     )
@@ -568,10 +574,6 @@ def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
     return [table.c[name] for name in names]
 
 
-#: Candidates rescored exactly after the pruned pass (at least; 2 * depth when larger).
-RESCORED = 200
-
-
 def _constant(value: float) -> ColumnElement[float]:
     """A float written into the SQL: a bound value would let a prepared statement's generic
     plan guess (psycopg prepares a statement after its fifth run)."""
@@ -608,13 +610,14 @@ def scores(
     depth: int = 100,
     k1: float | None = None,
     b: float | None = None,
-    candidates_per_term: int | Literal["config"] | None = "config",
+    prune_above: int | Literal["config"] | None = "config",
+    seed: int | None = None,
 ) -> Select[Any]:
     """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
 
-    An unfiltered any-term query scores the union of each term's ``candidates_per_term``
-    best postings (by impact) exactly; with ``where``, another mode, or
-    ``candidates_per_term=None`` every matching document is scored.
+    An unfiltered any-term query whose terms hold more than ``prune_above`` postings is
+    ranked with MaxScore pruning (:func:`_max_score`, exact); otherwise, with ``where``,
+    another mode or ``prune_above=None`` every posting of the query terms is scored.
     """
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
@@ -623,9 +626,9 @@ def scores(
     k1_value = settings.k1 if k1 is None else float(k1)
     b_value = settings.b if b is None else float(b)
     BM25(k1=k1_value, b=b_value)  # validate
-    per_term = (
-        settings.candidates_per_term if candidates_per_term == "config" else (candidates_per_term)
-    )
+    threshold = settings.prune_above if prune_above == "config" else prune_above
+    BM25(prune_above=threshold, seed=settings.seed if seed is None else seed)  # validate
+    seed_postings = settings.seed if seed is None else seed
     postings, terms, deltas = tables.postings, tables.terms, tables.deltas
     language = tables.config.language
     names = tables.keys
@@ -689,7 +692,7 @@ def scores(
 
     term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
-    pruned = mode == "any" and not where and per_term is not None
+    pruned = mode == "any" and not where and threshold is not None
     exhaustive = (
         select(*key_columns, func.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
@@ -701,44 +704,21 @@ def scores(
         )
     scored: Select[Any] | CompoundSelect[Any] = exhaustive
     if pruned:
-        assert per_term is not None
-        # Each term's best postings by impact (an index-ordered scan), partial scores from
-        # them alone, then the best few candidates rescored exactly over every query term.
-        # When no query term has more than per_term postings, that is every posting: the
-        # exhaustive branch runs instead (PostgreSQL skips the other on a one-time filter).
-        long_lists = exists().where(weighted.c.df > _integer(per_term))
-        best = (
-            select(*key_columns, postings.c.tf, postings.c.dl)
-            .where(postings.c.term == weighted.c.term)
-            .order_by(postings.c.impact.desc())
-            .limit(_integer(per_term))
-            .lateral("bm25_best")
+        assert threshold is not None
+        many = select(func.sum(weighted.c.df)).scalar_subquery() > _integer(threshold)
+        scored = union_all(
+            exhaustive.where(~many),
+            _max_score(
+                postings,
+                weighted,
+                names,
+                term_score,
+                contribution,
+                seed=seed_postings,
+                depth=depth,
+                k1=k1_param,
+            ).where(many),
         )
-        best_keys = [best.c[name] for name in names]
-        candidates = (
-            select(*best_keys)
-            .select_from(weighted.join(best, true()))
-            .where(long_lists)
-            .group_by(*best_keys)
-            .order_by(func.sum(contribution(best.c.tf, best.c.dl)).desc(), *best_keys)
-            .limit(_integer(max(2 * depth, RESCORED)))
-            .cte("bm25_candidates")
-            .prefix_with("MATERIALIZED")
-        )
-        rescored = (
-            select(*key_columns, func.sum(term_score).label("score"))
-            .select_from(
-                candidates.join(weighted, true()).join(
-                    postings,
-                    and_(
-                        postings.c.term == weighted.c.term,
-                        *(postings.c[name] == candidates.c[name] for name in names),
-                    ),
-                )
-            )
-            .group_by(*key_columns)
-        )
-        scored = union_all(exhaustive.where(~long_lists), rescored)
     ranked = scored.subquery("bm25_scored")
     score = ranked.c.score.label("score")
     keys = [ranked.c[name] for name in names]
@@ -763,13 +743,14 @@ class BM25Arm:
 
         hybrid_search(Document, "statin myopathy", lexical=BM25Arm(k1=1.2, b=0.75))
 
-    ``k1`` / ``b`` / ``candidates_per_term`` default to the model's :class:`~vecorm.BM25`.
+    ``k1`` / ``b`` / ``prune_above`` / ``seed`` default to the model's :class:`~vecorm.BM25`.
     """
 
     mode: Mode = "any"
     k1: float | None = None
     b: float | None = None
-    candidates_per_term: int | Literal["config"] | None = "config"
+    prune_above: int | Literal["config"] | None = "config"
+    seed: int | None = None
 
     def candidates(
         self, model: Any, text: str, *, where: Sequence[ColumnElement[bool]], depth: int
@@ -783,7 +764,8 @@ class BM25Arm:
             depth=depth,
             k1=self.k1,
             b=self.b,
-            candidates_per_term=self.candidates_per_term,
+            prune_above=self.prune_above,
+            seed=self.seed,
         )
 
 
@@ -793,3 +775,111 @@ def has_bm25(model: Any) -> bool:
 
     table = inspect(model).local_table
     return isinstance(table, Table) and _tables_of(table) is not None
+
+
+def _max_score(
+    postings: Table,
+    weighted: Any,
+    names: Sequence[str],
+    term_score: ColumnElement[Any],
+    contribution: Callable[[Any, Any], ColumnElement[Any]],
+    *,
+    seed: int,
+    depth: int,
+    k1: ColumnElement[float],
+) -> Select[Any]:
+    """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
+
+    1. A threshold: the ``depth``-th best exact score among the documents holding each term's
+       ``seed`` best postings (by stored impact): the true ``depth``-th score is at least
+       that high.
+    2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
+       whose bounds together stay under the threshold are *non-essential*: a document with
+       only those cannot make the top ``depth``. Only the essential terms' postings are read.
+    3. Documents whose essential partial score plus the non-essential bounds reaches the
+       threshold are rescored exactly over every query term.
+
+    The stored impact only steers step 1, so the result is exact whatever it holds.
+    """
+    key_columns = _keys(postings, names)
+    best = (
+        select(*key_columns)
+        .where(postings.c.term == weighted.c.term)
+        .order_by(postings.c.impact.desc())
+        .limit(_integer(seed))
+        .lateral("bm25_best")
+    )
+    seeds = (
+        select(*(best.c[name] for name in names))
+        .select_from(weighted.join(best, true()))
+        .distinct()
+        .cte("bm25_seeds")
+        .prefix_with("MATERIALIZED")
+    )
+
+    def exact(candidates: Any) -> Select[Any]:
+        # One index probe per (candidate, term); LIMIT 1 keeps the planner from turning the
+        # probes into a scan of every posting of the terms.
+        probe = (
+            select(postings.c.tf, postings.c.dl)
+            .where(
+                postings.c.term == weighted.c.term,
+                *(postings.c[name] == candidates.c[name] for name in names),
+            )
+            .limit(_integer(1))
+            .lateral("bm25_probe")
+        )
+        candidate_keys = [candidates.c[name] for name in names]
+        return (
+            select(
+                *(key.label(name) for key, name in zip(candidate_keys, names, strict=True)),
+                func.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
+            )
+            .select_from(candidates.join(weighted, true()).join(probe, true()))
+            .group_by(*candidate_keys)
+        )
+
+    seeded = exact(seeds).subquery("bm25_seeded")
+    kth = (
+        select(
+            func.coalesce(
+                select(seeded.c.score)
+                .order_by(seeded.c.score.desc())
+                .offset(_integer(depth - 1))
+                .limit(_integer(1))
+                .scalar_subquery(),
+                _constant(0.0),
+            ).label("score")
+        )
+        .cte("bm25_threshold")
+        .prefix_with("MATERIALIZED")
+    )
+    threshold = select(kth.c.score).scalar_subquery()
+    bound = weighted.c.idf * (k1 + _constant(1.0))
+    cumulative = func.sum(bound).over(order_by=(bound, weighted.c.term))
+    bounds = (
+        select(
+            weighted.c.term,
+            (cumulative < threshold).label("optional"),
+            cumulative.label("cumulative"),
+        )
+        .cte("bm25_bounds")
+        .prefix_with("MATERIALIZED")
+    )
+    optional_bound = func.coalesce(
+        select(func.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
+        _constant(0.0),
+    )
+    survivors = (
+        select(*key_columns)
+        .select_from(
+            weighted.join(postings, postings.c.term == weighted.c.term).join(
+                bounds, and_(bounds.c.term == weighted.c.term, ~bounds.c.optional)
+            )
+        )
+        .group_by(*key_columns)
+        .having(func.sum(term_score) + optional_bound >= threshold)
+        .cte("bm25_survivors")
+        .prefix_with("MATERIALIZED")
+    )
+    return exact(survivors)

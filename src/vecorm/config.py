@@ -259,9 +259,11 @@ class BM25:
     """BM25 ranking for the full-text side (the default lexical ranking).
 
     ``k1`` and ``b`` are Anserini's defaults (0.9, 0.4), chosen on other collections, not
-    tuned here. ``candidates_per_term`` bounds the work of an unfiltered any-term query: each
-    query term contributes its best postings by impact, and those documents are scored
-    exactly; ``None`` scores every document holding a query term (see docs/search-quality.md)::
+    tuned here. By default every posting of the query terms is scored (exact, and 40 ms for
+    3 common words at 200k documents here); ``prune_above=N`` ranks queries whose terms hold
+    more than N postings with MaxScore pruning instead (also exact; ``seed`` postings per
+    term find its threshold), which pays off only when queries mix very common words with
+    rarer ones (docs/search-quality.md)::
 
         SearchConfig(fields=("body",), bm25=BM25(k1=1.2, b=0.75))
         SearchConfig(fields=("body",), bm25=None)     # no statistics tables; ts_rank ranking
@@ -269,20 +271,23 @@ class BM25:
 
     k1: float = 0.9
     b: float = 0.4
-    candidates_per_term: int | None = 1000
+    prune_above: int | None = None
+    seed: int = 100
 
     def __post_init__(self) -> None:
         if isinstance(self.k1, bool) or not isinstance(self.k1, int | float) or not self.k1 >= 0:
             raise ConfigurationError(f"BM25 k1 must be a number >= 0, not {self.k1!r}")
         if isinstance(self.b, bool) or not isinstance(self.b, int | float) or not 0 <= self.b <= 1:
             raise ConfigurationError(f"BM25 b must be a number between 0 and 1, not {self.b!r}")
-        per_term = self.candidates_per_term
-        if per_term is not None and (
-            isinstance(per_term, bool) or not isinstance(per_term, int) or per_term < 1
-        ):
-            raise ConfigurationError(
-                f"BM25 candidates_per_term must be a positive integer or None, not {per_term!r}"
-            )
+        for name in ("prune_above", "seed"):
+            value = getattr(self, name)
+            if value is None and name == "prune_above":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(
+                    f"BM25 {name} must be a positive integer"
+                    f"{' or None' if name == 'prune_above' else ''}, not {value!r}"
+                )
 
 
 VectorIndex = HNSW | IVFFlat

@@ -180,9 +180,9 @@ def assert_scores_match(session: Session, **options: object) -> None:
         assert ordered == sorted(ordered, reverse=True)
 
 
-@pytest.mark.parametrize("per_term", [None, 10_000, "config"])
-def test_scores_equal_a_reference_bm25(session: Session, per_term: object) -> None:
-    assert_scores_match(session, candidates_per_term=per_term)
+@pytest.mark.parametrize("prune_above", [None, 1, "config"])
+def test_scores_equal_a_reference_bm25(session: Session, prune_above: object) -> None:
+    assert_scores_match(session, prune_above=prune_above)
 
 
 def test_scores_stay_equal_after_updates_and_deletes(session: Session) -> None:
@@ -194,20 +194,27 @@ def test_scores_stay_equal_after_updates_and_deletes(session: Session) -> None:
     assert_scores_match(session)
 
 
-def test_pruned_candidates_are_scored_exactly(session: Session) -> None:
+@pytest.mark.parametrize("seed", [1, 3, 20])
+def test_pruning_is_exact(session: Session, seed: int) -> None:
+    """Few postings per term only seed the threshold: the top rows and scores stay exact."""
     docs = documents(session)
-    query = "vacuum table index"
-    expected = reference_bm25(docs, query_lexemes(session, query), 1.2, 0.75)
-    best = sorted(expected, key=lambda key: (-expected[key], key))[:5]
-    # Few postings per term: the rows found may miss a good all-rounder, but each carries
-    # its exact score (every query term counted, not only the lists it was found in).
-    pruned = session.execute(bm25.scores(Note, query, depth=5, candidates_per_term=3)).all()
-    assert len(pruned) == 5
-    for row in pruned:
-        assert row.score == pytest.approx(expected[row.pk_0], rel=1e-6)
-    assert [row.pk_0 for row in pruned] != best  # this query does lose rows at 3 per term
-    wide = session.execute(bm25.scores(Note, query, depth=5, candidates_per_term=80)).all()
-    assert [row.pk_0 for row in wide] == best
+    for query in QUERIES:
+        expected = reference_bm25(docs, query_lexemes(session, query), 1.2, 0.75)
+        best = sorted(expected, key=lambda key: (-expected[key], key))[:5]
+        got = session.execute(bm25.scores(Note, query, depth=5, prune_above=1, seed=seed)).all()
+        assert [row.pk_0 for row in got] == best, query
+        for row in got:
+            assert row.score == pytest.approx(expected[row.pk_0], rel=1e-6)
+
+
+def test_pruning_with_a_common_and_a_rare_term(session: Session) -> None:
+    """'vacuum' (in most rows) is non-essential here: rows holding only it are never
+    candidates, and the rare word's rows come first with their exact scores."""
+    session.execute(
+        insert(Note), [{"id": 3000 + i, "title": "zebra", "body": ""} for i in range(3)]
+    )
+    stmt = bm25.scores(Note, "vacuum zebra", depth=3, prune_above=1, seed=2)
+    assert [row.pk_0 for row in session.execute(stmt)] == [3000, 3001, 3002]
 
 
 # ----------------------------------------------------------------- statistics
@@ -475,6 +482,8 @@ def test_invalid_settings() -> None:
     with pytest.raises(vecorm.ConfigurationError):
         BM25(b=1.5)
     with pytest.raises(vecorm.ConfigurationError):
-        BM25(candidates_per_term=0)
+        BM25(prune_above=0)
+    with pytest.raises(vecorm.ConfigurationError):
+        BM25(seed=None)  # type: ignore[arg-type]
     with pytest.raises(vecorm.ConfigurationError):
         bm25.scores(Note, "x", mode="fuzzy")  # type: ignore[arg-type]
