@@ -8,8 +8,10 @@ maintains itself, in the writing transaction, whatever writes the rows (ORM, Cor
 
 ``<table>_bm25_postings``
     One row per (document, lexeme): term frequency ``tf``, document length ``dl`` and an
-    ``impact`` (the BM25 term-frequency part at write time) that orders a term's postings
-    best first, so a query reads the best postings of each term instead of all of them.
+    ``impact`` (the BM25 term-frequency part at write time). Covering indexes on (lexeme,
+    impact) and (document, lexeme) let a query read a lexeme's postings, best first, or probe
+    one, without touching the table; the opt-in MaxScore pruning (``BM25(prune_above=...)``)
+    uses the impact order to skip most postings of very common words.
 ``<table>_bm25_terms``
     Compacted document frequency per lexeme; the row for ``''`` holds the number of
     documents and their total length.
@@ -34,9 +36,10 @@ rows that existed before, or after :func:`bulk_load`)::
     with vecorm.bm25.bulk_load(session, Document):      # statistics rebuilt once at the end
         session.execute(insert(Document), rows)
 
-Scores are Lucene's BM25: ``sum idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))``
+Scores are Lucene's BM25: ``sum qtf * idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))``
 with ``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))``, where ``tf`` counts the positions of
-the lexeme in the ``tsvector`` and ``dl`` the positions of all its lexemes.
+the lexeme in the ``tsvector``, ``dl`` the positions of all its lexemes and ``qtf`` the
+lexeme's count in the query. See docs/search-quality.md.
 """
 
 from __future__ import annotations
