@@ -52,7 +52,7 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.indexes import text_index, vector_index
 from vecorm.lexical import tsvector_expression
 from vecorm.query import QueryInput
-from vecorm.types import HalfVec, Vector, to_float_array
+from vecorm.types import CheckedVector, HalfVec, Vector, to_float_array
 
 
 def search_config(cls: Any) -> SearchConfig:
@@ -291,7 +291,7 @@ def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:
         if value is None:
             return None
         try:
-            return to_float_array(value, config.dimensions, label=label)
+            checked = to_float_array(value, config.dimensions, label=label)
         except DimensionMismatch:
             given = np.asarray(value).shape
             raise DimensionMismatch(
@@ -299,5 +299,6 @@ def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:
             ) from None
         except InvalidVector:
             raise
+        return checked.view(CheckedVector)
 
     return validate

@@ -78,6 +78,7 @@ __all__ = [
     "BinaryHalfVecParam",
     "BinaryVectorParam",
     "Bit",
+    "CheckedVector",
     "FloatArray",
     "HalfVec",
     "HalfVector",
@@ -96,12 +97,22 @@ FloatArray = npt.NDArray[np.float32]
 MAX_DIMENSIONS = {"vector": 16_000, "halfvec": 16_000, "sparsevec": 1_000_000_000}
 
 
+class CheckedVector(np.ndarray):
+    """A float32 vector that :func:`to_float_array` already validated (finite, 1-d).
+
+    The mixin's ``embedding`` attribute holds one, so binding it at flush time does not check
+    1,536 floats a second time. It is an ordinary ``numpy.ndarray`` in every other respect.
+    """
+
+
 def to_float_array(value: object, dimensions: int | None, *, label: str = "vector") -> FloatArray:
     """Validate ``value`` (list, tuple, numpy array, pgvector ``Vector``) as a finite 1-d array.
 
     >>> to_float_array([1, 2, 3], 3).tolist()
     [1.0, 2.0, 3.0]
     """
+    if type(value) is CheckedVector and (dimensions is None or value.shape[0] == dimensions):
+        return value  # validated when it was assigned
     if isinstance(value, PgVector | PgHalfVector):
         value = value.to_numpy()
     if isinstance(value, str | bytes):
