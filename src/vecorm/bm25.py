@@ -313,6 +313,7 @@ class _Sql:
         self.postings = tables.qualified(tables.postings.name)
         self.terms = tables.qualified(tables.terms.name)
         self.deltas = tables.qualified(tables.deltas.name)
+        self.statements = tables.qualified(f"{tables.table.name}_bm25_statements")
         self.keys = [_PREPARER.quote(key) for key in tables.keys]
         self.vector = _PREPARER.quote(tables.config.tsvector_column)
         self.k1 = _number(tables.settings.k1)
@@ -344,7 +345,7 @@ class _Sql:
     INSERT INTO {self.deltas} (term, df, length)
     SELECT '', count(*), coalesce(sum(x.dl), 0)
     FROM (SELECT {self.doc_length("s")} AS dl FROM {source} s) x
-    HAVING count(*) > 0 RETURNING id INTO delta_id;
+    HAVING count(*) > 0;
     INSERT INTO {self.deltas} (term, df, length)
     SELECT u.lexeme, count(*), 0 FROM {source} s, unnest(s.{self.vector}) u
     GROUP BY u.lexeme;
@@ -369,7 +370,7 @@ class _Sql:
     INSERT INTO {self.deltas} (term, df, length)
     SELECT '', -count(*), -coalesce(sum(x.dl), 0)
     FROM (SELECT {self.doc_length("s")} AS dl FROM {source} s) x
-    HAVING count(*) > 0 RETURNING id INTO delta_id;
+    HAVING count(*) > 0;
     INSERT INTO {self.deltas} (term, df, length)
     SELECT u.lexeme, -count(*), 0 FROM {source} s, unnest(s.{self.vector}) u
     GROUP BY u.lexeme;
@@ -390,11 +391,7 @@ class _Sql:
     END IF;"""
 
     def function(self, name: str, body: str, *, returns: str = "trigger") -> str:
-        declare = (
-            "DECLARE\n    avgdl float8;\n    delta_id bigint;\n"
-            if returns == "trigger" or "avgdl" in body
-            else ""
-        )
+        declare = "DECLARE\n    avgdl float8;\n" if returns == "trigger" or "avgdl" in body else ""
         return_line = "    RETURN NULL;\n" if returns == "trigger" else ""
         return (
             f"CREATE OR REPLACE FUNCTION {self.t.qualified(name)}() RETURNS {returns}\n"
@@ -403,9 +400,10 @@ class _Sql:
 
 
 def _compaction_check(sql: _Sql) -> str:
-    # Compact after every COMPACT_EVERY-th '' delta row this statement wrote.
+    # Every COMPACT_EVERY-th writing statement on the table compacts (a sequence counts them).
+    counter = sql.statements.replace("'", "''")
     return f"""
-    IF mod(delta_id, {COMPACT_EVERY}) = 0 THEN
+    IF mod(nextval('{counter}'::regclass), {COMPACT_EVERY}) = 0 THEN
 {sql.compact()}
     END IF;"""
 
@@ -509,6 +507,7 @@ def create_statements(tables: BM25Tables) -> list[str]:
         f"IS '{COMMENT_PREFIX}{signature(tables)}'"
     )
     return [
+        f"CREATE SEQUENCE IF NOT EXISTS {sql.statements}",
         *function_definitions(tables).values(),
         *drops,
         *trigger_definitions(tables).values(),
@@ -517,10 +516,13 @@ def create_statements(tables: BM25Tables) -> list[str]:
 
 
 def drop_statements(tables: BM25Tables) -> list[str]:
-    """DDL dropping the functions and, with them (``CASCADE``), the triggers."""
+    """DDL dropping the functions and, with them (``CASCADE``), the triggers; the counter."""
     return [
-        f"DROP FUNCTION IF EXISTS {tables.qualified(name)}() CASCADE"
-        for name in function_definitions(tables)
+        *(
+            f"DROP FUNCTION IF EXISTS {tables.qualified(name)}() CASCADE"
+            for name in function_definitions(tables)
+        ),
+        f"DROP SEQUENCE IF EXISTS {_Sql(tables).statements}",
     ]
 
 

@@ -134,8 +134,11 @@ def _qualified_function(table_name: str, schema: str | None, event: str) -> str:
 def _drops_for(table_name: str, schema: str | None) -> list[str]:
     events = ("insert", "update", "delete", "truncate", "rebuild", "compact")
     return [
-        f"DROP FUNCTION IF EXISTS {_qualified_function(table_name, schema, event)}() CASCADE"
-        for event in events
+        *(
+            f"DROP FUNCTION IF EXISTS {_qualified_function(table_name, schema, event)}() CASCADE"
+            for event in events
+        ),
+        f"DROP SEQUENCE IF EXISTS {_qualified_function(table_name, schema, 'statements')}",
     ]
 
 
