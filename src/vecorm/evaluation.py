@@ -268,12 +268,18 @@ def evaluate(
     ``queries`` maps query id to text, ``qrels`` query id to ``{document id: grade}`` where a
     document id is ``str(primary key)`` (``"a|b"`` for a composite key). ``vectors`` gives
     precomputed query vectors (else the model's embedder embeds the text); latency is the
-    statement alone. ``modes`` names entries of :data:`MODES` or maps names to your own
-    builders. ``k`` must be 10: the reported measures are nDCG@10 and MRR@10.
+    statement alone. ``modes`` names entries of :data:`MODES` (default: all, less ``bm25``
+    for a model without BM25 statistics) or maps names to your own builders. ``k`` must be
+    10: the reported measures are nDCG@10 and MRR@10.
     """
     if k != 10:
         raise ConfigurationError("evaluate reports nDCG@10, Recall@100 and MRR@10: pass k=10")
     chosen = _resolve_modes(modes)
+    if modes is None:
+        from vecorm.bm25 import has_bm25
+
+        if not has_bm25(model):
+            chosen.pop("bm25")  # SearchConfig(bm25=None): the hybrids use ts_rank instead
     judged = [query_id for query_id in qrels if query_id in queries]
     if not judged:
         raise ConfigurationError("no query in qrels has a text in queries; check the query ids")

@@ -83,6 +83,21 @@ class Abstract(vecorm.Searchable, Base):
     body: Mapped[str]
 
 
+class PlainAbstract(vecorm.Searchable, Base):
+    """No BM25 statistics: ranked with ts_rank."""
+
+    __tablename__ = "plain_abstracts"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",),
+        dimensions=DIMS,
+        embedder=vecorm.HashingEmbedder(dimensions=DIMS),
+        index=None,
+        bm25=None,
+    )
+    id: Mapped[str] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
 TOPICS = ["statin myopathy", "vitamin d fracture", "aspirin bleeding", "insulin resistance"]
 
 
@@ -154,3 +169,16 @@ def test_load_beir_reads_the_layout(tmp_path: Path) -> None:
     assert collection.queries == {"q1": "what"} and collection.qrels == {"q1": {"d1": 1}}
     with pytest.raises(vecorm.ConfigurationError, match="--split"):
         load_beir(tmp_path, "dev")
+
+
+def test_default_modes_leave_out_bm25_for_a_model_without_it(session: Session) -> None:
+    embedder = PlainAbstract.__vecorm__.embedder
+    assert embedder is not None
+    session.add_all(
+        PlainAbstract(id=f"p{i}", body=topic, embedding=embedder.embed([topic])[0])
+        for i, topic in enumerate(TOPICS)
+    )
+    session.commit()
+    report = evaluate(session, PlainAbstract, {"q": TOPICS[0]}, {"q": {"p0": 1}})
+    assert "bm25" not in report.modes and "blend" in report.modes
+    assert report.modes["ts_rank"].metrics["nDCG@10"] == 1.0
