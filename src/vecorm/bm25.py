@@ -257,6 +257,7 @@ def attach(table: Table, config: SearchConfig) -> BM25Tables:
     event.listen(table, "after_create", _create_ddl)
     event.listen(table, "before_drop", _drop_ddl)
     event.listen(table, "after_drop", _drop_side_tables)
+    event.listen(postings, "after_create", _postings_created)
     return tables
 
 
@@ -267,8 +268,14 @@ def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
         # tables: make them here; a create_all that includes them makes them itself.
         for side in _not_in_this_run(tables, kw):
             side.create(connection, checkfirst=True)
-        for statement in create_statements(tables):
+        for statement in create_statements(tables, with_replica_identity=False):
             connection.exec_driver_sql(statement)
+
+
+def _postings_created(target: Table, connection: Connection, **_: Any) -> None:
+    for tables in _registry.values():
+        if tables.postings is target:
+            connection.exec_driver_sql(replica_identity_statement(tables))
 
 
 def _drop_ddl(target: Table, connection: Connection, **_: Any) -> None:
@@ -493,8 +500,19 @@ def signature(tables: BM25Tables) -> str:
     return hashlib.sha256("\n".join(definitions).encode()).hexdigest()[:16]
 
 
-def create_statements(tables: BM25Tables) -> list[str]:
-    """DDL creating the functions and triggers (the side tables come from the metadata).
+def replica_identity_statement(tables: BM25Tables) -> str:
+    """The postings have no primary key (its INCLUDE would not survive Alembic): their unique
+    (document, lexeme) index identifies rows for logical replication instead."""
+    key_index = _PREPARER.quote(f"ux_{tables.table.name}_bm25_postings_key")
+    return (
+        f"ALTER TABLE {tables.qualified(tables.postings.name)} "
+        f"REPLICA IDENTITY USING INDEX {key_index}"
+    )
+
+
+def create_statements(tables: BM25Tables, *, with_replica_identity: bool = True) -> list[str]:
+    """DDL creating the functions and triggers (the side tables come from the metadata),
+    after the side tables exist (a migration runs it after their ``create_table``).
 
     Replaces earlier versions: triggers are dropped and made again."""
     sql = _Sql(tables)
@@ -508,6 +526,7 @@ def create_statements(tables: BM25Tables) -> list[str]:
     )
     return [
         f"CREATE SEQUENCE IF NOT EXISTS {sql.statements}",
+        *([replica_identity_statement(tables)] if with_replica_identity else []),
         *function_definitions(tables).values(),
         *drops,
         *trigger_definitions(tables).values(),

@@ -487,3 +487,23 @@ def test_invalid_settings() -> None:
         BM25(seed=None)  # type: ignore[arg-type]
     with pytest.raises(vecorm.ConfigurationError):
         bm25.scores(Note, "x", mode="fuzzy")  # type: ignore[arg-type]
+
+
+def test_postings_are_identified_for_logical_replication(engine: Engine) -> None:
+    with engine.connect() as conn:
+        identity = conn.scalar(
+            text("SELECT relreplident FROM pg_class WHERE oid = 'notes_bm25_postings'::regclass")
+        )
+        assert identity == "i"  # REPLICA IDENTITY USING INDEX: DELETEs can be published
+        triggers = conn.scalars(
+            text(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'notes'::regclass "
+                "AND NOT tgisinternal ORDER BY tgname"
+            )
+        ).all()
+    assert triggers == [
+        "notes_bm25_delete",
+        "notes_bm25_insert",
+        "notes_bm25_truncate",
+        "notes_bm25_update",
+    ]
