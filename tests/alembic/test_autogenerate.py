@@ -110,8 +110,9 @@ def test_existing_project_gains_a_searchable_model(
     assert "import vecorm.types" in source
     assert undefined_names(added) == ""
     lines = upgrade.splitlines()
-    assert lines[0] == "op.create_vector_extension()"
-    assert "vecorm.types.Vector(dim=3, as_numpy=True)" in lines[1]
+    assert lines[0] == "op.create_vector_extension()"  # before anything that needs it
+    assert "vecorm.types.Vector(dim=3, as_numpy=True)" in upgrade
+    assert "op.create_bm25_statistics(" in upgrade  # BM25 is the default lexical ranking
     assert "sa.Computed(" in upgrade and "persisted=True" in upgrade
     assert (
         "op.create_index('ix_documents_embedding_hnsw', 'documents', ['embedding'], unique=False, "
