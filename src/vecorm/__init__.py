@@ -9,7 +9,8 @@ class Document(vecorm.Searchable, Base):
 """
 
 from vecorm.backfill import BackfillResult, backfill, stale_condition, stale_count
-from vecorm.config import HNSW, Distance, IVFFlat, SearchConfig
+from vecorm.bm25 import BM25Arm
+from vecorm.config import BM25, HNSW, Distance, IVFFlat, SearchConfig
 from vecorm.drivers import register_array_types
 from vecorm.embedded import (
     EmbeddedServer,
@@ -30,6 +31,7 @@ from vecorm.errors import (
     ServerError,
     VecormError,
 )
+from vecorm.evaluation import EvaluationReport, evaluate
 from vecorm.events import install, installed_embedder, is_installed, uninstall
 from vecorm.hybrid import hybrid_search
 from vecorm.index_build import IndexBuildMemoryWarning, build_model_index
@@ -48,8 +50,10 @@ from vecorm.textsearch import TsRankArm, text_search
 from vecorm.types import Bit, HalfVec, HalfVector, SparseVec, Vector
 
 __all__ = [
+    "BM25",
     "HNSW",
     "AsyncEmbedder",
+    "BM25Arm",
     "BackfillResult",
     "Bit",
     "ChangeStatus",
@@ -59,6 +63,7 @@ __all__ = [
     "EmbeddedServer",
     "Embedder",
     "EmbeddingError",
+    "EvaluationReport",
     "HalfVec",
     "HalfVector",
     "HashingEmbedder",
@@ -86,6 +91,7 @@ __all__ = [
     "create_partition",
     "database",
     "database_url",
+    "evaluate",
     "hybrid_search",
     "install",
     "install_search_settings",
