@@ -50,8 +50,8 @@ from vecorm.errors import ConfigurationError
 from vecorm.query import (
     MAX_EF_SEARCH,
     QueryInput,
-    distance_expression,
     index_search_options,
+    nearest_candidates,
     primary_key_columns,
 )
 from vecorm.textsearch import Ranking, lexical_arm
@@ -94,15 +94,10 @@ def semantic_candidates(
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
 ) -> Select[Any]:
-    """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first."""
-    expression = distance_expression(model, query, distance=distance, embedder=embedder)
-    distance_column = expression.label("distance")
-    keys = primary_key_columns(model)
-    return (
-        select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), distance_column)
-        .where(model.embedding.is_not(None), *where)
-        .order_by(distance_column, *keys)
-        .limit(depth)
+    """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first,
+    through the model's index whatever its precision (binary indexes re-rank exactly)."""
+    return nearest_candidates(
+        model, query, where=where, depth=depth, distance=distance, embedder=embedder
     )
 
 
@@ -259,8 +254,15 @@ def hybrid_search(
     from vecorm.mixin import search_config
 
     config = search_config(model)
-    options = index_search_options(config, depth=depth)
-    if isinstance(config.index, HNSW) and config.index.ef_search is None and not filters:
+    binary = config.index_precision == "bit"
+    # A binary index hands depth * rerank Hamming candidates to the exact re-rank.
+    options = index_search_options(config, depth=depth * config.rerank if binary else depth)
+    if (
+        isinstance(config.index, HNSW)
+        and config.index.ef_search is None
+        and not filters
+        and not binary
+    ):
         # Unfiltered, an ef_search equal to the depth returns depth rows (iterative scan
         # does the rest) and keeps pgvector's cost estimate low enough for the planner to
         # use the index on small tables; filters keep the query layer's wider default.

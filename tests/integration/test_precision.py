@@ -234,6 +234,9 @@ def test_hybrid_search_and_distance_to_keep_working(filled: Engine, vectors: np.
         # The semantic arm of a halfvec model orders by the index's expression.
         hybrid = HalfDoc.hybrid_search("doc", k=5, vector=query)
         assert_index_used(session, hybrid, "ix_half_docs_embedding_halfvec_hnsw")
+        # ... and that of a binary model takes its Hamming candidates from the bit index.
+        bit_hybrid = BitDoc.hybrid_search("doc", k=5, vector=query)
+        assert_index_used(session, bit_hybrid, "ix_bit_docs_embedding_bit_hnsw")
         document = session.get(HalfDoc, 7)
         assert document is not None
         in_sql = session.execute(select(HalfDoc.distance_to(query)).where(HalfDoc.id == 7)).scalar()
