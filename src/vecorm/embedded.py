@@ -13,6 +13,7 @@ running as a separate user when started as root) that is stopped and deleted on 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -159,6 +160,9 @@ class EmbeddedServer:
             return
         self._stopped = True
         self._handle.cleanup()
+        if self.delete_on_stop:
+            # The temporary parent made by start_embedded(); pgdata inside it is gone already.
+            shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedServer:
         return self

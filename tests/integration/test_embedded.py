@@ -36,6 +36,7 @@ def test_temporary_server_is_deleted_on_exit() -> None:
         data_dir = server.data_dir
         assert data_dir.exists()
     assert not data_dir.exists()
+    assert not data_dir.parent.exists()  # nor the temporary directory made for it
 
 
 def test_database_uses_the_given_url(vecorm_url: URL, monkeypatch: pytest.MonkeyPatch) -> None:
