@@ -27,9 +27,12 @@ def test_fresh_database_has_vector_and_is_dropped(
         assert url.database is not None and url.database.startswith("vecorm_test_")
         engine = vecorm.create_engine(url)
         with engine.connect() as conn:
-            assert conn.execute(
-                text("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
-            ).scalar_one() == 1
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+                ).scalar_one()
+                == 1
+            )
         # An open connection must not keep the database alive.
         kept_open = engine.connect()
         assert database_exists(vecorm_server, url.database)
