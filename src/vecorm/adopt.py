@@ -31,11 +31,18 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, literal, select, text, tuple_, update
+from sqlalchemy import ColumnElement, and_, func, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from vecorm.backfill import EmbeddingColumns, columns_of, resolve_embedder, run_backfill
+from vecorm.backfill import (
+    EmbeddingColumns,
+    columns_of,
+    key_parameters,
+    keyed_update,
+    resolve_embedder,
+    run_backfill,
+)
 from vecorm.config import SearchConfig
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError, DimensionMismatch
@@ -292,30 +299,13 @@ def _record_in_python(
         if body is not None:
             work.append((values[:width], text_digest(body)))
     if work:
-        key_names = [f"vecorm_key_{n}" for n in range(width)]
-        statement = (
-            update(columns.table)
-            .where(
-                *(
-                    column == bindparam(name, type_=column.type)
-                    for column, name in zip(columns.keys, key_names, strict=True)
-                )
-            )
-            .values(
-                {
-                    columns.digest.name: bindparam("vecorm_digest", type_=columns.digest.type),
-                    columns.model.name: bindparam("vecorm_model", type_=columns.model.type),
-                }
-            )
+        statement = keyed_update(
+            columns, {"vecorm_digest": columns.digest, "vecorm_model": columns.model}
         )
         session.connection().execute(
             statement,
             [
-                {
-                    **dict(zip(key_names, key, strict=True)),
-                    "vecorm_digest": digest,
-                    "vecorm_model": model_name,
-                }
+                {**key_parameters(key), "vecorm_digest": digest, "vecorm_model": model_name}
                 for key, digest in work
             ],
         )

@@ -30,7 +30,7 @@ Python before a row is embedded. Use a session of its own: the backfill commits 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +39,7 @@ from sqlalchemy import (
     ColumnElement,
     String,
     TableClause,
+    Update,
     and_,
     bindparam,
     case,
@@ -388,26 +389,17 @@ def _embed_and_write(
                 "backfill again to carry on"
             ) from exc
         vectors.update(zip(batch, matrix, strict=True))
-    key_names = [f"vecorm_key_{n}" for n in range(len(columns.keys))]
-    statement = (
-        update(columns.table)
-        .where(
-            *(
-                column == bindparam(name, type_=column.type)
-                for column, name in zip(columns.keys, key_names, strict=True)
-            )
-        )
-        .values(
-            {
-                columns.embedding.name: bindparam("vecorm_embedding", type_=columns.embedding.type),
-                columns.digest.name: bindparam("vecorm_digest", type_=columns.digest.type),
-                columns.model.name: bindparam("vecorm_model", type_=columns.model.type),
-            }
-        )
+    statement = keyed_update(
+        columns,
+        {
+            "vecorm_embedding": columns.embedding,
+            "vecorm_digest": columns.digest,
+            "vecorm_model": columns.model,
+        },
     )
     parameters = [
         {
-            **dict(zip(key_names, key, strict=True)),
+            **key_parameters(key),
             "vecorm_embedding": vectors[body],
             "vecorm_digest": digest,
             "vecorm_model": embedder.model_name,
@@ -416,3 +408,28 @@ def _embed_and_write(
     ]
     session.connection().execute(statement, parameters)
     return calls
+
+
+def keyed_update(columns: EmbeddingColumns, values: Mapping[str, Any]) -> Update:
+    """``UPDATE table SET column = :name ... WHERE pk = :vecorm_key_<n>`` for ``executemany``.
+
+    ``values`` maps each bound parameter's name to the column it sets; rows are addressed by
+    :func:`key_parameters` of their primary key.
+    """
+    return (
+        update(columns.table)
+        .where(
+            *(
+                column == bindparam(f"vecorm_key_{n}", type_=column.type)
+                for n, column in enumerate(columns.keys)
+            )
+        )
+        .values(
+            {column.name: bindparam(name, type_=column.type) for name, column in values.items()}
+        )
+    )
+
+
+def key_parameters(key: Sequence[Any]) -> dict[str, Any]:
+    """The ``vecorm_key_<n>`` parameters that address one row in :func:`keyed_update`."""
+    return {f"vecorm_key_{n}": value for n, value in enumerate(key)}
