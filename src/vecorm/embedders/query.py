@@ -8,6 +8,7 @@ The cache lives on a weak reference to the provider, so it goes away with the pr
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from collections import OrderedDict
@@ -38,50 +39,49 @@ def _cache_for(embedder: Embedder) -> OrderedDict[str, npt.NDArray[np.float32]] 
         return None
 
 
-def embed_query(embedder: Embedder, text: str) -> npt.NDArray[np.float32]:
-    """Embed one search text through ``embedder``, cached (LRU, 512 entries per provider)."""
+def _cached(embedder: Embedder, text: str) -> npt.NDArray[np.float32] | None:
+    """The cached vector of ``text`` (refreshing its LRU position), after checking the text."""
     if not text or not text.strip():
         raise EmbeddingError("cannot embed an empty search text")
     cache = _cache_for(embedder)
-    if cache is not None:
-        with _lock:
-            cached = cache.get(text)
-            if cached is not None:
-                cache.move_to_end(text)
-                return cached
-    vector: npt.NDArray[np.float32] = check_embeddings(embedder, [text], embedder.embed([text]))[0]
+    if cache is None:
+        return None
+    with _lock:
+        cached = cache.get(text)
+        if cached is not None:
+            cache.move_to_end(text)
+        return cached
+
+
+def _remember(embedder: Embedder, text: str, result: object) -> npt.NDArray[np.float32]:
+    """Check the provider's answer for ``text``, freeze it and cache it."""
+    vector: npt.NDArray[np.float32] = check_embeddings(embedder, [text], result)[0]
     vector.setflags(write=False)
+    cache = _cache_for(embedder)
     if cache is not None:
         with _lock:
             cache[text] = vector
             while len(cache) > QUERY_CACHE_SIZE:
                 cache.popitem(last=False)
     return vector
+
+
+def embed_query(embedder: Embedder, text: str) -> npt.NDArray[np.float32]:
+    """Embed one search text through ``embedder``, cached (LRU, 512 entries per provider)."""
+    cached = _cached(embedder, text)
+    if cached is not None:
+        return cached
+    return _remember(embedder, text, embedder.embed([text]))
 
 
 async def aembed_query(embedder: Embedder, text: str) -> npt.NDArray[np.float32]:
     """Async form of :func:`embed_query`: uses ``aembed`` when the provider has one."""
-    if not text or not text.strip():
-        raise EmbeddingError("cannot embed an empty search text")
-    cache = _cache_for(embedder)
-    if cache is not None:
-        with _lock:
-            cached = cache.get(text)
-            if cached is not None:
-                cache.move_to_end(text)
-                return cached
+    cached = _cached(embedder, text)
+    if cached is not None:
+        return cached
     aembed = getattr(embedder, "aembed", None)
     if aembed is not None:
         result = await aembed([text])
     else:
-        import asyncio
-
         result = await asyncio.to_thread(embedder.embed, [text])
-    vector: npt.NDArray[np.float32] = check_embeddings(embedder, [text], result)[0]
-    vector.setflags(write=False)
-    if cache is not None:
-        with _lock:
-            cache[text] = vector
-            while len(cache) > QUERY_CACHE_SIZE:
-                cache.popitem(last=False)
-    return vector
+    return _remember(embedder, text, result)
