@@ -105,7 +105,13 @@ METHODS: list[tuple[str, str, ModeFunction]] = [
     ("RRF (k 60), dense top-100 + BM25 top-100", "method='rrf'", _hybrid("rrf")),
     ("blend, theoretical min-max (TM2C2), w 0.5", "normalization='theoretical'", TM2C2),
     (
-        "**blend, per-query min-max, w 0.5: vecorm's default hybrid**",
+        "blend, per-query min-max, w 0.5, a row one arm missed scores that arm's worst",
+        "missing='worst'",
+        _hybrid("blend", missing="worst"),
+    ),
+    (
+        "**blend, per-query min-max, w 0.5, both scores of every candidate: "
+        "vecorm's default hybrid**",
         "hybrid_search",
         _hybrid("blend"),
     ),

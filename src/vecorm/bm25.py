@@ -72,6 +72,7 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
@@ -636,12 +637,18 @@ def scores(
     b: float | None = None,
     prune_above: int | Literal["config"] | None = "config",
     seed: int | None = None,
+    only: Select[Any] | None = None,
+    prefix: str = "bm25",
 ) -> Select[Any]:
     """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
 
     An unfiltered any-term query whose terms hold more than ``prune_above`` postings is
     ranked with MaxScore pruning (:func:`_max_score`, exact); otherwise, with ``where``,
     another mode or ``prune_above=None`` every posting of the query terms is scored.
+    ``only`` (a ``SELECT`` of primary-key tuples) scores just those rows, every one of them
+    that matches, through the (document, lexeme) index: a hybrid search completes the
+    lexical score of rows that only its semantic arm found this way. ``prefix`` names the
+    statement's CTEs, so that two of these can share one statement.
     """
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
@@ -657,12 +664,12 @@ def scores(
     language = tables.config.language
     names = tables.keys
 
-    query = query_terms(text, language).cte("bm25_query").prefix_with("MATERIALIZED")
+    query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
     wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
     counts = union_all(
         select(terms.c.term, terms.c.df, terms.c.length).where(terms.c.term.in_(wanted)),
         select(deltas.c.term, deltas.c.df, deltas.c.length).where(deltas.c.term.in_(wanted)),
-    ).subquery("bm25_counts")
+    ).subquery(f"{prefix}_counts")
     totals = (
         select(
             counts.c.term,
@@ -670,7 +677,7 @@ def scores(
             func.sum(counts.c.length).label("length"),
         )
         .group_by(counts.c.term)
-        .cte("bm25_totals")
+        .cte(f"{prefix}_totals")
         .prefix_with("MATERIALIZED")
     )
     collection = (
@@ -682,7 +689,7 @@ def scores(
             ).label("avgdl"),
         )
         .where(totals.c.term == literal_column("''", Text))
-        .subquery("bm25_collection")
+        .subquery(f"{prefix}_collection")
     )
     idf = func.ln(
         _constant(1.0)
@@ -697,7 +704,7 @@ def scores(
         )
         .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
         .where(totals.c.term != literal_column("''", Text), totals.c.df > _integer(0))
-        .cte("bm25_terms")
+        .cte(f"{prefix}_terms")
         .prefix_with("MATERIALIZED")
     )
     k1_param = _constant(k1_value)
@@ -716,12 +723,15 @@ def scores(
 
     term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
-    pruned = mode == "any" and not where and threshold is not None
+    pruned = mode == "any" and not where and threshold is not None and only is None
     exhaustive = (
         select(*key_columns, func.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
         .group_by(*key_columns)
     )
+    if only is not None:
+        chosen = key_columns[0] if len(key_columns) == 1 else tuple_(*key_columns)
+        exhaustive = exhaustive.where(chosen.in_(only))
     if mode == "all":
         exhaustive = exhaustive.having(
             func.count() == select(func.count()).select_from(query).scalar_subquery()
@@ -743,7 +753,7 @@ def scores(
                 k1=k1_param,
             ).where(many),
         )
-    ranked = scored.subquery("bm25_scored")
+    ranked = scored.subquery(f"{prefix}_scored")
     score = ranked.c.score.label("score")
     keys = [ranked.c[name] for name in names]
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
@@ -758,7 +768,8 @@ def scores(
             stmt = stmt.where(
                 matches(model, tsquery_expression(text, language=language, mode=mode))
             )
-    return stmt.order_by(score.desc(), *keys).limit(_integer(depth))
+    stmt = stmt.order_by(score.desc(), *keys)
+    return stmt if only is not None else stmt.limit(_integer(depth))
 
 
 @dataclass(frozen=True)
@@ -790,6 +801,12 @@ class BM25Arm:
             b=self.b,
             prune_above=self.prune_above,
             seed=self.seed,
+        )
+
+    def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
+        """``pk_0 .., score`` of the rows in ``keys`` that match ``text`` (the others score 0)."""
+        return scores(
+            model, text, mode=self.mode, k1=self.k1, b=self.b, only=keys, prefix="bm25_fill"
         )
 
 

@@ -3,30 +3,38 @@
 Each *arm* is a ranked subquery of ``(pk_0 .. pk_n, score, rank)``: the semantic arm takes the
 ``depth`` nearest rows through the vector index, the lexical arm the ``depth`` best full-text
 matches (BM25 by default, :mod:`vecorm.bm25`; ``lexical="ts_rank"`` or any
-:class:`LexicalArm` plugs in another ranking). The arms are
-FULL OUTER JOINed on the primary key, so a row found by only one arm still competes, and
-fused by one of:
+:class:`LexicalArm` plugs in another ranking). The arms are FULL OUTER JOINed on the primary
+key, so a row found by only one arm still competes. By default (``missing="score"``) such a
+row then gets its *real* score from the arm that missed it: its distance from the stored
+vector, its BM25 score through the postings' (document, lexeme) index (0 when it holds no
+query term), so every candidate is judged on both scores, as a search engine's re-ranking
+phase does. ``missing="worst"`` is the classic top-k fusion, where absence counts as the
+arm's worst. The candidates are fused by one of:
 
 ``"blend"`` (default)
-    ``w * semantic + (1 - w) * lexical`` where each part is min-max normalised over *this
-    query's* candidates of that arm (best 1, worst 0, absent 0). Raw ``ts_rank`` values are
-    tiny and unbounded and cosine similarities crowd near the top, so blending them raw (as
-    the seed did) lets one arm dominate whatever ``w`` says; normalised, ``w`` means what it
-    says. ``normalization="theoretical"`` replaces each arm's worst candidate by the worst
-    possible value (BM25 0, cosine distance 2), Bruch et al.'s TM2C2.
+    ``w * semantic + (1 - w) * lexical``, each part min-max normalised over *this query's*
+    candidates (best 1, worst 0). Raw ``ts_rank`` values are tiny and unbounded and cosine
+    similarities crowd near the top, so blending them raw (as the seed did) lets one arm
+    dominate whatever ``w`` says; normalised, ``w`` means what it says.
+    ``normalization="theoretical"`` replaces the worst candidate by the worst possible value
+    (BM25 0, cosine distance 2), Bruch et al.'s TM2C2.
 ``"rrf"``
-    Reciprocal rank fusion: ``sum(weight / (rrf_k + rank))`` over the arms that found the row.
+    Reciprocal rank fusion: ``sum(weight / (rrf_k + rank))`` over the arms that ranked the
+    row among their ``depth`` best.
 
 Defaults come from the literature, not from a test collection: ``w = 0.5`` (no preference
 between the arms), per-query min-max (Bruch, Gai & Ingber 2023, "An Analysis of Fusion
 Functions for Hybrid Retrieval": a convex combination of normalised scores beats RRF),
 ``rrf_k = 60`` (Cormack, Clarke & Büttcher 2009) and ``depth = 100`` candidates per arm.
-Unfiltered, the HNSW arm searches with ``ef_search = depth`` and iterative scan, so it
-returns ``depth`` rows; measurements are in docs/search-quality.md.
+Completing the missing scores is not a tuned knob but the correction of an artefact: a row
+outside one arm's top 100 is not that arm's worst possible match. Unfiltered, the HNSW arm
+searches with ``ef_search = depth`` and iterative scan, so it returns ``depth`` rows;
+measurements are in docs/search-quality.md.
 
 ``where`` filters apply inside *both* arms (a filter on the outer query would only thin the
 fused top-k). The result is a composable ``Select`` of ``(Model, score, distance, text_score,
-semantic_rank, text_rank)`` ordered by ``score`` then primary key::
+semantic_rank, text_rank)`` ordered by ``score`` then primary key; ``semantic_rank`` /
+``text_rank`` are ``None`` for a row outside that arm's ``depth`` best::
 
     stmt = Document.hybrid_search(
         "error 0x80070057 when updating", k=10, where=Document.category == "windows"
@@ -40,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Float, Select, and_, func, literal, select
+from sqlalchemy import Float, Select, and_, case, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
@@ -50,15 +58,19 @@ from vecorm.errors import ConfigurationError
 from vecorm.query import (
     MAX_EF_SEARCH,
     QueryInput,
+    distance_expression,
     index_search_options,
     nearest_candidates,
     primary_key_columns,
+    query_vector,
 )
 from vecorm.textsearch import Ranking, lexical_arm
 
 Method = Literal["blend", "rrf"]
 Normalization = Literal["minmax", "theoretical"]
+Missing = Literal["score", "worst"]
 DEFAULT_NORMALIZATION: Normalization = "minmax"
+DEFAULT_MISSING: Missing = "score"
 DEFAULT_DEPTH = 100
 DEFAULT_RRF_K = 60
 DEFAULT_SEMANTIC_WEIGHT = 0.5
@@ -68,6 +80,10 @@ class LexicalArm(Protocol):
     """Builds the lexical candidates: ``pk_0 .. pk_n`` and ``score`` (higher is better).
 
     The statement applies ``where``, keeps the ``depth`` best rows and orders them best first.
+    An arm may also define ``scores_of(model, text, *, keys)``: ``pk_0 .., score`` of the rows
+    of the ``keys`` select that match (:class:`~vecorm.bm25.BM25Arm` and
+    :class:`~vecorm.textsearch.TsRankArm` do); without it a row that only the semantic arm
+    found gets the lexical score 0.
     """
 
     def candidates(
@@ -101,36 +117,36 @@ def semantic_candidates(
     )
 
 
-def _ranked(
-    candidates: Select[Any],
-    value: str,
-    *,
-    lower_is_better: bool,
-    name: str,
-    floor: float | None = None,
-) -> Subquery:
-    """Add ``rank`` (1 = best) and ``norm`` (best 1) columns: per-query min-max, or with a
-    ``floor`` (the scoring function's worst possible value, 0 after normalising) in place of
-    the query's worst candidate."""
+def _ranked(candidates: Select[Any], value: str, *, lower_is_better: bool, name: str) -> Subquery:
+    """The arm's ``pk_*``, its raw ``value`` and ``rank`` (1 = best)."""
     inner = candidates.subquery(f"{name}_candidates")
     keys = [column for column in inner.c if column.key.startswith("pk_")]
     raw = inner.c[value]
     best_first = raw.asc() if lower_is_better else raw.desc()
-    low = func.min(raw).over() if floor is None else literal(floor, Float)
-    high = func.max(raw).over() if floor is None else literal(floor, Float)
-    if lower_is_better:
-        span = func.nullif(high - func.min(raw).over(), literal(0.0, Float), type_=Float)
-        to_best = high - raw
-    else:
-        span = func.nullif(func.max(raw).over() - low, literal(0.0, Float), type_=Float)
-        to_best = raw - low
-    norm = func.coalesce(to_best / span, literal(1.0, Float))
     return select(
         *keys,
         raw.label("value"),
         func.row_number().over(order_by=(best_first, *keys)).label("rank"),
-        norm.label("norm"),
     ).subquery(name)
+
+
+def _normalised(
+    value: ColumnElement[Any], *, lower_is_better: bool, floor: float | None
+) -> ColumnElement[float]:
+    """``value`` scaled over the fused rows: the best 1, the worst (or ``floor``, the scoring
+    function's worst possible value) 0; a row without a value 0, a single value 1."""
+    best = func.min(value).over() if lower_is_better else func.max(value).over()
+    worst: ColumnElement[Any]
+    if floor is not None:
+        worst = literal(floor, Float)
+    else:
+        worst = func.max(value).over() if lower_is_better else func.min(value).over()
+    to_best = worst - value if lower_is_better else value - worst
+    span = func.nullif(
+        (worst - best) if lower_is_better else (best - worst), literal(0.0, Float), type_=Float
+    )
+    scaled = func.coalesce(to_best / span, literal(1.0, Float))
+    return case((value.is_(None), literal(0.0, Float)), else_=scaled)
 
 
 def _distance_floor(model: Any, distance: Distance | str | None) -> float | None:
@@ -138,6 +154,50 @@ def _distance_floor(model: Any, distance: Distance | str | None) -> float | None
     from vecorm.query import metric_of
 
     return 2.0 if metric_of(model, distance) is Distance.COSINE else None
+
+
+def _key_match(left: Sequence[Any], right: Sequence[Any]) -> ColumnElement[bool]:
+    return and_(*(a == b for a, b in zip(left, right, strict=True)))
+
+
+def _completed(
+    model: Any,
+    joined: Select[Any],
+    arm: Any,
+    text: str,
+    query: QueryInput,
+    distance: Distance | str | None,
+) -> Subquery:
+    """The fused candidates with both scores for every row: the distance of a row that only
+    the lexical arm found, computed on its stored vector; the lexical score of a row that only
+    the semantic arm found, from the arm's ``scores_of`` (0 when it matches no query term, or
+    when the arm cannot score given rows)."""
+    fused = joined.cte("fused")
+    count = len(primary_key_columns(model))
+    fused_keys = [fused.c[f"pk_{i}"] for i in range(count)]
+    completed_text: ColumnElement[Any] = fused.c.text_score
+    source: Any = fused.join(model, _key_match(primary_key_columns(model), fused_keys))
+    scores_of = getattr(arm, "scores_of", None)
+    if scores_of is not None:
+        lacking = select(*fused_keys).where(fused.c.text_score.is_(None))
+        found = scores_of(model, text, keys=lacking).subquery("lexical_completion")
+        source = source.outerjoin(
+            found, _key_match(fused_keys, [found.c[f"pk_{i}"] for i in range(count)])
+        )
+        completed_text = func.coalesce(completed_text, found.c.score)
+    return (
+        select(
+            *fused_keys,
+            func.coalesce(
+                fused.c.distance, distance_expression(model, query, distance=distance)
+            ).label("distance"),
+            func.coalesce(completed_text, literal(0.0, Float)).label("text_score"),
+            fused.c.semantic_rank,
+            fused.c.text_rank,
+        )
+        .select_from(source)
+        .subquery("completed")
+    )
 
 
 def hybrid_search(
@@ -155,12 +215,15 @@ def hybrid_search(
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
     normalization: Normalization = DEFAULT_NORMALIZATION,
+    missing: Missing = DEFAULT_MISSING,
 ) -> Select[Any]:
     """One statement fusing the nearest rows to ``vector`` (default: ``text`` embedded) with
     the full-text matches of ``text``; see the module docstring.
 
     ``semantic_weight`` is the blend's ``w``; for RRF the arms weigh ``2w`` and ``2(1 - w)``,
-    so the default 0.5 is textbook RRF. ``depth`` candidates come from each arm::
+    so the default 0.5 is textbook RRF. ``depth`` candidates come from each arm; ``missing``
+    says whether a row one arm missed gets its real score from that arm (``"score"``) or
+    that arm's worst (``"worst"``)::
 
         session.execute(hybrid_search(Document, "ERR_CONN_RESET", k=5, method="rrf")).all()
     """
@@ -178,21 +241,17 @@ def hybrid_search(
         raise ConfigurationError(f"method must be 'blend' or 'rrf', not {method!r}")
     if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
         raise ConfigurationError(f"rrf_k must be a non-negative integer, not {rrf_k!r}")
+    if missing not in ("score", "worst"):
+        raise ConfigurationError(f"missing must be 'score' or 'worst', not {missing!r}")
     filters = _filters(where)
     depth = max(depth, k)
+    # Embedded once: the semantic arm and the completed distances use the same vector.
+    query = query_vector(model, text if vector is None else vector, embedder=embedder)
     semantic = _ranked(
-        semantic_candidates(
-            model,
-            text if vector is None else vector,
-            where=filters,
-            depth=depth,
-            distance=distance,
-            embedder=embedder,
-        ),
+        semantic_candidates(model, query, where=filters, depth=depth, distance=distance),
         "distance",
         lower_is_better=True,
         name="semantic",
-        floor=_distance_floor(model, distance) if normalization == "theoretical" else None,
     )
     arm = lexical_arm(model, lexical) if lexical is None or isinstance(lexical, str) else lexical
     lexical_ranked = _ranked(
@@ -200,43 +259,50 @@ def hybrid_search(
         "score",
         lower_is_better=False,
         name="lexical",
-        floor=0.0 if normalization == "theoretical" else None,
     )
     keys = primary_key_columns(model)
     semantic_keys = [semantic.c[f"pk_{i}"] for i in range(len(keys))]
     lexical_keys = [lexical_ranked.c[f"pk_{i}"] for i in range(len(keys))]
+    joined = select(
+        *(
+            func.coalesce(left, right).label(f"pk_{i}")
+            for i, (left, right) in enumerate(zip(semantic_keys, lexical_keys, strict=True))
+        ),
+        semantic.c.value.label("distance"),
+        lexical_ranked.c.value.label("text_score"),
+        semantic.c.rank.label("semantic_rank"),
+        lexical_ranked.c.rank.label("text_rank"),
+    ).select_from(semantic.join(lexical_ranked, _key_match(semantic_keys, lexical_keys), full=True))
+    candidates = (
+        _completed(model, joined, arm, text, query, distance)
+        if missing == "score"
+        else joined.subquery("fused")
+    )
+    candidate_keys = [candidates.c[f"pk_{i}"] for i in range(len(keys))]
     if method == "blend":
-        combined = literal(semantic_weight) * func.coalesce(semantic.c.norm, 0.0) + literal(
-            1.0 - semantic_weight
-        ) * func.coalesce(lexical_ranked.c.norm, 0.0)
+        theoretical = normalization == "theoretical"
+        semantic_floor = _distance_floor(model, distance) if theoretical else None
+        lexical_floor = 0.0 if theoretical else None
+        combined = literal(semantic_weight) * _normalised(
+            candidates.c.distance, lower_is_better=True, floor=semantic_floor
+        ) + literal(1.0 - semantic_weight) * _normalised(
+            candidates.c.text_score, lower_is_better=False, floor=lexical_floor
+        )
     else:
         # Weights 2w and 2(1 - w): w = 0.5 is textbook RRF.
         combined = func.coalesce(
-            literal(2.0 * semantic_weight) / (rrf_k + semantic.c.rank), 0.0
+            literal(2.0 * semantic_weight) / (rrf_k + candidates.c.semantic_rank), 0.0
         ) + func.coalesce(
-            literal(2.0 * (1.0 - semantic_weight)) / (rrf_k + lexical_ranked.c.rank), 0.0
+            literal(2.0 * (1.0 - semantic_weight)) / (rrf_k + candidates.c.text_rank), 0.0
         )
-    fused = (
-        select(
-            *(
-                func.coalesce(left, right).label(f"pk_{i}")
-                for i, (left, right) in enumerate(zip(semantic_keys, lexical_keys, strict=True))
-            ),
-            combined.label("score"),
-            semantic.c.value.label("distance"),
-            lexical_ranked.c.value.label("text_score"),
-            semantic.c.rank.label("semantic_rank"),
-            lexical_ranked.c.rank.label("text_rank"),
-        )
-        .select_from(
-            semantic.join(
-                lexical_ranked,
-                and_(*(a == b for a, b in zip(semantic_keys, lexical_keys, strict=True))),
-                full=True,
-            )
-        )
-        .subquery("fused")
-    )
+    fused = select(
+        *candidate_keys,
+        combined.label("score"),
+        candidates.c.distance,
+        candidates.c.text_score,
+        candidates.c.semantic_rank,
+        candidates.c.text_rank,
+    ).subquery("fused_scores")
     score = fused.c.score.label("score")
     stmt = (
         select(
@@ -247,7 +313,7 @@ def hybrid_search(
             fused.c.semantic_rank,
             fused.c.text_rank,
         )
-        .join(fused, and_(*(key == fused.c[f"pk_{i}"] for i, key in enumerate(keys))))
+        .join(fused, _key_match(keys, [fused.c[f"pk_{i}"] for i in range(len(keys))]))
         .order_by(score.desc(), *keys)
         .limit(k)
     )

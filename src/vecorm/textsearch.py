@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import REAL, Select, Text, and_, bindparam, cast, func, literal, select
+from sqlalchemy import REAL, Select, Text, and_, bindparam, cast, func, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -180,6 +180,13 @@ class TsRankArm:
             .order_by(score.desc(), *keys)
             .limit(depth)
         )
+
+    def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
+        """``pk_0.., score`` of the rows in ``keys`` that match ``text`` (the others score 0)."""
+        candidates = self.candidates(model, text, where=(), depth=1)
+        table_keys = primary_key_columns(model)
+        chosen = table_keys[0] if len(table_keys) == 1 else tuple_(*table_keys)
+        return candidates.limit(None).order_by(None).where(chosen.in_(keys))
 
 
 def _check_ranking(ranking: str) -> None:

@@ -178,31 +178,56 @@ def _ranks(values: dict[int, float], lower_is_better: bool) -> dict[int, int]:
     return {key: position + 1 for position, key in enumerate(order)}
 
 
+def _every_row(session: Session, query: str, where: list) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """Exact distance of every row under ``where`` and BM25 of every matching row."""
+    distances = dict(
+        session.execute(select(Ticket.id, Ticket.distance_to(query)).where(*where)).all()
+    )
+    scores = session.execute(BM25Arm().candidates(Ticket, query, where=where, depth=10_000)).all()
+    return distances, {row.pk_0: row.score for row in scores}
+
+
+@pytest.mark.parametrize("missing", ["score", "worst"])
 @pytest.mark.parametrize("method", ["blend", "rrf"])
 @pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 1.0])
-def test_scores_equal_a_python_recomputation(session: Session, method: str, weight: float) -> None:
+def test_scores_equal_a_python_recomputation(
+    session: Session, method: str, weight: float, missing: str
+) -> None:
     query, depth = "update error 0x8007 package ERR_DNS_RESET", 25
     where = [Ticket.team_id == 1]
     distances, scores = _arm_rows(session, query, where, depth)
     assert len(distances) == depth and 0 < len(scores) <= depth
+    union = set(distances) | set(scores)
+    every_distance, every_score = _every_row(session, query, where)
+    if missing == "score":
+        # Both scores for every candidate: a row one arm missed still has its real score.
+        distances = {key: every_distance[key] for key in union}
+        scores = {key: every_score.get(key, 0.0) for key in union}
+        assert len(scores) == len(union) > depth
     if method == "blend":
         sem, lex = _minmax(distances, True), _minmax(scores, False)
         fused = {
-            key: weight * sem.get(key, 0.0) + (1 - weight) * lex.get(key, 0.0)
-            for key in set(sem) | set(lex)
+            key: weight * sem.get(key, 0.0) + (1 - weight) * lex.get(key, 0.0) for key in union
         }
     else:
-        sem_rank, lex_rank = _ranks(distances, True), _ranks(scores, False)
+        sem_rank, lex_rank = _arm_ranks(session, query, where, depth)
         fused = {
             key: (2 * weight / (60 + sem_rank[key]) if key in sem_rank else 0.0)
             + (2 * (1 - weight) / (60 + lex_rank[key]) if key in lex_rank else 0.0)
-            for key in set(sem_rank) | set(lex_rank)
+            for key in union
         }
     expected = sorted(fused, key=lambda key: (-fused[key], key))[:10]
     rows = session.execute(
         hybrid_search(
-            Ticket, query, k=10, method=method, semantic_weight=weight, depth=depth, where=where
-        )  # type: ignore[arg-type]
+            Ticket,
+            query,
+            k=10,
+            method=method,  # type: ignore[arg-type]
+            semantic_weight=weight,
+            depth=depth,
+            where=where,
+            missing=missing,  # type: ignore[arg-type]
+        )
     ).all()
     got_scores = {row[0].id: row.score for row in rows}
     # Same scores; ids equal except where float ties may swap at equal scores.
@@ -211,37 +236,92 @@ def test_scores_equal_a_python_recomputation(session: Session, method: str, weig
     )
     for key, score in got_scores.items():
         assert score == pytest.approx(fused[key], rel=1e-6, abs=1e-9)
-    sem_rank, lex_rank = _ranks(distances, True), _ranks(scores, False)
+    sem_rank, lex_rank = _arm_ranks(session, query, where, depth)
     for row in rows:
         ticket = row[0]
         assert ticket.team_id == 1
         assert row.semantic_rank == sem_rank.get(ticket.id)
         assert row.text_rank == lex_rank.get(ticket.id)
         if row.distance is None:
-            assert ticket.id not in distances
+            assert missing == "worst" and ticket.id not in distances
         else:
-            assert row.distance == pytest.approx(ticket.distance_to(query), abs=1e-5)
+            assert row.distance == pytest.approx(every_distance[ticket.id], abs=1e-5)
         if row.text_score is None:
-            assert ticket.id not in scores
+            assert missing == "worst" and ticket.id not in scores
         else:
-            assert row.text_score == pytest.approx(scores[ticket.id])
+            assert row.text_score == pytest.approx(every_score.get(ticket.id, 0.0))
 
 
-def test_theoretical_normalisation_equals_a_python_recomputation(session: Session) -> None:
+def _arm_ranks(session: Session, query: str, where: list, depth: int) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    distances, scores = _arm_rows(session, query, where, depth)
+    return _ranks(distances, True), _ranks(scores, False)
+
+
+def test_completed_scores_reach_rows_one_arm_missed(session: Session) -> None:
+    # A vector about database notes and text about gateway errors: the arms barely overlap.
+    vector = EMBEDDER.embed(["General note 3 about vacuum, ERR_DISK_RESTART at the gateway"])[0]
+    query = "ERR_DNS_RESET gateway"
+
+    def run(missing: str) -> list:  # type: ignore[type-arg]
+        stmt = Ticket.hybrid_search(query, k=20, depth=10, vector=vector, missing=missing)
+        return session.execute(stmt).all()  # type: ignore[arg-type]
+
+    rows = run("score")
+    assert 10 < len(rows) <= 20  # the union of two arms of 10
+    assert all(row.distance is not None and row.text_score is not None for row in rows)
+    lexical_only = [row for row in rows if row.semantic_rank is None]
+    semantic_only = [row for row in rows if row.text_rank is None]
+    assert lexical_only and semantic_only
+    for row in lexical_only:
+        assert row.distance == pytest.approx(row[0].distance_to(vector), abs=1e-5)
+    assert {row.text_score for row in semantic_only if "gateway" not in row[0].body} == {0.0}
+    assert any(row.text_score > 0 for row in semantic_only if "gateway" in row[0].body), [
+        (row[0].body, row.semantic_rank, row.text_rank) for row in rows
+    ]
+    worst = run("worst")
+    assert (
+        {row[0].id for row in worst if row.distance is None}
+        == {row[0].id for row in worst if row.semantic_rank is None}
+        != set()
+    )
+    ts_rank = Ticket.hybrid_search(query, k=20, depth=10, vector=vector, lexical="ts_rank")
+    completed = session.execute(ts_rank).all()
+    assert all(row.text_score is not None for row in completed)
+    assert {row.text_score for row in completed if "gateway" not in row[0].body} == {0.0}
+    with pytest.raises(vecorm.ConfigurationError, match="missing"):
+        hybrid_search(Ticket, query, missing="zero")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("missing", ["score", "worst"])
+def test_theoretical_normalisation_equals_a_python_recomputation(
+    session: Session, missing: str
+) -> None:
     query, depth = "update error 0x8007 package ERR_DNS_RESET", 25
     distances, scores = _arm_rows(session, query, [], depth)
+    union = set(distances) | set(scores)
+    if missing == "score":
+        every_distance, every_score = _every_row(session, query, [])
+        distances = {key: every_distance[key] for key in union}
+        scores = {key: every_score.get(key, 0.0) for key in union}
     nearest_distance, best_score = min(distances.values()), max(scores.values())
     fused = {
         key: 0.5 * ((2.0 - distances[key]) / (2.0 - nearest_distance) if key in distances else 0)
         + 0.5 * (scores[key] / best_score if key in scores else 0.0)
-        for key in set(distances) | set(scores)
+        for key in union
     }
     rows = session.execute(
-        hybrid_search(Ticket, query, k=10, depth=depth, normalization="theoretical")
+        hybrid_search(
+            Ticket,
+            query,
+            k=10,
+            depth=depth,
+            normalization="theoretical",
+            missing=missing,  # type: ignore[arg-type]
+        )
     ).all()
     for row in rows:
         assert row.score == pytest.approx(fused[row[0].id], rel=1e-6)
-    assert [row.score for row in rows] == sorted(fused.values(), reverse=True)[:10]
+    assert [row.score for row in rows] == pytest.approx(sorted(fused.values(), reverse=True)[:10])
     with pytest.raises(vecorm.ConfigurationError, match="normalization"):
         hybrid_search(Ticket, query, normalization="zscore")  # type: ignore[arg-type]
 

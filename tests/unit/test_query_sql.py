@@ -110,7 +110,11 @@ def test_hybrid_search_is_one_statement_with_both_arms() -> None:
     assert compiled.count("FULL OUTER JOIN") == 1
     assert compiled.count("unit_docs.body != %(") == 2  # the filter sits in both arms
     assert "row_number() OVER (ORDER BY semantic_candidates.distance ASC" in compiled
-    assert "max(semantic_candidates.distance) OVER ()" in compiled
+    # Min-max over the fused rows, whose scores are completed where an arm missed them.
+    assert "max(completed.distance) OVER ()" in compiled
+    assert "min(completed.text_score) OVER ()" in compiled
+    assert "WHERE fused.text_score IS NULL" in compiled  # the rows to score lexically
+    assert "coalesce(fused.distance, unit_docs.embedding <=> " in compiled
     assert "row_number() OVER (ORDER BY lexical_candidates.score DESC" in compiled
     assert re.search(
         r"ORDER BY score DESC, unit_docs\.id LIMIT %\(param_\d+\)s(::INTEGER)?$", compiled
@@ -118,6 +122,8 @@ def test_hybrid_search_is_one_statement_with_both_arms() -> None:
     assert "AS NUMERIC" not in compiled  # min-max normalisation stays in float8
     rrf = sql(Doc.hybrid_search("x", vector=[1, 2, 3], method="rrf"))
     assert "semantic.rank" in rrf and "lexical.rank" in rrf
+    worst = sql(Doc.hybrid_search("x", vector=[1, 2, 3], missing="worst"))
+    assert "completed" not in worst and "max(fused.distance) OVER ()" in worst
 
 
 def test_search_options_map_to_pgvector_settings() -> None:
