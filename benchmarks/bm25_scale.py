@@ -10,7 +10,8 @@ posting list). Prints, per collection size:
 * the bulk-load time (COPY with statistics deferred, rebuilt once);
 
 then ORM bulk-insert throughput of 1536-d rows with text, with BM25 statistics maintained
-and without (``SearchConfig(bm25=None)``), and their ratio.
+and without (``SearchConfig(bm25=None)``), and their ratio: per round (the two runs in
+alternating order) and the median over rounds.
 
     python benchmarks/bm25_scale.py                      # 20k and 200k documents
     python benchmarks/bm25_scale.py --sizes 20000 --words 30
@@ -149,37 +150,59 @@ def query_benchmark(engine: Any, sizes: list[int], words: int, query_count: int)
         model.metadata.drop_all(engine)
 
 
-def write_benchmark(engine: Any, rows: int, batch: int) -> None:
+def _insert_rate(
+    engine: Any, *, with_bm25: bool, bodies: list[str], vectors: np.ndarray[Any, Any], batch: int
+) -> float:
+    """Rows per second of ORM bulk inserts (one commit per batch) into a fresh table."""
+    model = make_model("bm25_writes", dimensions=1536, with_bm25=with_bm25, index=True)
+    model.metadata.drop_all(engine)
+    model.metadata.create_all(engine)
+    rows = len(bodies)
+    started = time.perf_counter()
+    with Session(engine) as session:
+        for start in range(0, rows, batch):
+            session.execute(
+                insert(model),
+                [
+                    {"id": i, "body": bodies[i], "embedding": vectors[i]}
+                    for i in range(start, min(rows, start + batch))
+                ],
+            )
+            session.commit()
+    rate = rows / (time.perf_counter() - started)
+    model.metadata.drop_all(engine)
+    return rate
+
+
+def write_benchmark(engine: Any, rows: int, batch: int, rounds: int) -> None:
+    """Inserts with and without BM25 statistics, in alternating order over ``rounds`` rounds
+    (this machine's speed drifts, so each round's ratio pairs two runs minutes apart at most)."""
     rng = np.random.default_rng(3)
     vocab = vocabulary(20_000, rng)
     bodies = corpus(rows, 150, rng, vocab)
     vectors = rng.standard_normal((rows, 1536)).astype(np.float32)
     print(
         f"\n## ORM bulk insert: {rows} rows of 1536-d vectors + ~150 words, HNSW index, "
-        f"batches of {batch}\n"
+        f"batches of {batch}, {rounds} rounds\n"
     )
-    rates = {}
-    for with_bm25 in (False, True):
-        model = make_model("bm25_writes", dimensions=1536, with_bm25=with_bm25, index=True)
-        model.metadata.drop_all(engine)
-        model.metadata.create_all(engine)
-        started = time.perf_counter()
-        with Session(engine) as session:
-            for start in range(0, rows, batch):
-                session.execute(
-                    insert(model),
-                    [
-                        {"id": i, "body": bodies[i], "embedding": vectors[i]}
-                        for i in range(start, min(rows, start + batch))
-                    ],
-                )
-                session.commit()
-        rates[with_bm25] = rows / (time.perf_counter() - started)
-        model.metadata.drop_all(engine)
-    print("| statistics | rows/s |\n|---|---|")
-    print(f"| none (bm25=None) | {rates[False]:.0f} |")
-    print(f"| BM25 maintained | {rates[True]:.0f} |")
-    print(f"\nthroughput with BM25 statistics: {rates[True] / rates[False]:.2f}x of without")
+    print("| round | none (bm25=None) rows/s | BM25 maintained rows/s | ratio |\n|---|---|---|---|")
+    ratios = []
+    for round_number in range(rounds):
+        order = (False, True) if round_number % 2 == 0 else (True, False)
+        rates = {
+            with_bm25: _insert_rate(
+                engine, with_bm25=with_bm25, bodies=bodies, vectors=vectors, batch=batch
+            )
+            for with_bm25 in order
+        }
+        ratios.append(rates[True] / rates[False])
+        print(
+            f"| {round_number + 1} | {rates[False]:.0f} | {rates[True]:.0f} | {ratios[-1]:.2f}x |"
+        )
+    print(
+        f"\nthroughput with BM25 statistics: median {statistics.median(ratios):.2f}x of without "
+        f"(range {min(ratios):.2f}x-{max(ratios):.2f}x)"
+    )
 
 
 def main() -> None:
@@ -189,16 +212,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--write-rows", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-writes", action="store_true")
+    parser.add_argument("--skip-queries", action="store_true")
     args = parser.parse_args()
     with database() as url:
         engine = create_engine(url)
         try:
-            query_benchmark(
-                engine, [int(s) for s in args.sizes.split(",")], args.words, args.queries
-            )
+            if not args.skip_queries:
+                query_benchmark(
+                    engine, [int(s) for s in args.sizes.split(",")], args.words, args.queries
+                )
             if not args.skip_writes:
-                write_benchmark(engine, args.write_rows, args.batch)
+                write_benchmark(engine, args.write_rows, args.batch, args.rounds)
         finally:
             engine.dispose()
 

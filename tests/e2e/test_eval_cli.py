@@ -95,19 +95,29 @@ def test_eval_sweep_draws_the_trade_offs(vecorm_url: URL, tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.skipif(not local_model_available(), reason="needs vecorm[local]")
 def test_eval_with_the_local_model_on_a_subset(vecorm_url: URL, tmp_path: Path) -> None:
+    # Every test query and 1,000 documents (the 339 judged ones first): the goals
+    # that do not depend on the corpus size, checked on the real model. The benchmark
+    # (benchmarks/retrieval.py) runs the whole corpus for the absolute numbers.
     out = tmp_path / "numbers.json"
     run(
         str(SCIFACT),
-        *("--embedder", "local", "--max-queries", "100", "--max-docs", "400"),
+        *("--embedder", "local", "--max-docs", "1000"),
         *("--json", str(out), "--cache-dir", str(tmp_path / "cache")),
         *("--database-url", url_text(vecorm_url), "--no-progress"),
     )
-    modes = json.loads(out.read_text())["modes"]
+    numbers = json.loads(out.read_text())
+    assert numbers["queries"] == 300 and numbers["documents"] == 1000
+    modes = numbers["modes"]
     ndcg = {name: mode["metrics"]["nDCG@10"] for name, mode in modes.items()}
-    # Fusion of BM25 and the embedding beats both arms; HNSW matches exact search.
-    assert ndcg["blend"] > max(ndcg["dense"], ndcg["bm25"])
+    best_single = max(ndcg["dense"], ndcg["dense_hnsw"], ndcg["bm25"])
+    # The default hybrid beats the best single mode by 0.03 or more, significantly; measured
+    # here: blend 0.851, BM25 0.803, dense 0.796, p = 0.0005 against dense.
+    assert ndcg["blend"] >= best_single + 0.03, ndcg
+    assert modes["blend"]["p_value"] < 0.01
+    assert ndcg["rrf"] > best_single
     assert abs(ndcg["dense_hnsw"] - ndcg["dense"]) <= 0.005
-    assert ndcg["bm25"] > ndcg["ts_rank"]
+    assert ndcg["bm25"] >= ndcg["ts_rank"] + 0.05
+    assert ndcg["seed_blend"] < ndcg["blend"] - 0.03
 
 
 def test_eval_refuses_a_wrong_mode(tmp_path: Path) -> None:
