@@ -132,6 +132,8 @@ def _hybrid(method: Literal["blend", "rrf"], **options: Any) -> ModeFunction:
 
 rrf_mode = _hybrid("rrf")
 blend_mode = _hybrid("blend")
+#: The blend as classic top-k fusion: a row one arm missed counts as that arm's worst.
+blend_topk_mode = _hybrid("blend", missing="worst")
 
 #: Mode name -> statement builder, in the order the table prints them.
 MODES: dict[str, ModeFunction] = {
@@ -141,6 +143,7 @@ MODES: dict[str, ModeFunction] = {
     "ts_rank": ts_rank_mode,
     "seed_blend": seed_blend,
     "rrf": rrf_mode,
+    "blend_topk": blend_topk_mode,
     "blend": blend_mode,
 }
 BASELINE = "dense"

@@ -292,6 +292,26 @@ def test_completed_scores_reach_rows_one_arm_missed(session: Session) -> None:
         hybrid_search(Ticket, query, missing="zero")  # type: ignore[arg-type]
 
 
+class CandidatesOnly:
+    """A user's lexical arm that cannot score given rows (no ``scores_of``)."""
+
+    def candidates(self, model: type, text: str, *, where: list, depth: int) -> object:  # type: ignore[type-arg]
+        return BM25Arm().candidates(model, text, where=where, depth=depth)
+
+
+def test_an_arm_without_scores_of_leaves_zero(session: Session) -> None:
+    vector = EMBEDDER.embed(["General note 3 about vacuum, ERR_DISK_RESTART at the gateway"])[0]
+    query = "ERR_DNS_RESET gateway"
+    stmt = Ticket.hybrid_search(query, k=20, depth=10, vector=vector, lexical=CandidatesOnly())
+    rows = session.execute(stmt).all()
+    semantic_only = [row for row in rows if row.text_rank is None]
+    assert semantic_only and {row.text_score for row in semantic_only} == {0.0}
+    # Some of them do match: a completing arm would have scored them.
+    completing = Ticket.hybrid_search(query, k=20, depth=10, vector=vector)  # BM25Arm
+    scored = {row[0].id: row.text_score for row in session.execute(completing)}
+    assert any(scored.get(row[0].id, 0.0) > 0 for row in semantic_only)
+
+
 @pytest.mark.parametrize("missing", ["score", "worst"])
 def test_theoretical_normalisation_equals_a_python_recomputation(
     session: Session, missing: str
