@@ -168,10 +168,10 @@ def _completed(
     query: QueryInput,
     distance: Distance | str | None,
 ) -> Subquery:
-    """``joined``'s rows with both scores for every row: the distance of a row that only the
-    lexical arm found, computed on its stored vector; the lexical score of a row that only the
-    semantic arm found, from the arm's ``scores_of`` (0 when it matches no query term, or when
-    the arm cannot score given rows). Other columns pass through."""
+    """The fused candidates with both scores for every row: the distance of a row that only
+    the lexical arm found, computed on its stored vector; the lexical score of a row that only
+    the semantic arm found, from the arm's ``scores_of`` (0 when it matches no query term, or
+    when the arm cannot score given rows)."""
     fused = joined.cte("fused")
     count = len(primary_key_columns(model))
     fused_keys = [fused.c[f"pk_{i}"] for i in range(count)]
@@ -185,15 +185,16 @@ def _completed(
             found, _key_match(fused_keys, [found.c[f"pk_{i}"] for i in range(count)])
         )
         completed_text = func.coalesce(completed_text, found.c.score)
-    completed_distance = func.coalesce(
-        fused.c.distance, distance_expression(model, query, distance=distance)
-    )
-    columns = {
-        "distance": completed_distance,
-        "text_score": func.coalesce(completed_text, literal(0.0, Float)),
-    }
     return (
-        select(*(columns.get(c.key, c).label(c.key) for c in fused.c))
+        select(
+            *fused_keys,
+            func.coalesce(
+                fused.c.distance, distance_expression(model, query, distance=distance)
+            ).label("distance"),
+            func.coalesce(completed_text, literal(0.0, Float)).label("text_score"),
+            fused.c.semantic_rank,
+            fused.c.text_rank,
+        )
         .select_from(source)
         .subquery("completed")
     )
@@ -272,13 +273,13 @@ def hybrid_search(
         semantic.c.rank.label("semantic_rank"),
         lexical_ranked.c.rank.label("text_rank"),
     ).select_from(semantic.join(lexical_ranked, _key_match(semantic_keys, lexical_keys), full=True))
-    fused: Subquery
+    candidates = (
+        _completed(model, joined, arm, text, query, distance)
+        if missing == "score"
+        else joined.subquery("fused")
+    )
+    candidate_keys = [candidates.c[f"pk_{i}"] for i in range(len(keys))]
     if method == "blend":
-        candidates = (
-            _completed(model, joined, arm, text, query, distance)
-            if missing == "score"
-            else joined.subquery("fused")
-        )
         theoretical = normalization == "theoretical"
         semantic_floor = _distance_floor(model, distance) if theoretical else None
         lexical_floor = 0.0 if theoretical else None
@@ -287,32 +288,21 @@ def hybrid_search(
         ) + literal(1.0 - semantic_weight) * _normalised(
             candidates.c.text_score, lower_is_better=False, floor=lexical_floor
         )
-        fused = select(
-            *(candidates.c[f"pk_{i}"] for i in range(len(keys))),
-            combined.label("score"),
-            candidates.c.distance,
-            candidates.c.text_score,
-            candidates.c.semantic_rank,
-            candidates.c.text_rank,
-        ).subquery("fused_scores")
     else:
-        # Weights 2w and 2(1 - w): w = 0.5 is textbook RRF. Ranks alone decide, so only the
-        # k best rows need their missing score completed.
-        ranks = joined.subquery("fused")
-        rank_keys = [ranks.c[f"pk_{i}"] for i in range(len(keys))]
+        # Weights 2w and 2(1 - w): w = 0.5 is textbook RRF.
         combined = func.coalesce(
-            literal(2.0 * semantic_weight) / (rrf_k + ranks.c.semantic_rank), 0.0
-        ) + func.coalesce(literal(2.0 * (1.0 - semantic_weight)) / (rrf_k + ranks.c.text_rank), 0.0)
-        best = (
-            select(*rank_keys, combined.label("score"), *(c for c in ranks.c if c not in rank_keys))
-            .order_by(combined.desc(), *rank_keys)
-            .limit(k)
+            literal(2.0 * semantic_weight) / (rrf_k + candidates.c.semantic_rank), 0.0
+        ) + func.coalesce(
+            literal(2.0 * (1.0 - semantic_weight)) / (rrf_k + candidates.c.text_rank), 0.0
         )
-        fused = (
-            _completed(model, best, arm, text, query, distance)
-            if missing == "score"
-            else best.subquery("fused_scores")
-        )
+    fused = select(
+        *candidate_keys,
+        combined.label("score"),
+        candidates.c.distance,
+        candidates.c.text_score,
+        candidates.c.semantic_rank,
+        candidates.c.text_rank,
+    ).subquery("fused_scores")
     score = fused.c.score.label("score")
     stmt = (
         select(
