@@ -292,6 +292,24 @@ def test_completed_scores_reach_rows_one_arm_missed(session: Session) -> None:
         hybrid_search(Ticket, query, missing="zero")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mode", ["any", "all", "phrase", "websearch"])
+def test_completion_follows_the_lexical_mode(session: Session, mode: str) -> None:
+    # A semantic-only row gets the BM25 score the arm's mode gives it: 0 unless it matches.
+    vector = EMBEDDER.embed(["General note 3 about vacuum, ERR_DISK_RESTART at the gateway"])[0]
+    query = '"from the gateway" ERR_DNS_RESET' if mode == "websearch" else "the gateway"
+    arm = BM25Arm(mode=mode)  # type: ignore[arg-type]
+    rows = session.execute(
+        Ticket.hybrid_search(query, k=30, depth=10, vector=vector, lexical=arm)
+    ).all()
+    every = {
+        row.pk_0: row.score
+        for row in session.execute(arm.candidates(Ticket, query, where=[], depth=10_000))
+    }
+    assert any(row.text_rank is None for row in rows)
+    for row in rows:
+        assert row.text_score == pytest.approx(every.get(row[0].id, 0.0))
+
+
 class CandidatesOnly:
     """A user's lexical arm that cannot score given rows (no ``scores_of``)."""
 
