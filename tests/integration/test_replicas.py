@@ -213,3 +213,49 @@ def test_replica_lag_and_read_your_writes(engines: tuple[Engine, Engine]) -> Non
         assert waited < 10
         found = [row[0].id for row in session.execute(Note.nearest(query, k=2))]
         assert session.info[ROUTE_OPTION] == "replica" and sorted(found) == [2, 3]
+
+
+async def test_async_sessions_route_like_sync_ones(
+    servers: tuple[URL, URL], engines: tuple[Engine, Engine]
+) -> None:
+    # AsyncSession runs RoutingSession as its sync session: get_bind picks among the async
+    # engines' sync faces, and the replay checks run inside SQLAlchemy's greenlet bridge.
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    primary_sync, replica_sync = engines
+    primary = vecorm.create_async_engine(servers[0])
+    replica = vecorm.create_async_engine(servers[1])
+    factory = async_sessionmaker(
+        sync_session_class=RoutingSession,
+        primary=primary.sync_engine,
+        replicas=[replica.sync_engine],
+        expire_on_commit=False,
+    )
+    vectors = FakeEmbedder(DIMS).embed([f"note {i}" for i in range(4)])
+    try:
+        async with factory() as session:
+            session.add_all(Note(id=i, body=f"note {i}", embedding=vectors[i]) for i in range(3))
+            await session.commit()
+            assert session.info[ROUTE_OPTION] == "primary"
+            wait_for_replay(primary_sync, replica_sync)
+            rows = (await session.execute(Note.nearest(vectors[1], k=1))).all()
+            assert session.info[ROUTE_OPTION] == "replica" and rows[0][0].id == 1
+            hybrid = await session.execute(Note.hybrid_search("note", k=3, vector=vectors[2]))
+            assert session.info[ROUTE_OPTION] == "replica"
+            assert hybrid.all()[0][0].id == 2
+            # Read your writes: with replay paused, this session's searches stay on the primary.
+            with replica_sync.connect() as conn:
+                conn.execute(text("SELECT pg_wal_replay_pause()"))
+            session.add(Note(id=3, body="note 3", embedding=vectors[3]))
+            await session.commit()
+            rows = (await session.execute(Note.nearest(vectors[3], k=1))).all()
+            assert session.info[ROUTE_OPTION] == "primary (the replica is behind this session)"
+            assert rows[0][0].id == 3
+            with replica_sync.connect() as conn:
+                conn.execute(text("SELECT pg_wal_replay_resume()"))
+            wait_for_replay(primary_sync, replica_sync)
+            rows = (await session.execute(Note.nearest(vectors[3], k=1))).all()
+            assert session.info[ROUTE_OPTION] == "replica" and rows[0][0].id == 3
+    finally:
+        await primary.dispose()
+        await replica.dispose()
