@@ -63,6 +63,7 @@ from vecorm.query import (
     nearest_candidates,
     primary_key_columns,
     query_vector,
+    row_limit,
 )
 from vecorm.textsearch import Ranking, lexical_arm
 
@@ -315,7 +316,7 @@ def hybrid_search(
         )
         .join(fused, _key_match(keys, [fused.c[f"pk_{i}"] for i in range(len(keys))]))
         .order_by(score.desc(), *keys)
-        .limit(k)
+        .limit(row_limit(k))
     )
     from vecorm.mixin import search_config
 

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
 from sqlalchemy.sql.elements import ColumnElement
 
 from vecorm.errors import ConfigurationError
-from vecorm.query import primary_key_columns
+from vecorm.query import primary_key_columns, row_limit
 
 Mode = Literal["any", "all", "phrase", "websearch"]
 Ranking = Literal["bm25", "ts_rank", "ts_rank_cd"]
@@ -178,7 +178,7 @@ class TsRankArm:
             select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
             .where(matches(model, query), *where)
             .order_by(score.desc(), *keys)
-            .limit(depth)
+            .limit(row_limit(depth))
         )
 
     def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
@@ -258,7 +258,7 @@ def text_search(
             select(model, ranked.c.score)
             .join(ranked, and_(*(key == ranked.c[f"pk_{i}"] for i, key in enumerate(keys))))
             .order_by(ranked.c.score.desc(), *keys)
-            .limit(k)
+            .limit(row_limit(k))
         )
     if k1 is not None or b is not None:
         raise ConfigurationError("k1 and b apply to ranking='bm25'")
@@ -274,5 +274,5 @@ def text_search(
         select(model, score)
         .where(matches(model, query))
         .order_by(score.desc(), *primary_key_columns(model))
-        .limit(k)
+        .limit(row_limit(k))
     )

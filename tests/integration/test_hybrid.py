@@ -410,6 +410,10 @@ def test_one_statement_using_both_indexes(session: Session, vecorm_engine: Engin
         event.remove(vecorm_engine, "before_cursor_execute", record)
     assert len(statements) == 1
     assert "FULL OUTER JOIN" in statements[0]
+    # LIMITs reach the server as numbers: psycopg prepares a statement after five runs, and
+    # a generic plan with "LIMIT $n" guessed a tenth of the table and scanned it instead of
+    # using the HNSW index (measured on SciFact: 21 ms instead of 11).
+    assert "LIMIT 100" in statements[0] and "LIMIT %(" not in statements[0]
     # 130 rows: disable sequential scans so the plan shows what it can use.
     session.execute(text("SET LOCAL enable_seqscan = off"))
     used = indexes_used(session, Ticket.hybrid_search("error 0x80070057", k=5))

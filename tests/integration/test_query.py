@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -440,7 +441,11 @@ def test_statement_settings_follow_the_model_config() -> None:
     deep = Doc.nearest([0.0] * DIMS, k=300).get_execution_options()
     assert deep["vecorm_hnsw_ef_search"] == 300
     ivf = L2Doc.nearest([0.0] * DIMS).get_execution_options()
-    assert ivf == {"vecorm_ivfflat_iterative_scan": "relaxed_order", "vecorm_ivfflat_probes": 2}
+    assert ivf == {
+        "vecorm_ivfflat_iterative_scan": "relaxed_order",
+        "vecorm_ivfflat_probes": 2,
+        "vecorm_plan_cache_mode": "force_custom_plan",
+    }
 
 
 # --------------------------------------------------------------------------- filtered search
@@ -537,3 +542,36 @@ def test_filtered_search_keeps_its_promise(vecorm_engine: Engine) -> None:
         used = assert_index_used(session, stmt, "ix_filtered_category")
         assert "ix_filtered_embedding_hnsw" not in used
         assert assert_recall(session, stmt, at_least=1.0, k=10) == 1.0
+
+    # psycopg prepares a statement after its fifth run; vecorm's searches still get plans
+    # made with their parameters (plan_cache_mode = force_custom_plan, per statement). A
+    # generic plan cannot see that 'rare' is 1% and walks the graph instead.
+    with Session(vecorm_engine) as session, session.begin():
+        custom = _executed_plans(session, stmt, runs=8)
+        assert all("ix_filtered_category" in plan for plan in custom)
+        generic = stmt.execution_options(vecorm_plan_cache_mode="force_generic_plan")
+        plans = _executed_plans(session, generic, runs=8)
+        assert "ix_filtered_embedding_hnsw" in plans[-1]  # prepared by now: generic
+
+
+def _executed_plans(session: Session, stmt: Any, *, runs: int) -> list[str]:
+    """The plan of each of ``runs`` executions of ``stmt`` on one connection (auto_explain)."""
+    raw = session.connection().connection.dbapi_connection
+    assert raw is not None
+    plans: list[str] = []
+
+    def keep(diagnostic: Any) -> None:
+        if "plan:" in diagnostic.message_primary:
+            plans.append(diagnostic.message_primary)
+
+    raw.add_notice_handler(keep)  # type: ignore[attr-defined]
+    try:
+        session.execute(text("LOAD 'auto_explain'"))
+        session.execute(text("SET LOCAL auto_explain.log_min_duration = 0"))
+        session.execute(text("SET LOCAL auto_explain.log_level = notice"))
+        for _ in range(runs):
+            session.execute(stmt).all()
+        session.execute(text("SET LOCAL auto_explain.log_min_duration = -1"))
+    finally:
+        raw.remove_notice_handler(keep)  # type: ignore[attr-defined]
+    return [plan for plan in plans if "FROM filtered" in plan]
