@@ -119,7 +119,10 @@ def main() -> None:
                 where=False,
                 **search_options(ef_search=ef_search),
             )
-        run("plain HNSW (iterative scan off)", **search_options(iterative_scan="off"))
+        run(
+            "plain HNSW (pgvector defaults)",
+            **search_options(ef_search=40, iterative_scan="off", plan_cache_mode="auto"),
+        )
         for ef_search in (40, 100, 200, 400):
             run(f"relaxed iterative, ef_search {ef_search}", **search_options(ef_search=ef_search))
         run(
