@@ -72,7 +72,6 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
-    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
@@ -85,6 +84,7 @@ from sqlalchemy.sql.selectable import CompoundSelect
 
 from vecorm.config import BM25, SearchConfig
 from vecorm.errors import ConfigurationError
+from vecorm.query import keys_equal, keys_in, row_limit
 
 Mode = Literal["any", "all", "phrase", "websearch"]
 MODES: tuple[str, ...] = ("any", "all", "phrase", "websearch")
@@ -730,8 +730,7 @@ def scores(
         .group_by(*key_columns)
     )
     if only is not None:
-        chosen = key_columns[0] if len(key_columns) == 1 else tuple_(*key_columns)
-        exhaustive = exhaustive.where(chosen.in_(only))
+        exhaustive = exhaustive.where(keys_in(key_columns, only))
     if mode == "all":
         exhaustive = exhaustive.having(
             func.count() == select(func.count()).select_from(query).scalar_subquery()
@@ -761,15 +760,13 @@ def scores(
         from vecorm.textsearch import matches, tsquery_expression
 
         table_keys = _keys(tables.table, names)
-        stmt = stmt.join(
-            tables.table, and_(*(a == b for a, b in zip(table_keys, keys, strict=True)))
-        ).where(*where)
+        stmt = stmt.join(tables.table, keys_equal(table_keys, keys)).where(*where)
         if mode in ("phrase", "websearch"):
             stmt = stmt.where(
                 matches(model, tsquery_expression(text, language=language, mode=mode))
             )
     stmt = stmt.order_by(score.desc(), *keys)
-    return stmt if only is not None else stmt.limit(_integer(depth))
+    return stmt if only is not None else stmt.limit(row_limit(depth))
 
 
 @dataclass(frozen=True)

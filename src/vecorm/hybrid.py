@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Float, Select, and_, case, func, literal, select
+from sqlalchemy import Float, Select, case, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
@@ -60,6 +60,7 @@ from vecorm.query import (
     QueryInput,
     distance_expression,
     index_search_options,
+    keys_equal,
     nearest_candidates,
     primary_key_columns,
     query_vector,
@@ -157,10 +158,6 @@ def _distance_floor(model: Any, distance: Distance | str | None) -> float | None
     return 2.0 if metric_of(model, distance) is Distance.COSINE else None
 
 
-def _key_match(left: Sequence[Any], right: Sequence[Any]) -> ColumnElement[bool]:
-    return and_(*(a == b for a, b in zip(left, right, strict=True)))
-
-
 def _completed(
     model: Any,
     joined: Select[Any],
@@ -177,13 +174,13 @@ def _completed(
     count = len(primary_key_columns(model))
     fused_keys = [fused.c[f"pk_{i}"] for i in range(count)]
     completed_text: ColumnElement[Any] = fused.c.text_score
-    source: Any = fused.join(model, _key_match(primary_key_columns(model), fused_keys))
+    source: Any = fused.join(model, keys_equal(primary_key_columns(model), fused_keys))
     scores_of = getattr(arm, "scores_of", None)
     if scores_of is not None:
         lacking = select(*fused_keys).where(fused.c.text_score.is_(None))
         found = scores_of(model, text, keys=lacking).subquery("lexical_completion")
         source = source.outerjoin(
-            found, _key_match(fused_keys, [found.c[f"pk_{i}"] for i in range(count)])
+            found, keys_equal(fused_keys, [found.c[f"pk_{i}"] for i in range(count)])
         )
         completed_text = func.coalesce(completed_text, found.c.score)
     return (
@@ -273,7 +270,7 @@ def hybrid_search(
         lexical_ranked.c.value.label("text_score"),
         semantic.c.rank.label("semantic_rank"),
         lexical_ranked.c.rank.label("text_rank"),
-    ).select_from(semantic.join(lexical_ranked, _key_match(semantic_keys, lexical_keys), full=True))
+    ).select_from(semantic.join(lexical_ranked, keys_equal(semantic_keys, lexical_keys), full=True))
     candidates = (
         _completed(model, joined, arm, text, query, distance)
         if missing == "score"
@@ -314,7 +311,7 @@ def hybrid_search(
             fused.c.semantic_rank,
             fused.c.text_rank,
         )
-        .join(fused, _key_match(keys, [fused.c[f"pk_{i}"] for i in range(len(keys))]))
+        .join(fused, keys_equal(keys, [fused.c[f"pk_{i}"] for i in range(len(keys))]))
         .order_by(score.desc(), *keys)
         .limit(row_limit(k))
     )

@@ -51,6 +51,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    and_,
     bindparam,
     cast,
     column,
@@ -651,6 +652,18 @@ def primary_key_columns(model: Any) -> tuple[ColumnElement[Any], ...]:
     """The mapped primary-key columns of ``model``, in order."""
     mapper = inspect(model)
     return tuple(mapper.primary_key)
+
+
+def keys_equal(left: Sequence[Any], right: Sequence[Any]) -> ColumnElement[bool]:
+    """``left_0 = right_0 AND ...``: the join condition of two (composite) keys."""
+    return and_(*(a == b for a, b in zip(left, right, strict=True)))
+
+
+def keys_in(keys: Sequence[Any], rows: Select[Any]) -> ColumnElement[bool]:
+    """``key IN (rows)``, or ``(key_0, key_1) IN (rows)`` for a composite key."""
+    chosen = keys[0] if len(keys) == 1 else tuple_(*keys)
+    condition: ColumnElement[bool] = chosen.in_(rows)
+    return condition
 
 
 def nearest(

@@ -33,12 +33,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import REAL, Select, Text, and_, bindparam, cast, func, literal, select, tuple_
+from sqlalchemy import REAL, Select, Text, bindparam, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
 from sqlalchemy.sql.elements import ColumnElement
 
 from vecorm.errors import ConfigurationError
-from vecorm.query import primary_key_columns, row_limit
+from vecorm.query import keys_equal, keys_in, primary_key_columns, row_limit
 
 Mode = Literal["any", "all", "phrase", "websearch"]
 Ranking = Literal["bm25", "ts_rank", "ts_rank_cd"]
@@ -161,10 +161,8 @@ class TsRankArm:
     normalization: int = DEFAULT_NORMALIZATION
     weights: Mapping[str, float] | Sequence[float] | None = field(default=None, compare=False)
 
-    def candidates(
-        self, model: Any, text: str, *, where: Sequence[ColumnElement[bool]], depth: int
-    ) -> Select[Any]:
-        """``pk_0.., score`` of the ``depth`` best matches under ``where``, best first."""
+    def _matching(self, model: Any, text: str) -> tuple[Select[Any], ColumnElement[Any]]:
+        """``pk_0.., score`` of every match, and the score column."""
         query = tsquery_expression(text, language=_language(model), mode=self.mode)
         score = rank_expression(
             model.search_vector,
@@ -174,19 +172,24 @@ class TsRankArm:
             weights=self.weights,
         ).label("score")
         keys = primary_key_columns(model)
+        stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
+        return stmt.where(matches(model, query)), score
+
+    def candidates(
+        self, model: Any, text: str, *, where: Sequence[ColumnElement[bool]], depth: int
+    ) -> Select[Any]:
+        """``pk_0.., score`` of the ``depth`` best matches under ``where``, best first."""
+        stmt, score = self._matching(model, text)
         return (
-            select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
-            .where(matches(model, query), *where)
-            .order_by(score.desc(), *keys)
+            stmt.where(*where)
+            .order_by(score.desc(), *primary_key_columns(model))
             .limit(row_limit(depth))
         )
 
     def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
         """``pk_0.., score`` of the rows in ``keys`` that match ``text`` (the others score 0)."""
-        candidates = self.candidates(model, text, where=(), depth=1)
-        table_keys = primary_key_columns(model)
-        chosen = table_keys[0] if len(table_keys) == 1 else tuple_(*table_keys)
-        return candidates.limit(None).order_by(None).where(chosen.in_(keys))
+        stmt, _ = self._matching(model, text)
+        return stmt.where(keys_in(primary_key_columns(model), keys))
 
 
 def _check_ranking(ranking: str) -> None:
@@ -256,7 +259,7 @@ def text_search(
         keys = primary_key_columns(model)
         return (
             select(model, ranked.c.score)
-            .join(ranked, and_(*(key == ranked.c[f"pk_{i}"] for i, key in enumerate(keys))))
+            .join(ranked, keys_equal(keys, [ranked.c[f"pk_{i}"] for i in range(len(keys))]))
             .order_by(ranked.c.score.desc(), *keys)
             .limit(row_limit(k))
         )
