@@ -33,6 +33,7 @@ from vecorm.errors import (
 )
 from vecorm.evaluation import EvaluationReport, evaluate
 from vecorm.events import install, installed_embedder, is_installed, uninstall
+from vecorm.grants import grant_access
 from vecorm.hybrid import hybrid_search
 from vecorm.index_build import IndexBuildMemoryWarning, build_model_index
 from vecorm.mixin import Searchable, search_config
@@ -92,6 +93,7 @@ __all__ = [
     "database",
     "database_url",
     "evaluate",
+    "grant_access",
     "hybrid_search",
     "install",
     "install_search_settings",

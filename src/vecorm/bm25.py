@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,16 +74,20 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.schema import SchemaItem
 from sqlalchemy.sql.selectable import CompoundSelect
 
+from vecorm import catalog
+from vecorm.catalog import pg
 from vecorm.config import BM25, SearchConfig
-from vecorm.errors import ConfigurationError
+from vecorm.errors import ConfigurationError, VecormError
 from vecorm.query import keys_equal, keys_in, row_limit
 
 Mode = Literal["any", "all", "phrase", "websearch"]
@@ -264,25 +268,39 @@ def attach(table: Table, config: SearchConfig) -> BM25Tables:
 
 def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
     tables = _tables_of(target)
-    if tables is not None:
-        # ``Model.__table__.create()`` or ``create_all(tables=[...])`` without the side
-        # tables: make them here; a create_all that includes them makes them itself.
-        for side in _not_in_this_run(tables, kw):
-            side.create(connection, checkfirst=True)
-        for statement in create_statements(tables, with_replica_identity=False):
-            connection.exec_driver_sql(statement)
+    if tables is None:
+        return
+    schema = table_schema(connection, target)
+    sql = _Sql(tables, schema)
+    # Side tables left by a ``DROP TABLE ... CASCADE`` (PostgreSQL cannot drop them with
+    # their table) describe rows that are gone: the new table starts empty, so must they.
+    leftovers = [
+        side
+        for side in (sql.postings, sql.terms, sql.deltas)
+        if connection.execute(_EXISTS, {"name": side}).scalar() is not None
+    ]
+    if leftovers:
+        connection.exec_driver_sql(f"TRUNCATE {', '.join(leftovers)}")
+    # ``Model.__table__.create()`` or ``create_all(tables=[...])`` without the side
+    # tables: make them here; a create_all that includes them makes them itself.
+    for side_table in _not_in_this_run(tables, kw):
+        side_table.create(connection, checkfirst=True)
+    for statement in create_statements(tables, schema, with_replica_identity=False):
+        connection.exec_driver_sql(statement)
+    connection.exec_driver_sql(f"SELECT pg_catalog.setval({sql.regclass(sql.avgdl)}, 0, true)")
 
 
 def _postings_created(target: Table, connection: Connection, **_: Any) -> None:
     for tables in _registry.values():
         if tables.postings is target:
-            connection.exec_driver_sql(replica_identity_statement(tables))
+            statement = replica_identity_statement(tables, table_schema(connection, target))
+            connection.exec_driver_sql(statement)
 
 
 def _drop_ddl(target: Table, connection: Connection, **_: Any) -> None:
     tables = _tables_of(target)
     if tables is not None:
-        for statement in drop_statements(tables):
+        for statement in drop_statements(tables, table_schema(connection, target)):
             connection.exec_driver_sql(statement)
 
 
@@ -306,26 +324,69 @@ def _not_in_this_run(tables: BM25Tables, kw: Mapping[str, Any]) -> list[Table]:
 
 
 # --------------------------------------------------------------------------- trigger SQL
+#
+# Every function vecorm creates pins ``search_path = pg_catalog, pg_temp`` (PostgreSQL's advice
+# for functions run on behalf of other roles): unqualified functions and operators then resolve
+# in pg_catalog only (pg_temp is never searched for them), so no role that can create objects on
+# a writer's search_path can slip an overload in. Tables are schema-qualified, with the schema
+# the table lives in (resolved when the DDL runs, see :func:`table_schema`), and so are the
+# functions called. Writers only *append* to the side tables and never read shared counts, so
+# unrelated SERIALIZABLE writers never conflict through vecorm.
+
+SEARCH_PATH = "pg_catalog, pg_temp"
 
 
 def _number(value: float) -> str:
     return repr(float(value))
 
 
-class _Sql:
-    """Text of the trigger functions for one table (identifiers quoted, constants literal)."""
+_SCHEMA_OF = sql_text(
+    "SELECT n.nspname FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:name)"
+)
+_EXISTS = sql_text("SELECT pg_catalog.to_regclass(:name)")
 
-    def __init__(self, tables: BM25Tables) -> None:
+
+def table_schema(connection: Connection, table: Table) -> str:
+    """The schema ``table`` lives in on ``connection`` (its own, or the one the connection's
+    ``search_path`` resolves it to, else the connection's current schema)."""
+    if table.schema:
+        return table.schema
+    found = connection.execute(_SCHEMA_OF, {"name": _PREPARER.quote(table.name)}).scalar()
+    if found is None:
+        found = connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
+    if found is None:
+        raise ConfigurationError(
+            f"table {table.name!r}: no schema to create its BM25 functions in (the "
+            "search_path names no existing schema); give the model a schema"
+        )
+    return str(found)
+
+
+class _Sql:
+    """Text of the trigger functions for one table (identifiers quoted and schema-qualified,
+    functions qualified, constants literal)."""
+
+    def __init__(self, tables: BM25Tables, schema: str) -> None:
         self.t = tables
-        self.table = tables.qualified(tables.table.name)
-        self.postings = tables.qualified(tables.postings.name)
-        self.terms = tables.qualified(tables.terms.name)
-        self.deltas = tables.qualified(tables.deltas.name)
-        self.statements = tables.qualified(f"{tables.table.name}_bm25_statements")
+        self.schema = schema
+        self.table = self.qualified(tables.table.name)
+        self.postings = self.qualified(tables.postings.name)
+        self.terms = self.qualified(tables.terms.name)
+        self.deltas = self.qualified(tables.deltas.name)
+        self.statements = self.qualified(f"{tables.table.name}_bm25_statements")
+        self.avgdl = self.qualified(f"{tables.table.name}_bm25_avgdl")
         self.keys = [_PREPARER.quote(key) for key in tables.keys]
         self.vector = _PREPARER.quote(tables.config.tsvector_column)
         self.k1 = _number(tables.settings.k1)
         self.b = _number(tables.settings.b)
+
+    def qualified(self, name: str) -> str:
+        return f"{_PREPARER.quote_schema(self.schema)}.{_PREPARER.quote(name)}"
+
+    def regclass(self, qualified: str) -> str:
+        return "'" + qualified.replace("'", "''") + "'::pg_catalog.regclass"
 
     def key_list(self, alias: str) -> str:
         return ", ".join(f"{alias}.{key}" for key in self.keys)
@@ -336,28 +397,41 @@ class _Sql:
     @staticmethod
     def tf(alias: str) -> str:
         # A stripped tsvector has no positions: count the lexeme once.
-        return f"coalesce(array_length({alias}.positions, 1), 1)"
+        return f"coalesce(pg_catalog.array_length({alias}.positions, 1), 1)"
 
     def doc_length(self, alias: str) -> str:
-        return f"(SELECT coalesce(sum({self.tf('u')}), 0) FROM unnest({alias}.{self.vector}) u)"
-
-    def add(self, source: str) -> str:
-        """Statements adding the documents of ``source`` (pk columns + tsvector)."""
-        avgdl = (
-            f"(SELECT CASE WHEN sum(df) > 0 AND sum(length) > 0 "
-            f"THEN sum(length)::float8 / sum(df) ELSE 1.0 END FROM ("
-            f"SELECT df, length FROM {self.terms} WHERE term = '' UNION ALL "
-            f"SELECT df, length FROM {self.deltas} WHERE term = '') c)"
+        return (
+            f"(SELECT coalesce(pg_catalog.sum({self.tf('u')}), 0) "
+            f"FROM pg_catalog.unnest({alias}.{self.vector}) u)"
         )
+
+    def counts(self, source: str, sign: str) -> str:
+        """Append the document count / total length and the per-lexeme document frequencies
+        of ``source`` to the deltas (``sign`` '-' removes); the totals go INTO batch_*."""
         return f"""
     INSERT INTO {self.deltas} (term, df, length)
-    SELECT '', count(*), coalesce(sum(x.dl), 0)
+    SELECT '', {sign}pg_catalog.count(*), {sign}coalesce(pg_catalog.sum(x.dl), 0)
     FROM (SELECT {self.doc_length("s")} AS dl FROM {source} s) x
-    HAVING count(*) > 0;
+    HAVING pg_catalog.count(*) > 0
+    RETURNING df, length INTO batch_documents, batch_length;
     INSERT INTO {self.deltas} (term, df, length)
-    SELECT u.lexeme, count(*), 0 FROM {source} s, unnest(s.{self.vector}) u
-    GROUP BY u.lexeme;
-    SELECT {avgdl} INTO avgdl;
+    SELECT u.lexeme, {sign}pg_catalog.count(*), 0
+    FROM {source} s, pg_catalog.unnest(s.{self.vector}) u
+    GROUP BY u.lexeme;"""
+
+    def add(self, source: str) -> str:
+        """Statements adding the documents of ``source`` (pk columns + tsvector).
+
+        The postings' ``impact`` only orders a term's postings for pruning (scores are exact
+        whatever it holds), so it takes the average length from a hint that compaction keeps
+        in a sequence (a sequence is read without a predicate lock), or from this batch."""
+        return f"""{self.counts(source, "")}
+    SELECT CASE WHEN h.last_value > 0 THEN h.last_value::float8 / 1000.0 END
+      INTO avgdl FROM {self.avgdl} h;
+    IF avgdl IS NULL THEN
+      avgdl := CASE WHEN batch_length > 0 THEN batch_length::float8 / batch_documents
+                    ELSE 1.0 END;
+    END IF;
 {self.postings_insert(source)}"""
 
     def postings_insert(self, source: str) -> str:
@@ -370,110 +444,137 @@ class _Sql:
     SELECT {self.key_list("d")}, u.lexeme, {self.tf("u")}, d.dl,
            ({self.tf("u")} * ({self.k1} + 1.0)) / ({self.tf("u")}
              + {self.k1} * (1.0 - {self.b} + {self.b} * d.dl / avgdl))
-    FROM d CROSS JOIN LATERAL unnest(d.vector) u;"""
+    FROM d CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
 
     def remove(self, source: str) -> str:
         """Statements removing the documents of ``source`` (as they were stored)."""
-        return f"""
-    INSERT INTO {self.deltas} (term, df, length)
-    SELECT '', -count(*), -coalesce(sum(x.dl), 0)
-    FROM (SELECT {self.doc_length("s")} AS dl FROM {source} s) x
-    HAVING count(*) > 0;
-    INSERT INTO {self.deltas} (term, df, length)
-    SELECT u.lexeme, -count(*), 0 FROM {source} s, unnest(s.{self.vector}) u
-    GROUP BY u.lexeme;
+        return f"""{self.counts(source, "-")}
     DELETE FROM {self.postings} p USING {source} s WHERE {self.key_match("p", "s")};"""
 
-    def compact(self) -> str:
-        """Fold the deltas into the terms table: sorted upsert, one compactor at a time,
-        nobody waits (skipped when another transaction is compacting)."""
+    def fold(self) -> str:
+        """Fold the deltas this transaction sees into the terms table (sorted upsert), then
+        refresh the average-length hint."""
         return f"""
-    IF current_setting('transaction_isolation') = 'read committed'
-       AND pg_try_advisory_xact_lock({self.t.lock_key}) THEN
       WITH moved AS (DELETE FROM {self.deltas} RETURNING term, df, length)
       INSERT INTO {self.terms} AS t (term, df, length)
-      SELECT term, sum(df), sum(length) FROM moved GROUP BY term ORDER BY term
+      SELECT term, pg_catalog.sum(df), pg_catalog.sum(length) FROM moved
+      GROUP BY term ORDER BY term
       ON CONFLICT (term) DO UPDATE
         SET df = t.df + excluded.df, length = t.length + excluded.length;
       DELETE FROM {self.terms} WHERE df = 0 AND term <> '';
+{self.refresh_hint()}"""
+
+    def refresh_hint(self) -> str:
+        return f"""      PERFORM pg_catalog.setval({self.regclass(self.avgdl)},
+        coalesce((SELECT pg_catalog.round(1000.0 * length / df)::bigint FROM {self.terms}
+                  WHERE term = '' AND df > 0), 0), true);"""
+
+    def compaction(self) -> str:
+        """Every COMPACT_EVERY-th writing statement compacts, unless another transaction is
+        compacting (nobody waits). At REPEATABLE READ / SERIALIZABLE a compaction that
+        committed after this transaction's snapshot makes the fold fail; the fold then rolls
+        back alone (a subtransaction) and a later statement compacts."""
+        return f"""
+    IF pg_catalog.mod(pg_catalog.nextval({self.regclass(self.statements)}), {COMPACT_EVERY}) = 0
+       AND pg_catalog.pg_try_advisory_xact_lock({self.t.lock_key}) THEN
+      BEGIN{self.fold()}
+      EXCEPTION WHEN serialization_failure THEN
+        NULL;
+      END;
     END IF;"""
 
-    def function(self, name: str, body: str, *, returns: str = "trigger") -> str:
-        declare = "DECLARE\n    avgdl float8;\n" if returns == "trigger" or "avgdl" in body else ""
+    def function(
+        self, name: str, body: str, *, returns: str = "trigger", variables: Sequence[str] = ()
+    ) -> str:
+        declare = "".join(f"    {variable};\n" for variable in variables)
         return_line = "    RETURN NULL;\n" if returns == "trigger" else ""
         return (
-            f"CREATE OR REPLACE FUNCTION {self.t.qualified(name)}() RETURNS {returns}\n"
-            f"LANGUAGE plpgsql AS $vecorm$\n{declare}BEGIN{body}\n{return_line}END;\n$vecorm$"
+            f"CREATE OR REPLACE FUNCTION {self.qualified(name)}() RETURNS {returns}\n"
+            f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm$\n"
+            f"{'DECLARE' + chr(10) + declare if declare else ''}BEGIN{body}\n"
+            f"{return_line}END;\n$vecorm$"
         )
 
 
-def _compaction_check(sql: _Sql) -> str:
-    # Every COMPACT_EVERY-th writing statement on the table compacts (a sequence counts them).
-    counter = sql.statements.replace("'", "''")
-    return f"""
-    IF mod(nextval('{counter}'::regclass), {COMPACT_EVERY}) = 0 THEN
-{sql.compact()}
-    END IF;"""
+_WRITER_VARIABLES = ("avgdl float8", "batch_documents bigint", "batch_length bigint")
 
 
-def function_definitions(tables: BM25Tables) -> dict[str, str]:
-    """``{function name: CREATE OR REPLACE FUNCTION ...}`` for the triggers and rebuild."""
-    sql = _Sql(tables)
+def function_definitions(tables: BM25Tables, schema: str) -> dict[str, str]:
+    """``{function name: CREATE OR REPLACE FUNCTION ...}`` for the triggers, rebuild and
+    compact, for the table in ``schema``."""
+    sql = _Sql(tables, schema)
     columns = ", ".join(sql.keys) + f", {sql.vector}"
     changed_old = f"(SELECT {columns} FROM old_rows EXCEPT ALL SELECT {columns} FROM new_rows)"
     changed_new = f"(SELECT {columns} FROM new_rows EXCEPT ALL SELECT {columns} FROM old_rows)"
-    compaction = _compaction_check(sql)
+    compaction = sql.compaction()
     rebuild_body = f"""
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+      RAISE EXCEPTION USING
+        ERRCODE = 'object_not_in_prerequisite_state',
+        MESSAGE = 'vecorm: rebuilding BM25 statistics needs a READ COMMITTED transaction',
+        HINT = 'at ' || pg_catalog.current_setting('transaction_isolation')
+          || ' the rebuild cannot see rows committed after the transaction began';
+    END IF;
     LOCK TABLE {sql.table} IN SHARE MODE;
     DELETE FROM {sql.postings};
     DELETE FROM {sql.deltas};
     DELETE FROM {sql.terms};
     INSERT INTO {sql.terms} (term, df, length)
-    SELECT '', count(*), coalesce(sum(x.dl), 0)
+    SELECT '', pg_catalog.count(*), coalesce(pg_catalog.sum(x.dl), 0)
     FROM (SELECT {sql.doc_length("s")} AS dl FROM {sql.table} s) x;
     INSERT INTO {sql.terms} (term, df, length)
-    SELECT u.lexeme, count(*), 0 FROM {sql.table} s, unnest(s.{sql.vector}) u
+    SELECT u.lexeme, pg_catalog.count(*), 0
+    FROM {sql.table} s, pg_catalog.unnest(s.{sql.vector}) u
     GROUP BY u.lexeme ORDER BY u.lexeme;
     SELECT CASE WHEN df > 0 AND length > 0 THEN length::float8 / df ELSE 1.0 END
       INTO avgdl FROM {sql.terms} WHERE term = '';
+{sql.refresh_hint()}
 {sql.postings_insert(sql.table)}"""
     defer_check = """
-    IF current_setting('vecorm.bm25_deferred', true) = 'on' THEN
+    IF pg_catalog.current_setting('vecorm.bm25_deferred', true) = 'on' THEN
         RETURN NULL;
     END IF;"""
+    # TRUNCATE is not MVCC-safe: mirror it with TRUNCATE (a DELETE would keep the postings
+    # that this transaction's snapshot cannot see).
+    truncate_body = f"""
+    TRUNCATE {sql.postings}, {sql.deltas}, {sql.terms};"""
+    compact_body = f"""
+    PERFORM pg_catalog.pg_advisory_xact_lock({tables.lock_key});
+    BEGIN{sql.fold()}
+    EXCEPTION WHEN serialization_failure THEN
+      NULL;  -- bm25.compact() reports it: the deltas this transaction sees are still there
+    END;"""
+    name = tables.function_name
     return {
-        tables.function_name("insert"): sql.function(
-            tables.function_name("insert"), defer_check + sql.add("new_rows") + compaction
+        name("insert"): sql.function(
+            name("insert"),
+            defer_check + sql.add("new_rows") + compaction,
+            variables=_WRITER_VARIABLES,
         ),
-        tables.function_name("update"): sql.function(
-            tables.function_name("update"),
+        name("update"): sql.function(
+            name("update"),
             defer_check + sql.remove(changed_old) + sql.add(changed_new) + compaction,
+            variables=_WRITER_VARIABLES,
         ),
-        tables.function_name("delete"): sql.function(
-            tables.function_name("delete"), defer_check + sql.remove("old_rows") + compaction
+        name("delete"): sql.function(
+            name("delete"),
+            defer_check + sql.remove("old_rows") + compaction,
+            variables=_WRITER_VARIABLES[1:],
         ),
-        tables.function_name("truncate"): sql.function(
-            tables.function_name("truncate"),
-            f"""
-    DELETE FROM {sql.postings};
-    DELETE FROM {sql.deltas};
-    DELETE FROM {sql.terms};""",
+        name("truncate"): sql.function(name("truncate"), truncate_body),
+        name("rebuild"): sql.function(
+            name("rebuild"), rebuild_body, returns="void", variables=("avgdl float8",)
         ),
-        tables.function_name("rebuild"): sql.function(
-            tables.function_name("rebuild"), rebuild_body, returns="void"
-        ),
-        tables.function_name("compact"): sql.function(
-            tables.function_name("compact"), sql.compact(), returns="void"
-        ),
+        name("compact"): sql.function(name("compact"), compact_body, returns="void"),
     }
 
 
 TRIGGER_EVENTS: tuple[str, ...] = ("insert", "update", "delete", "truncate")
 
 
-def trigger_definitions(tables: BM25Tables) -> dict[str, str]:
+def trigger_definitions(tables: BM25Tables, schema: str) -> dict[str, str]:
     """``{trigger name: CREATE TRIGGER ...}``: one statement-level trigger per event."""
-    sql = _Sql(tables)
+    sql = _Sql(tables, schema)
     referencing = {
         "insert": "REFERENCING NEW TABLE AS new_rows ",
         "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
@@ -486,7 +587,7 @@ def trigger_definitions(tables: BM25Tables) -> dict[str, str]:
         definitions[name] = (
             f"CREATE TRIGGER {_PREPARER.quote(name)} AFTER {event_name.upper()} ON {sql.table} "
             f"{referencing[event_name]}FOR EACH STATEMENT "
-            f"EXECUTE FUNCTION {tables.qualified(tables.function_name(event_name))}()"
+            f"EXECUTE FUNCTION {sql.qualified(tables.function_name(event_name))}()"
         )
     return definitions
 
@@ -494,55 +595,71 @@ def trigger_definitions(tables: BM25Tables) -> dict[str, str]:
 COMMENT_PREFIX = "vecorm bm25 "
 
 
+def indexed_expression(tables: BM25Tables) -> str:
+    """SQL of the generated tsvector expression the statistics are computed from."""
+    computed = tables.table.c[tables.config.tsvector_column].computed
+    return "" if computed is None else str(computed.sqltext)
+
+
 def signature(tables: BM25Tables) -> str:
-    """A digest of the function and trigger definitions, stored as the insert function's
-    comment so that Alembic can tell whether the database has this version."""
-    definitions = [*function_definitions(tables).values(), *trigger_definitions(tables).values()]
+    """A digest of the function and trigger definitions and of the indexed tsvector
+    expression, stored as the insert function's comment so that Alembic and ``vecorm doctor``
+    can tell whether the database has this version (statistics built from another
+    expression are stale). Independent of the schema the table is found in."""
+    schema = tables.table.schema or ""
+    definitions = [
+        *function_definitions(tables, schema).values(),
+        *trigger_definitions(tables, schema).values(),
+        indexed_expression(tables),
+    ]
     return hashlib.sha256("\n".join(definitions).encode()).hexdigest()[:16]
 
 
-def replica_identity_statement(tables: BM25Tables) -> str:
+def replica_identity_statement(tables: BM25Tables, schema: str) -> str:
     """The postings have no primary key (its INCLUDE would not survive Alembic): their unique
     (document, lexeme) index identifies rows for logical replication instead."""
+    sql = _Sql(tables, schema)
     key_index = _PREPARER.quote(f"ux_{tables.table.name}_bm25_postings_key")
-    return (
-        f"ALTER TABLE {tables.qualified(tables.postings.name)} "
-        f"REPLICA IDENTITY USING INDEX {key_index}"
-    )
+    return f"ALTER TABLE {sql.postings} REPLICA IDENTITY USING INDEX {key_index}"
 
 
-def create_statements(tables: BM25Tables, *, with_replica_identity: bool = True) -> list[str]:
+def create_statements(
+    tables: BM25Tables, schema: str, *, with_replica_identity: bool = True
+) -> list[str]:
     """DDL creating the functions and triggers (the side tables come from the metadata),
     after the side tables exist (a migration runs it after their ``create_table``).
 
     Replaces earlier versions: triggers are dropped and made again."""
-    sql = _Sql(tables)
+    sql = _Sql(tables, schema)
     drops = [
         f"DROP TRIGGER IF EXISTS {_PREPARER.quote(name)} ON {sql.table}"
-        for name in trigger_definitions(tables)
+        for name in trigger_definitions(tables, schema)
     ]
     comment = (
-        f"COMMENT ON FUNCTION {tables.qualified(tables.function_name('insert'))}() "
+        f"COMMENT ON FUNCTION {sql.qualified(tables.function_name('insert'))}() "
         f"IS '{COMMENT_PREFIX}{signature(tables)}'"
     )
     return [
         f"CREATE SEQUENCE IF NOT EXISTS {sql.statements}",
-        *([replica_identity_statement(tables)] if with_replica_identity else []),
-        *function_definitions(tables).values(),
+        f"CREATE SEQUENCE IF NOT EXISTS {sql.avgdl} MINVALUE 0 START WITH 0",
+        *([replica_identity_statement(tables, schema)] if with_replica_identity else []),
+        *function_definitions(tables, schema).values(),
         *drops,
-        *trigger_definitions(tables).values(),
+        *trigger_definitions(tables, schema).values(),
         comment,
     ]
 
 
-def drop_statements(tables: BM25Tables) -> list[str]:
-    """DDL dropping the functions and, with them (``CASCADE``), the triggers; the counter."""
+def drop_statements(tables: BM25Tables, schema: str) -> list[str]:
+    """DDL dropping the functions and, with them (``CASCADE``), the triggers; the sequences."""
+    sql = _Sql(tables, schema)
     return [
         *(
-            f"DROP FUNCTION IF EXISTS {tables.qualified(name)}() CASCADE"
-            for name in function_definitions(tables)
+            f"DROP FUNCTION IF EXISTS {sql.qualified(name)}() CASCADE"
+            for name in function_definitions(tables, schema)
         ),
-        f"DROP SEQUENCE IF EXISTS {_Sql(tables).statements}",
+        f"DROP SEQUENCE IF EXISTS {sql.statements}",
+        f"DROP SEQUENCE IF EXISTS {sql.avgdl}",
     ]
 
 
@@ -553,42 +670,93 @@ def _connection(target: Session | Connection) -> Connection:
     return target.connection() if isinstance(target, Session) else target
 
 
+def _isolation(connection: Connection) -> str:
+    return str(connection.exec_driver_sql("SHOW transaction_isolation").scalar())
+
+
+def _call(connection: Connection, tables: BM25Tables, event_name: str) -> None:
+    name = _Sql(tables, table_schema(connection, tables.table)).qualified(
+        tables.function_name(event_name)
+    )
+    connection.exec_driver_sql(f"SELECT {name}()")
+
+
 def rebuild(target: Session | Connection, model: Any) -> None:
     """Recompute all BM25 statistics of ``model``'s table from its rows, in the current
-    transaction (the table is locked against writers meanwhile)::
+    READ COMMITTED transaction (the table is locked against writers meanwhile)::
 
         vecorm.bm25.rebuild(session, Document); session.commit()
+
+    At REPEATABLE READ or SERIALIZABLE it raises :class:`~vecorm.errors.ConfigurationError`:
+    such a transaction cannot see rows committed after it began, so their statistics would
+    be lost.
     """
     tables = side_tables(model)
-    name = tables.qualified(tables.function_name("rebuild"))
-    _connection(target).exec_driver_sql(f"SELECT {name}()")
+    connection = _connection(target)
+    level = _isolation(connection)
+    if level != "read committed":
+        raise ConfigurationError(
+            f"bm25.rebuild({tables.table.name}) needs a READ COMMITTED transaction, not "
+            f"{level.upper()}: it could not see rows committed after this transaction began; "
+            "run it in a new transaction at the default isolation level"
+        )
+    _call(connection, tables, "rebuild")
 
 
 def compact(target: Session | Connection, model: Any) -> None:
     """Fold pending frequency deltas into the terms table now (writers do it every
-    64 statements; this is for after a burst of small writes)."""
+    64 statements; this is for after a burst of small writes). Waits for a compaction in
+    progress elsewhere. At REPEATABLE READ / SERIALIZABLE, when another compaction committed
+    after this transaction began it raises :class:`~vecorm.errors.VecormError` (nothing is
+    lost; the transaction stays usable): compact in a new transaction."""
     tables = side_tables(model)
-    name = tables.qualified(tables.function_name("compact"))
-    _connection(target).exec_driver_sql(f"SELECT {name}()")
+    connection = _connection(target)
+    _call(connection, tables, "compact")
+    if _isolation(connection) == "read committed":
+        return
+    left = connection.execute(select(tables.deltas.c.id).limit(1)).first()
+    if left is not None:
+        raise VecormError(
+            f"bm25.compact({tables.table.name}): another compaction committed after this "
+            "transaction's snapshot, so these deltas cannot be folded here; nothing was lost "
+            "and writers keep compacting; call compact() again in a new transaction"
+        )
 
 
 @contextmanager
 def bulk_load(target: Session | Connection, model: Any) -> Iterator[None]:
     """Load many rows without per-statement statistics, then rebuild them once.
 
-    Inside one transaction (like building an index after a load)::
+    Inside one READ COMMITTED transaction (like building an index after a load)::
 
         with session.begin(), vecorm.bm25.bulk_load(session, Document):
             session.execute(insert(Document), rows)
+
+    At REPEATABLE READ / SERIALIZABLE a rebuild could not see other transactions' rows, so
+    the triggers stay on instead (exact, and one batch per statement). An error inside the
+    block propagates as it was raised.
     """
     connection = _connection(target)
-    connection.execute(select(func.set_config("vecorm.bm25_deferred", "on", true())))
+    if _isolation(connection) != "read committed":
+        yield
+        if isinstance(target, Session):
+            target.flush()
+        return
+    deferred = select(func.pg_catalog.set_config("vecorm.bm25_deferred", "on", true()))
+    resumed = select(func.pg_catalog.set_config("vecorm.bm25_deferred", "off", true()))
+    connection.execute(deferred)
     try:
         yield
         if isinstance(target, Session):
             target.flush()
-    finally:
-        connection.execute(select(func.set_config("vecorm.bm25_deferred", "off", true())))
+    except BaseException:
+        # Put the triggers back and count the rows loaded so far if the transaction still
+        # works; if the database aborted it, its rollback undoes both. Never hide the error.
+        with suppress(SQLAlchemyError):
+            connection.execute(resumed)
+            rebuild(connection, model)
+        raise
+    connection.execute(resumed)
     rebuild(connection, model)
 
 
@@ -601,8 +769,10 @@ def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
 
 def _constant(value: float) -> ColumnElement[float]:
     """A float written into the SQL: a bound value would let a prepared statement's generic
-    plan guess (psycopg prepares a statement after its fifth run)."""
-    return literal_column(repr(float(value)), Float)
+    plan guess (psycopg prepares a statement after its fifth run). Typed, so that arithmetic
+    with it matches pg_catalog's float8 operators exactly (an implicit cast could resolve to
+    an overload on the caller's search_path)."""
+    return literal_column(f"CAST({float(value)!r} AS DOUBLE PRECISION)", Float)
 
 
 def _integer(value: int) -> ColumnElement[int]:
@@ -614,15 +784,15 @@ def query_terms(text: str, language: str) -> Select[Any]:
     occurs in it (a repeated query word counts that many times, as in Lucene)."""
     from vecorm.textsearch import clean_search_text
 
-    vector = func.to_tsvector(
+    vector = catalog.to_tsvector(
         cast(literal(language), REGCONFIG), bindparam(None, clean_search_text(text), type_=Text)
     )
     lexemes = (
-        func.unnest(vector)
+        pg.unnest(vector)
         .table_valued("lexeme", "positions", "weights")
         .render_derived(name="lexemes")
     )
-    qtf = func.coalesce(func.array_length(lexemes.c.positions, 1), 1)
+    qtf = cast(func.coalesce(pg.array_length(lexemes.c.positions, _integer(1)), _integer(1)), Float)
     return select(lexemes.c.lexeme.label("term"), qtf.label("qtf"))
 
 
@@ -673,8 +843,8 @@ def scores(
     totals = (
         select(
             counts.c.term,
-            func.sum(counts.c.df).label("df"),
-            func.sum(counts.c.length).label("length"),
+            cast(pg.sum(counts.c.df), Float).label("df"),
+            cast(pg.sum(counts.c.length), Float).label("length"),
         )
         .group_by(counts.c.term)
         .cte(f"{prefix}_totals")
@@ -682,16 +852,16 @@ def scores(
     )
     collection = (
         select(
-            cast(totals.c.df, Float).label("n"),
+            totals.c.df.label("n"),
             func.coalesce(
-                cast(totals.c.length, Float) / cast(func.nullif(totals.c.df, 0), Float),
+                totals.c.length / func.nullif(totals.c.df, _constant(0.0), type_=Float),
                 _constant(1.0),
             ).label("avgdl"),
         )
         .where(totals.c.term == literal_column("''", Text))
         .subquery(f"{prefix}_collection")
     )
-    idf = func.ln(
+    idf = pg.ln(
         _constant(1.0)
         + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
     )
@@ -703,7 +873,7 @@ def scores(
             collection.c.avgdl,
         )
         .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
-        .where(totals.c.term != literal_column("''", Text), totals.c.df > _integer(0))
+        .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
         .cte(f"{prefix}_terms")
         .prefix_with("MATERIALIZED")
     )
@@ -725,7 +895,7 @@ def scores(
     key_columns = _keys(postings, names)
     pruned = mode == "any" and not where and threshold is not None and only is None
     exhaustive = (
-        select(*key_columns, func.sum(term_score).label("score"))
+        select(*key_columns, pg.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
         .group_by(*key_columns)
     )
@@ -733,12 +903,13 @@ def scores(
         exhaustive = exhaustive.where(keys_in(key_columns, only))
     if mode == "all":
         exhaustive = exhaustive.having(
-            func.count() == select(func.count()).select_from(query).scalar_subquery()
+            pg.count(literal_column("*"))
+            == select(pg.count(literal_column("*"))).select_from(query).scalar_subquery()
         )
     scored: Select[Any] | CompoundSelect[Any] = exhaustive
     if pruned:
         assert threshold is not None
-        many = select(func.sum(weighted.c.df)).scalar_subquery() > _integer(threshold)
+        many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(threshold)
         scored = union_all(
             exhaustive.where(~many),
             _max_score(
@@ -871,7 +1042,7 @@ def _max_score(
         return (
             select(
                 *(key.label(name) for key, name in zip(candidate_keys, names, strict=True)),
-                func.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
+                pg.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
             )
             .select_from(candidates.join(weighted, true()).join(probe, true()))
             .group_by(*candidate_keys)
@@ -894,7 +1065,7 @@ def _max_score(
     )
     threshold = select(kth.c.score).scalar_subquery()
     bound = weighted.c.idf * (k1 + _constant(1.0))
-    cumulative = func.sum(bound).over(order_by=(bound, weighted.c.term))
+    cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
     bounds = (
         select(
             weighted.c.term,
@@ -905,7 +1076,7 @@ def _max_score(
         .prefix_with("MATERIALIZED")
     )
     optional_bound = func.coalesce(
-        select(func.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
+        select(pg.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
         _constant(0.0),
     )
     survivors = (
@@ -916,7 +1087,7 @@ def _max_score(
             )
         )
         .group_by(*key_columns)
-        .having(func.sum(term_score) + optional_bound >= threshold)
+        .having(pg.sum(term_score) + optional_bound >= threshold)
         .cte("bm25_survivors")
         .prefix_with("MATERIALIZED")
     )

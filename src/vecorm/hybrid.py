@@ -48,10 +48,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Float, Select, case, func, literal, select
+from sqlalchemy import Float, Select, case, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
+from vecorm.catalog import pg
 from vecorm.config import HNSW, Distance
 from vecorm.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
@@ -128,7 +129,7 @@ def _ranked(candidates: Select[Any], value: str, *, lower_is_better: bool, name:
     return select(
         *keys,
         raw.label("value"),
-        func.row_number().over(order_by=(best_first, *keys)).label("rank"),
+        pg.row_number().over(order_by=(best_first, *keys)).label("rank"),
     ).subquery(name)
 
 
@@ -137,12 +138,12 @@ def _normalised(
 ) -> ColumnElement[float]:
     """``value`` scaled over the fused rows: the best 1, the worst (or ``floor``, the scoring
     function's worst possible value) 0; a row without a value 0, a single value 1."""
-    best = func.min(value).over() if lower_is_better else func.max(value).over()
+    best = pg.min(value).over() if lower_is_better else pg.max(value).over()
     worst: ColumnElement[Any]
     if floor is not None:
         worst = literal(floor, Float)
     else:
-        worst = func.max(value).over() if lower_is_better else func.min(value).over()
+        worst = pg.max(value).over() if lower_is_better else pg.min(value).over()
     to_best = worst - value if lower_is_better else value - worst
     span = func.nullif(
         (worst - best) if lower_is_better else (best - worst), literal(0.0, Float), type_=Float
@@ -289,9 +290,10 @@ def hybrid_search(
     else:
         # Weights 2w and 2(1 - w): w = 0.5 is textbook RRF.
         combined = func.coalesce(
-            literal(2.0 * semantic_weight) / (rrf_k + candidates.c.semantic_rank), 0.0
+            literal(2.0 * semantic_weight) / cast(rrf_k + candidates.c.semantic_rank, Float), 0.0
         ) + func.coalesce(
-            literal(2.0 * (1.0 - semantic_weight)) / (rrf_k + candidates.c.text_rank), 0.0
+            literal(2.0 * (1.0 - semantic_weight)) / cast(rrf_k + candidates.c.text_rank, Float),
+            0.0,
         )
     fused = select(
         *candidate_keys,

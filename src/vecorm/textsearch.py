@@ -33,10 +33,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import REAL, Select, Text, bindparam, cast, func, literal, select
+from sqlalchemy import REAL, Select, Text, bindparam, cast, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, REGCONFIG, TSQUERY
 from sqlalchemy.sql.elements import ColumnElement
 
+from vecorm import catalog
+from vecorm.catalog import pg
 from vecorm.errors import ConfigurationError
 from vecorm.query import keys_equal, keys_in, primary_key_columns, row_limit
 
@@ -80,14 +82,14 @@ def tsquery_expression(
     config = _regconfig(language)
     bound = bindparam(None, clean_search_text(text), type_=Text)
     if mode == "websearch":
-        return func.websearch_to_tsquery(config, bound, type_=TSQUERY)
+        return catalog.websearch_to_tsquery(config, bound)
     if mode == "phrase":
-        return func.phraseto_tsquery(config, bound, type_=TSQUERY)
-    parsed = func.plainto_tsquery(config, bound, type_=TSQUERY)
+        return catalog.phraseto_tsquery(config, bound)
+    parsed = catalog.plainto_tsquery(config, bound)
     if mode == "all":
         return parsed
     # Lexemes never contain a space, so " & " only ever occurs as the operator.
-    any_term = func.replace(cast(parsed, Text), " & ", " | ")
+    any_term = pg.replace(cast(parsed, Text), " & ", " | ")
     return cast(any_term, TSQUERY)
 
 
@@ -126,7 +128,7 @@ def rank_expression(
         raise ConfigurationError(f"normalization must be an int bit mask, not {normalization!r}")
     if not 0 <= normalization <= 63:
         raise ConfigurationError(f"normalization must be between 0 and 63, not {normalization}")
-    function = getattr(func, ranking)
+    function = getattr(pg, ranking)
     arguments: list[Any] = [vector, query, literal(normalization)]
     weight_array = _weights_array(weights)
     if weight_array is not None:

@@ -364,16 +364,6 @@ def test_eight_concurrent_writers_neither_deadlock_nor_drift(engine: Engine) -> 
         assert_scores_match(session)
 
 
-def test_repeatable_read_writers_are_never_failed_by_compaction(engine: Engine) -> None:
-    with Session(engine) as session:
-        for batch in range(bm25.COMPACT_EVERY + 2):
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            session.execute(insert(Note), rows(1, seed=batch, start=100 + batch))
-            session.commit()
-        assert session.scalar(text("SELECT count(*) FROM notes_bm25_terms")) == 0
-        assert_statistics_exact(session)
-
-
 def test_bulk_load_rebuilds_once(engine: Engine) -> None:
     with Session(engine) as session:
         with bm25.bulk_load(session, Note):

@@ -139,6 +139,7 @@ def _drops_for(table_name: str, schema: str | None) -> list[str]:
             for event in events
         ),
         f"DROP SEQUENCE IF EXISTS {_qualified_function(table_name, schema, 'statements')}",
+        f"DROP SEQUENCE IF EXISTS {_qualified_function(table_name, schema, 'avgdl')}",
     ]
 
 
@@ -249,9 +250,10 @@ def compare_bm25(
         if found == bm25.signature(tables):
             continue
         previous = _current_definitions(connection, key[1], key[0]) if found else None
+        schema = bm25.table_schema(connection, tables.table)
         upgrade_ops.ops.append(
             CreateBM25StatisticsOp(
-                key[1], bm25.create_statements(tables), schema=key[0], previous=previous
+                key[1], bm25.create_statements(tables, schema), schema=key[0], previous=previous
             )
         )
     metadata_tables = {

@@ -1,0 +1,357 @@
+"""vecorm as an attacker meets it: a role that can create objects in a schema on the writers'
+search_path (and in ``public``) defines overloads of every function and operator the triggers
+and searches could resolve to; none of them ever runs, whoever writes or searches. An
+application role that owns nothing works with exactly the grants vecorm documents."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from sqlalchemy import String, delete, insert, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import vecorm
+from vecorm import bm25
+
+DIMS = 8
+EMBEDDER = vecorm.HashingEmbedder(dimensions=DIMS)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Doc(vecorm.Searchable, Base):
+    __tablename__ = "docs"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title", "body"),
+        dimensions=DIMS,
+        embedder=EMBEDDER,
+        index=vecorm.HNSW(m=8),
+        weights={"title": "A"},
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str]
+
+
+WORDS = [
+    "vacuum",
+    "index",
+    "planner",
+    "lock",
+    "wal",
+    "replica",
+    "backup",
+    "restore",
+    "snapshot",
+    "bloat",
+]
+
+# Operators a statement could reach through an implicit cast; an exact overload of one of
+# them (in any schema on the path) beats pg_catalog's. Function overloads likewise: exact
+# types beat pg_catalog's polymorphic or implicitly cast candidates.
+OPERATORS = {
+    "+": "plus",
+    "-": "minus",
+    "*": "times",
+    "/": "over",
+    "<": "lt",
+    ">": "gt",
+    "<=": "le",
+    ">=": "ge",
+    "=": "eq",
+    "<>": "ne",
+}
+NUMBER_TYPES = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
+FUNCTIONS = {
+    "array_length": [("smallint[]", "integer", "integer"), ("smallint[]", "smallint", "integer")],
+    "mod": [("bigint", "integer", "bigint"), ("bigint", "smallint", "bigint")],
+    "nextval": [("text", None, "bigint")],
+    "ts_rank": [("tsvector", "tsquery", "real")],
+    "ts_rank_cd": [("tsvector", "tsquery", "real")],
+    "ln": [("bigint", None, "double precision"), ("integer", None, "double precision")],
+    "round": [("double precision", None, "double precision")],
+    "setval": [("text", "bigint", "bigint")],
+    "set_config": [("text", "text", "text")],
+    "current_setting": [("text", None, "text")],
+    "pg_try_advisory_xact_lock": [("integer", None, "boolean")],
+    "to_tsvector": [("text", "text", "tsvector")],
+    "plainto_tsquery": [("text", "text", "tsquery")],
+    "replace": [("tsquery", "text", "text")],
+}
+
+
+@dataclass
+class Roles:
+    attacker: str
+    app: str
+
+
+def _exact_operators(session: Session) -> set[tuple[str, str, str]]:
+    rows = session.execute(
+        text(
+            "SELECT o.oprname, format_type(o.oprleft, NULL), format_type(o.oprright, NULL) "
+            "FROM pg_operator o WHERE o.oprnamespace = 'pg_catalog'::regnamespace"
+        )
+    )
+    return {(row[0], row[1], row[2]) for row in rows}
+
+
+def _trap(schema: str, name: str, arguments: list[str], returns: str, body: str) -> str:
+    """A function that records its call, tries to make the attacker superuser, and then
+    answers like the real one would (so nothing visibly breaks)."""
+    signature = ", ".join(f"a{i} {kind}" for i, kind in enumerate(arguments))
+    return f"""
+        CREATE FUNCTION {schema}.{name}({signature}) RETURNS {returns}
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO attacker_log.calls (name, caller) VALUES ('{name}', current_user);
+            BEGIN
+                EXECUTE 'ALTER ROLE ' || quote_ident(attacker_log.me()) || ' SUPERUSER';
+            EXCEPTION WHEN insufficient_privilege THEN NULL;
+            END;
+            RETURN {body};
+        END $$"""
+
+
+def _plant_traps(session: Session, attacker: str) -> int:
+    """Create every overload as the attacker, in its schema and in ``public``; returns how
+    many traps were planted."""
+    exact = _exact_operators(session)
+    statements = []
+    for schema in ("attacker", "public"):
+        for symbol, left, right in itertools.product(OPERATORS, NUMBER_TYPES, NUMBER_TYPES):
+            if (symbol, left, right) in exact:
+                continue
+            comparison = symbol in ("<", ">", "<=", ">=", "=", "<>")
+            returns = "boolean" if comparison else "double precision"
+            function = "_".join(("op", OPERATORS[symbol], left, right)).replace(" ", "_")
+            statements.append(
+                _trap(
+                    schema,
+                    function,
+                    [left, right],
+                    returns,
+                    f"a0::float8 OPERATOR(pg_catalog.{symbol}) a1::float8",
+                )
+            )
+            statements.append(
+                f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {left}, RIGHTARG = {right}, "
+                f"FUNCTION = {schema}.{function})"
+            )
+        for name, overloads in FUNCTIONS.items():
+            for first, second, returns in overloads:
+                arguments = [first] if second is None else [first, second]
+                statements.append(_trap(schema, name, arguments, returns, "NULL"))
+    session.execute(text(f'SET LOCAL ROLE "{attacker}"'))
+    for statement in statements:
+        session.execute(text(statement))
+    session.execute(text("RESET ROLE"))
+    return len(statements)
+
+
+@pytest.fixture
+def engine(vecorm_engine: Engine) -> Iterator[Engine]:
+    with vecorm_engine.connect() as conn:
+        if not conn.scalar(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")):
+            pytest.skip("the hostile-role tests create roles: they need a superuser")
+    Base.metadata.create_all(vecorm_engine)
+    yield vecorm_engine
+
+
+@pytest.fixture
+def roles(engine: Engine) -> Iterator[Roles]:
+    suffix = uuid.uuid4().hex[:8]
+    made = Roles(attacker=f"vecorm_attacker_{suffix}", app=f"vecorm_app_{suffix}")
+    database = engine.url.database
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{made.attacker}" NOSUPERUSER'))
+        conn.execute(text(f'CREATE ROLE "{made.app}" NOSUPERUSER'))
+        # PostgreSQL <= 14 ACLs (kept by pg_upgrade): everyone may create in public.
+        conn.execute(text("GRANT CREATE ON SCHEMA public TO PUBLIC"))
+        conn.execute(text(f'CREATE SCHEMA attacker AUTHORIZATION "{made.attacker}"'))
+        conn.execute(text(f'GRANT USAGE ON SCHEMA attacker TO "{made.app}"'))
+        conn.execute(text("CREATE SCHEMA attacker_log"))
+        conn.execute(text("GRANT USAGE ON SCHEMA attacker_log TO PUBLIC"))
+        conn.execute(text("CREATE TABLE attacker_log.calls (name text, caller text)"))
+        conn.execute(text("GRANT INSERT ON attacker_log.calls TO PUBLIC"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION attacker_log.me() RETURNS text LANGUAGE sql "
+                f"AS $$ SELECT '{made.attacker}'::text $$"
+            )
+        )
+        conn.execute(
+            text(f'ALTER DATABASE "{database}" SET search_path = "$user", public, attacker')
+        )
+    engine.dispose()  # new connections take the database's search_path
+    try:
+        yield made
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER ROLE "{made.attacker}" NOSUPERUSER'))
+            for role in (made.attacker, made.app):
+                conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+        engine.dispose()
+        with engine.begin() as conn:
+            for role in (made.attacker, made.app):
+                conn.execute(text(f'DROP ROLE "{role}"'))
+
+
+def sentence(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(2, 9))))
+
+
+def calls(session: Session) -> list[tuple[str, str]]:
+    return [
+        tuple(row) for row in session.execute(text("SELECT name, caller FROM attacker_log.calls"))
+    ]  # type: ignore[misc]
+
+
+def is_superuser(session: Session, role: str) -> bool:
+    return bool(
+        session.scalar(text("SELECT rolsuper FROM pg_roles WHERE rolname = :r"), {"r": role})
+    )
+
+
+def exercise(session: Session, start: int, count: int) -> None:
+    """Every write path and every search, in the current role."""
+    rng = np.random.default_rng(start)
+    session.add_all(
+        Doc(
+            id=start + i,
+            title=sentence(rng),
+            body=sentence(rng),
+            embedding=EMBEDDER.embed([str(i)])[0],
+        )
+        for i in range(count)
+    )
+    session.flush()
+    session.execute(
+        insert(Doc),
+        [
+            {"id": start + count + i, "title": sentence(rng), "body": sentence(rng)}
+            for i in range(5)
+        ],
+    )
+    session.execute(update(Doc).where(Doc.id % 3 == 0).values(body="vacuum vacuum lock"))
+    session.execute(delete(Doc).where(Doc.id == start + 1))
+    for _ in range(bm25.COMPACT_EVERY):  # reach a compaction inside a writer's trigger
+        session.execute(update(Doc).where(Doc.id == start).values(title=sentence(rng)))
+    bm25.compact(session, Doc)
+    query = EMBEDDER.embed(["vacuum"])[0]
+    for mode in bm25.MODES:
+        assert session.execute(Doc.text_search("vacuum lock", k=5, mode=mode)).all() is not None
+    session.execute(Doc.text_search("vacuum lock", k=5, ranking="ts_rank")).all()
+    session.execute(Doc.text_search("vacuum lock", k=5, ranking="ts_rank_cd")).all()
+    assert session.execute(Doc.hybrid_search("vacuum lock", k=5)).all()
+    session.execute(Doc.hybrid_search("vacuum lock", k=5, method="rrf")).all()
+    assert len(session.execute(Doc.nearest(query, k=5)).all()) == 5
+
+
+def test_no_overload_planted_on_the_search_path_ever_runs(engine: Engine, roles: Roles) -> None:
+    with Session(engine) as session:
+        planted = _plant_traps(session, roles.attacker)
+        assert planted > 100
+        vecorm.grant_access(session, Doc, roles.app, truncate=True)
+        session.commit()
+    with Session(engine) as session:
+        # The application role, owning nothing, with the documented grants only.
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        assert session.scalar(text("SHOW search_path")) == '"$user", public, attacker'
+        exercise(session, 1, 40)
+        session.commit()
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        session.execute(text("TRUNCATE docs"))
+        exercise(session, 100, 20)
+        session.commit()
+    with Session(engine) as session:
+        # A superuser's writes (the escalation path: a trap run as superuser can grant all).
+        exercise(session, 1000, 20)
+        session.execute(text("UPDATE docs SET body = body || ' wal'"))
+        bm25.rebuild(session, Doc)
+        session.commit()
+        called = sorted({name for name, _ in calls(session)})
+        assert called == [], called
+        assert not is_superuser(session, roles.attacker)
+
+
+def test_the_traps_are_reachable_from_unqualified_sql(engine: Engine, roles: Roles) -> None:
+    """The test above can fail: the same calls written without qualification hit the traps."""
+    with Session(engine) as session:
+        _plant_traps(session, roles.attacker)
+        session.commit()
+        session.execute(text("SELECT array_length('{1,2}'::smallint[], 1)"))
+        session.execute(text("SELECT 1.5::float8 + 2.0"))
+        assert [name for name, _ in calls(session)] == [
+            "array_length",
+            "op_plus_double_precision_numeric",
+        ]
+        assert is_superuser(session, roles.attacker)  # the superuser session ran the trap
+
+
+def test_application_role_needs_the_grants(engine: Engine, roles: Roles) -> None:
+    with Session(engine) as session:
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            session.execute(insert(Doc).values(id=1, title="a", body="b"))
+        session.rollback()
+        vecorm.grant_access(session, Doc, roles.app, write=False)
+        session.commit()
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        assert session.execute(Doc.text_search("vacuum")).all() == []
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            session.execute(insert(Doc).values(id=1, title="a", body="b"))
+        session.rollback()
+        vecorm.grant_access(session, Doc, roles.app)
+        session.commit()
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        session.execute(insert(Doc).values(id=1, title="vacuum", body="b"))
+        assert [doc.id for doc, _ in session.execute(Doc.text_search("vacuum"))] == [1]
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            session.execute(text("TRUNCATE docs"))
+        session.rollback()
+
+
+def test_writers_with_an_empty_search_path(engine: Engine) -> None:
+    """As ``pg_dump --data-only | psql`` restores: ``SET search_path = ''``, qualified names."""
+    with Session(engine) as session:
+        session.execute(text("SET LOCAL search_path = ''"))
+        session.execute(
+            text(
+                "INSERT INTO public.docs (id, title, body) "
+                "VALUES (1, 'vacuum', 'lock'), (2, 'wal', 'x')"
+            )
+        )
+        session.execute(text("UPDATE public.docs SET body = 'vacuum' WHERE id = 2"))
+        session.execute(text("DELETE FROM public.docs WHERE id = 1"))
+        session.execute(text("SELECT public.docs_bm25_compact()"))
+        session.commit()
+        assert [doc.id for doc, _ in session.execute(Doc.text_search("vacuum"))] == [2]
+        session.execute(text("SET LOCAL search_path = ''"))
+        session.execute(text("TRUNCATE public.docs"))
+        session.commit()
+        assert session.scalar(text("SELECT count(*) FROM docs_bm25_postings")) == 0
+
+
+def test_every_function_pins_its_search_path(engine: Engine) -> None:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT p.proname, p.proconfig FROM pg_proc p "
+                "WHERE p.proname LIKE 'docs\\_bm25\\_%' ORDER BY p.proname"
+            )
+        ).all()
+    assert [name for name, _ in rows] == sorted(
+        f"docs_bm25_{event}"
+        for event in ("insert", "update", "delete", "truncate", "rebuild", "compact")
+    )
+    assert all(config == ["search_path=pg_catalog, pg_temp"] for _, config in rows)
