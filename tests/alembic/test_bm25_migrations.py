@@ -112,3 +112,95 @@ def test_bm25_statistics_through_migrations(project_factory: object) -> None:
 def assert_empty(revision: Path) -> None:
     source = revision.read_text()
     assert "op." not in source.split("def upgrade")[1].split("def downgrade")[0], source
+
+
+def bm25_ids(project: Project, words: str) -> list[int]:
+    """Ids that BM25 text search finds, through the project's current models."""
+    import importlib
+
+    from sqlalchemy.orm import Session
+
+    module = importlib.import_module(project.modules[-1])
+    with Session(project.engine) as session:
+        return [row.id for row, _ in session.execute(module.Note.text_search(words, k=10))]
+
+
+def test_expression_change_rebuilds_the_statistics(project_factory: object) -> None:
+    project: Project = project_factory()  # type: ignore[operator]
+    project.set_models(MODELS.format(options=""))
+    project.autogenerate("notes")
+    project.upgrade()
+    with project.engine.begin() as conn:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'running'), (2, 'walks')"))
+    assert bm25_ids(project, "run") == [1]  # english stems
+
+    project.set_models(MODELS.format(options=', language="simple"'))
+    revision = project.autogenerate("simple")
+    source = revision.read_text()
+    assert "op.alter_column_expression(" in source
+    # The expression change rebuilds; the function replacement then need not.
+    assert "op.create_bm25_statistics(" in source and "rebuild=False" in source
+    project.upgrade()
+    assert bm25_ids(project, "running") == [1]
+    assert bm25_ids(project, "run") == []
+    assert_empty(project.autogenerate("nothing"))
+    project.upgrade()
+    project.downgrade("-2")
+    project.set_models(MODELS.format(options=""))
+    assert bm25_ids(project, "run") == [1]  # rebuilt for the old expression on the way down
+
+
+def test_expression_changed_by_hand_is_detected(project_factory: object) -> None:
+    project: Project = project_factory()  # type: ignore[operator]
+    project.set_models(MODELS.format(options=', language="simple"'))
+    project.autogenerate("notes")
+    project.upgrade()
+    with project.engine.begin() as conn:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'running')"))
+        # What a hand-written migration would do without vecorm's operation.
+        conn.execute(
+            text(
+                "ALTER TABLE notes ALTER COLUMN search_vector SET EXPRESSION AS "
+                "(to_tsvector('english'::regconfig, coalesce(body, '')))"
+            )
+        )
+    project.set_models(MODELS.format(options=""))
+    revision = project.autogenerate("stale statistics")
+    assert "op.create_bm25_statistics(" in revision.read_text()
+    assert "rebuild=False" not in revision.read_text()
+    project.upgrade()
+    assert bm25_ids(project, "run") == [1]
+
+
+def test_functions_of_an_earlier_release_are_replaced(project_factory: object) -> None:
+    """A project whose functions predate the pinned search_path gets them replaced."""
+    project: Project = project_factory()  # type: ignore[operator]
+    project.set_models(MODELS.format(options=""))
+    project.autogenerate("notes")
+    project.upgrade()
+    with project.engine.begin() as conn:
+        # As 0.1 created it: no SET search_path, unqualified calls, another signature.
+        conn.execute(text("ALTER FUNCTION notes_bm25_insert() RESET search_path"))
+        conn.execute(
+            text("COMMENT ON FUNCTION notes_bm25_insert() IS 'vecorm bm25 0123456789abcdef'")
+        )
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'vacuum')"))
+    revision = project.autogenerate("replace functions")
+    source = revision.read_text()
+    assert "op.create_bm25_statistics(" in source
+    assert "SET search_path = pg_catalog, pg_temp" in source
+    project.upgrade()
+    with project.engine.connect() as conn:
+        configs = conn.scalars(
+            text("SELECT proconfig FROM pg_proc WHERE proname LIKE 'notes\\_bm25\\_%'")
+        ).all()
+    assert configs and all(config == ["search_path=pg_catalog, pg_temp"] for config in configs)
+    assert documents_counted(project) == 1
+    assert_empty(project.autogenerate("nothing"))
+    project.upgrade()
+    project.downgrade("-2")  # the earlier definitions come back, as they were
+    with project.engine.connect() as conn:
+        config = conn.scalar(
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'notes_bm25_insert'")
+        )
+    assert config is None

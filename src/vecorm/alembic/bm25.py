@@ -26,6 +26,7 @@ from sqlalchemy import DDL, text
 from sqlalchemy.engine import Connection
 
 from vecorm import bm25
+from vecorm.alembic.operations import AlterColumnExpressionOp
 
 _OPERATIONS_IMPORT = (
     "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"
@@ -226,6 +227,16 @@ def _table_name(table_name: str, schema: str | None) -> str:
     return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
 
 
+def _alters_expression(upgrade_ops: ops.UpgradeOps, key: tuple[str | None, str]) -> bool:
+    """Whether ``upgrade_ops`` changes a generated column's expression on table ``key``."""
+    return any(
+        isinstance(operation, ops.ModifyTableOps)
+        and (operation.schema, operation.table_name) == key
+        and any(isinstance(each, AlterColumnExpressionOp) for each in operation.ops)
+        for operation in upgrade_ops.ops
+    )
+
+
 @comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
 def compare_bm25(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
@@ -253,7 +264,12 @@ def compare_bm25(
         schema = bm25.table_schema(connection, tables.table)
         upgrade_ops.ops.append(
             CreateBM25StatisticsOp(
-                key[1], bm25.create_statements(tables, schema), schema=key[0], previous=previous
+                key[1],
+                bm25.create_statements(tables, schema),
+                schema=key[0],
+                previous=previous,
+                # An expression change in this revision rebuilds the statistics itself.
+                rebuild=not _alters_expression(upgrade_ops, key),
             )
         )
     metadata_tables = {

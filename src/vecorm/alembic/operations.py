@@ -134,6 +134,7 @@ class AlterColumnExpressionOp(MigrateOperation):
         existing_expression: str | None = None,
         schema: str | None = None,
         strategy: ExpressionStrategy = "auto",
+        rebuild_bm25: bool = True,
     ) -> None:
         self.table_name = table_name
         self.column_name = column_name
@@ -141,6 +142,7 @@ class AlterColumnExpressionOp(MigrateOperation):
         self.existing_expression = existing_expression
         self.schema = schema
         self.strategy = strategy
+        self.rebuild_bm25 = rebuild_bm25
 
     @classmethod
     def alter_column_expression(
@@ -153,8 +155,10 @@ class AlterColumnExpressionOp(MigrateOperation):
         existing_expression: str | None = None,
         schema: str | None = None,
         strategy: ExpressionStrategy = "auto",
+        rebuild_bm25: bool = True,
     ) -> None:
-        """Give generated column ``table_name.column_name`` the new ``expression``."""
+        """Give generated column ``table_name.column_name`` the new ``expression``; then
+        (``rebuild_bm25``) recompute the table's BM25 statistics, if it keeps them."""
         operations.invoke(
             cls(
                 table_name,
@@ -163,6 +167,7 @@ class AlterColumnExpressionOp(MigrateOperation):
                 existing_expression=existing_expression,
                 schema=schema,
                 strategy=strategy,
+                rebuild_bm25=rebuild_bm25,
             )
         )
 
@@ -179,6 +184,7 @@ class AlterColumnExpressionOp(MigrateOperation):
             existing_expression=self.expression,
             schema=self.schema,
             strategy=self.strategy,
+            rebuild_bm25=True,
         )
 
     def to_diff_tuple(self) -> tuple[str, str | None, str, str, str | None, str]:
@@ -207,8 +213,18 @@ def _alter_column_expression(operations: Operations, operation: AlterColumnExpre
             f"ALTER TABLE {table_sql} ALTER COLUMN {column_sql} "
             f"SET EXPRESSION AS ({operation.expression})"
         )
-        return
-    _recreate_generated_column(operations.get_bind(), operation, table_sql, column_sql)
+    else:
+        _recreate_generated_column(operations.get_bind(), operation, table_sql, column_sql)
+    if operation.rebuild_bm25:
+        # The table rewrite fires no trigger: BM25 statistics (if the table keeps them) still
+        # describe the old expression's lexemes until they are rebuilt.
+        rebuild = _qualified(operations, f"{operation.table_name}_bm25_rebuild", operation.schema)
+        literal = (rebuild + "()").replace("'", "''")
+        operations.execute(
+            "DO $vecorm$ BEGIN "
+            f"IF pg_catalog.to_regprocedure('{literal}') IS NOT NULL THEN PERFORM {rebuild}(); "
+            "END IF; END $vecorm$"
+        )
 
 
 _COLUMN_INDEXES_SQL = text(

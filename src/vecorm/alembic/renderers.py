@@ -76,6 +76,8 @@ def _render_alter_expression(
         args.append(_schema_kw(operation.schema))
     if operation.strategy != "auto":
         args.append(f"strategy={operation.strategy!r}")
+    if not operation.rebuild_bm25:
+        args.append("rebuild_bm25=False")
     return f"op.alter_column_expression({', '.join(args)})"
 
 
