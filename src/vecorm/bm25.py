@@ -572,6 +572,11 @@ def function_definitions(tables: BM25Tables, schema: str) -> dict[str, str]:
 TRIGGER_EVENTS: tuple[str, ...] = ("insert", "update", "delete", "truncate")
 
 
+def trigger_names(tables: BM25Tables) -> list[str]:
+    """The names of the statement triggers, one per event of :data:`TRIGGER_EVENTS`."""
+    return [tables.trigger_name(event_name) for event_name in TRIGGER_EVENTS]
+
+
 def trigger_definitions(tables: BM25Tables, schema: str) -> dict[str, str]:
     """``{trigger name: CREATE TRIGGER ...}``: one statement-level trigger per event."""
     sql = _Sql(tables, schema)

@@ -22,7 +22,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import URL, column, func, literal, select, table
+from sqlalchemy import (
+    URL,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    true,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from vecorm.backfill import columns_of, stale_count
@@ -387,7 +398,7 @@ def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
             )
         ).scalars()
     )
-    absent = [event for event in bm25.trigger_definitions(tables) if event not in present]
+    absent = [event for event in bm25.trigger_names(tables) if event not in present]
     if absent:
         return Finding(
             "fail",
@@ -395,7 +406,66 @@ def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
             f"BM25 triggers missing ({', '.join(absent)}): the statistics go stale on writes",
             hint,
         )
-    return Finding("ok", name, "BM25 statistics tables and triggers present")
+    stored = session.execute(
+        select(
+            func.pg_catalog.obj_description(
+                func.pg_catalog.to_regprocedure(
+                    tables.qualified(tables.function_name("insert")) + "()"
+                ),
+                "pg_proc",
+            )
+        )
+    ).scalar_one()
+    if stored != bm25.COMMENT_PREFIX + bm25.signature(tables):
+        return Finding(
+            "fail",
+            name,
+            "BM25 functions differ from this model and vecorm version (an earlier release, "
+            "other k1/b, or statistics built from another tsvector expression)",
+            hint,
+        )
+    drifted = session.execute(_postings_drift(tables)).scalar_one()
+    if drifted:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 postings of sampled rows differ from their {tables.config.tsvector_column} "
+            f"({drifted} lexemes): the statistics are stale",
+            f"rebuild them: vecorm.bm25.rebuild(session, {name}); session.commit()",
+        )
+    return Finding("ok", name, "BM25 statistics tables, triggers and functions up to date")
+
+
+#: Rows whose postings :func:`_postings_drift` compares with their tsvector.
+DRIFT_SAMPLE = 200
+
+
+def _postings_drift(tables: Any) -> Any:
+    """``SELECT`` the number of (row, lexeme, tf) that differ between the postings and the
+    tsvector of the first :data:`DRIFT_SAMPLE` rows."""
+    from vecorm.catalog import pg
+
+    table_keys = [tables.table.c[key] for key in tables.keys]
+    sample = (
+        select(*table_keys, tables.table.c[tables.config.tsvector_column].label("vector"))
+        .limit(DRIFT_SAMPLE)
+        .cte("sample")
+    )
+    lexemes = pg.unnest(sample.c.vector).table_valued("lexeme", "positions").render_derived("u")
+    sample_keys = [sample.c[key] for key in tables.keys]
+    expected = select(
+        *sample_keys,
+        lexemes.c.lexeme,
+        func.coalesce(pg.array_length(lexemes.c.positions, literal_column("1")), 1),
+    ).select_from(sample.join(lexemes, true()))
+    postings = tables.postings
+    stored = select(
+        *(postings.c[key] for key in tables.keys), postings.c.term, postings.c.tf
+    ).where(tuple_(*(postings.c[key] for key in tables.keys)).in_(select(*sample_keys)))
+    difference = union_all(expected.except_all(stored), stored.except_all(expected)).subquery(
+        "drift"
+    )
+    return select(func.count()).select_from(difference)
 
 
 def _qualified(side: Any) -> str:

@@ -315,7 +315,7 @@ def test_doctor_on_a_healthy_model(vecorm_url: URL, models_module: str) -> None:
     assert "ok Product table products: 3000 rows, embedding vector(32)" in lines
     assert "ok Product embedder vecorm-hashing-32 (32-d)" in lines
     assert "ok Product full-text index ix_products_search_vector_gin present" in lines
-    assert "ok Product BM25 statistics tables and triggers present" in lines
+    assert "ok Product BM25 statistics tables, triggers and functions up to date" in lines
     assert "ok Product EXPLAIN nearest(k=10): Index Scan using ix_products_embedding_hnsw" in lines
     assert "ok Product no stale rows: every row with text is embedded by vecorm-hashing-32" in lines
     assert lines[-1] == "all checks passed"
@@ -358,6 +358,37 @@ def test_doctor_reports_problems_with_hints(vecorm_url: URL, models_module: str)
     missing = lines.index("FAIL Missing table no_such_table does not exist")
     assert lines[missing + 1].startswith("hint: create it: `alembic upgrade head`")
     assert lines[-1] == "4 problems found"  # the trigger counts for Product and WrongWidth
+
+
+def test_doctor_reports_statistics_of_another_expression(
+    vecorm_url: URL, models_module: str
+) -> None:
+    _create_products(vecorm_url, models_module, 12)
+    engine = create_engine(vecorm_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE products SET description = 'running widgets'"))  # stemmed
+        # A hand-written migration: the table rewrite fires no trigger.
+        expression = conn.scalar(
+            text(
+                "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+                "ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+                "WHERE d.adrelid = 'products'::regclass AND a.attname = 'search_vector'"
+            )
+        )
+        simple = str(expression).replace("'english'", "'simple'")
+        conn.execute(
+            text(f"ALTER TABLE products ALTER COLUMN search_vector SET EXPRESSION AS ({simple})")
+        )
+    result = _doctor(vecorm_url, f"{models_module}:Product")
+    lines = _lines(result)
+    drift = [line for line in lines if line.startswith("FAIL Product BM25 postings")]
+    assert len(drift) == 1 and "the statistics are stale" in drift[0], lines
+    assert lines[lines.index(drift[0]) + 1].startswith("hint: rebuild them")
+    with engine.begin() as conn:
+        conn.execute(text("COMMENT ON FUNCTION products_bm25_insert() IS 'vecorm bm25 0'"))
+    lines = _lines(_doctor(vecorm_url, f"{models_module}:Product"))
+    assert any(line.startswith("FAIL Product BM25 functions differ") for line in lines), lines
+    engine.dispose()
 
 
 def test_doctor_reports_a_provider_of_the_wrong_width(vecorm_url: URL, models_module: str) -> None:
