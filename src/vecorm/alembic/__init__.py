@@ -16,7 +16,8 @@ up-to-date database, is empty. ``vecorm init DIR`` lays down a ready environment
 
 Operations for hand-written migrations (``op.create_vector_extension()``,
 ``op.create_vector_index(..., concurrently=True)``, ``op.backfill_embeddings("pkg.mod:Model")``
-...) are described in :mod:`vecorm.alembic.operations`. Adopting an existing vector column
+...) are described in :mod:`vecorm.alembic.operations`; ``op.grant_search_access(...)`` in
+:mod:`vecorm.alembic.grants`. Adopting an existing vector column
 and index (renamed with ``op.rename_index``, or reported when it differs, never rebuilt) is
 described in docs/adopting.md.
 """
@@ -32,6 +33,7 @@ from vecorm.alembic.citus import (
 )
 from vecorm.alembic.comparators import IndexMismatchOp, IndexMismatchWarning, IVFFlatCreateIndexOp
 from vecorm.alembic.environment import metadata_from_config
+from vecorm.alembic.grants import GrantSearchAccessOp, RevokeSearchAccessOp
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
     BackfillEmbeddingsOp,
@@ -58,10 +60,12 @@ __all__ = [
     "DropVectorExtensionOp",
     "DropVectorIndexOp",
     "EmptyIVFFlatWarning",
+    "GrantSearchAccessOp",
     "IVFFlatCreateIndexOp",
     "IndexMismatchOp",
     "IndexMismatchWarning",
     "RenameIndexOp",
+    "RevokeSearchAccessOp",
     "UndistributeTableOp",
     "citus",
     "comparators",
