@@ -91,16 +91,18 @@ def test_distance_to_is_an_expression_on_the_class() -> None:
 def test_text_search_sql() -> None:
     compiled = sql(Doc.text_search("error 0x80070057", ranking="ts_rank"))  # BM25 is default
     assert re.search(
-        r"replace\(CAST\(plainto_tsquery\(CAST\(%\(param_1\)s(::VARCHAR)? AS REGCONFIG\), "
+        r"pg_catalog\.replace\(CAST\(pg_catalog\.plainto_tsquery\(CAST\(%\(param_1\)s(::VARCHAR)? "
+        r"AS REGCONFIG\), "
         r"%\(param_2\)s(::VARCHAR)?\) AS TEXT\)",
         compiled,
     )
-    assert "unit_docs.search_vector @@ CAST(replace(" in compiled
-    assert "ts_rank(unit_docs.search_vector," in compiled
+    # pg_catalog's functions are called qualified (docs/security.md).
+    assert "unit_docs.search_vector @@ CAST(pg_catalog.replace(" in compiled
+    assert "pg_catalog.ts_rank(unit_docs.search_vector," in compiled
     params = Doc.text_search("error 0x80070057", ranking="ts_rank").compile(dialect=DIALECT).params
     assert "english" in params.values() and "error 0x80070057" in params.values()
-    assert "websearch_to_tsquery" in sql(Doc.text_search("x", mode="websearch", ranking="ts_rank"))
-    assert "phraseto_tsquery" in sql(Doc.text_search("x", mode="phrase", ranking="ts_rank"))
+    assert "pg_catalog.websearch_to_tsquery(" in sql(Doc.text_search("x", mode="websearch", ranking="ts_rank"))
+    assert "pg_catalog.phraseto_tsquery(" in sql(Doc.text_search("x", mode="phrase", ranking="ts_rank"))
     assert "replace(" not in sql(Doc.text_search("x", mode="all", ranking="ts_rank"))
     simple = Ivf.text_search("x").compile(dialect=DIALECT).params
     assert "simple" in simple.values()
