@@ -24,7 +24,7 @@ from sqlalchemy import String, insert, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import install_search_settings, search_options
+from vecorm.query import search_options
 from vecorm.testing.assertions import indexes_used
 
 
@@ -76,7 +76,6 @@ def main() -> None:
 
     with vecorm.database() as url:
         engine = vecorm.create_engine(url)
-        install_search_settings(engine)
         Base.metadata.create_all(engine)
         (hnsw,) = [ix for ix in Item.__table__.indexes if ix.name.endswith("_hnsw")]
         with engine.begin() as conn:

@@ -28,7 +28,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import vecorm
 from vecorm.demo import choose_embedder, load_passages
 from vecorm.embedders.base import Embedder
-from vecorm.query import install_search_settings
 
 #: (kind, question, slug of the passage that answers it)
 JUDGED: tuple[tuple[str, str, str], ...] = (
@@ -170,7 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = choose_embedder(args.embedder)
     with vecorm.database(args.database_url) as url:
         engine = vecorm.create_engine(url)
-        install_search_settings(engine)
         Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         with Session(engine) as session:

@@ -22,7 +22,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 import vecorm
 from vecorm.demo import choose_embedder, load_passages
 from vecorm.embedders.base import Embedder
-from vecorm.query import install_search_settings
 
 
 class Base(DeclarativeBase):
@@ -83,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = choose_embedder(args.embedder)
     with vecorm.database(args.database_url) as url:
         engine = vecorm.create_engine(url)
-        install_search_settings(engine)  # per-statement hnsw.ef_search etc.
         Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
         with Session(engine) as session:

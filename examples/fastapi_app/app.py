@@ -30,7 +30,6 @@ from vecorm.demo import choose_embedder
 from vecorm.embedded import normalize_url
 from vecorm.embedders.base import Embedder
 from vecorm.embedders.query import aembed_query
-from vecorm.query import install_search_settings
 
 from .models import Note
 
@@ -72,8 +71,7 @@ def create_app(database_url: str | None = None, *, embedder: str | Embedder = "a
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_async_engine(url)
-        install_search_settings(engine)  # hnsw.ef_search etc., per statement
+        engine = create_async_engine(url)  # vecorm's search settings apply on any engine
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         vecorm.install(sessions, embedder=provider)  # embed changed notes on commit, awaiting
         app.state.sessions = sessions

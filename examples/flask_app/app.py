@@ -24,7 +24,6 @@ import vecorm
 from vecorm.demo import choose_embedder
 from vecorm.embedded import normalize_url
 from vecorm.embedders.base import Embedder
-from vecorm.query import install_search_settings
 
 from .models import Article, db
 
@@ -50,8 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if vecorm.is_installed(db.session):
         vecorm.uninstall(db.session)
     vecorm.install(db.session, embedder=embedder)  # embed changed articles on every commit
-    with app.app_context():
-        install_search_settings(db.engine)  # hnsw.ef_search etc., per statement
+    # db.engine needs nothing: vecorm's searches set hnsw.ef_search etc. on every engine.
 
     app.register_error_handler(HTTPException, _json_error)
     app.add_url_rule("/search", view_func=search)

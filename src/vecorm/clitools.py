@@ -124,11 +124,8 @@ def require_url(value: str | None) -> URL:
 
 @contextmanager
 def connect(url: URL) -> Iterator[Session]:
-    """A session on ``url`` (vecorm's engine, search settings installed), disposed afterwards."""
-    from vecorm.query import install_search_settings
-
+    """A session on ``url`` (vecorm's engine), disposed afterwards."""
     engine = create_engine(url)
-    install_search_settings(engine)
     try:
         with Session(engine) as session:
             yield session

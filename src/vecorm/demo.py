@@ -37,7 +37,6 @@ from vecorm.embedders.hashing import HashingEmbedder
 from vecorm.errors import ConfigurationError
 from vecorm.events import install
 from vecorm.mixin import Searchable
-from vecorm.query import install_search_settings
 
 __all__ = [
     "DIMENSIONS",
@@ -231,7 +230,6 @@ def run_demo(
     provider = choose_embedder(embedder) if isinstance(embedder, str) else embedder
     with database(url) as resolved:
         engine = create_engine(resolved)
-        install_search_settings(engine)
         try:
             _Base.metadata.drop_all(engine)
             _Base.metadata.create_all(engine)

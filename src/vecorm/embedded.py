@@ -77,19 +77,14 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """``sqlalchemy.create_engine`` tuned for vectors, with the URL normalised to psycopg 3.
 
     On top of SQLAlchemy's engine it sets ``insertmanyvalues_page_size=200`` (see
-    :data:`INSERT_PAGE_SIZE`) and calls :func:`vecorm.query.install_search_settings`, so
-    per-statement ``ef_search`` / ``probes`` / iterative-scan options take effect. vecorm's types
-    need no per-connection setup, so an engine made any other way works too; call
-    ``install_search_settings(engine)`` on it for the query-time settings.
+    :data:`INSERT_PAGE_SIZE`). vecorm's types need no per-connection setup and its query-time
+    settings apply on every engine (see :mod:`vecorm.query`), so an engine made any other way
+    works too.
 
     >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """
-    from vecorm.query import install_search_settings
-
     kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
-    engine = _sa_create_engine(normalize_url(url), **kwargs)
-    install_search_settings(engine)
-    return engine
+    return _sa_create_engine(normalize_url(url), **kwargs)
 
 
 def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
@@ -99,15 +94,11 @@ def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """
     from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
-    from vecorm.query import install_search_settings
-
     parsed = normalize_url(url)
     if parsed.drivername == "postgresql+psycopg":
         parsed = parsed.set(drivername="postgresql+psycopg_async")
     kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
-    engine = _sa_create_async_engine(parsed, **kwargs)
-    install_search_settings(engine)
-    return engine
+    return _sa_create_async_engine(parsed, **kwargs)
 
 
 def ensure_extension(url: str | URL) -> None:

@@ -678,7 +678,6 @@ def run_beir(
     from sqlalchemy.orm import Session as OrmSession
 
     from vecorm.embedded import create_engine, database
-    from vecorm.query import install_search_settings
 
     collection = load_beir(directory, split)
     if max_queries is not None or max_docs is not None:
@@ -698,7 +697,6 @@ def run_beir(
     model = scratch_model(embedder.dimensions)
     with database(url) as resolved:
         engine = create_engine(resolved)
-        install_search_settings(engine)
         try:
             model.metadata.drop_all(engine)
             model.metadata.create_all(engine)

@@ -17,26 +17,34 @@ PostgreSQL walks the HNSW / IVFFlat index, and a primary-key tie-break makes the
 
 **Query-time settings.** pgvector reads ``hnsw.ef_search``, ``hnsw.iterative_scan``,
 ``ivfflat.probes`` ... when a scan runs. vecorm carries them on the statement as execution
-options (``vecorm_hnsw_ef_search`` ...; :func:`search_options` builds them) and a hook you install
-once per engine applies them with ``set_config(name, value, true)`` (``SET LOCAL``) on the same
-connection, in the same transaction, right before the statement, and puts the previous values
-back right after it. Nothing outlives the statement, so nothing reaches the pool's next user::
+options (``vecorm_hnsw_ef_search`` ...; :func:`search_options` builds them), and a listener on
+SQLAlchemy's :class:`~sqlalchemy.engine.Engine` class applies them with
+``set_config(name, value, true)`` (``SET LOCAL``) on the same connection, in the same
+transaction, right before the statement, and puts the previous values back right after it (or
+after a failure, from ``handle_error``). Nothing outlives the statement, so nothing reaches the
+pool's next user, and there is nothing to call::
 
-    engine = create_engine(url)
-    vecorm.install_search_settings(engine)        # explicit, once; uninstall_... removes it
-
+    engine = sqlalchemy.create_engine(url)        # or Flask-SQLAlchemy's db.engine, an async one
     session.execute(Document.nearest(q, k=100).execution_options(**search_options(ef_search=200)))
+
+The listener is installed when this module is imported, against vecorm's rule that side
+effects wait for a call, because: without it the options are silently ignored (measured: a
+filtered top-10 at 1% selectivity returned 0 of 10 rows, hybrid search missed the true nearest
+row); a class listener is the only hook that reaches engines the application made itself
+(Flask-SQLAlchemy, FastAPI apps, test fixtures), including ones made before the import and the
+``sync_engine`` of async engines; and it is inert for every other statement, which pays one
+set-disjointness test. :func:`uninstall_search_settings` opts an engine out.
 
 :func:`nearest` fills these options from the model's :class:`~vecorm.HNSW` /
 :class:`~vecorm.IVFFlat` declaration: iterative scan ``relaxed_order`` (a filtered query still
 returns ``k`` rows), ``ef_search`` 200 and ``probes`` sqrt(lists) unless set (see
-docs/querying.md for the measurements behind them). Without the hook the options are ignored
-and pgvector's defaults apply. :func:`apply_search_settings` is the hook-free alternative: it
-runs the ``SET LOCAL`` itself in the session's current transaction.
+docs/querying.md for the measurements behind them). :func:`apply_search_settings` runs the
+``SET LOCAL`` itself, for the rest of the session's current transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -82,7 +90,7 @@ from vecorm.indexes import indexed_expression
 from vecorm.types import Bit, FloatArray, HalfVec, Vector, to_float_array
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExceptionContext, ExecutionContext
 
 QueryInput = str | Sequence[float] | npt.NDArray[Any]
 """What a search accepts: text (embedded with the model's embedder) or a vector."""
@@ -315,7 +323,13 @@ def _run_raw(conn: Connection, kind: str, values: Mapping[str, str | None]) -> t
     return tuple(row or ())
 
 
+_SETTING_KEYS = frozenset(SETTINGS)
+#: Execution option: ``False`` opts an engine, a connection or a statement out of the hook
+#: (:func:`uninstall_search_settings` sets it on an engine).
+SEARCH_SETTINGS_OPTION = "vecorm_search_settings"
 _RESTORE_KEY = "vecorm_search_settings_restore"
+#: libpq's ``PQTRANS_INTRANS`` (psycopg 2 and 3): in a transaction that has not failed.
+_IN_TRANSACTION = 2
 
 
 def _before_cursor_execute(
@@ -326,12 +340,15 @@ def _before_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
-    conn.info.pop(_RESTORE_KEY, None)  # left over if the previous statement failed
-    if context is None or executemany:
+    if context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
+        return  # not a vecorm search: this test is all that other statements pay
+    options = context.execution_options
+    if executemany or options.get(SEARCH_SETTINGS_OPTION) is False:
         return
-    settings = settings_from_options(context.execution_options)
-    if not settings:
-        return
+    # A failed statement's leftover (only if handle_error could not run): its transaction
+    # may be over, so it is dropped rather than applied.
+    conn.info.pop(_RESTORE_KEY, None)
+    settings = settings_from_options(options)
     dbapi_connection = conn.connection.dbapi_connection
     if getattr(dbapi_connection, "autocommit", False):
         raise ConfigurationError(
@@ -340,13 +357,13 @@ def _before_cursor_execute(
             "(the default isolation level) or leave out the vecorm_* execution options"
         )
     row = _run_raw(conn, "set", settings)
-    previous = dict(zip(settings, row[::2], strict=True))
     server_side = bool(getattr(context, "_is_server_side", False)) or bool(
-        context.execution_options.get("stream_results", False)
+        options.get("stream_results", False)
     )
     # A server-side cursor scans while rows are fetched, after this hook: keep the settings
     # until the transaction ends (COMMIT / ROLLBACK still resets them).
-    conn.info[_RESTORE_KEY] = None if server_side else (id(cursor), previous)
+    if not server_side:
+        conn.info[_RESTORE_KEY] = (id(cursor), dict(zip(settings, row[::2], strict=True)))
 
 
 def _after_cursor_execute(
@@ -357,51 +374,105 @@ def _after_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
+    if context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
+        return
     pending = conn.info.pop(_RESTORE_KEY, None)
     if pending is None or pending[0] != id(cursor):
         return
     _run_raw(conn, "restore", pending[1])
 
 
+def _transaction_status(conn: Connection) -> int | None:
+    """libpq's transaction status of ``conn`` (psycopg 2 and 3); ``None`` for other drivers."""
+    info = getattr(conn.connection.driver_connection, "info", None)
+    status = getattr(info, "transaction_status", None)
+    return status if isinstance(status, int) else None
+
+
+def _handle_error(exception: ExceptionContext) -> None:
+    """Put the previous values back when the statement failed between the two hooks (a
+    parameter the driver cannot adapt, another listener's exception ...)."""
+    conn, context = exception.connection, exception.execution_context
+    if conn is None or context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
+        return
+    # Whatever goes wrong here, the caller must see their own error, not ours: a failed
+    # restore leaves the transaction aborted or the connection dead, and either ends the
+    # settings anyway.
+    with contextlib.suppress(Exception):
+        _restore_after_failure(conn, context, is_disconnect=exception.is_disconnect)
+
+
+def _restore_after_failure(
+    conn: Connection, context: ExecutionContext, *, is_disconnect: bool
+) -> None:
+    if is_disconnect or conn.invalidated or conn.closed:
+        return  # the connection is discarded, and its settings with it
+    pending = conn.info.pop(_RESTORE_KEY, None)
+    if pending is None or pending[0] != id(context.cursor):
+        return
+    status = _transaction_status(conn)
+    if status is not None and status != _IN_TRANSACTION:
+        return  # the server aborted the transaction: its ROLLBACK resets SET LOCAL
+    _run_raw(conn, "restore", pending[1])
+
+
+# Every engine, made before or after this import, sync or the sync_engine of an async one
+# (see the module docstring for why this happens on import). handle_error goes first, so no
+# other handler's exception can skip the restore.
+event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
+event.listen(Engine, "handle_error", _handle_error, insert=True)
+
+
 def _target(bind: Engine | AsyncEngine) -> Engine:
     return bind.sync_engine if isinstance(bind, AsyncEngine) else bind
 
 
+def _opted_out(engine: Engine) -> bool:
+    return engine.get_execution_options().get(SEARCH_SETTINGS_OPTION) is False
+
+
 def install_search_settings(bind: Engine | AsyncEngine) -> None:
-    """Apply ``vecorm_*`` execution options as ``SET LOCAL`` around each statement on ``bind``.
-
-    Call once after creating the engine (sync or async); idempotent::
-
-        engine = create_engine(url)
-        vecorm.install_search_settings(engine)
-    """
+    """Kept for compatibility: vecorm's settings apply on every engine once ``vecorm.query``
+    is imported, so there is nothing to install. It only undoes
+    :func:`uninstall_search_settings` on ``bind``."""
     engine = _target(bind)
-    if not event.contains(engine, "before_cursor_execute", _before_cursor_execute):
-        event.listen(engine, "before_cursor_execute", _before_cursor_execute)
-        event.listen(engine, "after_cursor_execute", _after_cursor_execute)
+    if _opted_out(engine):
+        engine.update_execution_options(**{SEARCH_SETTINGS_OPTION: True})
 
 
 def uninstall_search_settings(bind: Engine | AsyncEngine) -> None:
-    """Remove what :func:`install_search_settings` installed on ``bind``."""
-    engine = _target(bind)
-    if event.contains(engine, "before_cursor_execute", _before_cursor_execute):
-        event.remove(engine, "before_cursor_execute", _before_cursor_execute)
-        event.remove(engine, "after_cursor_execute", _after_cursor_execute)
+    """Opt ``bind`` out: its connections opened from now on ignore the ``vecorm_*`` settings
+    options, and searches run with pgvector's settings (or yours, see
+    :func:`apply_search_settings`).
+
+    It sets the execution option :data:`SEARCH_SETTINGS_OPTION` to ``False`` on the engine;
+    the same option opts out one connection or one statement::
+
+        vecorm.uninstall_search_settings(engine)
+        conn = engine.connect().execution_options(vecorm_search_settings=False)
+    """
+    _target(bind).update_execution_options(**{SEARCH_SETTINGS_OPTION: False})
 
 
 def search_settings_installed(bind: Engine | AsyncEngine) -> bool:
-    """Whether :func:`install_search_settings` is active on ``bind``."""
-    return event.contains(_target(bind), "before_cursor_execute", _before_cursor_execute)
+    """Whether vecorm's settings apply on ``bind``: ``True`` unless it was opted out with
+    :func:`uninstall_search_settings`."""
+    listening = event.contains(Engine, "before_cursor_execute", _before_cursor_execute)
+    return listening and not _opted_out(_target(bind))
 
 
 def apply_search_settings(target: Session | Connection, **settings: Any) -> None:
     """``SET LOCAL`` pgvector settings now, for the rest of the current transaction.
 
-    The hook-free way; takes the arguments of :func:`search_options`::
+    Takes the arguments of :func:`search_options`. It serves statements without settings of
+    their own (hand-written SQL, an engine opted out with :func:`uninstall_search_settings`);
+    vecorm's searches carry theirs, which win for that statement::
 
         with Session(engine) as session, session.begin():
             vecorm.apply_search_settings(session, ef_search=200, iterative_scan="strict_order")
-            rows = session.execute(Document.nearest(q, k=100)).all()
+            by_distance = select(Document).order_by(Document.distance_to(q)).limit(100)
+            rows = session.scalars(by_distance).all()
     """
     resolved = settings_from_options(search_options(**settings))
     if not resolved:

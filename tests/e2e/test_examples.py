@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 import vecorm
 from tests.e2e.conftest import url_text
 from vecorm.embedders.base import Embedder
-from vecorm.query import install_search_settings
 
 
 def test_knowledge_base_answers_with_three_passages(
@@ -35,7 +34,6 @@ def test_knowledge_base_with_the_local_model(vecorm_url: URL, local_embedder: Em
     import knowledge_base
 
     engine = vecorm.create_engine(vecorm_url)
-    install_search_settings(engine)
     knowledge_base.Base.metadata.create_all(engine)
     with Session(engine) as session:
         assert knowledge_base.load(session, local_embedder) == 65
@@ -68,7 +66,6 @@ def test_hybrid_pipeline_shows_hybrid_winning_on_exact_terms(
     import hybrid_pipeline
 
     engine = vecorm.create_engine(vecorm_url)
-    install_search_settings(engine)
     hybrid_pipeline.Base.metadata.create_all(engine)
     with Session(engine) as session:
         hybrid_pipeline.load(session, local_embedder)

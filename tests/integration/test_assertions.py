@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import install_search_settings, search_options
+from vecorm.query import search_options
 from vecorm.testing.assertions import (
     assert_index_used,
     assert_recall,
@@ -38,7 +38,6 @@ QUERY = [0.3, -0.2, 0.9, 0.1]
 @pytest.fixture
 def session(vecorm_engine: Engine) -> Iterator[Session]:
     Base.metadata.create_all(vecorm_engine)
-    install_search_settings(vecorm_engine)
     vectors = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
     with Session(vecorm_engine) as setup, setup.begin():
         setup.execute(

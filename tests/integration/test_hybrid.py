@@ -23,7 +23,6 @@ from sqlalchemy.orm import (
 import vecorm
 from vecorm.bm25 import BM25Arm
 from vecorm.hybrid import hybrid_search, semantic_candidates
-from vecorm.query import install_search_settings
 from vecorm.testing.assertions import indexes_used
 
 DIMS = 64
@@ -107,7 +106,6 @@ def corpus() -> tuple[list[str], list[tuple[str, int]]]:
 @pytest.fixture
 def session(vecorm_engine: Engine) -> Iterator[Session]:
     Base.metadata.create_all(vecorm_engine)
-    install_search_settings(vecorm_engine)
     bodies, _ = corpus()
     vectors = EMBEDDER.embed(bodies)
     with Session(vecorm_engine) as setup, setup.begin():

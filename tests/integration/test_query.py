@@ -110,7 +110,6 @@ def _vectors(count: int, seed: int = 1) -> np.ndarray:
 def loaded(vecorm_engine: Engine) -> dict[str, np.ndarray]:
     """Every model filled with the same 60 vectors (halfvec rounded for L1), plus one NULL."""
     Base.metadata.create_all(vecorm_engine)
-    install_search_settings(vecorm_engine)
     vectors = _vectors(ROWS)
     with Session(vecorm_engine) as session, session.begin():
         session.add_all([Author(id=1, name="ada"), Author(id=2, name="bob")])
@@ -342,10 +341,8 @@ def _hnsw_rows(session: Session, **options: object) -> int:
 
 
 def test_settings_apply_to_the_statement_and_do_not_leak(one_connection_engine: Engine) -> None:
-    engine = one_connection_engine
+    engine = one_connection_engine  # sqlalchemy.create_engine: nothing installed by hand
     _fill_hnsw(engine)
-    install_search_settings(engine)
-    install_search_settings(engine)  # idempotent
     assert search_settings_installed(engine)
     capped = search_options(ef_search=5, iterative_scan="off")
     with Session(engine) as session, session.begin():
@@ -366,16 +363,20 @@ def test_settings_apply_to_the_statement_and_do_not_leak(one_connection_engine: 
         assert _hnsw_rows(session, **capped) == 5
         assert session.scalar(text("SHOW hnsw.ef_search")) == "77"
         session.execute(text("RESET hnsw.ef_search"))
-    uninstall_search_settings(engine)
+    uninstall_search_settings(engine)  # opted out: the options are ignored
     assert not search_settings_installed(engine)
     with Session(engine) as session, session.begin():
-        assert _hnsw_rows(session, **capped) == 40  # ignored: pgvector's default ef_search
+        assert _hnsw_rows(session, **capped) == 40  # pgvector's default ef_search
+    install_search_settings(engine)  # undoes the opt-out
+    install_search_settings(engine)  # idempotent
+    assert search_settings_installed(engine)
+    with Session(engine) as session, session.begin():
+        assert _hnsw_rows(session, **capped) == 5
 
 
 def test_settings_on_an_error_roll_back_with_the_transaction(one_connection_engine: Engine) -> None:
     engine = one_connection_engine
     _fill_hnsw(engine)
-    install_search_settings(engine)
     failing = select(Doc.id, text("1/0")).execution_options(vecorm_hnsw_ef_search=123)
     with Session(engine) as session, pytest.raises(Exception, match="division by zero"):
         session.execute(failing)
@@ -387,21 +388,32 @@ def test_autocommit_connections_are_refused(vecorm_url: URL) -> None:
     engine = create_engine(vecorm_url, isolation_level="AUTOCOMMIT")
     try:
         _fill_hnsw(engine)
-        install_search_settings(engine)
         with engine.connect() as conn, pytest.raises(vecorm.ConfigurationError, match="AUTOCOMMIT"):
             conn.execute(Doc.nearest(_vectors(1)[0], k=3))
     finally:
         engine.dispose()
 
 
-def test_apply_search_settings_without_a_hook(vecorm_url: URL, vecorm_engine: Engine) -> None:
+def test_apply_search_settings_serves_statements_without_their_own(
+    vecorm_url: URL, vecorm_engine: Engine
+) -> None:
     _fill_hnsw(vecorm_engine)
-    plain = sqlalchemy.create_engine(vecorm_url)  # no install_search_settings on this one
-    assert not search_settings_installed(plain)
+    plain = sqlalchemy.create_engine(vecorm_url)
+    query = _vectors(1, seed=10)[0]
+    by_distance = select(Doc.id).order_by(Doc.distance_to(query)).limit(50)  # no settings
     with Session(plain) as session, session.begin():
         apply_search_settings(session, ef_search=7, iterative_scan="off")
         assert session.scalar(text("SHOW hnsw.ef_search")) == "7"
-        assert _hnsw_rows(session) == 7
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        assert len(session.scalars(by_distance).all()) == 7
+        assert _hnsw_rows(session) == 50  # nearest() carries its own settings, which win
+        assert session.scalar(text("SHOW hnsw.ef_search")) == "7"  # and are restored
+    # A connection opted out of vecorm's settings runs nearest() with the transaction's.
+    with plain.connect() as conn:
+        opted_out = conn.execution_options(vecorm_search_settings=False)
+        with Session(opted_out) as session, session.begin():
+            apply_search_settings(session, ef_search=7, iterative_scan="off")
+            assert _hnsw_rows(session) == 7
     with plain.connect() as conn, pytest.raises(vecorm.ConfigurationError):
         apply_search_settings(conn, ef_search=7)
     plain.dispose()
@@ -421,7 +433,6 @@ def test_invalid_settings_are_refused() -> None:
 async def test_settings_work_on_async_engines(vecorm_url: URL, vecorm_engine: Engine) -> None:
     _fill_hnsw(vecorm_engine)
     engine = create_async_engine(vecorm_url.set(drivername="postgresql+psycopg_async"))
-    install_search_settings(engine)
     try:
         async with engine.begin() as conn:
             await conn.execute(text("SET LOCAL enable_seqscan = off"))
@@ -475,7 +486,6 @@ def _clustered(rows: int, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray,
 def test_filtered_search_keeps_its_promise(vecorm_engine: Engine) -> None:
     """20k x 32 clustered rows, HNSW(m=16, ef_construction=64), a filter matching 1%."""
     Base.metadata.create_all(vecorm_engine, tables=[Filtered.__table__])
-    install_search_settings(vecorm_engine)
     vectors, rare, queries = _clustered(20_000, 32, seed=7)
     (hnsw,) = [ix for ix in Filtered.__table__.indexes if ix.name.endswith("_hnsw")]
     with vecorm_engine.begin() as conn:

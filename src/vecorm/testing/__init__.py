@@ -9,13 +9,17 @@ server, or ``$VECORM_DATABASE_URL`` when set. Fixtures:
 ``vecorm_engine`` / ``vecorm_session``
     An engine and an ORM session on that database.
 ``vecorm_async_engine`` / ``vecorm_async_session``
-    The same with ``create_async_engine`` (when pytest-asyncio is installed).
-``fake_embedder``
+    The same with ``create_async_engine`` (needs pytest-asyncio).
+``vecorm_fake_embedder``
     A :class:`FakeEmbedder` (deterministic, offline, records its calls), 1536 dimensions.
+``vecorm_server`` / ``vecorm_template``
+    The server and the template database, once per session.
 
-Example::
+Every fixture is named ``vecorm_*``. The database fixtures need ``pip install
+'vecorm[testing]'`` (pytest-postgresql); without it the plugin still loads, and a test that
+asks for one fails saying so. Example::
 
-    def test_search(vecorm_engine, fake_embedder):
+    def test_search(vecorm_engine, vecorm_fake_embedder):
         Base.metadata.create_all(vecorm_engine)
         ...
 """
