@@ -101,8 +101,12 @@ def test_text_search_sql() -> None:
     assert "pg_catalog.ts_rank(unit_docs.search_vector," in compiled
     params = Doc.text_search("error 0x80070057", ranking="ts_rank").compile(dialect=DIALECT).params
     assert "english" in params.values() and "error 0x80070057" in params.values()
-    assert "pg_catalog.websearch_to_tsquery(" in sql(Doc.text_search("x", mode="websearch", ranking="ts_rank"))
-    assert "pg_catalog.phraseto_tsquery(" in sql(Doc.text_search("x", mode="phrase", ranking="ts_rank"))
+    assert "pg_catalog.websearch_to_tsquery(" in sql(
+        Doc.text_search("x", mode="websearch", ranking="ts_rank")
+    )
+    assert "pg_catalog.phraseto_tsquery(" in sql(
+        Doc.text_search("x", mode="phrase", ranking="ts_rank")
+    )
     assert "replace(" not in sql(Doc.text_search("x", mode="all", ranking="ts_rank"))
     simple = Ivf.text_search("x").compile(dialect=DIALECT).params
     assert "simple" in simple.values()
