@@ -188,8 +188,10 @@ def test_hand_made_index_and_filled_vectors_are_adopted_as_they_are(
     assert undefined_names(adopted) == ""
     assert upgrade.splitlines() == [
         "op.add_column('documents', sa.Column('search_vector', postgresql.TSVECTOR(), "
-        "sa.Computed(\"to_tsvector('english'::regconfig, coalesce(title, '')) || "
-        "to_tsvector('english'::regconfig, coalesce(body, ''))\", persisted=True), "
+        "sa.Computed(\"pg_catalog.to_tsvector('english'::pg_catalog.regconfig, "
+        "coalesce(title, '')) OPERATOR(pg_catalog.||) "
+        "pg_catalog.to_tsvector('english'::pg_catalog.regconfig, coalesce(body, ''))\", "
+        "persisted=True), "
         "nullable=False))",
         "op.add_column('documents', sa.Column('embedding_digest', sa.LargeBinary(), "
         "nullable=True))",

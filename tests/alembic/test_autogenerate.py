@@ -180,7 +180,7 @@ def test_existing_project_gains_a_searchable_model(
         "postgresql_ops={'embedding': 'vector_l2_ops'})"
     ) in upgrade
     assert "op.alter_column_expression('documents', 'search_vector'" in upgrade
-    assert "'simple'::regconfig" in upgrade
+    assert "simple\\'::pg_catalog.regconfig" in upgrade
     assert "add_column" not in upgrade and "drop_column" not in upgrade
     project.upgrade()
     with project.engine.connect() as conn:

@@ -88,7 +88,8 @@ FUNCTIONS = {
     "set_config": [("text", "text", "text")],
     "current_setting": [("text", None, "text")],
     "pg_try_advisory_xact_lock": [("integer", None, "boolean")],
-    "to_tsvector": [("text", "text", "tsvector")],
+    "to_tsvector": [("text", "text", "tsvector"), ("regconfig", "character varying", "tsvector")],
+    "setweight": [("tsvector", "text", "tsvector")],
     "plainto_tsquery": [("text", "text", "tsquery")],
     "replace": [("tsquery", "text", "text")],
 }
@@ -289,6 +290,38 @@ def test_no_overload_planted_on_the_search_path_ever_runs(engine: Engine, roles:
         assert not is_superuser(session, roles.attacker)
 
 
+class LateBase(DeclarativeBase):
+    pass
+
+
+class LateDoc(vecorm.Searchable, LateBase):
+    """Created after the traps, on the hostile search_path (as a migration would run)."""
+
+    __tablename__ = "late_docs"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title", "body"), dimensions=DIMS, index=None, weights={"title": "A"}
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str]
+
+
+def test_tables_created_on_a_hostile_search_path_bind_pg_catalog(
+    engine: Engine, roles: Roles
+) -> None:
+    """A generation expression binds its functions when the DDL runs: an unqualified
+    ``setweight(..., 'A')`` would bind the attacker's ``setweight(tsvector, text)`` for good."""
+    with Session(engine) as session:
+        _plant_traps(session, roles.attacker)
+        session.commit()
+    LateBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(LateDoc(id=1, title="vacuum", body="lock"))
+        session.commit()
+        assert [doc.id for doc, _ in session.execute(LateDoc.text_search("vacuum"))] == [1]
+        assert calls(session) == []
+
+
 def test_the_traps_are_reachable_from_unqualified_sql(engine: Engine, roles: Roles) -> None:
     """The test above can fail: the same calls written without qualification hit the traps."""
     with Session(engine) as session:
@@ -296,9 +329,11 @@ def test_the_traps_are_reachable_from_unqualified_sql(engine: Engine, roles: Rol
         session.commit()
         session.execute(text("SELECT array_length('{1,2}'::smallint[], 1)"))
         session.execute(text("SELECT 1.5::float8 + 2.0"))
+        session.execute(text("SELECT setweight(to_tsvector('english'::regconfig, 'a'), 'A')"))
         assert [name for name, _ in calls(session)] == [
             "array_length",
             "op_plus_double_precision_numeric",
+            "setweight",
         ]
         assert is_superuser(session, roles.attacker)  # the superuser session ran the trap
 

@@ -15,6 +15,7 @@ def test_index_names_are_deterministic_and_fit_postgres() -> None:
 def test_tsvector_expression_quotes_identifiers_and_weights() -> None:
     sql = tsvector_expression(["title", "Body Text"], "english", {"title": "A"})
     assert sql == (
-        "setweight(to_tsvector('english'::regconfig, coalesce(title, '')), 'A') || "
-        "to_tsvector('english'::regconfig, coalesce(\"Body Text\", ''))"
+        "pg_catalog.setweight(pg_catalog.to_tsvector('english'::pg_catalog.regconfig, "
+        "coalesce(title, '')), 'A'::\"char\") OPERATOR(pg_catalog.||) "
+        "pg_catalog.to_tsvector('english'::pg_catalog.regconfig, coalesce(\"Body Text\", ''))"
     )
