@@ -11,7 +11,7 @@ functions back, read from the catalog.
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-02 20:06:11.240708
+Create Date: 2026-12-02 20:52:26.820488
 
 """
 from typing import Sequence, Union
@@ -266,7 +266,7 @@ def upgrade() -> None:
             """CREATE TRIGGER notes_bm25_update AFTER UPDATE ON public.notes REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.notes_bm25_update()""",
             """CREATE TRIGGER notes_bm25_delete AFTER DELETE ON public.notes REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.notes_bm25_delete()""",
             """CREATE TRIGGER notes_bm25_truncate AFTER TRUNCATE ON public.notes FOR EACH STATEMENT EXECUTE FUNCTION public.notes_bm25_truncate()""",
-            """COMMENT ON FUNCTION public.notes_bm25_insert() IS 'vecorm bm25 176c21b79b469566'""",
+            """COMMENT ON FUNCTION public.notes_bm25_insert() IS 'vecorm bm25 89a1e8fe98fbded5'""",
         ],
     )
     # ### end Alembic commands ###

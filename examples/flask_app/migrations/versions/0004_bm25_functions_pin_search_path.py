@@ -11,7 +11,7 @@ functions back, read from the catalog.
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-02 20:06:06.229866
+Create Date: 2026-12-02 20:52:20.447221
 
 """
 from typing import Sequence, Union
@@ -266,7 +266,7 @@ def upgrade() -> None:
             """CREATE TRIGGER articles_bm25_update AFTER UPDATE ON public.articles REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.articles_bm25_update()""",
             """CREATE TRIGGER articles_bm25_delete AFTER DELETE ON public.articles REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.articles_bm25_delete()""",
             """CREATE TRIGGER articles_bm25_truncate AFTER TRUNCATE ON public.articles FOR EACH STATEMENT EXECUTE FUNCTION public.articles_bm25_truncate()""",
-            """COMMENT ON FUNCTION public.articles_bm25_insert() IS 'vecorm bm25 a368cbf9fdd7b151'""",
+            """COMMENT ON FUNCTION public.articles_bm25_insert() IS 'vecorm bm25 7a516a2f980e9ffe'""",
         ],
     )
     # ### end Alembic commands ###
