@@ -163,12 +163,18 @@ def compare_table(
     conn_table: Table | None,
     metadata_table: Table | None,
 ) -> PriorityDispatchResult:
-    """Compare indexes and generated columns of a table that exists on both sides."""
+    """Compare indexes and generated columns of a table that exists on both sides.
+
+    Each drop / create Alembic planned has one owner here. An index *name* present on both
+    sides belongs to :func:`_reconcile_index` (compared from the catalog, rebuilt or left
+    alone); a create of a name the database lacks and a drop of a name the metadata lacks
+    belong to :func:`_adopt_replaced_indexes` (a rename when one is the other).
+    """
     connection = autogen_context.connection
     if conn_table is None or metadata_table is None or connection is None:
         return PriorityDispatchResult.CONTINUE
     indexes = _comparable_indexes(autogen_context, connection, metadata_table, schema)
-    replaced = _replaced_indexes(connection, modify_ops, metadata_table, conn_table, schema)
+    replaced = _replaced_indexes(connection, modify_ops, metadata_table, schema)
     computed = [
         column
         for column in metadata_table.c
@@ -300,19 +306,23 @@ def _replaced_indexes(
     connection: Connection,
     modify_ops: ops.ModifyTableOps,
     metadata_table: Table,
-    conn_table: Table,
     schema: str | None,
 ) -> _Replacements | None:
-    """The creates and drops Alembic planned for this table, if it planned both."""
+    """Creates of names the database lacks and drops of valid indexes the metadata lacks, if
+    Alembic planned both. A name on both sides is :func:`_reconcile_index`'s, never here."""
     by_name = {str(index.name): index for index in metadata_table.indexes if index.name}
     created = [
         (op, by_name[str(op.index_name)])
         for op in modify_ops.ops
-        if isinstance(op, ops.CreateIndexOp) and str(op.index_name) in by_name
+        if isinstance(op, ops.CreateIndexOp)
+        and str(op.index_name) in by_name
+        and index_state(connection, str(op.index_name), schema) is None
     ]
     dropped: list[tuple[ops.DropIndexOp, IndexSignature]] = []
     for op in modify_ops.ops:
         if not isinstance(op, ops.DropIndexOp) or op.index_name is None:
+            continue
+        if str(op.index_name) in by_name:
             continue
         state = index_state(connection, op.index_name, schema)
         if state is not None and state[1] and not state[2]:
