@@ -5,10 +5,12 @@ in env.py is all it takes. What they add to Alembic's own comparison:
 
 * ``CREATE EXTENSION IF NOT EXISTS vector`` first in the upgrade, when the metadata uses a
   pgvector type and the database lacks the extension;
-* indexes present on both sides are compared from the catalog (method, key columns and
-  expressions, operator classes, ``WITH`` parameters, predicate), after PostgreSQL normalised
-  the metadata's version (see :mod:`vecorm.alembic.catalog`); a difference is a drop + create,
-  equality removes any diff Alembic produced for that index;
+* an index name present on both sides is compared from the catalog (method, uniqueness and
+  NULLS NOT DISTINCT, each key as ``pg_get_indexdef`` prints it: column or expression,
+  collation, operator class and its parameters, direction, NULLS order; INCLUDE columns,
+  ``WITH`` parameters, predicate), after PostgreSQL normalised the metadata's version (see
+  :mod:`vecorm.alembic.catalog`); a difference is a drop + create, equality removes any diff
+  Alembic produced for that name;
 * an index Alembic would drop, whose definition is exactly that of a metadata index Alembic
   would create on the same table, is renamed instead (``op.rename_index``), never rebuilt;
 * an *adopted* index (``SearchConfig(vector_index_name=...)``, or a hand-made HNSW / IVFFlat
@@ -35,7 +37,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import Column, Computed, Index, Table, literal_column, text
+from sqlalchemy import Column, Computed, Index, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeEngine
@@ -444,22 +446,30 @@ def _create_index_op(index: Index) -> ops.CreateIndexOp:
 
 
 def stored_index(conn_table: Table, name: str, signature: IndexSignature) -> Index:
-    """An :class:`~sqlalchemy.Index` on the reflected table that renders the stored index."""
+    """An :class:`~sqlalchemy.Index` on the reflected table that renders the stored index.
+
+    A key that is a bare column (with at most a non-default operator class) stays a column;
+    any other key is the catalog's own text (``n DESC NULLS LAST``, ``lower((name)::text)
+    COLLATE "C" text_pattern_ops``, ``((embedding)::halfvec(3072)) halfvec_cosine_ops``), so
+    the downgrade builds exactly what was stored.
+    """
     by_quoted = {_PREPARER.quote(column.name): column for column in conn_table.c}
-    # An expression key is labelled so that its operator class can be named (e.g. a
-    # halfvec_cosine_ops expression index, whose type has no default HNSW opclass).
-    keys: list[Any] = [
-        by_quoted[key] if key in by_quoted else literal_column(key).label(f"expr_{position}")
-        for position, key in enumerate(signature.keys)
-    ]
-    ops_by_column = {
-        (by_quoted[key].name if key in by_quoted else f"expr_{position}"): opclass
-        for position, (key, opclass, is_default) in enumerate(
-            zip(signature.keys, signature.opclasses, signature.default_opclasses, strict=True)
-        )
-        if not is_default
-    }
-    kwargs: dict[str, Any] = {"postgresql_using": signature.method}
+    keys: list[Any] = []
+    ops_by_column: dict[str, str] = {}
+    for key, definition, opclass in zip(
+        signature.keys, signature.key_definitions, signature.opclasses, strict=True
+    ):
+        column = by_quoted.get(key)
+        if column is not None and definition == key:
+            keys.append(column)
+        elif column is not None and definition == f"{key} {opclass}":
+            keys.append(column)
+            ops_by_column[column.name] = opclass
+        else:
+            keys.append(text(definition))
+    kwargs: dict[str, Any] = {}
+    if signature.method != "btree":  # PostgreSQL's default, left out as Alembic does
+        kwargs["postgresql_using"] = signature.method
     if signature.options:
         kwargs["postgresql_with"] = signature.with_params
     if ops_by_column:
@@ -467,7 +477,11 @@ def stored_index(conn_table: Table, name: str, signature: IndexSignature) -> Ind
     if signature.predicate:
         kwargs["postgresql_where"] = text(signature.predicate)
     if signature.include:
-        kwargs["postgresql_include"] = list(signature.include)
+        kwargs["postgresql_include"] = [
+            by_quoted[key].name if key in by_quoted else key for key in signature.include
+        ]
+    if signature.nulls_not_distinct:
+        kwargs["postgresql_nulls_not_distinct"] = True
     index = Index(name, *keys, unique=signature.unique, **kwargs)
     if index.table is None:  # only expressions: bind it to the table by hand
         index._set_parent(conn_table)
