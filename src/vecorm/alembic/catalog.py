@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Index, MetaData, Table, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateIndex
 
 log = logging.getLogger("vecorm.alembic")
@@ -289,6 +289,9 @@ class SimulatedTable:
         except DBAPIError as exc:
             log.info("vecorm: cannot simulate index %s: %s", index.name, exc.orig)
             return None
+        except CompileError as exc:
+            log.info("vecorm: cannot simulate index %s: %s", index.name, exc)
+            return None
 
     def generated_column(self, column: Column[object]) -> GeneratedColumn | None:
         """How PostgreSQL stores metadata ``column``'s generation expression, or ``None``."""
@@ -371,7 +374,16 @@ def _index_copy(index: Index, table: Table, name: str) -> Index:
             break
     else:  # pragma: no cover - to_metadata copies every index
         raise LookupError(index.name)
-    return Index(name, *source.expressions, unique=source.unique, **source.dialect_kwargs)
+    # CONCURRENTLY cannot run in the savepoint, and where the index lives is not compared.
+    options = {
+        key: value
+        for key, value in source.dialect_kwargs.items()
+        if key not in ("postgresql_concurrently", "postgresql_tablespace")
+    }
+    copy = Index(name, *source.expressions, unique=source.unique, **options)
+    if copy.table is None:  # only text() expressions: nothing bound it to the table
+        table.append_constraint(copy)
+    return copy
 
 
 def _number_or_text(value: str) -> object:

@@ -10,7 +10,8 @@ in env.py is all it takes. What they add to Alembic's own comparison:
   collation, operator class and its parameters, direction, NULLS order; INCLUDE columns,
   ``WITH`` parameters, predicate), after PostgreSQL normalised the metadata's version (see
   :mod:`vecorm.alembic.catalog`); a difference is a drop + create, equality removes any diff
-  Alembic produced for that name;
+  Alembic produced for that name; an INVALID stored index (a failed ``CREATE INDEX
+  CONCURRENTLY``) is dropped and built again;
 * an index Alembic would drop, whose definition is exactly that of a metadata index Alembic
   would create on the same table, is renamed instead (``op.rename_index``), never rebuilt;
 * an *adopted* index (``SearchConfig(vector_index_name=...)``, or a hand-made HNSW / IVFFlat
@@ -175,7 +176,7 @@ def compare_table(
     connection = autogen_context.connection
     if conn_table is None or metadata_table is None or connection is None:
         return PriorityDispatchResult.CONTINUE
-    indexes = _comparable_indexes(autogen_context, connection, metadata_table, schema)
+    indexes = _stored_counterparts(autogen_context, connection, metadata_table, schema)
     replaced = _replaced_indexes(connection, modify_ops, metadata_table, schema)
     computed = [
         column
@@ -192,107 +193,118 @@ def compare_table(
     with simulated_table(connection, metadata_table, schema) as probe:
         if probe is None:
             return PriorityDispatchResult.CONTINUE
-        expected_indexes = {index: probe.index_signature(index) for index, _ in indexes}
+        expected_indexes = {stored.index: probe.index_signature(stored.index) for stored in indexes}
         expected_columns = {column: probe.generated_column(column) for column in computed}
         expected_new = _simulate_new_indexes(probe, replaced, conn_table)
-    for index, actual in indexes:
-        expected = expected_indexes[index]
-        if expected is None:
-            continue  # could not be simulated (e.g. a column it needs is new): Alembic decides
-        _reconcile_index(modify_ops, conn_table, index, expected, actual, tname, schema)
+    for stored in indexes:
+        _reconcile_index(
+            modify_ops, conn_table, stored, expected_indexes[stored.index], tname, schema
+        )
     if replaced is not None:
         _adopt_replaced_indexes(modify_ops, conn_table, replaced, expected_new, tname, schema)
     for column, expected_column in expected_columns.items():
-        stored = generated_column(connection, tname, column.name, schema)
-        if expected_column is None or stored is None:
+        stored_column = generated_column(connection, tname, column.name, schema)
+        if expected_column is None or stored_column is None:
             continue
-        if expected_column.kind != stored.kind:
+        if expected_column.kind != stored_column.kind:
             log.warning(
                 "vecorm: %s.%s changes between STORED and VIRTUAL; PostgreSQL cannot alter "
                 "that in place: drop and add the column in a hand-written migration",
                 tname,
                 column.name,
             )
-        elif expected_column.expression != stored.expression:
+        elif expected_column.expression != stored_column.expression:
             log.info("Detected changed generated expression on '%s.%s'", tname, column.name)
             modify_ops.ops.append(
                 AlterColumnExpressionOp(
                     tname,
                     column.name,
                     _metadata_expression(autogen_context, column),
-                    existing_expression=stored.expression,
+                    existing_expression=stored_column.expression,
                     schema=schema,
                 )
             )
     return PriorityDispatchResult.CONTINUE
 
 
-def _comparable_indexes(
+@dataclass(frozen=True)
+class _StoredIndex:
+    """A named metadata index and the stored index of the same name."""
+
+    index: Index
+    actual: IndexSignature
+    valid: bool
+
+
+def _stored_counterparts(
     autogen_context: AutogenContext,
     connection: Connection,
     metadata_table: Table,
     schema: str | None,
-) -> list[tuple[Index, IndexSignature]]:
-    """Named metadata indexes that exist, valid and not backing a constraint, in the database."""
-    found: list[tuple[Index, IndexSignature]] = []
+) -> list[_StoredIndex]:
+    """Named metadata indexes stored under the same name, except those backing a constraint
+    (Alembic compares unique constraints itself)."""
+    found: list[_StoredIndex] = []
     for index in sorted(metadata_table.indexes, key=lambda ix: str(ix.name)):
         if not isinstance(index.name, str):
             continue
         state = index_state(connection, index.name, schema)
-        if state is None or not state[1] or state[2]:
+        if state is None or state[2]:
             continue
         if not autogen_context.run_object_filters(index, index.name, "index", False, None):
             continue
-        found.append((index, index_signature_by_oid(connection, state[0])))
+        found.append(_StoredIndex(index, index_signature_by_oid(connection, state[0]), state[1]))
     return found
 
 
 def _reconcile_index(
     modify_ops: ops.ModifyTableOps,
     conn_table: Table,
-    index: Index,
-    expected: IndexSignature,
-    actual: IndexSignature,
+    stored: _StoredIndex,
+    expected: IndexSignature | None,
     tname: str,
     schema: str | None,
 ) -> None:
-    alembic_ops = [
+    """Make the plan for ``stored.index``'s name exactly: nothing, a rebuild, or a report."""
+    index, actual = stored.index, stored.actual
+    name = str(index.name)
+    if stored.valid and expected is None:
+        return  # could not be simulated (e.g. a column it needs is new): Alembic decides
+    for op in [
         op
         for op in modify_ops.ops
-        if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.index_name == index.name
-    ]
-    if expected.comparable() == actual.comparable():
-        # Same index in the catalog's terms: whatever Alembic saw is noise.
-        for op in alembic_ops:
-            modify_ops.ops.remove(op)
-        return
-    for op in alembic_ops:
-        modify_ops.ops.remove(op)
-    if index.info.get(ADOPTED_INFO_KEY):
-        drop = ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
-        _report_mismatch(
-            modify_ops,
-            IndexMismatchOp(
-                tname,
-                str(index.name),
-                actual,
-                expected,
-                (drop, _create_index_op(index)),
-                schema=schema,
-            ),
+        if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.index_name == name
+    ]:
+        modify_ops.ops.remove(op)  # whatever Alembic planned for this name, this decides
+    drop = ops.DropIndexOp.from_index(stored_index(conn_table, name, actual))
+    if not stored.valid:
+        # Left by a failed (or running) CREATE INDEX CONCURRENTLY: queries do not use it, yet
+        # Alembic reflects it like any other index. Build it again.
+        log.warning(
+            "vecorm: index %r on %r is INVALID (a failed or running CREATE INDEX "
+            "CONCURRENTLY?); the revision drops and rebuilds it",
+            name,
+            tname,
         )
-        return
-    log.info(
-        "Detected changed index %r on %r: %s -> %s",
-        index.name,
-        tname,
-        actual.describe(),
-        expected.describe(),
-    )
+    else:
+        assert expected is not None
+        if expected.comparable() == actual.comparable():
+            return  # same index in the catalog's terms: whatever Alembic saw is noise
+        if index.info.get(ADOPTED_INFO_KEY):
+            mismatch = IndexMismatchOp(
+                tname, name, actual, expected, (drop, _create_index_op(index)), schema=schema
+            )
+            _report_mismatch(modify_ops, mismatch)
+            return
+        log.info(
+            "Detected changed index %r on %r: %s -> %s",
+            name,
+            tname,
+            actual.describe(),
+            expected.describe(),
+        )
     # Drop first: a column type change in the same revision may need the old index gone.
-    modify_ops.ops.insert(
-        0, ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
-    )
+    modify_ops.ops.insert(0, drop)
     modify_ops.ops.append(_create_index_op(index))
 
 
