@@ -21,6 +21,9 @@ in env.py is all it takes. What they add to Alembic's own comparison:
   rebuild, and makes ``alembic check`` fail (see docs/adopting.md);
 * generated (``Computed``) columns are compared the same way, replacing Alembic's text comparison
   (which can only warn); a change becomes ``op.alter_column_expression(...)``;
+* a vector column's new width (``Vector(384)`` -> ``Vector(512)``) becomes
+  ``op.alter_vector_dimensions(...)`` instead of an ``alter_column`` that fails on the first
+  stored vector (see :class:`vecorm.alembic.operations.AlterVectorDimensionsOp`);
 * types from ``vecorm.*`` / ``pgvector.*`` bring their ``import`` into the revision, and the
   mixin's bookkeeping entry in ``Table.info`` stays out of it.
 """
@@ -54,6 +57,7 @@ from vecorm.alembic.catalog import (
 )
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
+    AlterVectorDimensionsOp,
     CreateVectorExtensionOp,
     RenameIndexOp,
 )
@@ -62,6 +66,7 @@ from vecorm.indexes import ADOPTED_INFO_KEY, index_name
 log = logging.getLogger("vecorm.alembic")
 
 _PGVECTOR_TYPES = (VECTOR, HALFVEC, SPARSEVEC)
+_DENSE_VECTOR_TYPES = (VECTOR, HALFVEC)
 _IMPORTABLE_PREFIXES = ("vecorm.", "pgvector.")
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 _VECTOR_METHODS = frozenset({"hnsw", "ivfflat"})
@@ -176,6 +181,7 @@ def compare_table(
     connection = autogen_context.connection
     if conn_table is None or metadata_table is None or connection is None:
         return PriorityDispatchResult.CONTINUE
+    _claim_dimension_changes(modify_ops, tname, schema)
     indexes = _stored_counterparts(autogen_context, connection, metadata_table, schema)
     replaced = _replaced_indexes(connection, modify_ops, metadata_table, schema)
     computed = [
@@ -225,6 +231,45 @@ def compare_table(
                 )
             )
     return PriorityDispatchResult.CONTINUE
+
+
+def _claim_dimension_changes(
+    modify_ops: ops.ModifyTableOps, tname: str, schema: str | None
+) -> None:
+    """Alembic's ``alter_column`` to another vector width becomes ``alter_vector_dimensions``.
+
+    A plain ``ALTER COLUMN ... TYPE vector(512)`` dies at upgrade on the first stored row
+    ("expected 512 dimensions, not 384"); the vecorm operation alters an empty column, does
+    nothing once ``vecorm.reembed.ModelChange`` switched it, and otherwise says what to do.
+    """
+    for op in list(modify_ops.ops):
+        if not isinstance(op, ops.AlterColumnOp):
+            continue
+        new, old = op.modify_type, op.existing_type
+        if not isinstance(new, _DENSE_VECTOR_TYPES) or not isinstance(old, _DENSE_VECTOR_TYPES):
+            continue
+        if new.dim is None or old.dim is None or new.dim == old.dim:
+            continue
+        change = AlterVectorDimensionsOp(
+            tname,
+            op.column_name,
+            new.dim,
+            existing_dimensions=old.dim,
+            type_name=_vector_type_name(new),
+            existing_type_name=_vector_type_name(old),
+            schema=schema,
+        )
+        log.warning("vecorm: %s", change.advice)
+        op.modify_type = None
+        position = modify_ops.ops.index(op)
+        if op.has_changes():  # nullable, default or comment: still Alembic's to render
+            modify_ops.ops.insert(position + 1, change)
+        else:
+            modify_ops.ops[position] = change
+
+
+def _vector_type_name(type_: VECTOR | HALFVEC) -> str:
+    return "halfvec" if isinstance(type_, HALFVEC) else "vector"
 
 
 @dataclass(frozen=True)
