@@ -49,10 +49,6 @@ from tests.alembic.conftest import Project, body, undefined_names
 from vecorm.alembic.comparators import IndexMismatchOp, compare_table
 from vecorm.alembic.operations import CreateVectorIndexOp, DropVectorIndexOp, RenameIndexOp
 
-NO_BM25: dict[str, None] = (
-    {"bm25": None} if "bm25" in vecorm.SearchConfig.__dataclass_fields__ else {}
-)
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -647,7 +643,7 @@ class Wide(vecorm.Searchable, ReplayBase):
     2000 dimensions of ``vector``)."""
 
     __tablename__ = "wide"
-    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=3072, **NO_BM25)
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=3072, bm25=None)
     id: Mapped[int] = mapped_column(primary_key=True)
     body: Mapped[str]
 
