@@ -36,6 +36,7 @@ from vecorm.alembic.environment import metadata_from_config
 from vecorm.alembic.grants import GrantSearchAccessOp, RevokeSearchAccessOp
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
+    AlterVectorDimensionsOp,
     BackfillEmbeddingsOp,
     CreateVectorExtensionOp,
     CreateVectorIndexOp,
@@ -43,6 +44,7 @@ from vecorm.alembic.operations import (
     DropVectorIndexOp,
     EmptyIVFFlatWarning,
     RenameIndexOp,
+    VectorDimensionsError,
     import_model,
     import_object,
 )
@@ -50,6 +52,7 @@ from vecorm.alembic.partitions import CreatePartitionOp, DropPartitionOp
 
 __all__ = [
     "AlterColumnExpressionOp",
+    "AlterVectorDimensionsOp",
     "BackfillEmbeddingsOp",
     "CreateDistributedTableOp",
     "CreatePartitionOp",
@@ -67,6 +70,7 @@ __all__ = [
     "RenameIndexOp",
     "RevokeSearchAccessOp",
     "UndistributeTableOp",
+    "VectorDimensionsError",
     "citus",
     "comparators",
     "import_model",

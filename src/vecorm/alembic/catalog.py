@@ -1,9 +1,10 @@
 """What PostgreSQL stored, read from the catalog, and how a metadata object *would* be stored.
 
-Alembic compares indexes by name and columns, and generated columns by rendered text; it does
-not see a changed ``USING hnsw`` method, ``WITH (m = 16)`` parameters, an operator class, or a
-rewritten ``GENERATED ALWAYS AS (...)`` expression. vecorm compares those from the catalog
-(``pg_index``, ``pg_class.reloptions``, ``pg_opclass``, ``pg_am``, ``pg_get_expr``).
+Alembic compares indexes by name, uniqueness and key expressions, and generated columns by
+rendered text; it does not see a changed ``USING hnsw`` method, ``WITH (m = 16)`` parameters,
+an operator class or its parameters, a collation, a predicate, an INCLUDE list, or a rewritten
+``GENERATED ALWAYS AS (...)`` expression. vecorm compares those from the catalog (``pg_index``,
+``pg_class.reloptions``, ``pg_opclass``, ``pg_am``, ``pg_get_expr``, ``pg_get_indexdef``).
 
 To compare like with like, the metadata side is *normalised by PostgreSQL itself*: inside a
 savepoint, a temporary copy of the table (``CREATE TEMP TABLE t (LIKE schema.t)``, empty, so an
@@ -19,6 +20,7 @@ read back, and the savepoint is rolled back::
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Index, MetaData, Table, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateIndex
 
 log = logging.getLogger("vecorm.alembic")
@@ -34,23 +36,32 @@ log = logging.getLogger("vecorm.alembic")
 
 @dataclass(frozen=True)
 class IndexSignature:
-    """An index as the catalog describes it; equal signatures mean nothing to rebuild."""
+    """An index as the catalog describes it; equal signatures mean nothing to rebuild.
+
+    ``keys`` are the bare key columns and expressions (``pg_get_indexdef(oid, k, false)``);
+    ``key_definitions`` the same keys as ``pg_get_indexdef(oid)`` prints them, with what
+    PostgreSQL adds when it is not the default: collation, operator class and its parameters,
+    direction and NULLS order (``lower((name)::text) COLLATE "C" text_pattern_ops DESC``).
+    """
 
     method: str
     unique: bool
     keys: tuple[str, ...]
+    key_definitions: tuple[str, ...]
     opclasses: tuple[str, ...]
-    default_opclasses: tuple[bool, ...]
     include: tuple[str, ...]
     options: tuple[str, ...]  # reloptions in stored order, e.g. ('m=16', 'ef_construction=64')
     predicate: str | None
+    nulls_not_distinct: bool = False
 
     def comparable(self) -> tuple[object, ...]:
-        """Everything but ``default_opclasses`` (which only serves rendering)."""
+        """Everything, but ``options`` in any order (``WITH (m=16, ef_construction=64)`` is the
+        same index either way); ``keys`` are in ``key_definitions`` already."""
         return (
             self.method,
             self.unique,
-            self.keys,
+            self.nulls_not_distinct,
+            self.key_definitions,
             self.opclasses,
             self.include,
             tuple(sorted(self.options)),
@@ -67,10 +78,20 @@ class IndexSignature:
         return params
 
     def describe(self) -> str:
-        """Short text for logs: ``hnsw (embedding vector_cosine_ops) WITH (m=16)``."""
-        keys = ", ".join(f"{key} {opc}" for key, opc in zip(self.keys, self.opclasses, strict=True))
-        options = f" WITH ({', '.join(self.options)})" if self.options else ""
-        return f"{self.method} ({keys}){options}"
+        """Short text for logs: ``hnsw (embedding vector_cosine_ops) WITH (m=16)``, with
+        ``UNIQUE``, ``INCLUDE``, ``NULLS NOT DISTINCT`` and ``WHERE`` when the index has them."""
+        text = f"{self.method} ({', '.join(self.key_definitions)})"
+        if self.unique:
+            text = f"UNIQUE {text}"
+        if self.include:
+            text += f" INCLUDE ({', '.join(self.include)})"
+        if self.nulls_not_distinct:
+            text += " NULLS NOT DISTINCT"
+        if self.options:
+            text += f" WITH ({', '.join(self.options)})"
+        if self.predicate:
+            text += f" WHERE {self.predicate}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -82,8 +103,7 @@ class GeneratedColumn:
     type_sql: str
 
 
-_INDEX_SQL = text(
-    """
+_INDEX_SQL = """
     SELECT am.amname,
            x.indisunique,
            x.indnkeyatts,
@@ -92,16 +112,15 @@ _INDEX_SQL = text(
                  FROM generate_series(1, x.indnatts) AS k ORDER BY k) AS defs,
            ARRAY(SELECT opc.opcname FROM unnest(x.indclass::oid[]) WITH ORDINALITY AS u(oid, n)
                  JOIN pg_opclass opc ON opc.oid = u.oid ORDER BY u.n) AS opclasses,
-           ARRAY(SELECT opc.opcdefault FROM unnest(x.indclass::oid[]) WITH ORDINALITY AS u(oid, n)
-                 JOIN pg_opclass opc ON opc.oid = u.oid ORDER BY u.n) AS defaults,
            coalesce(i.reloptions, '{}'::text[]),
-           pg_get_expr(x.indpred, x.indrelid)
+           pg_get_expr(x.indpred, x.indrelid),
+           pg_get_indexdef(x.indexrelid),
+           {nulls_not_distinct}
     FROM pg_index x
     JOIN pg_class i ON i.oid = x.indexrelid
     JOIN pg_am am ON am.oid = i.relam
     WHERE x.indexrelid = :oid
     """
-)
 
 _INDEX_OID_SQL = text(
     """
@@ -158,18 +177,71 @@ def index_state(
 
 def index_signature_by_oid(connection: Connection, oid: int) -> IndexSignature:
     """The :class:`IndexSignature` of the index with ``oid``."""
-    row = connection.execute(_INDEX_SQL, {"oid": oid}).one()
-    method, unique, nkeys, _natts, defs, opclasses, defaults, options, predicate = row
+    version = connection.dialect.server_version_info
+    # pg_index.indnullsnotdistinct exists from PostgreSQL 15 on.
+    nulls = "x.indnullsnotdistinct" if version is None or version >= (15,) else "false"
+    statement = text(_INDEX_SQL.replace("{nulls_not_distinct}", nulls))
+    row = connection.execute(statement, {"oid": oid}).one()
+    (method, unique, nkeys, _natts, defs, opclasses, options, predicate, definition,
+     nulls_not_distinct) = row  # fmt: skip
+    keys = tuple(defs[:nkeys])
     return IndexSignature(
         method=str(method),
         unique=bool(unique),
-        keys=tuple(defs[:nkeys]),
+        keys=keys,
+        key_definitions=key_definitions(str(definition), keys),
         opclasses=tuple(opclasses[:nkeys]),
-        default_opclasses=tuple(bool(d) for d in defaults[:nkeys]),
         include=tuple(defs[nkeys:]),
         options=tuple(options),
         predicate=predicate,
+        nulls_not_distinct=bool(nulls_not_distinct),
     )
+
+
+#: ``CREATE [UNIQUE] INDEX name ON [ONLY] [schema.]table USING method (`` as
+#: ``pg_get_indexdef`` prints it: each name bare (``[a-z0-9_$]``) or quoted with ``""`` escapes.
+_IDENTIFIER = r'(?:"(?:[^"]|"")+"|[^\s".(]+)'
+_INDEXDEF_HEAD = re.compile(
+    rf"^CREATE (?:UNIQUE )?INDEX {_IDENTIFIER} ON (?:ONLY )?(?:{_IDENTIFIER}\.)?{_IDENTIFIER} "
+    rf"USING {_IDENTIFIER} \("
+)
+
+
+def key_definitions(definition: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The key list of ``pg_get_indexdef`` output ``definition``, one text per key.
+
+    ``keys`` (the bare keys, in order) check the split: each item starts with its key.
+    """
+    head = _INDEXDEF_HEAD.match(definition)
+    if head is None:
+        raise ValueError(f"unexpected index definition: {definition}")
+    items: list[str] = []
+    depth = 0
+    quote: str | None = None
+    start = position = head.end()
+    while position < len(definition):
+        char = definition[position]
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char  # a doubled quote closes and reopens: same outcome
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            if depth == 0:
+                items.append(definition[start:position].strip())
+                break
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(definition[start:position].strip())
+            start = position + 1
+        position += 1
+    if len(items) != len(keys) or not all(
+        item.startswith(key) for item, key in zip(items, keys, strict=True)
+    ):
+        raise ValueError(f"cannot split the keys {keys} out of: {definition}")
+    return tuple(items)
 
 
 def index_signature(connection: Connection, name: str, schema: str | None) -> IndexSignature | None:
@@ -216,6 +288,9 @@ class SimulatedTable:
             return done.value
         except DBAPIError as exc:
             log.info("vecorm: cannot simulate index %s: %s", index.name, exc.orig)
+            return None
+        except CompileError as exc:
+            log.info("vecorm: cannot simulate index %s: %s", index.name, exc)
             return None
 
     def generated_column(self, column: Column[object]) -> GeneratedColumn | None:
@@ -299,7 +374,16 @@ def _index_copy(index: Index, table: Table, name: str) -> Index:
             break
     else:  # pragma: no cover - to_metadata copies every index
         raise LookupError(index.name)
-    return Index(name, *source.expressions, unique=source.unique, **source.dialect_kwargs)
+    # CONCURRENTLY cannot run in the savepoint, and where the index lives is not compared.
+    options = {
+        key: value
+        for key, value in source.dialect_kwargs.items()
+        if key not in ("postgresql_concurrently", "postgresql_tablespace")
+    }
+    copy = Index(name, *source.expressions, unique=source.unique, **options)
+    if copy.table is None:  # only text() expressions: nothing bound it to the table
+        table.append_constraint(copy)
+    return copy
 
 
 def _number_or_text(value: str) -> object:

@@ -5,10 +5,13 @@ in env.py is all it takes. What they add to Alembic's own comparison:
 
 * ``CREATE EXTENSION IF NOT EXISTS vector`` first in the upgrade, when the metadata uses a
   pgvector type and the database lacks the extension;
-* indexes present on both sides are compared from the catalog (method, key columns and
-  expressions, operator classes, ``WITH`` parameters, predicate), after PostgreSQL normalised
-  the metadata's version (see :mod:`vecorm.alembic.catalog`); a difference is a drop + create,
-  equality removes any diff Alembic produced for that index;
+* an index name present on both sides is compared from the catalog (method, uniqueness and
+  NULLS NOT DISTINCT, each key as ``pg_get_indexdef`` prints it: column or expression,
+  collation, operator class and its parameters, direction, NULLS order; INCLUDE columns,
+  ``WITH`` parameters, predicate), after PostgreSQL normalised the metadata's version (see
+  :mod:`vecorm.alembic.catalog`); a difference is a drop + create, equality removes any diff
+  Alembic produced for that name; an INVALID stored index (a failed ``CREATE INDEX
+  CONCURRENTLY``) is dropped and built again;
 * an index Alembic would drop, whose definition is exactly that of a metadata index Alembic
   would create on the same table, is renamed instead (``op.rename_index``), never rebuilt;
 * an *adopted* index (``SearchConfig(vector_index_name=...)``, or a hand-made HNSW / IVFFlat
@@ -18,6 +21,9 @@ in env.py is all it takes. What they add to Alembic's own comparison:
   rebuild, and makes ``alembic check`` fail (see docs/adopting.md);
 * generated (``Computed``) columns are compared the same way, replacing Alembic's text comparison
   (which can only warn); a change becomes ``op.alter_column_expression(...)``;
+* a vector column's new width (``Vector(384)`` -> ``Vector(512)``) becomes
+  ``op.alter_vector_dimensions(...)`` instead of an ``alter_column`` that fails on the first
+  stored vector (see :class:`vecorm.alembic.operations.AlterVectorDimensionsOp`);
 * types from ``vecorm.*`` / ``pgvector.*`` bring their ``import`` into the revision, and the
   mixin's bookkeeping entry in ``Table.info`` stays out of it.
 """
@@ -35,7 +41,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from pgvector.sqlalchemy import HALFVEC, SPARSEVEC, VECTOR
-from sqlalchemy import Column, Computed, Index, Table, literal_column, text
+from sqlalchemy import Column, Computed, Index, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeEngine
@@ -51,6 +57,7 @@ from vecorm.alembic.catalog import (
 )
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
+    AlterVectorDimensionsOp,
     CreateVectorExtensionOp,
     RenameIndexOp,
 )
@@ -59,6 +66,7 @@ from vecorm.indexes import ADOPTED_INFO_KEY, index_name
 log = logging.getLogger("vecorm.alembic")
 
 _PGVECTOR_TYPES = (VECTOR, HALFVEC, SPARSEVEC)
+_DENSE_VECTOR_TYPES = (VECTOR, HALFVEC)
 _IMPORTABLE_PREFIXES = ("vecorm.", "pgvector.")
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 _VECTOR_METHODS = frozenset({"hnsw", "ivfflat"})
@@ -163,12 +171,19 @@ def compare_table(
     conn_table: Table | None,
     metadata_table: Table | None,
 ) -> PriorityDispatchResult:
-    """Compare indexes and generated columns of a table that exists on both sides."""
+    """Compare indexes and generated columns of a table that exists on both sides.
+
+    Each drop / create Alembic planned has one owner here. An index *name* present on both
+    sides belongs to :func:`_reconcile_index` (compared from the catalog, rebuilt or left
+    alone); a create of a name the database lacks and a drop of a name the metadata lacks
+    belong to :func:`_adopt_replaced_indexes` (a rename when one is the other).
+    """
     connection = autogen_context.connection
     if conn_table is None or metadata_table is None or connection is None:
         return PriorityDispatchResult.CONTINUE
-    indexes = _comparable_indexes(autogen_context, connection, metadata_table, schema)
-    replaced = _replaced_indexes(connection, modify_ops, metadata_table, conn_table, schema)
+    _claim_dimension_changes(modify_ops, tname, schema)
+    indexes = _stored_counterparts(autogen_context, connection, metadata_table, schema)
+    replaced = _replaced_indexes(connection, modify_ops, metadata_table, schema)
     computed = [
         column
         for column in metadata_table.c
@@ -184,107 +199,157 @@ def compare_table(
     with simulated_table(connection, metadata_table, schema) as probe:
         if probe is None:
             return PriorityDispatchResult.CONTINUE
-        expected_indexes = {index: probe.index_signature(index) for index, _ in indexes}
+        expected_indexes = {stored.index: probe.index_signature(stored.index) for stored in indexes}
         expected_columns = {column: probe.generated_column(column) for column in computed}
         expected_new = _simulate_new_indexes(probe, replaced, conn_table)
-    for index, actual in indexes:
-        expected = expected_indexes[index]
-        if expected is None:
-            continue  # could not be simulated (e.g. a column it needs is new): Alembic decides
-        _reconcile_index(modify_ops, conn_table, index, expected, actual, tname, schema)
+    for stored in indexes:
+        _reconcile_index(
+            modify_ops, conn_table, stored, expected_indexes[stored.index], tname, schema
+        )
     if replaced is not None:
         _adopt_replaced_indexes(modify_ops, conn_table, replaced, expected_new, tname, schema)
     for column, expected_column in expected_columns.items():
-        stored = generated_column(connection, tname, column.name, schema)
-        if expected_column is None or stored is None:
+        stored_column = generated_column(connection, tname, column.name, schema)
+        if expected_column is None or stored_column is None:
             continue
-        if expected_column.kind != stored.kind:
+        if expected_column.kind != stored_column.kind:
             log.warning(
                 "vecorm: %s.%s changes between STORED and VIRTUAL; PostgreSQL cannot alter "
                 "that in place: drop and add the column in a hand-written migration",
                 tname,
                 column.name,
             )
-        elif expected_column.expression != stored.expression:
+        elif expected_column.expression != stored_column.expression:
             log.info("Detected changed generated expression on '%s.%s'", tname, column.name)
             modify_ops.ops.append(
                 AlterColumnExpressionOp(
                     tname,
                     column.name,
                     _metadata_expression(autogen_context, column),
-                    existing_expression=stored.expression,
+                    existing_expression=stored_column.expression,
                     schema=schema,
                 )
             )
     return PriorityDispatchResult.CONTINUE
 
 
-def _comparable_indexes(
+def _claim_dimension_changes(
+    modify_ops: ops.ModifyTableOps, tname: str, schema: str | None
+) -> None:
+    """Alembic's ``alter_column`` to another vector width becomes ``alter_vector_dimensions``.
+
+    A plain ``ALTER COLUMN ... TYPE vector(512)`` dies at upgrade on the first stored row
+    ("expected 512 dimensions, not 384"); the vecorm operation alters an empty column, does
+    nothing once ``vecorm.reembed.ModelChange`` switched it, and otherwise says what to do.
+    """
+    for op in list(modify_ops.ops):
+        if not isinstance(op, ops.AlterColumnOp):
+            continue
+        new, old = op.modify_type, op.existing_type
+        if not isinstance(new, _DENSE_VECTOR_TYPES) or not isinstance(old, _DENSE_VECTOR_TYPES):
+            continue
+        if new.dim is None or old.dim is None or new.dim == old.dim:
+            continue
+        change = AlterVectorDimensionsOp(
+            tname,
+            op.column_name,
+            new.dim,
+            existing_dimensions=old.dim,
+            type_name=_vector_type_name(new),
+            existing_type_name=_vector_type_name(old),
+            schema=schema,
+        )
+        log.warning("vecorm: %s", change.advice)
+        op.modify_type = None
+        position = modify_ops.ops.index(op)
+        if op.has_changes():  # nullable, default or comment: still Alembic's to render
+            modify_ops.ops.insert(position + 1, change)
+        else:
+            modify_ops.ops[position] = change
+
+
+def _vector_type_name(type_: VECTOR | HALFVEC) -> str:
+    return "halfvec" if isinstance(type_, HALFVEC) else "vector"
+
+
+@dataclass(frozen=True)
+class _StoredIndex:
+    """A named metadata index and the stored index of the same name."""
+
+    index: Index
+    actual: IndexSignature
+    valid: bool
+
+
+def _stored_counterparts(
     autogen_context: AutogenContext,
     connection: Connection,
     metadata_table: Table,
     schema: str | None,
-) -> list[tuple[Index, IndexSignature]]:
-    """Named metadata indexes that exist, valid and not backing a constraint, in the database."""
-    found: list[tuple[Index, IndexSignature]] = []
+) -> list[_StoredIndex]:
+    """Named metadata indexes stored under the same name, except those backing a constraint
+    (Alembic compares unique constraints itself)."""
+    found: list[_StoredIndex] = []
     for index in sorted(metadata_table.indexes, key=lambda ix: str(ix.name)):
         if not isinstance(index.name, str):
             continue
         state = index_state(connection, index.name, schema)
-        if state is None or not state[1] or state[2]:
+        if state is None or state[2]:
             continue
         if not autogen_context.run_object_filters(index, index.name, "index", False, None):
             continue
-        found.append((index, index_signature_by_oid(connection, state[0])))
+        found.append(_StoredIndex(index, index_signature_by_oid(connection, state[0]), state[1]))
     return found
 
 
 def _reconcile_index(
     modify_ops: ops.ModifyTableOps,
     conn_table: Table,
-    index: Index,
-    expected: IndexSignature,
-    actual: IndexSignature,
+    stored: _StoredIndex,
+    expected: IndexSignature | None,
     tname: str,
     schema: str | None,
 ) -> None:
-    alembic_ops = [
+    """Make the plan for ``stored.index``'s name exactly: nothing, a rebuild, or a report."""
+    index, actual = stored.index, stored.actual
+    name = str(index.name)
+    if stored.valid and expected is None:
+        return  # could not be simulated (e.g. a column it needs is new): Alembic decides
+    for op in [
         op
         for op in modify_ops.ops
-        if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.index_name == index.name
-    ]
-    if expected.comparable() == actual.comparable():
-        # Same index in the catalog's terms: whatever Alembic saw is noise.
-        for op in alembic_ops:
-            modify_ops.ops.remove(op)
-        return
-    for op in alembic_ops:
-        modify_ops.ops.remove(op)
-    if index.info.get(ADOPTED_INFO_KEY):
-        drop = ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
-        _report_mismatch(
-            modify_ops,
-            IndexMismatchOp(
-                tname,
-                str(index.name),
-                actual,
-                expected,
-                (drop, _create_index_op(index)),
-                schema=schema,
-            ),
+        if isinstance(op, ops.CreateIndexOp | ops.DropIndexOp) and op.index_name == name
+    ]:
+        modify_ops.ops.remove(op)  # whatever Alembic planned for this name, this decides
+    drop = ops.DropIndexOp.from_index(stored_index(conn_table, name, actual))
+    if not stored.valid:
+        # Left by a failed (or running) CREATE INDEX CONCURRENTLY: queries do not use it, yet
+        # Alembic reflects it like any other index. Build it again.
+        log.warning(
+            "vecorm: index %r on %r is INVALID (a failed or running CREATE INDEX "
+            "CONCURRENTLY?); the revision drops and rebuilds it",
+            name,
+            tname,
         )
-        return
-    log.info(
-        "Detected changed index %r on %r: %s -> %s",
-        index.name,
-        tname,
-        actual.describe(),
-        expected.describe(),
-    )
+    else:
+        assert expected is not None
+        if expected.comparable() == actual.comparable():
+            return  # same index in the catalog's terms: whatever Alembic saw is noise
+        if index.info.get(ADOPTED_INFO_KEY):
+            mismatch = IndexMismatchOp(
+                tname, name, actual, expected, (drop, _create_index_op(index)), schema=schema
+            )
+            _report_mismatch(modify_ops, mismatch)
+            return
+        log.info(
+            "Detected changed index %r on %r: %s -> %s",
+            name,
+            tname,
+            actual.describe(),
+            expected.describe(),
+        )
     # Drop first: a column type change in the same revision may need the old index gone.
-    modify_ops.ops.insert(
-        0, ops.DropIndexOp.from_index(stored_index(conn_table, str(index.name), actual))
-    )
+    modify_ops.ops.insert(0, drop)
     modify_ops.ops.append(_create_index_op(index))
 
 
@@ -300,19 +365,23 @@ def _replaced_indexes(
     connection: Connection,
     modify_ops: ops.ModifyTableOps,
     metadata_table: Table,
-    conn_table: Table,
     schema: str | None,
 ) -> _Replacements | None:
-    """The creates and drops Alembic planned for this table, if it planned both."""
+    """Creates of names the database lacks and drops of valid indexes the metadata lacks, if
+    Alembic planned both. A name on both sides is :func:`_reconcile_index`'s, never here."""
     by_name = {str(index.name): index for index in metadata_table.indexes if index.name}
     created = [
         (op, by_name[str(op.index_name)])
         for op in modify_ops.ops
-        if isinstance(op, ops.CreateIndexOp) and str(op.index_name) in by_name
+        if isinstance(op, ops.CreateIndexOp)
+        and str(op.index_name) in by_name
+        and index_state(connection, str(op.index_name), schema) is None
     ]
     dropped: list[tuple[ops.DropIndexOp, IndexSignature]] = []
     for op in modify_ops.ops:
         if not isinstance(op, ops.DropIndexOp) or op.index_name is None:
+            continue
+        if str(op.index_name) in by_name:
             continue
         state = index_state(connection, op.index_name, schema)
         if state is not None and state[1] and not state[2]:
@@ -434,22 +503,30 @@ def _create_index_op(index: Index) -> ops.CreateIndexOp:
 
 
 def stored_index(conn_table: Table, name: str, signature: IndexSignature) -> Index:
-    """An :class:`~sqlalchemy.Index` on the reflected table that renders the stored index."""
+    """An :class:`~sqlalchemy.Index` on the reflected table that renders the stored index.
+
+    A key that is a bare column (with at most a non-default operator class) stays a column;
+    any other key is the catalog's own text (``n DESC NULLS LAST``, ``lower((name)::text)
+    COLLATE "C" text_pattern_ops``, ``((embedding)::halfvec(3072)) halfvec_cosine_ops``), so
+    the downgrade builds exactly what was stored.
+    """
     by_quoted = {_PREPARER.quote(column.name): column for column in conn_table.c}
-    # An expression key is labelled so that its operator class can be named (e.g. a
-    # halfvec_cosine_ops expression index, whose type has no default HNSW opclass).
-    keys: list[Any] = [
-        by_quoted[key] if key in by_quoted else literal_column(key).label(f"expr_{position}")
-        for position, key in enumerate(signature.keys)
-    ]
-    ops_by_column = {
-        (by_quoted[key].name if key in by_quoted else f"expr_{position}"): opclass
-        for position, (key, opclass, is_default) in enumerate(
-            zip(signature.keys, signature.opclasses, signature.default_opclasses, strict=True)
-        )
-        if not is_default
-    }
-    kwargs: dict[str, Any] = {"postgresql_using": signature.method}
+    keys: list[Any] = []
+    ops_by_column: dict[str, str] = {}
+    for key, definition, opclass in zip(
+        signature.keys, signature.key_definitions, signature.opclasses, strict=True
+    ):
+        column = by_quoted.get(key)
+        if column is not None and definition == key:
+            keys.append(column)
+        elif column is not None and definition == f"{key} {opclass}":
+            keys.append(column)
+            ops_by_column[column.name] = opclass
+        else:
+            keys.append(text(definition))
+    kwargs: dict[str, Any] = {}
+    if signature.method != "btree":  # PostgreSQL's default, left out as Alembic does
+        kwargs["postgresql_using"] = signature.method
     if signature.options:
         kwargs["postgresql_with"] = signature.with_params
     if ops_by_column:
@@ -457,7 +534,11 @@ def stored_index(conn_table: Table, name: str, signature: IndexSignature) -> Ind
     if signature.predicate:
         kwargs["postgresql_where"] = text(signature.predicate)
     if signature.include:
-        kwargs["postgresql_include"] = list(signature.include)
+        kwargs["postgresql_include"] = [
+            by_quoted[key].name if key in by_quoted else key for key in signature.include
+        ]
+    if signature.nulls_not_distinct:
+        kwargs["postgresql_nulls_not_distinct"] = True
     index = Index(name, *keys, unique=signature.unique, **kwargs)
     if index.table is None:  # only expressions: bind it to the table by hand
         index._set_parent(conn_table)

@@ -26,6 +26,9 @@ Hand-written migrations use them like Alembic's own::
   is dropped first. An IVFFlat index on an empty table warns (:class:`EmptyIVFFlatWarning`).
 * ``rename_index``: ``ALTER INDEX ... RENAME TO ...``, what autogenerate emits to adopt an
   existing index whose definition already matches the model under vecorm's name.
+* ``alter_vector_dimensions``: change a vector column's width (what autogenerate renders
+  for ``Vector(384)`` -> ``Vector(512)``); refused with :class:`VectorDimensionsError` while the
+  column holds vectors, which must be re-embedded (``vecorm.reembed.ModelChange``) or discarded.
 * ``backfill_embeddings``: embed rows whose embedding is missing or stale, through
   ``vecorm.backfill.backfill(session, Model, ...)``, with the model given by import path.
 """
@@ -537,6 +540,194 @@ def _warn_if_empty(connection: Connection, table_name: str, schema: str | None) 
             ),
             stacklevel=2,
         )
+
+
+class VectorDimensionsError(VecormError):
+    """A vector column cannot change its width while it holds vectors."""
+
+
+_VECTOR_TYPE_NAMES = ("vector", "halfvec")
+
+_COLUMN_TYPE_SQL = text(
+    """
+    SELECT format_type(a.atttypid, a.atttypmod)
+    FROM pg_attribute a
+    WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+    """
+)
+
+
+@Operations.register_operation("alter_vector_dimensions")
+class AlterVectorDimensionsOp(MigrateOperation):
+    """Change a ``vector`` / ``halfvec`` column's width, which no cast can do for stored values.
+
+    ``op.alter_vector_dimensions("documents", "embedding", 512, existing_dimensions=384)``
+    alters the column only if it holds no vectors (new or emptied tables), and does nothing if
+    it already has the new type (:class:`vecorm.reembed.ModelChange` switched it); otherwise it
+    raises :class:`VectorDimensionsError` saying what to do. ``discard_vectors=True`` sets the
+    column to NULL first: the rows are then stale and ``vecorm.backfill`` re-embeds them.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        column_name: str,
+        dimensions: int,
+        *,
+        existing_dimensions: int,
+        type_name: str = "vector",
+        existing_type_name: str | None = None,
+        schema: str | None = None,
+        discard_vectors: bool = False,
+    ) -> None:
+        for name in (type_name, existing_type_name or type_name):
+            if name not in _VECTOR_TYPE_NAMES:
+                raise ConfigurationError(f"type_name must be 'vector' or 'halfvec', not {name!r}")
+        self.table_name = table_name
+        self.column_name = column_name
+        self.dimensions = int(dimensions)
+        self.existing_dimensions = int(existing_dimensions)
+        self.type_name = type_name
+        self.existing_type_name = existing_type_name or type_name
+        self.schema = schema
+        self.discard_vectors = discard_vectors
+
+    @classmethod
+    def alter_vector_dimensions(
+        cls,
+        operations: Operations,
+        table_name: str,
+        column_name: str,
+        dimensions: int,
+        *,
+        existing_dimensions: int,
+        type_name: str = "vector",
+        existing_type_name: str | None = None,
+        schema: str | None = None,
+        discard_vectors: bool = False,
+    ) -> None:
+        """Give ``table_name.column_name`` the type ``type_name(dimensions)``; refused while
+        the column holds vectors, unless ``discard_vectors`` (then they are set to NULL)."""
+        operations.invoke(
+            cls(
+                table_name,
+                column_name,
+                dimensions,
+                existing_dimensions=existing_dimensions,
+                type_name=type_name,
+                existing_type_name=existing_type_name,
+                schema=schema,
+                discard_vectors=discard_vectors,
+            )
+        )
+
+    @property
+    def type_sql(self) -> str:
+        return f"{self.type_name}({self.dimensions})"
+
+    @property
+    def existing_type_sql(self) -> str:
+        return f"{self.existing_type_name}({self.existing_dimensions})"
+
+    @property
+    def advice(self) -> str:
+        """What to do when the column holds vectors (the error's text)."""
+        return (
+            f"{self.table_name}.{self.column_name} changes from {self.existing_type_sql} to "
+            f"{self.type_sql}, and PostgreSQL cannot cast stored vectors to another width. "
+            "Re-embed them first with vecorm.reembed.ModelChange (start, backfill, create_index, "
+            "finish: search keeps working, and this operation then finds the new type and does "
+            "nothing), or pass discard_vectors=True to set them to NULL here and re-embed after "
+            "the migration (vecorm.backfill.backfill or op.backfill_embeddings)"
+        )
+
+    @property
+    def note(self) -> str:
+        """The same, shorter, for the comment above the operation in a revision."""
+        return (
+            f"vecorm: {self.table_name}.{self.column_name} changes from {self.existing_type_sql} "
+            f"to {self.type_sql}; stored vectors cannot be cast to another width, so this refuses "
+            "to run while the column holds any. Re-embed first with vecorm.reembed.ModelChange "
+            f"(this then finds {self.type_sql} and does nothing), or set discard_vectors=True "
+            "(vectors become NULL; re-embed them after the migration with vecorm.backfill)."
+        )
+
+    def reverse(self) -> AlterVectorDimensionsOp:
+        return AlterVectorDimensionsOp(
+            self.table_name,
+            self.column_name,
+            self.existing_dimensions,
+            existing_dimensions=self.dimensions,
+            type_name=self.existing_type_name,
+            existing_type_name=self.type_name,
+            schema=self.schema,
+            discard_vectors=self.discard_vectors,
+        )
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str, str, str]:
+        return (
+            "modify_vector_dimensions",
+            self.schema,
+            self.table_name,
+            self.column_name,
+            self.existing_type_sql,
+            self.type_sql,
+        )
+
+
+@Operations.implementation_for(AlterVectorDimensionsOp)
+def _alter_vector_dimensions(operations: Operations, operation: AlterVectorDimensionsOp) -> None:
+    table_sql = _qualified(operations, operation.table_name, operation.schema)
+    column_sql = _quote(operations, operation.column_name)
+    clear = f"UPDATE {table_sql} SET {column_sql} = NULL WHERE {column_sql} IS NOT NULL"
+    alter = (
+        f"ALTER TABLE {table_sql} ALTER COLUMN {column_sql} TYPE {operation.type_sql} "
+        f"USING {column_sql}::{operation.type_sql}"
+    )
+    if operations.get_context().as_sql:
+        operations.execute(
+            _offline_alter_vector_dimensions(operation, table_sql, column_sql, clear, alter)
+        )
+        return
+    connection = operations.get_bind()
+    stored = connection.execute(
+        _COLUMN_TYPE_SQL, {"table": table_sql, "column": operation.column_name}
+    ).scalar()
+    if stored == operation.type_sql:
+        return  # already switched (vecorm.reembed.ModelChange.finish): nothing to alter
+    if operation.discard_vectors:
+        operations.execute(clear)
+    elif connection.execute(
+        text(f"SELECT EXISTS (SELECT 1 FROM {table_sql} WHERE {column_sql} IS NOT NULL)")
+    ).scalar():
+        raise VectorDimensionsError(operation.advice)
+    operations.execute(alter)
+
+
+def _offline_alter_vector_dimensions(
+    operation: AlterVectorDimensionsOp, table_sql: str, column_sql: str, clear: str, alter: str
+) -> str:
+    """The same decisions in one ``DO`` block, for ``alembic upgrade --sql``."""
+
+    def literal(value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
+
+    stored = (
+        "(SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute "
+        f"WHERE attrelid = {literal(table_sql)}::regclass "
+        f"AND attname = {literal(operation.column_name)})"
+    )
+    if operation.discard_vectors:
+        guard = f"{clear};"
+    else:
+        guard = (
+            f"IF EXISTS (SELECT 1 FROM {table_sql} WHERE {column_sql} IS NOT NULL) THEN "
+            f"RAISE EXCEPTION '%', {literal('vecorm: ' + operation.advice)}; END IF;"
+        )
+    return (
+        f"DO $vecorm$ BEGIN IF {stored} <> {literal(operation.type_sql)} THEN "
+        f"{guard} {alter}; END IF; END $vecorm$"
+    )
 
 
 @Operations.register_operation("backfill_embeddings")

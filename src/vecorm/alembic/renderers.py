@@ -10,6 +10,8 @@ written even under an env.py that does not import vecorm::
 
 from __future__ import annotations
 
+import textwrap
+
 from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
@@ -17,6 +19,7 @@ from alembic.operations import ops
 from vecorm.alembic.comparators import ImportsOp, IndexMismatchOp, IVFFlatCreateIndexOp
 from vecorm.alembic.operations import (
     AlterColumnExpressionOp,
+    AlterVectorDimensionsOp,
     CreateVectorExtensionOp,
     CreateVectorIndexOp,
     DropVectorExtensionOp,
@@ -166,3 +169,25 @@ def _render_index_mismatch(
         *rebuild,
         "pass",
     ]
+
+
+@renderers.dispatch_for(AlterVectorDimensionsOp)
+def _render_alter_vector_dimensions(
+    autogen_context: AutogenContext, operation: AlterVectorDimensionsOp
+) -> list[str]:
+    """The operation, after comments that say why it may refuse to run and what to do."""
+    _needs_operations(autogen_context)
+    args = [
+        repr(operation.table_name),
+        repr(operation.column_name),
+        repr(operation.dimensions),
+        f"existing_dimensions={operation.existing_dimensions!r}",
+    ]
+    if operation.type_name != "vector" or operation.existing_type_name != "vector":
+        args.append(f"type_name={operation.type_name!r}")
+        args.append(f"existing_type_name={operation.existing_type_name!r}")
+    if operation.schema:
+        args.append(_schema_kw(operation.schema))
+    args.append(f"discard_vectors={operation.discard_vectors!r}")
+    note = textwrap.wrap(operation.note, width=94)
+    return [*(f"# {line}" for line in note), f"op.alter_vector_dimensions({', '.join(args)})"]
