@@ -32,8 +32,9 @@ from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
 import vecorm
 from vecorm import bm25
-from vecorm.config import BM25
-from vecorm.embedded import create_engine, database
+from vecorm.engine import create_engine
+from vecorm.schema.config import BM25
+from vecorm.tools.embedded import database
 
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aiou"]
 

@@ -29,11 +29,11 @@ from sqlalchemy import String, insert, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import vecorm
-from vecorm.backfill import backfill
-from vecorm.embedded import libpq_conninfo
-from vecorm.embedders import HashingEmbedder
-from vecorm.events import install, uninstall
-from vecorm.source import text_digest
+from vecorm.embedding.backfill import backfill
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.embedding.events import install, uninstall
+from vecorm.embedding.source import text_digest
+from vecorm.engine import libpq_conninfo
 
 DIMENSIONS = 384
 WORDS = [

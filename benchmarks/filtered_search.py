@@ -24,7 +24,7 @@ from sqlalchemy import String, insert, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import search_options
+from vecorm.search.settings import search_options
 from vecorm.testing.assertions import indexes_used
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import String, bindparam, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.embedded import libpq_conninfo
+from vecorm.engine import libpq_conninfo
 
 DIMENSIONS = 1536
 

@@ -22,8 +22,12 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from vecorm import bm25
-from vecorm.embedded import create_engine, database
-from vecorm.evaluation import (
+from vecorm.engine import create_engine
+from vecorm.search.text import TsRankArm, rank_expression
+from vecorm.search.tsquery import matches, tsquery_expression
+from vecorm.search.vector import QueryInput, nearest, primary_key_columns
+from vecorm.tools.embedded import database
+from vecorm.tools.evaluation import (
     BASELINE,
     EmbeddingCache,
     EvaluationReport,
@@ -40,8 +44,6 @@ from vecorm.evaluation import (
     scratch_model,
     seed_blend,
 )
-from vecorm.query import QueryInput, nearest, primary_key_columns
-from vecorm.textsearch import TsRankArm, matches, rank_expression, tsquery_expression
 
 
 def scifact_dir() -> Path:
@@ -76,7 +78,7 @@ def pgvector_defaults(model: Any, text: str, vector: QueryInput, depth: int) -> 
 
 
 def rrf_with_ts_rank_cd(model: Any, text: str, vector: QueryInput, depth: int) -> Select[Any]:
-    from vecorm.hybrid import hybrid_search
+    from vecorm.search.hybrid import hybrid_search
 
     arm = TsRankArm(ranking="ts_rank_cd", normalization=0)
     stmt = hybrid_search(model, text, k=depth, vector=vector, method="rrf", lexical=arm)
@@ -160,7 +162,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    from vecorm.embedders.local import LocalEmbedder
+    from vecorm.embedding.embedders.local import LocalEmbedder
 
     collection = load_beir(args.data, "test")
     embedder = LocalEmbedder()

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import search_options
+from vecorm.search.settings import search_options
 from vecorm.testing.assertions import indexes_used
 
 K = 10
@@ -242,7 +242,7 @@ def tenant_models(dims: int) -> tuple[Any, Any]:
 
 
 def tenant_table(engine: Engine, args: argparse.Namespace) -> list[str]:
-    from vecorm.partitioning import create_partition
+    from vecorm.scale.partitioning import create_partition
 
     rng = np.random.default_rng(args.seed + 1)
     dims, tenants, per_tenant = args.tenant_dims, args.tenants, args.per_tenant

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import vecorm
-from vecorm.bench import BenchConfig, format_table, plot, run_benchmark
+from vecorm.tools.bench import BenchConfig, format_table, plot, run_benchmark
 
 
 def main(argv: Sequence[str] | None = None) -> int:

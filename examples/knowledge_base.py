@@ -20,8 +20,8 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.demo import choose_embedder, load_passages
-from vecorm.embedders.base import Embedder
+from vecorm.embedders import Embedder, choose_embedder
+from vecorm.tools.demo import load_passages
 
 
 class Base(DeclarativeBase):

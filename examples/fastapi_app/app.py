@@ -26,10 +26,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 import vecorm
-from vecorm.demo import choose_embedder
-from vecorm.embedded import normalize_url
-from vecorm.embedders.base import Embedder
-from vecorm.embedders.query import aembed_query
+from vecorm.embedders import Embedder, choose_embedder
+from vecorm.embedding.embedders.query import aembed_query
+from vecorm.engine import normalize_url
 
 from .models import Note
 

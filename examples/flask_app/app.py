@@ -21,9 +21,8 @@ from sqlalchemy import Select, select
 from werkzeug.exceptions import HTTPException
 
 import vecorm
-from vecorm.demo import choose_embedder
-from vecorm.embedded import normalize_url
-from vecorm.embedders.base import Embedder
+from vecorm.embedders import Embedder, choose_embedder
+from vecorm.engine import normalize_url
 
 from .models import Article, db
 

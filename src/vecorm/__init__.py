@@ -6,21 +6,19 @@ class Document(vecorm.Searchable, Base):
     __tablename__ = "documents"
     __vecorm__ = vecorm.SearchConfig(fields=("title", "content"))
     ...
+
+The package is layered (docs/architecture.md): :mod:`vecorm.schema`, :mod:`vecorm.embedding`,
+:mod:`vecorm.search`, :mod:`vecorm.scale`, the facade :mod:`vecorm.mixin`, then
+:mod:`vecorm.alembic`, :mod:`vecorm.tools` and :mod:`vecorm.testing`. Everything a user needs is
+named here.
 """
 
-from vecorm.backfill import BackfillResult, backfill, stale_condition, stale_count
-from vecorm.bm25 import BM25Arm
-from vecorm.config import BM25, HNSW, Distance, IVFFlat, SearchConfig
-from vecorm.drivers import register_array_types
-from vecorm.embedded import (
-    EmbeddedServer,
-    create_async_engine,
-    create_engine,
-    database,
-    database_url,
-    start_embedded,
-)
-from vecorm.embedders import AsyncEmbedder, Embedder, HashingEmbedder
+from vecorm import _moved
+from vecorm.embedding.backfill import BackfillResult, backfill, stale_condition, stale_count
+from vecorm.embedding.embedders import AsyncEmbedder, Embedder, HashingEmbedder
+from vecorm.embedding.events import install, installed_embedder, is_installed, uninstall
+from vecorm.embedding.reembed import ChangeStatus, ModelChange
+from vecorm.engine import create_async_engine, create_engine, database_url
 from vecorm.errors import (
     ConfigurationError,
     DimensionMismatch,
@@ -31,24 +29,33 @@ from vecorm.errors import (
     ServerError,
     VecormError,
 )
-from vecorm.evaluation import EvaluationReport, evaluate
-from vecorm.events import install, installed_embedder, is_installed, uninstall
-from vecorm.grants import grant_access
-from vecorm.hybrid import hybrid_search
-from vecorm.index_build import IndexBuildMemoryWarning, build_model_index
-from vecorm.mixin import Searchable, search_config
-from vecorm.partitioning import check_partition_indexes, create_hash_partitions, create_partition
-from vecorm.query import (
+from vecorm.mixin import Searchable
+from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
+from vecorm.scale.partitioning import (
+    check_partition_indexes,
+    create_hash_partitions,
+    create_partition,
+)
+from vecorm.scale.routing import RoutingSession, wait_for_replay
+from vecorm.schema.config import BM25, HNSW, Distance, IVFFlat, SearchConfig, search_config
+from vecorm.schema.drivers import register_array_types
+from vecorm.schema.types import Bit, HalfVec, HalfVector, SparseVec, Vector
+from vecorm.search import bm25
+from vecorm.search.bm25 import BM25Arm
+from vecorm.search.grants import grant_access
+from vecorm.search.hybrid import hybrid_search
+from vecorm.search.settings import (
     apply_search_settings,
     install_search_settings,
     search_options,
     search_settings_installed,
     uninstall_search_settings,
 )
-from vecorm.reembed import ChangeStatus, ModelChange
-from vecorm.routing import RoutingSession, wait_for_replay
-from vecorm.textsearch import TsRankArm, text_search
-from vecorm.types import Bit, HalfVec, HalfVector, SparseVec, Vector
+from vecorm.search.text import TsRankArm, text_search
+from vecorm.tools.embedded import EmbeddedServer, database, start_embedded
+from vecorm.tools.evaluation import EvaluationReport, evaluate
+
+_moved.install()  # vecorm 0.1's module paths (vecorm.query ...), for one more release
 
 __all__ = [
     "BM25",
@@ -84,6 +91,7 @@ __all__ = [
     "Vector",
     "apply_search_settings",
     "backfill",
+    "bm25",
     "build_model_index",
     "check_partition_indexes",
     "create_async_engine",

@@ -1,6 +1,7 @@
 """The declarative mixin that makes a model searchable.
 
-Inherit :class:`Searchable` and state a :class:`~vecorm.config.SearchConfig`; the model gains,
+Inherit :class:`Searchable` and state a :class:`~vecorm.schema.config.SearchConfig`; the model
+gains,
 without touching its other columns:
 
 * ``embedding``: ``vector(N)`` (or ``halfvec(N)``), nullable and **deferred**, so loading a row
@@ -41,29 +42,18 @@ from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
-from vecorm import bm25 as _bm25
-from vecorm import hybrid as _hybrid
-from vecorm import query as _query
-from vecorm import sqlmodel as _sqlmodel
-from vecorm import textsearch as _textsearch
-from vecorm.config import Distance, SearchConfig
-from vecorm.embedders.base import Embedder
+from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
-from vecorm.indexes import text_index, vector_index
-from vecorm.lexical import tsvector_expression
-from vecorm.query import QueryInput
-from vecorm.types import CheckedVector, HalfVec, Vector, to_float_array
-
-
-def search_config(cls: Any) -> SearchConfig:
-    """The validated :class:`SearchConfig` of a searchable class (or instance's class)."""
-    config = getattr(cls, "__vecorm__", None)
-    if not isinstance(config, SearchConfig):
-        name = getattr(cls, "__name__", repr(cls))
-        raise ConfigurationError(
-            f"{name} inherits vecorm.Searchable but has no __vecorm__ = vecorm.SearchConfig(...)"
-        )
-    return config
+from vecorm.schema import sqlmodel as _sqlmodel
+from vecorm.schema.config import Distance, SearchConfig, search_config
+from vecorm.schema.generated import tsvector_expression
+from vecorm.schema.indexes import text_index, vector_index
+from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
+from vecorm.search import bm25 as _bm25
+from vecorm.search import hybrid as _hybrid
+from vecorm.search import text as _textsearch
+from vecorm.search import vector as _query
+from vecorm.search.vector import QueryInput
 
 
 class Searchable:
@@ -145,7 +135,8 @@ class Searchable:
         exact: bool = False,
         candidates: int | None = None,
     ) -> Select[Any]:
-        """``select(cls, distance)`` of the ``k`` nearest rows; see :func:`vecorm.query.nearest`.
+        """``select(cls, distance)`` of the ``k`` nearest rows; see
+        :func:`vecorm.search.vector.nearest`.
 
         ``session.execute(Document.nearest("vacuum tuning", k=5).where(...)).all()``
         """
@@ -186,7 +177,7 @@ class Searchable:
 
     @classmethod
     def text_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
-        """``select(cls, score)`` of full-text matches; see :func:`vecorm.textsearch.text_search`.
+        """``select(cls, score)`` of full-text matches; see :func:`vecorm.search.text.text_search`.
 
         ``session.execute(Document.text_search("error 0x80070057")).all()``
         """
@@ -194,7 +185,8 @@ class Searchable:
 
     @classmethod
     def hybrid_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
-        """Semantic + full-text fused in one statement; see :func:`vecorm.hybrid.hybrid_search`.
+        """Semantic + full-text fused in one statement; see
+        :func:`vecorm.search.hybrid.hybrid_search`.
 
         ``session.execute(Document.hybrid_search("ERR_CONN_RESET", k=5, method="rrf")).all()``
         """

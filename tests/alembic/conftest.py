@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Engine, create_engine
 
-from vecorm.scaffold import init_migrations
+from vecorm.tools.scaffold import init_migrations
 
 
 @dataclass

@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 
 from tests.alembic.conftest import Project, body, undefined_names
 from tests.integration.catalog import column_types, indexes
-from vecorm.adopt import adopt
 from vecorm.alembic import IndexMismatchWarning
-from vecorm.backfill import stale_count
-from vecorm.source import text_digest
+from vecorm.embedding.adopt import adopt
+from vecorm.embedding.backfill import stale_count
+from vecorm.embedding.source import text_digest
 from vecorm.testing import FakeEmbedder
 
 DIMENSIONS = 1536

@@ -12,7 +12,7 @@ from tests.alembic.conftest import Project
 MODELS = """
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import vecorm
-from vecorm.config import BM25
+from vecorm.schema.config import BM25
 
 class Base(DeclarativeBase):
     pass

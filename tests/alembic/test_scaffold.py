@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vecorm.cli import main
+from vecorm.tools.cli import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -78,9 +78,9 @@ def test_init_from_an_installed_wheel(tmp_path: Path) -> None:
         [
             str(python),
             "-c",
-            "import vecorm.scaffold as s, sys; sys.argv = ['vecorm', 'init', 'migrations'];"
+            "import vecorm.tools.scaffold as s, sys; sys.argv = ['vecorm', 'init', 'migrations'];"
             "print(s.template_root());"
-            "from vecorm.cli import main; main()",
+            "from vecorm.tools.cli import main; main()",
         ],
         cwd=project,
         env=env,

@@ -3,7 +3,8 @@
 PostgreSQL cannot cast a stored ``vector(8)`` to ``vector(12)``: Alembic's own
 ``op.alter_column(..., type_=Vector(12))`` dies at upgrade ("expected 12 dimensions, not 8").
 Autogenerate renders ``op.alter_vector_dimensions`` instead, with a note naming
-``vecorm.reembed.ModelChange``; the operation refuses, saying what to do, while the column holds
+``vecorm.embedding.reembed.ModelChange``; the operation refuses, saying what to do, while the
+column holds
 vectors, does nothing once ModelChange has switched the column, and alters an emptied column.
 """
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from tests.alembic.conftest import Project, body, undefined_names
 from tests.integration.catalog import column_types
 from vecorm.alembic import VectorDimensionsError
-from vecorm.reembed import ModelChange
+from vecorm.embedding.reembed import ModelChange
 from vecorm.testing import FakeEmbedder
 
 MODELS = """
@@ -77,14 +78,14 @@ def test_dimension_change_with_vectors_is_refused_then_follows_model_change(
         "discard_vectors=False)"
     )
     assert "# vecorm: articles.embedding changes from vector(8) to vector(12)" in source
-    assert "vecorm.reembed.ModelChange" in source
+    assert "vecorm.embedding.reembed.ModelChange" in source
 
     # 1. Vectors stored: refused, with what to do; nothing changed.
     with pytest.raises(VectorDimensionsError) as refused:
         project.upgrade()
     message = str(refused.value)
     assert "articles.embedding changes from vector(8) to vector(12)" in message
-    assert "vecorm.reembed.ModelChange" in message and "discard_vectors=True" in message
+    assert "vecorm.embedding.reembed.ModelChange" in message and "discard_vectors=True" in message
     assert _embedding_type(project) == "vector(8)"
 
     # ... and `alembic upgrade --sql` renders the same refusal into the script.

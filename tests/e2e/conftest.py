@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import URL
 
-from vecorm.demo import local_model_available
-from vecorm.embedders.base import Embedder
+from vecorm.embedding.embedders.base import Embedder
+from vecorm.embedding.embedders.registry import local_model_available
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -36,7 +36,7 @@ def local_embedder() -> Embedder:
     """all-MiniLM-L6-v2, loaded once for the whole session (skips without vecorm[local])."""
     if not local_model_available():
         pytest.skip("vecorm[local] is not installed")
-    from vecorm.embedders.local import LocalEmbedder
+    from vecorm.embedding.embedders.local import LocalEmbedder
 
     embedder = LocalEmbedder()
     embedder.load()

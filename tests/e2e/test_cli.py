@@ -14,9 +14,10 @@ from sqlalchemy import URL, create_engine, func, insert, select, text
 
 import vecorm
 from tests.e2e.conftest import url_text
-from vecorm.cli import main
-from vecorm.demo import EXACT_TERM_QUESTIONS, QUESTIONS, local_model_available
+from vecorm.embedding.embedders.registry import local_model_available
 from vecorm.testing.openai_server import OpenAIServer
+from vecorm.tools.cli import main
+from vecorm.tools.demo import EXACT_TERM_QUESTIONS, QUESTIONS
 
 
 def invoke(*args: str) -> Result:
@@ -130,7 +131,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import vecorm
-from vecorm.embedders import HashingEmbedder
+from vecorm.embedding.embedders import HashingEmbedder
 
 
 class Base(DeclarativeBase):
@@ -487,8 +488,13 @@ def test_bench_prints_the_table_and_writes_the_plot(vecorm_url: URL, tmp_path: P
             "run from your project's root",
         ),
         (
-            ["backfill", "vecorm.demo:Pasage", "--database-url", "postgresql://u@localhost/x"],
-            "'vecorm.demo' has no attribute 'Pasage'",
+            [
+                "backfill",
+                "vecorm.tools.demo:Pasage",
+                "--database-url",
+                "postgresql://u@localhost/x",
+            ],
+            "'vecorm.tools.demo' has no attribute 'Pasage'",
             "check the class name",
         ),
         (
@@ -497,8 +503,13 @@ def test_bench_prints_the_table_and_writes_the_plot(vecorm_url: URL, tmp_path: P
             "myapp.models:Document",
         ),
         (
-            ["backfill", "vecorm.config:HNSW", "--database-url", "postgresql://u@localhost/x"],
-            "vecorm.config:HNSW is not a searchable model",
+            [
+                "backfill",
+                "vecorm.schema.config:HNSW",
+                "--database-url",
+                "postgresql://u@localhost/x",
+            ],
+            "vecorm.schema.config:HNSW is not a searchable model",
             "inherit vecorm.Searchable",
         ),
         (
@@ -592,7 +603,7 @@ def test_backfill_of_a_table_that_does_not_exist(vecorm_url: URL, models_module:
 def test_backfill_needs_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VECORM_DATABASE_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    result = CliRunner().invoke(main, ["backfill", "vecorm.demo:Passage"])
+    result = CliRunner().invoke(main, ["backfill", "vecorm.tools.demo:Passage"])
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: no database given",

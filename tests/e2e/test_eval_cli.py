@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from sqlalchemy import URL
 
 from tests.e2e.conftest import url_text
-from vecorm.cli import main
-from vecorm.demo import local_model_available
-from vecorm.evaluation import MODES
+from vecorm.embedding.embedders.registry import local_model_available
+from vecorm.tools.cli import main
+from vecorm.tools.evaluation import MODES
 
 
 def scifact_dir() -> Path:

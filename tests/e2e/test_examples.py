@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 import vecorm
 from tests.e2e.conftest import url_text
-from vecorm.embedders.base import Embedder
+from vecorm.embedding.embedders.base import Embedder
 
 
 def test_knowledge_base_answers_with_three_passages(

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import URL, create_engine, inspect
 
 from tests.e2e.test_flask_app import alembic_config
-from vecorm.demo import load_passages
-from vecorm.embedders import HashingEmbedder
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.tools.demo import load_passages
 
 
 class RecordingEmbedder:

@@ -13,7 +13,7 @@ from sqlalchemy import URL, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
 from tests.e2e.conftest import EXAMPLES, url_text
-from vecorm.demo import load_passages
+from vecorm.tools.demo import load_passages
 
 
 def alembic_config(app: str, url: URL) -> Config:

@@ -1,4 +1,5 @@
-"""vecorm.adopt and ``vecorm adopt``: existing vectors recorded as current without a provider
+"""vecorm.embedding.adopt and ``vecorm adopt``: existing vectors recorded as current without a
+provider
 call, or embedded again; the column checked against the model and the provider first."""
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from sqlalchemy import URL, Engine, String, TypeDecorator, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.adopt import adopt
-from vecorm.backfill import backfill, stale_count
-from vecorm.cli import main
+from vecorm.embedding.adopt import adopt
+from vecorm.embedding.backfill import backfill, stale_count
+from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch
-from vecorm.source import source_text, text_digest
 from vecorm.testing import FakeEmbedder
+from vecorm.tools.cli import main
 
 DIMENSIONS = 8
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import search_options
+from vecorm.search.settings import search_options
 from vecorm.testing.assertions import (
     assert_index_used,
     assert_recall,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import vecorm
 from tests.integration.test_events import DIMS, Base, Document, assert_current, stored
-from vecorm.backfill import (
+from vecorm.embedding.backfill import (
     PYTHON_WHITESPACE,
     BackfillResult,
     backfill,
@@ -23,9 +23,9 @@ from vecorm.backfill import (
     stale_condition,
     stale_count,
 )
-from vecorm.embedders import HashingEmbedder
-from vecorm.events import install, uninstall
-from vecorm.source import source_text, text_digest
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.embedding.events import install, uninstall
+from vecorm.embedding.source import source_text, text_digest
 from vecorm.testing import FakeEmbedder
 
 

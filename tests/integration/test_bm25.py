@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from vecorm import bm25
-from vecorm.config import BM25
+from vecorm.schema.config import BM25
 from vecorm.testing.assertions import indexes_used
 
 

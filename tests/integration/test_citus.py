@@ -16,15 +16,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 import vecorm.alembic
-from vecorm.citus import (
+from vecorm.scale.citus import (
     check_distribution,
     distribute_table,
     distribution_plan,
     reference_table,
     undistribute_table,
 )
-from vecorm.partitioning import create_hash_partitions
-from vecorm.query import python_distance
+from vecorm.scale.partitioning import create_hash_partitions
+from vecorm.search.vector import python_distance
 from vecorm.testing.assertions import explain, plan_nodes
 
 DIMS = 16

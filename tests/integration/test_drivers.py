@@ -1,4 +1,4 @@
-"""vecorm.drivers: each driver reaches the server and adapts vectors with no setup."""
+"""vecorm.schema.drivers: each driver reaches the server and adapts vectors with no setup."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from tests.integration.driver_matrix import DRIVERS, DriverDatabase, driver_database
-from vecorm.drivers import BinaryVectorParam, register_array_types
-from vecorm.embedded import libpq_conninfo
+from vecorm.engine import libpq_conninfo
+from vecorm.schema.drivers import BinaryVectorParam, register_array_types
 from vecorm.types import BIT, HALFVEC, SPARSEVEC, Vector
 
 metadata = MetaData()

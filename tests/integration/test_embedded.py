@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import URL, text
 
 import vecorm
-from vecorm.embedded import libpq_conninfo, normalize_url
+from vecorm.engine import libpq_conninfo, normalize_url
 
 
 @pytest.mark.slow

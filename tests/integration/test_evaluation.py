@@ -13,13 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.evaluation import (
-    MODES,
-    EmbeddingCache,
-    evaluate,
-    load_beir,
-    score_run,
-)
+from vecorm.tools.evaluation import MODES, EmbeddingCache, evaluate, load_beir, score_run
 
 QRELS = {
     "q1": {"d1": 1, "d2": 2, "d5": 0},

@@ -22,11 +22,11 @@ from sqlalchemy.orm import (
 )
 
 import vecorm
-from vecorm.backfill import stale_count
-from vecorm.embedders import HashingEmbedder
-from vecorm.embedders.openai import OpenAIEmbedder
-from vecorm.events import install, installed_embedder, is_installed, uninstall
-from vecorm.source import text_digest
+from vecorm.embedding.backfill import stale_count
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.embedding.embedders.openai import OpenAIEmbedder
+from vecorm.embedding.events import install, installed_embedder, is_installed, uninstall
+from vecorm.embedding.source import text_digest
 from vecorm.testing import FakeEmbedder
 from vecorm.testing.openai_server import OpenAIServer
 

@@ -29,8 +29,8 @@ from tests.integration.test_events import (
     openai_embedder,
     stored,
 )
-from vecorm.embedders import HashingEmbedder
-from vecorm.events import install, installed_embedder, uninstall
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.embedding.events import install, installed_embedder, uninstall
 from vecorm.testing import FakeEmbedder
 from vecorm.testing.openai_server import OpenAIServer
 

@@ -21,8 +21,8 @@ from sqlalchemy.orm import (
 )
 
 import vecorm
-from vecorm.bm25 import BM25Arm
-from vecorm.hybrid import hybrid_search, semantic_candidates
+from vecorm.search.bm25 import BM25Arm
+from vecorm.search.hybrid import hybrid_search, semantic_candidates
 from vecorm.testing.assertions import indexes_used
 
 DIMS = 64

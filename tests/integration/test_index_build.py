@@ -16,8 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import vecorm
 import vecorm.alembic
 from tests.integration.catalog import indexes
-from vecorm.cli import main
-from vecorm.index_build import (
+from vecorm.scale.index_build import (
     BuildProgress,
     IndexBuildError,
     IndexBuildMemoryWarning,
@@ -28,7 +27,8 @@ from vecorm.index_build import (
     model_vector_index,
     parse_memory,
 )
-from vecorm.partitioning import check_partition_indexes, create_partition
+from vecorm.scale.partitioning import check_partition_indexes, create_partition
+from vecorm.tools.cli import main
 
 DIMS = 128
 ROWS = 2000

@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from tests.integration.catalog import indexes
-from vecorm.partitioning import (
+from vecorm.scale.partitioning import (
     CreatePartition,
     attach_partition,
     check_partition_indexes,
@@ -21,7 +21,7 @@ from vecorm.partitioning import (
     partition_strategy,
     partitions,
 )
-from vecorm.query import python_distance
+from vecorm.search.vector import python_distance
 from vecorm.testing.assertions import explain, indexes_used, plan_nodes
 
 DIMS = 32

@@ -18,7 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from tests.integration.catalog import indexes
-from vecorm.query import index_search_options, nearest_candidates, python_distance
+from vecorm.search.settings import index_search_options
+from vecorm.search.vector import nearest_candidates, python_distance
 from vecorm.testing.assertions import assert_index_used, indexes_used
 from vecorm.testing.server import TestServer, fresh_database
 

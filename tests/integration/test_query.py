@@ -23,15 +23,15 @@ from sqlalchemy.orm import (
 )
 
 import vecorm
-from vecorm.config import Distance
-from vecorm.query import (
+from vecorm.schema.config import Distance
+from vecorm.search.settings import (
     apply_search_settings,
     install_search_settings,
-    python_distance,
     search_options,
     search_settings_installed,
     uninstall_search_settings,
 )
+from vecorm.search.vector import python_distance
 from vecorm.testing import FakeEmbedder
 from vecorm.testing.assertions import assert_index_used, assert_recall, indexes_used
 

@@ -15,11 +15,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import vecorm
 from tests.integration.catalog import column_types, indexes
-from vecorm.backfill import stale_count
-from vecorm.embedders import HashingEmbedder
-from vecorm.events import install, uninstall
-from vecorm.reembed import ChangeStatus, ModelChange
-from vecorm.source import text_digest
+from vecorm.embedding.backfill import stale_count
+from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.embedding.events import install, uninstall
+from vecorm.embedding.reembed import ChangeStatus, ModelChange
+from vecorm.embedding.source import text_digest
 from vecorm.testing import FakeEmbedder
 
 OLD, NEW = 8, 12

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 import vecorm
-from vecorm.routing import (
+from vecorm.scale.routing import (
     ROUTE_OPTION,
     RoutingSession,
     is_search,

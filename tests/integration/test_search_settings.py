@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
-from vecorm.query import (
+from vecorm.search.settings import (
     SEARCH_SETTINGS_OPTION,
     install_search_settings,
     search_options,
@@ -175,7 +175,7 @@ engine = sqlalchemy.create_engine(sys.argv[1])
 with engine.connect() as conn:  # a pooled connection from before the import, too
     conn.execute(sqlalchemy.text("SELECT '[1]'::vector"))
 assert "vecorm" not in sys.modules
-from vecorm.query import search_options
+from vecorm.search.settings import search_options
 
 query = sqlalchemy.select(sqlalchemy.func.current_setting("hnsw.ef_search"))
 with engine.connect() as conn:

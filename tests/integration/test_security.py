@@ -21,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from vecorm import bm25
-from vecorm.embedded import libpq_conninfo
+from vecorm.engine import libpq_conninfo
 
 from .test_bm25 import assert_statistics_exact
 

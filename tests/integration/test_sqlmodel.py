@@ -13,7 +13,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import vecorm
-from vecorm.events import install
+from vecorm.embedding.events import install
 from vecorm.types import BIT, HALFVEC, Vector
 
 DIMENSIONS = 32

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import vecorm
-from vecorm.embedded import libpq_conninfo
+from vecorm.engine import libpq_conninfo
 from vecorm.testing import FakeEmbedder
 from vecorm.testing.server import TestServer, fresh_database
 

@@ -12,8 +12,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
+from vecorm.search.text import TsRankArm, text_search
+from vecorm.search.tsquery import tsquery_expression
 from vecorm.testing.assertions import assert_index_used
-from vecorm.textsearch import TsRankArm, text_search, tsquery_expression
 
 
 class Base(DeclarativeBase):

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from tests.integration.driver_matrix import DRIVERS, DriverDatabase, driver_database, scalars
-from vecorm.drivers import register_array_types
+from vecorm.schema.drivers import register_array_types
 from vecorm.types import BIT, SPARSEVEC, HalfVec, SparseVec, Vector, avg, sum
 
 

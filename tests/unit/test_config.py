@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import vecorm
-from vecorm.config import Distance
+from vecorm.schema.config import Distance
 
 
 class Base(DeclarativeBase):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from vecorm.indexes import index_name
-from vecorm.lexical import tsvector_expression
+from vecorm.schema.generated import tsvector_expression
+from vecorm.schema.indexes import index_name
 
 
 def test_index_names_are_deterministic_and_fit_postgres() -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import vecorm
-from vecorm.query import (
+from vecorm.search.settings import (
     SETTINGS,
     index_search_options,
     search_options,

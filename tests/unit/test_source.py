@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from vecorm.source import source_text, text_digest
+from vecorm.embedding.source import source_text, text_digest
 
 
 def test_source_text_joins_non_blank_fields_in_order() -> None:

@@ -9,7 +9,8 @@ One line in an existing project's ``env.py`` is enough; Alembic (1.18+) copies t
     $ alembic revision --autogenerate -m "searchable documents"
 
 The revision then creates the ``vector`` extension first if it is missing, imports
-``vecorm.types`` for the vector column, renders HNSW / IVFFlat / GIN indexes with their method,
+``vecorm.schema.types`` for the vector column, renders HNSW / IVFFlat / GIN indexes with their
+method,
 operator class and parameters, rebuilds an index whose parameters changed, changes a generated
 tsvector column's expression with ``op.alter_column_expression`` and, run again against an
 up-to-date database, is empty. ``vecorm init DIR`` lays down a ready environment.
@@ -45,10 +46,9 @@ from vecorm.alembic.operations import (
     EmptyIVFFlatWarning,
     RenameIndexOp,
     VectorDimensionsError,
-    import_model,
-    import_object,
 )
 from vecorm.alembic.partitions import CreatePartitionOp, DropPartitionOp
+from vecorm.objects import import_model, import_object
 
 __all__ = [
     "AlterColumnExpressionOp",

@@ -3,7 +3,7 @@
 The side tables (``<table>_bm25_postings`` / ``_terms`` / ``_deltas``) are ordinary tables
 in the metadata, so Alembic creates and compares them itself. What it cannot see are the
 functions and statement triggers that keep them exact; this module compares those (by the
-digest :func:`vecorm.bm25.signature` stores as the insert function's comment) and renders::
+digest :func:`vecorm.search.bm25.signature` stores as the insert function's comment) and renders::
 
     op.create_bm25_statistics('documents', ["CREATE OR REPLACE FUNCTION ...", ...])
 
@@ -25,8 +25,8 @@ from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import DDL, text
 from sqlalchemy.engine import Connection
 
-from vecorm import bm25
 from vecorm.alembic.operations import AlterColumnExpressionOp
+from vecorm.search import bm25
 
 _OPERATIONS_IMPORT = (
     "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"

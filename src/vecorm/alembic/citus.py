@@ -27,8 +27,8 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import MetaData, Select, Table, text
 
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
-from vecorm.citus import distribute_table, reference_table, undistribute_table
 from vecorm.errors import ConfigurationError
+from vecorm.scale.citus import distribute_table, reference_table, undistribute_table
 
 
 def _table(name: str, schema: str | None) -> Table:

@@ -61,7 +61,7 @@ from vecorm.alembic.operations import (
     CreateVectorExtensionOp,
     RenameIndexOp,
 )
-from vecorm.indexes import ADOPTED_INFO_KEY, index_name
+from vecorm.schema.indexes import ADOPTED_INFO_KEY, index_name
 
 log = logging.getLogger("vecorm.alembic")
 
@@ -240,7 +240,8 @@ def _claim_dimension_changes(
 
     A plain ``ALTER COLUMN ... TYPE vector(512)`` dies at upgrade on the first stored row
     ("expected 512 dimensions, not 384"); the vecorm operation alters an empty column, does
-    nothing once ``vecorm.reembed.ModelChange`` switched it, and otherwise says what to do.
+    nothing once ``vecorm.embedding.reembed.ModelChange`` switched it, and otherwise says what to
+    do.
     """
     for op in list(modify_ops.ops):
         if not isinstance(op, ops.AlterColumnOp):

@@ -12,7 +12,7 @@ models'): write the operation by hand, after the revision that creates the table
         op.revoke_search_access("documents", "app")
 
 The BM25 side tables and sequences are included when the table keeps BM25 statistics (read
-from the catalog when the migration runs); see :mod:`vecorm.grants` and docs/security.md.
+from the catalog when the migration runs); see :mod:`vecorm.search.grants` and docs/security.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import MetaData, Table, text
 
-from vecorm.grants import revoke_statements, table_grants
+from vecorm.search.grants import revoke_statements, table_grants
 
 
 @Operations.register_operation("grant_search_access")

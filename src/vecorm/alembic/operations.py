@@ -5,7 +5,7 @@ Hand-written migrations use them like Alembic's own::
 
     def upgrade() -> None:
         op.create_vector_extension()
-        op.add_column("documents", sa.Column("embedding", vecorm.types.Vector(1536)))
+        op.add_column("documents", sa.Column("embedding", vecorm.schema.types.Vector(1536)))
 
     def upgrade() -> None:  # a separate revision: CONCURRENTLY commits what came before
         op.create_vector_index(
@@ -28,14 +28,14 @@ Hand-written migrations use them like Alembic's own::
   existing index whose definition already matches the model under vecorm's name.
 * ``alter_vector_dimensions``: change a vector column's width (what autogenerate renders
   for ``Vector(384)`` -> ``Vector(512)``); refused with :class:`VectorDimensionsError` while the
-  column holds vectors, which must be re-embedded (``vecorm.reembed.ModelChange``) or discarded.
+  column holds vectors, which must be re-embedded (``vecorm.embedding.reembed.ModelChange``) or
+  discarded.
 * ``backfill_embeddings``: embed rows whose embedding is missing or stale, through
-  ``vecorm.backfill.backfill(session, Model, ...)``, with the model given by import path.
+  ``vecorm.embedding.backfill.backfill(session, Model, ...)``, with the model given by import path.
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -48,7 +48,8 @@ from sqlalchemy.schema import CreateIndex
 
 from vecorm.alembic.catalog import generated_column, index_state, table_oid
 from vecorm.errors import ConfigurationError, VecormError
-from vecorm.indexes import precision_expression
+from vecorm.objects import import_model, import_object
+from vecorm.schema.indexes import precision_expression
 
 ExpressionStrategy = Literal["auto", "set_expression", "recreate"]
 
@@ -341,7 +342,7 @@ class CreateVectorIndexOp(MigrateOperation):
         ``column::halfvec(N)`` / ``binary_quantize(column)::bit(N)`` instead of the column.
         ``maintenance_work_mem`` (``"4GB"``) and ``parallel_workers`` apply to this build
         only; a build whose HNSW graph will not fit warns first; ``progress=True`` shows a
-        bar fed by ``pg_stat_progress_create_index`` (see :mod:`vecorm.index_build`).
+        bar fed by ``pg_stat_progress_create_index`` (see :mod:`vecorm.scale.index_build`).
         """
         operations.invoke(
             cls(
@@ -442,7 +443,7 @@ def _create_vector_index(operations: Operations, operation: CreateVectorIndexOp)
         else:
             operations.execute(statement)
         return
-    from vecorm.index_build import build_index
+    from vecorm.scale.index_build import build_index
 
     def run() -> None:
         build_index(
@@ -563,9 +564,10 @@ class AlterVectorDimensionsOp(MigrateOperation):
 
     ``op.alter_vector_dimensions("documents", "embedding", 512, existing_dimensions=384)``
     alters the column only if it holds no vectors (new or emptied tables), and does nothing if
-    it already has the new type (:class:`vecorm.reembed.ModelChange` switched it); otherwise it
+    it already has the new type (:class:`vecorm.embedding.reembed.ModelChange` switched it);
+    otherwise it
     raises :class:`VectorDimensionsError` saying what to do. ``discard_vectors=True`` sets the
-    column to NULL first: the rows are then stale and ``vecorm.backfill`` re-embeds them.
+    column to NULL first: the rows are then stale and ``vecorm.embedding.backfill`` re-embeds them.
     """
 
     def __init__(
@@ -635,10 +637,11 @@ class AlterVectorDimensionsOp(MigrateOperation):
         return (
             f"{self.table_name}.{self.column_name} changes from {self.existing_type_sql} to "
             f"{self.type_sql}, and PostgreSQL cannot cast stored vectors to another width. "
-            "Re-embed them first with vecorm.reembed.ModelChange (start, backfill, create_index, "
+            "Re-embed them first with vecorm.embedding.reembed.ModelChange (start, backfill, "
+            "create_index, "
             "finish: search keeps working, and this operation then finds the new type and does "
             "nothing), or pass discard_vectors=True to set them to NULL here and re-embed after "
-            "the migration (vecorm.backfill.backfill or op.backfill_embeddings)"
+            "the migration (vecorm.embedding.backfill.backfill or op.backfill_embeddings)"
         )
 
     @property
@@ -647,9 +650,11 @@ class AlterVectorDimensionsOp(MigrateOperation):
         return (
             f"vecorm: {self.table_name}.{self.column_name} changes from {self.existing_type_sql} "
             f"to {self.type_sql}; stored vectors cannot be cast to another width, so this refuses "
-            "to run while the column holds any. Re-embed first with vecorm.reembed.ModelChange "
+            "to run while the column holds any. Re-embed first with "
+            "vecorm.embedding.reembed.ModelChange "
             f"(this then finds {self.type_sql} and does nothing), or set discard_vectors=True "
-            "(vectors become NULL; re-embed them after the migration with vecorm.backfill)."
+            "(vectors become NULL; re-embed them after the migration with "
+            "vecorm.embedding.backfill)."
         )
 
     def reverse(self) -> AlterVectorDimensionsOp:
@@ -694,7 +699,7 @@ def _alter_vector_dimensions(operations: Operations, operation: AlterVectorDimen
         _COLUMN_TYPE_SQL, {"table": table_sql, "column": operation.column_name}
     ).scalar()
     if stored == operation.type_sql:
-        return  # already switched (vecorm.reembed.ModelChange.finish): nothing to alter
+        return  # already switched (vecorm.embedding.reembed.ModelChange.finish): nothing to alter
     if operation.discard_vectors:
         operations.execute(clear)
     elif connection.execute(
@@ -735,7 +740,8 @@ class BackfillEmbeddingsOp(MigrateOperation):
     """Embed the rows of a searchable model whose embedding is missing or stale.
 
     ``op.backfill_embeddings("myapp.models:Document", batch_size=64)`` runs
-    ``vecorm.backfill.backfill(session, Document, batch_size=64)`` on the migration's connection,
+    ``vecorm.embedding.backfill.backfill(session, Document, batch_size=64)`` on the migration's
+    connection,
     inside the revision's transaction. ``embedder`` may be an import path
     (``embedder="myapp.ai:embedder"``); otherwise the model's configured embedder is used.
     """
@@ -763,44 +769,9 @@ def _backfill_embeddings(operations: Operations, operation: BackfillEmbeddingsOp
     if isinstance(options.get("embedder"), str):
         options["embedder"] = import_object(options["embedder"])
     options.setdefault("progress", False)
-    from vecorm.backfill import backfill
+    from vecorm.embedding.backfill import backfill
 
     # The backfill commits per batch; here each "commit" releases a savepoint and the rows are
     # committed with the rest of the revision.
     with Session(bind=operations.get_bind(), join_transaction_mode="create_savepoint") as session:
         backfill(session, model, **options)
-
-
-def import_object(path: str) -> Any:
-    """The object named by ``"package.module:attribute"``.
-
-    >>> import_object("vecorm.config:HNSW").__name__
-    'HNSW'
-    """
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"{path!r} must look like 'package.module:name'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"cannot import {module_name!r} for {path!r}: {exc}; is the project on sys.path?"
-        ) from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}") from None
-    return target
-
-
-def import_model(path: str) -> type[Any]:
-    """The class named by ``"package.module:Class"``.
-
-    >>> import_model("vecorm.config:SearchConfig").__name__
-    'SearchConfig'
-    """
-    target = import_object(path)
-    if not isinstance(target, type):
-        raise ConfigurationError(f"{path!r} is not a class")
-    return target

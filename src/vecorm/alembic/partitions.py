@@ -13,7 +13,7 @@ those drops (and the drops of their indexes) when the table is a partition of a 
         op.drop_partition("documents_t7")
 
 The new partition gets every index of the parent, vecorm's vector and GIN indexes included
-(see :mod:`vecorm.partitioning`).
+(see :mod:`vecorm.scale.partitioning`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import text
 
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
-from vecorm.partitioning import CreatePartition
+from vecorm.scale.partitioning import CreatePartition
 
 
 @Operations.register_operation("create_partition")

@@ -34,7 +34,7 @@ from sqlalchemy.sql.functions import Function
 
 from vecorm.alembic.catalog import IndexSignature, index_signature_by_oid, index_state
 from vecorm.alembic.operations import CreateVectorIndexOp, DropVectorIndexOp
-from vecorm.types import HalfVec
+from vecorm.schema.types import HalfVec
 
 log = logging.getLogger("vecorm.alembic")
 

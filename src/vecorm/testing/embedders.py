@@ -6,8 +6,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vecorm.embedders.base import Embedder, EmbeddingMatrix
-from vecorm.embedders.hashing import HashingEmbedder
+from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix
+from vecorm.embedding.embedders.hashing import HashingEmbedder
 
 
 @dataclass(eq=False)  # hashable by identity, so query-embedding caches work

@@ -1,7 +1,7 @@
 """An OpenAI-compatible embeddings server on the loopback interface, for tests.
 
 It answers ``POST /v1/embeddings`` the way the OpenAI API does, with deterministic vectors
-from :class:`~vecorm.embedders.hashing.HashingEmbedder`, records every request, and can be
+from :class:`~vecorm.embedding.embedders.hashing.HashingEmbedder`, records every request, and can be
 told to fail, stall or misbehave on the next requests. It never touches the network::
 
     with OpenAIServer() as server:
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vecorm.embedders.hashing import HashingEmbedder
+from vecorm.embedding.embedders.hashing import HashingEmbedder
 
 __all__ = ["OpenAIServer", "RecordedRequest"]
 

@@ -74,7 +74,7 @@ def vecorm_url(vecorm_server: TestServer, vecorm_template: str) -> Iterator[URL]
 @pytest.fixture
 def vecorm_engine(vecorm_url: URL) -> Iterator[Engine]:
     """``vecorm.create_engine`` (psycopg 3) on this test's database."""
-    from vecorm.embedded import create_engine
+    from vecorm.engine import create_engine
 
     engine = create_engine(vecorm_url)
     try:
@@ -102,7 +102,7 @@ def vecorm_fake_embedder() -> FakeEmbedder:
 
 async def _async_engine(vecorm_url: URL) -> AsyncIterator[AsyncEngine]:
     """An async engine (psycopg 3 async) on this test's database."""
-    from vecorm.embedded import create_async_engine
+    from vecorm.engine import create_async_engine
 
     engine = create_async_engine(vecorm_url)
     try:

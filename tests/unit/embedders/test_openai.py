@@ -10,9 +10,9 @@ import numpy as np
 import openai
 import pytest
 
-from vecorm.embedders.base import AsyncEmbedder
-from vecorm.embedders.hashing import HashingEmbedder
-from vecorm.embedders.openai import OpenAIEmbedder
+from vecorm.embedding.embedders.base import AsyncEmbedder
+from vecorm.embedding.embedders.hashing import HashingEmbedder
+from vecorm.embedding.embedders.openai import OpenAIEmbedder
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError
 from vecorm.testing.openai_server import OpenAIServer
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import vecorm
-from vecorm.embedders import query as query_module
-from vecorm.embedders.base import EmbeddingMatrix
-from vecorm.embedders.query import aembed_query, embed_query
+from vecorm.embedding.embedders import query as query_module
+from vecorm.embedding.embedders.base import EmbeddingMatrix
+from vecorm.embedding.embedders.query import aembed_query, embed_query
 from vecorm.testing import FakeEmbedder
 
 

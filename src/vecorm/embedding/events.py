@@ -1,0 +1,532 @@
+"""Session hooks: embed new and changed rows on flush, in batches, before the SQL is written.
+
+Nothing happens on import. :func:`install` adds one ``before_flush`` listener to the session or
+factory you give it, and :func:`uninstall` removes exactly that listener::
+
+    SessionLocal = sessionmaker(engine)
+    vecorm.install(SessionLocal, embedder=OpenAIEmbedder())
+
+    with SessionLocal() as session:
+        session.add_all([Document(title="Intro", content="PostgreSQL stores vectors.")] * 300)
+        session.commit()        # 2 provider calls (batches of 256), then one INSERT
+
+On each flush the hook looks at the new and dirty instances of searchable models. A dirty row
+whose text fields did not change is skipped without a query (a ``category`` edit costs nothing);
+for the others it loads the stored digest and model in one query per class and compares them with
+``sha256(text)`` and the provider's ``model_name``. The rows that need a vector are grouped by
+provider, their distinct texts embedded in batches of ``max_batch_size`` and the vectors assigned,
+so the same flush writes text and embedding together. A row with no text (every field NULL or
+blank) gets a NULL embedding, digest and model.
+
+A vector you assign yourself is kept: the hook records the digest of the row's text and, unless
+you set ``embedding_model`` too, the provider's model name.
+
+Failure modes (``mode=`` here, or ``SearchConfig(embedding_mode=...)`` per model, which wins):
+
+``"strict"`` (default)
+    The flush raises :class:`~vecorm.errors.EmbeddingError` before any SQL of that flush runs and
+    no instance is modified; the session keeps its changes, so ``session.commit()`` can simply be
+    retried, or ``session.rollback()`` discards them.
+``"deferred"``
+    Rows whose batch failed are written with a NULL embedding (and NULL digest and model), which
+    makes them stale; :func:`vecorm.embedding.backfill` embeds them later.
+
+With an ``AsyncSession`` the flush runs in SQLAlchemy's greenlet; the hook awaits the provider's
+``aembed`` (or runs ``embed`` in a worker thread) through that bridge, so the event loop is never
+blocked, autoflush included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy.util
+from sqlalchemy import ColumnElement, event, select, tuple_
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
+from sqlalchemy.orm import InstanceState, Mapper, Session, scoped_session, sessionmaker
+from sqlalchemy.orm.attributes import History
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.unitofwork import UOWTransaction
+from sqlalchemy.util.concurrency import in_greenlet
+
+from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix, check_embeddings
+from vecorm.embedding.source import source_text, text_digest
+from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
+from vecorm.schema.config import EmbeddingMode, SearchConfig
+
+__all__ = ["install", "installed_embedder", "is_installed", "uninstall"]
+
+logger = logging.getLogger("vecorm.embedding.events")
+
+_MODES: tuple[EmbeddingMode, ...] = ("strict", "deferred")
+_FLUSH_MARK = "vecorm.embedded"
+#: Primary keys per ``IN (...)`` when loading stored digests.
+_LOAD_CHUNK = 1000
+
+# SQLAlchemy 2.1 renamed await_only to await_; accept both.
+_await: Callable[[Any], Any] = (
+    getattr(sqlalchemy.util, "await_", None) or sqlalchemy.util.await_only
+)
+
+
+@dataclass(eq=False)
+class _Installation:
+    embedder: Embedder | None
+    mode: EmbeddingMode
+    listen_target: Any
+    hook: Callable[..., None] = field(init=False)
+    restore: Callable[[], None] | None = None
+
+
+# Keyed by the object given to install() and by the object event.listen() received, the way
+# SQLAlchemy's own event registry is keyed; entries vanish with their targets.
+_by_target: weakref.WeakKeyDictionary[Any, _Installation] = weakref.WeakKeyDictionary()
+_by_listen_target: weakref.WeakKeyDictionary[Any, _Installation] = weakref.WeakKeyDictionary()
+
+InstallTarget = (
+    Session
+    | sessionmaker[Any]
+    | scoped_session[Any]
+    | AsyncSession
+    | async_sessionmaker[Any]
+    | async_scoped_session[Any]
+    | type[Session]
+)
+
+
+def install(
+    target: InstallTarget, *, embedder: Embedder | None = None, mode: EmbeddingMode = "strict"
+) -> None:
+    """Embed changed rows on every flush of ``target``'s sessions.
+
+    ``target`` is a ``Session``, ``sessionmaker``, ``scoped_session``, ``AsyncSession``,
+    ``async_sessionmaker`` or ``async_scoped_session`` (or a ``Session`` subclass). ``embedder``
+    serves models whose ``SearchConfig`` has none of its own; ``mode`` is ``"strict"`` or
+    ``"deferred"`` (see the module docs). Example::
+
+        vecorm.install(async_sessionmaker(engine), embedder=HashingEmbedder(384))
+    """
+    if mode not in _MODES:
+        raise ConfigurationError(f"mode must be 'strict' or 'deferred', not {mode!r}")
+    if embedder is not None and not callable(getattr(embedder, "embed", None)):
+        raise ConfigurationError(
+            f"embedder {embedder!r} has no embed(texts) method; pass a vecorm Embedder"
+        )
+    if target in _by_target:
+        raise ConfigurationError(
+            f"vecorm is already installed on {target!r}; call vecorm.uninstall() on it first"
+        )
+    listen_target, restore = _listen_target(target)
+    if listen_target in _by_listen_target:
+        if restore is not None:
+            restore()
+        raise ConfigurationError(
+            f"vecorm is already installed on the sessions of {target!r} (through another "
+            "factory or scoped_session); call vecorm.uninstall() on that one first"
+        )
+    installation = _Installation(embedder, mode, listen_target, restore=restore)
+    installation.hook = partial(_before_flush, installation)
+    event.listen(listen_target, "before_flush", installation.hook)
+    _by_target[target] = installation
+    _by_listen_target[listen_target] = installation
+
+
+def uninstall(target: InstallTarget) -> bool:
+    """Remove what :func:`install` added to ``target``; ``False`` if nothing was installed.
+
+    ``vecorm.uninstall(SessionLocal)``
+    """
+    installation = _by_target.pop(target, None)
+    if installation is None:
+        return False
+    event.remove(installation.listen_target, "before_flush", installation.hook)
+    _by_listen_target.pop(installation.listen_target, None)
+    if installation.restore is not None:
+        installation.restore()
+    return True
+
+
+def is_installed(target: InstallTarget) -> bool:
+    """Whether :func:`install` was called on ``target`` (and not undone)."""
+    return target in _by_target
+
+
+def installed_embedder(session: Session | AsyncSession) -> Embedder | None:
+    """The embedder :func:`install` gave to ``session`` (or to its factory), if any."""
+    installation = _installation_for(session)
+    return installation.embedder if installation is not None else None
+
+
+def _installation_for(session: Session | AsyncSession) -> _Installation | None:
+    sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+    found = _by_listen_target.get(sync_session)
+    if found is not None:
+        return found
+    for klass in type(sync_session).__mro__:
+        try:
+            found = _by_listen_target.get(klass)
+        except TypeError:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _listen_target(target: object) -> tuple[Any, Callable[[], None] | None]:
+    """What ``event.listen`` receives for ``target``, and how to undo any change made for it."""
+    if isinstance(target, async_scoped_session):
+        target = target.session_factory
+    if isinstance(target, AsyncSession):
+        return target.sync_session, None
+    if isinstance(target, async_sessionmaker):
+        return _own_sync_session_class(target)
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        return target.class_, None
+    if isinstance(target, Session) or (isinstance(target, type) and issubclass(target, Session)):
+        return target, None
+    raise ConfigurationError(
+        f"cannot install vecorm on {target!r}: pass a Session, sessionmaker, scoped_session, "
+        "AsyncSession, async_sessionmaker or async_scoped_session"
+    )
+
+
+def _own_sync_session_class(
+    maker: async_sessionmaker[Any],
+) -> tuple[type[Session], Callable[[], None]]:
+    """Give ``maker`` a private ``Session`` subclass, as ``sessionmaker`` does for itself.
+
+    Listening on the shared ``Session`` class would hook every session of the process.
+    """
+    had_own = "sync_session_class" in maker.kw
+    previous = maker.kw.get("sync_session_class")
+    base: type[Session] = previous or maker.class_.sync_session_class
+    private = type(base.__name__, (base,), {"__module__": base.__module__})
+
+    def restore() -> None:
+        if had_own:
+            maker.kw["sync_session_class"] = previous
+        else:
+            maker.kw.pop("sync_session_class", None)
+
+    maker.configure(sync_session_class=private)
+    return private, restore
+
+
+# --- the flush hook -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Job:
+    """One instance that needs a vector for ``text``."""
+
+    instance: Any
+    text: str
+    digest: bytes
+
+
+@dataclass
+class _Stored:
+    digest: bytes | None
+    model: str | None
+    embedding_is_null: bool
+    fields: dict[str, Any]
+
+
+def _before_flush(
+    installation: _Installation,
+    session: Session,
+    flush_context: UOWTransaction,
+    instances: Sequence[Any] | None,
+) -> None:
+    # Installed on a factory and on one of its sessions: embed once per flush.
+    if flush_context.attributes.get(_FLUSH_MARK):
+        return
+    flush_context.attributes[_FLUSH_MARK] = True
+    with session.no_autoflush:
+        candidates = _changed_instances(session)
+        if not candidates:
+            return
+        stored = _load_stored(session, candidates)
+        groups = _plan(installation, candidates, stored)
+        if not groups:
+            return
+        vectors = _embed_groups(groups)
+        _assign(groups, vectors)
+
+
+@dataclass(eq=False)
+class _Candidate:
+    instance: Any
+    state: InstanceState[Any]
+    config: SearchConfig
+    pending: bool
+    explicit_vector: bool
+
+
+def _changed_instances(session: Session) -> list[_Candidate]:
+    """New searchable instances, and dirty ones whose text fields or vector were assigned."""
+    found: list[_Candidate] = []
+    for instance in (*session.new, *session.dirty):
+        config = getattr(type(instance), "__vecorm__", None)
+        if not isinstance(config, SearchConfig):
+            continue
+        state: InstanceState[Any] = sa_inspect(instance)
+        if state.deleted or state.detached:
+            continue
+        explicit = any(value is not None for value in _history(state, "embedding").added)
+        pending = state.key is None
+        text_changed = pending or any(_history(state, name).has_changes() for name in config.fields)
+        if not text_changed and not explicit:
+            continue
+        found.append(_Candidate(instance, state, config, pending, explicit))
+    return found
+
+
+def _history(state: InstanceState[Any], key: str) -> History:
+    """Pre-flush history of one attribute, never loading it (cheaper than ``state.attrs``)."""
+    return state.get_history(key, PASSIVE_NO_INITIALIZE)
+
+
+def _load_stored(
+    session: Session, candidates: list[_Candidate]
+) -> dict[tuple[type[Any], tuple[Any, ...]], _Stored]:
+    """Stored digest, model, NULL-ness and unloaded text fields of persistent candidates.
+
+    One query per class (per 1000 rows), instead of one lazy load per instance.
+    """
+    by_class: dict[type[Any], list[_Candidate]] = {}
+    for candidate in candidates:
+        if not candidate.pending and not candidate.explicit_vector:
+            by_class.setdefault(type(candidate.instance), []).append(candidate)
+    stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored] = {}
+    for cls, members in by_class.items():
+        mapper: Mapper[Any] = sa_inspect(cls)
+        config: SearchConfig = cls.__vecorm__
+        keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+        key_attrs = [getattr(cls, key) for key in keys]
+        field_attrs = [getattr(cls, name) for name in config.fields]
+        columns: list[Any] = [
+            *key_attrs,
+            cls.embedding_digest,
+            cls.embedding_model,
+            cls.embedding.is_(None),
+            *field_attrs,
+        ]
+        identities = [member.state.identity for member in members]
+        for start in range(0, len(identities), _LOAD_CHUNK):
+            chunk = [ident for ident in identities[start : start + _LOAD_CHUNK] if ident]
+            condition: ColumnElement[bool]
+            if len(key_attrs) == 1:
+                condition = key_attrs[0].in_([ident[0] for ident in chunk])
+            else:
+                condition = tuple_(*key_attrs).in_(chunk)
+            for row in session.execute(select(*columns).where(condition)):
+                values = tuple(row)
+                width = len(key_attrs)
+                identity = values[:width]
+                digest, model, is_null = values[width : width + 3]
+                fields = dict(zip(config.fields, values[width + 3 :], strict=True))
+                stored[(cls, identity)] = _Stored(digest, model, bool(is_null), fields)
+    return stored
+
+
+GroupKey = tuple[int, EmbeddingMode]
+
+
+@dataclass
+class _Group:
+    embedder: Embedder
+    mode: EmbeddingMode
+    jobs: list[_Job] = field(default_factory=list)
+    classes: set[str] = field(default_factory=set)
+
+
+def _plan(
+    installation: _Installation,
+    candidates: list[_Candidate],
+    stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored],
+) -> list[_Group]:
+    """Decide per candidate: keep an assigned vector, clear it, skip it, or embed its text."""
+    groups: dict[GroupKey, _Group] = {}
+    for candidate in candidates:
+        config = candidate.config
+        instance = candidate.instance
+        cls = type(instance)
+        row = stored.get((cls, tuple(candidate.state.identity or ())))
+        text = source_text(_field_values(candidate, row), config.fields)
+        digest = text_digest(text) if text is not None else None
+        embedder = config.embedder if config.embedder is not None else installation.embedder
+        if candidate.explicit_vector:
+            _record_assigned_vector(candidate, digest, embedder)
+            continue
+        if text is None or digest is None:
+            if not candidate.pending and (
+                row is None or row.digest is not None or not row.embedding_is_null
+            ):
+                _clear(instance)
+            continue
+        if embedder is None:
+            raise ConfigurationError(
+                f"{cls.__name__} has text to embed but no embedder: pass "
+                f"vecorm.install(..., embedder=...) or SearchConfig(embedder=...)"
+            )
+        _check_dimensions(cls.__name__, config, embedder)
+        model_name = embedder.model_name
+        if (
+            row is not None
+            and not row.embedding_is_null
+            and row.digest == digest
+            and row.model == model_name
+        ):
+            continue  # the text was edited back to what is already embedded
+        mode = config.embedding_mode or installation.mode
+        group = groups.setdefault((id(embedder), mode), _Group(embedder, mode))
+        group.jobs.append(_Job(instance, text, digest))
+        group.classes.add(cls.__name__)
+    return list(groups.values())
+
+
+def _field_values(candidate: _Candidate, row: _Stored | None) -> SimpleNamespace:
+    """Present values of the text fields, without lazy loads (unloaded ones come from ``row``)."""
+    state_dict = candidate.state.dict
+    mapper = candidate.state.mapper
+    values: dict[str, Any] = {}
+    for name in candidate.config.fields:
+        if name in state_dict:
+            values[name] = state_dict[name]
+        elif row is not None:
+            values[name] = row.fields.get(name)
+        elif candidate.pending:
+            values[name] = _scalar_default(mapper, name)
+        else:
+            values[name] = getattr(candidate.instance, name)
+    return SimpleNamespace(**values)
+
+
+def _scalar_default(mapper: Mapper[Any], name: str) -> Any:
+    """A column's plain Python default, which the INSERT will use for an unset attribute."""
+    prop = mapper.attrs.get(name)
+    for column in getattr(prop, "columns", ()):
+        default = getattr(column, "default", None)
+        if default is not None and getattr(default, "is_scalar", False):
+            return default.arg
+    return None
+
+
+def _record_assigned_vector(
+    candidate: _Candidate, digest: bytes | None, embedder: Embedder | None
+) -> None:
+    state = candidate.state
+    instance = candidate.instance
+    if not _history(state, "embedding_digest").added:
+        instance.embedding_digest = digest
+    if not _history(state, "embedding_model").added:
+        instance.embedding_model = embedder.model_name if embedder is not None else None
+
+
+def _clear(instance: Any) -> None:
+    instance.embedding = None
+    instance.embedding_digest = None
+    instance.embedding_model = None
+
+
+def _check_dimensions(owner: str, config: SearchConfig, embedder: Embedder) -> None:
+    width = getattr(embedder, "dimensions", None)
+    if width is not None and width != config.dimensions:
+        raise DimensionMismatch(
+            f"{owner}.embedding expects {config.dimensions} values but embedder "
+            f"{embedder.model_name!r} returns {width}; use an embedder of {config.dimensions} "
+            "dimensions or change the model with vecorm.ModelChange"
+        )
+
+
+def _batches(texts: list[str], size: int) -> list[list[str]]:
+    size = max(1, int(size))
+    return [texts[start : start + size] for start in range(0, len(texts), size)]
+
+
+def _embed_groups(groups: list[_Group]) -> dict[tuple[int, str], EmbeddingMatrix | None]:
+    """Vector per (embedder, text); ``None`` where a deferred batch failed."""
+    vectors: dict[tuple[int, str], EmbeddingMatrix | None] = {}
+    for group in groups:
+        embedder = group.embedder
+        texts = list(dict.fromkeys(job.text for job in group.jobs))
+        batches = _batches(texts, getattr(embedder, "max_batch_size", None) or len(texts))
+        for number, batch in enumerate(batches, start=1):
+            try:
+                matrix = check_embeddings(embedder, batch, call_embedder(embedder, batch))
+            except DimensionMismatch:
+                raise
+            except Exception as exc:
+                if group.mode == "strict":
+                    raise _flush_error(group, number, len(batches), len(batch), exc) from exc
+                logger.warning(
+                    "embedding batch %d of %d (%d texts) with %r failed; the rows are written "
+                    "with a NULL embedding, run vecorm.backfill() to embed them: %s",
+                    number,
+                    len(batches),
+                    len(batch),
+                    embedder.model_name,
+                    exc,
+                )
+                for text in batch:
+                    vectors[(id(embedder), text)] = None
+                continue
+            for text, vector in zip(batch, matrix, strict=True):
+                vectors[(id(embedder), text)] = vector.copy()
+    return vectors
+
+
+def call_embedder(embedder: Embedder, batch: list[str]) -> object:
+    """``embedder.embed(batch)``; inside an AsyncSession's greenlet, ``aembed`` awaited on the
+    event loop instead (or ``embed`` in a worker thread), so the loop is never blocked."""
+    if in_greenlet():
+        return _await(_aembed(embedder, batch))
+    return embedder.embed(batch)
+
+
+async def _aembed(embedder: Embedder, batch: list[str]) -> object:
+    aembed = getattr(embedder, "aembed", None)
+    if aembed is not None:
+        return await aembed(batch)
+    return await asyncio.to_thread(embedder.embed, batch)
+
+
+def _flush_error(
+    group: _Group, number: int, total: int, size: int, exc: Exception
+) -> EmbeddingError:
+    classes = ", ".join(sorted(group.classes))
+    detail = str(exc) if isinstance(exc, VecormError) else f"{type(exc).__name__}: {exc}"
+    return EmbeddingError(
+        f"embedding {classes} rows with {group.embedder.model_name!r} failed on batch {number} "
+        f"of {total} ({size} texts): {detail}. Nothing of this flush was written and the "
+        "session still holds the changes: retry session.commit() once the provider answers, "
+        "or session.rollback(); SearchConfig(embedding_mode='deferred') writes such rows "
+        "without a vector for vecorm.backfill() instead"
+    )
+
+
+def _assign(
+    groups: Iterable[_Group], vectors: dict[tuple[int, str], EmbeddingMatrix | None]
+) -> None:
+    """Set vector, digest and model on every planned instance (only after all batches ran)."""
+    for group in groups:
+        model_name = group.embedder.model_name
+        for job in group.jobs:
+            vector = vectors.get((id(group.embedder), job.text))
+            if vector is None:
+                _clear(job.instance)
+                continue
+            job.instance.embedding = vector
+            job.instance.embedding_digest = job.digest
+            job.instance.embedding_model = model_name

@@ -1,0 +1,383 @@
+"""Changing the embedding model, or its dimensions, without a window where search is broken.
+
+A model of the same width can be swapped in place: rows record the model that embedded them,
+so with the new provider every row is stale and :func:`vecorm.embedding.backfill.backfill`
+re-embeds it
+(while it runs, old and new vectors share the column). When the width changes, or search must
+stay consistent throughout, :class:`ModelChange` embeds into **shadow columns** next to the live
+ones, so queries keep using the old vectors until the new ones are complete, then switches in
+one short transaction::
+
+    change = ModelChange(Document, OpenAIEmbedder(model="text-embedding-3-large", dimensions=3072),
+                         storage="halfvec")
+    change.start(engine)            # ALTER TABLE ... ADD COLUMN embedding_next halfvec(3072), ...
+    change.backfill(Session(engine))    # resumable, SKIP LOCKED batches, safe next to the app
+    change.create_index(engine)     # CREATE INDEX CONCURRENTLY on the shadow column
+    change.finish(Session(engine))  # lock, embed rows edited meanwhile, swap columns and index
+    # then deploy the app with SearchConfig(dimensions=3072, storage="halfvec") and the new
+    # embedder; change.abort(engine) instead drops the shadow columns
+
+While the change runs the application keeps writing the live columns through its flush hook;
+rows it inserts or edits are stale in the shadow (their shadow digest no longer matches), and the
+next :meth:`ModelChange.backfill` or the catch-up inside :meth:`ModelChange.finish` embeds them.
+The shadow columns are unknown to the model, so exclude them from Alembic autogenerate while a
+change is in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, column, select, table
+from sqlalchemy import func as sql_func
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateIndex
+from sqlalchemy.sql.compiler import IdentifierPreparer
+from sqlalchemy.types import TypeEngine
+
+from vecorm.embedding.backfill import (
+    BackfillResult,
+    EmbeddingColumns,
+    columns_of,
+    count_stale,
+    embed_stale_in_transaction,
+    run_backfill,
+)
+from vecorm.embedding.embedders.base import Embedder
+from vecorm.errors import ConfigurationError
+from vecorm.schema.config import SearchConfig, Storage, search_config
+from vecorm.schema.indexes import (
+    MAX_IDENTIFIER_LENGTH,
+    index_name,
+    indexed_expression,
+    vector_index_name,
+)
+from vecorm.schema.types import HalfVec, Vector
+
+__all__ = ["ChangeStatus", "ModelChange"]
+
+logger = logging.getLogger("vecorm.embedding.reembed")
+
+
+@dataclass(frozen=True)
+class ChangeStatus:
+    """Progress of a :class:`ModelChange`: rows with text, and how many still need a vector."""
+
+    rows: int
+    remaining: int
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+class ModelChange:
+    """Re-embed ``model`` with ``embedder`` into shadow columns, then switch to them.
+
+    ``storage`` defaults to the model's (``"vector"``/``"halfvec"``); the width is
+    ``embedder.dimensions``; the index keeps the model's settings. Example::
+
+        change = ModelChange(Document, HashingEmbedder(384))
+    """
+
+    def __init__(
+        self,
+        model: type[Any],
+        embedder: Embedder,
+        *,
+        storage: Storage | None = None,
+        suffix: str = "next",
+    ) -> None:
+        self.model = model
+        self.embedder = embedder
+        self.old_config: SearchConfig = search_config(model)
+        dimensions = getattr(embedder, "dimensions", None)
+        if not isinstance(dimensions, int):
+            raise ConfigurationError(
+                f"embedder {embedder!r} must state its dimensions for a model change"
+            )
+        self.config = dataclasses.replace(
+            self.old_config,
+            dimensions=dimensions,
+            storage=storage or self.old_config.storage,
+            embedder=None,
+        )
+        self.config.validate(f"ModelChange({model.__name__})")
+        live = columns_of(model)
+        self._live = live
+        self._table: Table = live.embedding.table
+        names = {
+            "embedding": f"{live.embedding.name}_{suffix}",
+            "digest": f"{live.digest.name}_{suffix}",
+            "model": f"{live.model.name}_{suffix}",
+        }
+        for name in names.values():
+            if len(name) > MAX_IDENTIFIER_LENGTH or name in self._table.c:
+                raise ConfigurationError(
+                    f"shadow column {name!r} is too long or already a column of "
+                    f"{self._table.name}; pass another suffix="
+                )
+        self.shadow_names = names
+        vector_type: TypeEngine[Any] = (
+            Vector(dimensions, as_numpy=True)
+            if self.config.storage == "vector"
+            else HalfVec(dimensions, as_numpy=True)
+        )
+        self._types: dict[str, TypeEngine[Any]] = {
+            "embedding": vector_type,
+            "digest": LargeBinary(),
+            "model": String(200),
+        }
+        shadow = table(
+            self._table.name,
+            *(column(key.name, key.type) for key in live.keys),
+            *(column(field.name, field.type) for field in live.fields),
+            *(column(names[role], self._types[role]) for role in ("embedding", "digest", "model")),
+            schema=self._table.schema,
+        )
+        self.shadow = EmbeddingColumns(
+            owner=model.__name__,
+            table=shadow,
+            keys=tuple(shadow.c[key.name] for key in live.keys),
+            field_names=live.field_names,
+            fields=tuple(shadow.c[field.name] for field in live.fields),
+            embedding=shadow.c[names["embedding"]],
+            digest=shadow.c[names["digest"]],
+            model=shadow.c[names["model"]],
+            dimensions=dimensions,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelChange({self.model.__name__}, {self.embedder.model_name!r}, "
+            f"{self.config.storage}({self.config.dimensions}))"
+        )
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def start(self, bind: Engine | Connection) -> None:
+        """Add the shadow columns (nullable, so instant); running it again changes nothing."""
+        with _transaction(bind) as conn:
+            preparer = conn.dialect.identifier_preparer
+            additions = ", ".join(
+                f"ADD COLUMN IF NOT EXISTS {preparer.quote(self.shadow_names[role])} "
+                f"{self._types[role].compile(dialect=conn.dialect)}"
+                for role in ("embedding", "digest", "model")
+            )
+            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self._table)} {additions}")
+
+    def backfill(
+        self, session: Session, *, batch_size: int | None = None, progress: bool = True
+    ) -> BackfillResult:
+        """Embed the rows whose shadow vector is missing or stale; see
+        :func:`vecorm.embedding.backfill`."""
+        return run_backfill(
+            session,
+            self.shadow,
+            self.embedder,
+            batch_size=batch_size,
+            progress=progress,
+            description=f"re-embed {self.model.__name__}",
+        )
+
+    def status(self, session: Session) -> ChangeStatus:
+        """How many rows have text, and how many of them lack a current shadow vector."""
+        rows = session.execute(
+            select(sql_func.count()).select_from(self.shadow.table).where(self.shadow.text != "")
+        ).scalar_one()
+        remaining = count_stale(session, self.shadow, self.embedder.model_name)
+        return ChangeStatus(int(rows), remaining)
+
+    def create_index(self, bind: Engine) -> str | None:
+        """Build the shadow column's vector index with ``CREATE INDEX CONCURRENTLY``.
+
+        Writes go on meanwhile. An index left invalid by an interrupted build is rebuilt.
+        Returns the index name, or ``None`` when the model has no vector index.
+        """
+        index = self._shadow_index(concurrently=True)
+        if index is None:
+            return None
+        with bind.connect() as conn:
+            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+            valid = self._index_state(autocommit, index.name)  # type: ignore[arg-type]
+            if valid is False:
+                qualified = self._qualified(autocommit, str(index.name))
+                autocommit.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+            if valid is not True:
+                autocommit.execute(CreateIndex(index, if_not_exists=True))
+        return str(index.name)
+
+    def finish(
+        self,
+        session: Session,
+        *,
+        lock_timeout: str = "10s",
+        batch_size: int | None = None,
+        keep_previous: bool = False,
+    ) -> BackfillResult:
+        """Switch to the new vectors in one transaction.
+
+        Locks the table against writes (readers carry on), embeds the rows edited since the last
+        :meth:`backfill`, then renames the shadow columns and index to the live names and drops
+        the old ones (or keeps them as ``<name>_previous`` with ``keep_previous=True``).
+        ``lock_timeout`` bounds the wait for the lock. Returns what the catch-up embedded.
+        """
+        if session.in_transaction():
+            session.commit()
+        try:
+            conn = session.connection()
+            preparer = conn.dialect.identifier_preparer
+            target = preparer.format_table(self._table)
+            conn.execute(select(sql_func.set_config("lock_timeout", lock_timeout, True)))
+            conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
+            self._require_shadow(conn)
+            caught_up = embed_stale_in_transaction(
+                session,
+                self.shadow,
+                self.embedder,
+                batch_size=batch_size or self.embedder.max_batch_size,
+            )
+            self._swap(conn, preparer, target, keep_previous)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return caught_up
+
+    def abort(self, bind: Engine | Connection) -> None:
+        """Drop the shadow columns and their index; the live columns are untouched."""
+        with _transaction(bind) as conn:
+            preparer = conn.dialect.identifier_preparer
+            index = self._shadow_index(concurrently=False)
+            if index is not None:
+                qualified = self._qualified(conn, str(index.name))
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {qualified}")
+            drops = ", ".join(
+                f"DROP COLUMN IF EXISTS {preparer.quote(name)}"
+                for name in self.shadow_names.values()
+            )
+            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self._table)} {drops}")
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _shadow_index(self, *, concurrently: bool) -> Index | None:
+        if self.config.index is None:
+            return None
+        name = self.shadow_names["embedding"]
+        scratch = Table(
+            self._table.name,
+            MetaData(),
+            Column(name, self._types["embedding"]),
+            schema=self._table.schema,
+        )
+        key: Any = scratch.c[name]
+        ops_key = name
+        if self.config.index_is_expression:  # e.g. a halfvec index on a 3072-d vector column
+            ops_key = f"{name}_{self.config.index_precision}"
+            key = indexed_expression(key, self.config).label(ops_key)
+        return Index(
+            index_name(str(self._table.name), name, self.config.index.method),
+            key,
+            postgresql_using=self.config.index.method,
+            postgresql_with=self.config.index.with_params,
+            postgresql_ops={ops_key: self.config.opclass},
+            postgresql_concurrently=concurrently,
+        )
+
+    def _qualified(self, conn: Connection, name: str) -> str:
+        preparer = conn.dialect.identifier_preparer
+        if self._table.schema:
+            return f"{preparer.quote_schema(self._table.schema)}.{preparer.quote(name)}"
+        return preparer.quote(name)
+
+    def _index_state(self, conn: Connection, name: str) -> bool | None:
+        """``True`` valid, ``False`` left invalid by a failed build, ``None`` absent."""
+        qualified = self._qualified(conn, name)
+        valid = conn.execute(
+            select(sql_func.bool_and(column("indisvalid")))
+            .select_from(table("pg_index", column("indexrelid"), column("indisvalid")))
+            .where(column("indexrelid") == sql_func.to_regclass(qualified))
+        ).scalar_one_or_none()
+        return None if valid is None else bool(valid)
+
+    def _require_shadow(self, conn: Connection) -> None:
+        present = conn.execute(
+            select(sql_func.count())
+            .select_from(table("pg_attribute", column("attrelid"), column("attname")))
+            .where(
+                column("attrelid") == sql_func.to_regclass(self._qualified_table(conn)),
+                column("attname").in_(list(self.shadow_names.values())),
+            )
+        ).scalar_one()
+        if present != len(self.shadow_names):
+            raise ConfigurationError(
+                f"{self._table.name} has no shadow columns {sorted(self.shadow_names.values())}; "
+                "run ModelChange.start() and backfill() before finish()"
+            )
+
+    def _qualified_table(self, conn: Connection) -> str:
+        return conn.dialect.identifier_preparer.format_table(self._table)
+
+    def _swap(
+        self, conn: Connection, preparer: IdentifierPreparer, target: str, keep_previous: bool
+    ) -> None:
+        live_index = vector_index_name(
+            str(self._table.name), self._live.embedding.name, self.old_config
+        )
+        if live_index is not None:
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {self._qualified(conn, live_index)}")
+        shadow_index = self._shadow_index(concurrently=False)
+        if shadow_index is not None:
+            state = self._index_state(conn, str(shadow_index.name))
+            if state is not True:
+                logger.warning(
+                    "building %s inside the switch (call create_index() first to build it "
+                    "without holding the lock)",
+                    shadow_index.name,
+                )
+                if state is False:
+                    qualified = self._qualified(conn, str(shadow_index.name))
+                    conn.exec_driver_sql(f"DROP INDEX {qualified}")
+                conn.execute(CreateIndex(shadow_index))
+        roles = (
+            (self._live.embedding.name, self.shadow_names["embedding"]),
+            (self._live.digest.name, self.shadow_names["digest"]),
+            (self._live.model.name, self.shadow_names["model"]),
+        )
+        for live_name, shadow_name in roles:
+            previous = f"{live_name}_previous"[:MAX_IDENTIFIER_LENGTH]
+            if keep_previous:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {target} RENAME COLUMN {preparer.quote(live_name)} "
+                    f"TO {preparer.quote(previous)}"
+                )
+            else:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {target} DROP COLUMN {preparer.quote(live_name)}"
+                )
+            conn.exec_driver_sql(
+                f"ALTER TABLE {target} RENAME COLUMN {preparer.quote(shadow_name)} "
+                f"TO {preparer.quote(live_name)}"
+            )
+        final = vector_index_name(str(self._table.name), self._live.embedding.name, self.config)
+        if shadow_index is not None and final is not None:
+            conn.exec_driver_sql(
+                f"ALTER INDEX {self._qualified(conn, str(shadow_index.name))} "
+                f"RENAME TO {preparer.quote(final)}"
+            )
+
+
+@contextmanager
+def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
+    """The given Connection as is, or a transaction begun (and committed) on an Engine."""
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn

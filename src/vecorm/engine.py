@@ -1,0 +1,97 @@
+"""Engines for vecorm: URLs normalised to psycopg 3, ``$VECORM_DATABASE_URL``, and the
+``vector`` extension::
+
+    engine = vecorm.create_engine("postgresql://app@localhost/app")   # psycopg 3, batched inserts
+    url = vecorm.database_url()        # $VECORM_DATABASE_URL, or None
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from sqlalchemy import URL, make_url
+from sqlalchemy import create_engine as _sa_create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+DATABASE_URL_ENV = "VECORM_DATABASE_URL"
+_DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg3": "postgresql+psycopg",
+}
+# Durability costs time and a throw-away server has nothing to keep.
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick psycopg 3 when no driver is named.
+
+    >>> normalize_url("postgres://u@localhost/app").drivername
+    'postgresql+psycopg'
+    """
+    parsed = make_url(url)
+    drivername = _DRIVERS.get(parsed.drivername, parsed.drivername)
+    return parsed.set(drivername=drivername)
+
+
+def libpq_conninfo(url: URL) -> str:
+    """A libpq connection string for ``url`` (for psycopg, psql and pg tools)."""
+    params: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    params.update({key: value for key, value in url.query.items() if isinstance(value, str)})
+    return psycopg.conninfo.make_conninfo(
+        **{key: value for key, value in params.items() if value is not None}
+    )
+
+
+#: Rows per multi-row INSERT. SQLAlchemy's default (1000) makes PostgreSQL sort ~6 MB of
+#: 1536-d rows per batch, past the default 4 MB work_mem; 200 measured ~20% faster.
+INSERT_PAGE_SIZE = 200
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """``sqlalchemy.create_engine`` tuned for vectors, with the URL normalised to psycopg 3.
+
+    On top of SQLAlchemy's engine it sets ``insertmanyvalues_page_size=200`` (see
+    :data:`INSERT_PAGE_SIZE`). vecorm's types need no per-connection setup and its query-time
+    settings apply on every engine (see :mod:`vecorm.search.settings`), so an engine made any other
+    way
+    works too.
+
+    >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
+    """
+    kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
+    return _sa_create_engine(normalize_url(url), **kwargs)
+
+
+def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """The asyncio twin of :func:`create_engine` (psycopg 3 async unless a driver is named).
+
+    >>> engine = create_async_engine("postgresql://app@localhost/app")   # doctest: +SKIP
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+
+    parsed = normalize_url(url)
+    if parsed.drivername == "postgresql+psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg_async")
+    kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
+    return _sa_create_async_engine(parsed, **kwargs)
+
+
+def ensure_extension(url: str | URL) -> None:
+    """``CREATE EXTENSION IF NOT EXISTS vector`` in the database of ``url``."""
+    with psycopg.connect(libpq_conninfo(normalize_url(url)), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def database_url() -> URL | None:
+    """``$VECORM_DATABASE_URL`` normalised to psycopg 3, or ``None`` when it is unset."""
+    value = os.environ.get(DATABASE_URL_ENV)
+    return normalize_url(value) if value else None

@@ -1,0 +1,1 @@
+"""The scale layer: partitioning, Citus, read replicas and large index builds."""

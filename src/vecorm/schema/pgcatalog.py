@@ -1,0 +1,69 @@
+"""pg_catalog's functions, schema-qualified, for every statement vecorm builds.
+
+An unqualified function call resolves on the *caller's* ``search_path``, where an overload
+with exact argument types in any schema (even one listed last, even ``public``) beats
+pg_catalog's polymorphic or implicitly cast candidate: whoever can create objects there runs
+code as the role that searches. So vecorm writes ``pg.array_length(...)``, which renders
+``pg_catalog.array_length(...)``, and keeps operator operands exactly typed (see
+docs/security.md)::
+
+    from vecorm.schema.pgcatalog import pg
+    select(pg.sum(table.c.df))      # SELECT pg_catalog.sum(df) ...
+
+``coalesce``, ``nullif``, ``greatest`` and ``least`` are SQL syntax, not functions: keep
+``func.coalesce`` for them. The full-text functions that SQLAlchemy's PostgreSQL dialect
+special-cases have their own constructs here (``to_tsvector(config, text)`` ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+pg = func.pg_catalog
+
+
+class _TextSearchCall(FunctionElement[Any]):
+    """SQLAlchemy's PostgreSQL dialect renders its full-text functions (``to_tsvector``,
+    ``plainto_tsquery`` ...) by bare name whatever package they come from; these render
+    qualified."""
+
+    inherit_cache = True
+    name = ""
+
+
+class to_tsvector(_TextSearchCall):
+    type = TSVECTOR()
+    name = "to_tsvector"
+    inherit_cache = True
+
+
+class plainto_tsquery(_TextSearchCall):
+    type = TSQUERY()
+    name = "plainto_tsquery"
+    inherit_cache = True
+
+
+class phraseto_tsquery(_TextSearchCall):
+    type = TSQUERY()
+    name = "phraseto_tsquery"
+    inherit_cache = True
+
+
+class websearch_to_tsquery(_TextSearchCall):
+    type = TSQUERY()
+    name = "websearch_to_tsquery"
+    inherit_cache = True
+
+
+def _compile_text_search(element: _TextSearchCall, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"pg_catalog.{element.name}({compiler.process(element.clause_expr.element, **kw)})"
+
+
+for _call in (to_tsvector, plainto_tsquery, phraseto_tsquery, websearch_to_tsquery):
+    compiles(_call)(_compile_text_search)

@@ -1,0 +1,200 @@
+"""Keeping the BM25 side tables alive: created and dropped with their table, rebuilt, compacted,
+bulk-loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from sqlalchemy import (
+    Table,
+    event,
+    func,
+    select,
+    true,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from vecorm.errors import ConfigurationError, VecormError
+from vecorm.schema.config import SearchConfig
+from vecorm.search.bm25.tables import BM25Tables, declare, registered, side_tables, tables_of
+from vecorm.search.bm25.triggers import (
+    _Sql,
+    create_statements,
+    drop_statements,
+    replica_identity_statement,
+    table_schema,
+)
+
+_EXISTS = sql_text("SELECT pg_catalog.to_regclass(:name)")
+
+
+def attach(table: Table, config: SearchConfig) -> BM25Tables:
+    """Declare the side tables in ``table``'s metadata and hook their triggers to
+    ``create_all`` / ``drop_all``. Called by the mixin; idempotent."""
+    if tables_of(table) is not None:
+        return declare(table, config)
+    tables = declare(table, config)
+    postings = tables.postings
+    # The trigger functions reference the side tables, which create_all makes after the
+    # main table (metadata order); PL/pgSQL resolves names at run time, so order is moot.
+    event.listen(table, "after_create", _create_ddl)
+    event.listen(table, "before_drop", _drop_ddl)
+    event.listen(table, "after_drop", _drop_side_tables)
+    event.listen(postings, "after_create", _postings_created)
+    return tables
+
+
+def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
+    tables = tables_of(target)
+    if tables is None:
+        return
+    schema = table_schema(connection, target)
+    sql = _Sql(tables, schema)
+    # Side tables left by a ``DROP TABLE ... CASCADE`` (PostgreSQL cannot drop them with
+    # their table) describe rows that are gone: the new table starts empty, so must they.
+    leftovers = [
+        side
+        for side in (sql.postings, sql.terms, sql.deltas)
+        if connection.execute(_EXISTS, {"name": side}).scalar() is not None
+    ]
+    if leftovers:
+        connection.exec_driver_sql(f"TRUNCATE {', '.join(leftovers)}")
+    # ``Model.__table__.create()`` or ``create_all(tables=[...])`` without the side
+    # tables: make them here; a create_all that includes them makes them itself.
+    for side_table in _not_in_this_run(tables, kw):
+        side_table.create(connection, checkfirst=True)
+    for statement in create_statements(tables, schema, with_replica_identity=False):
+        connection.exec_driver_sql(statement)
+    connection.exec_driver_sql(f"SELECT pg_catalog.setval({sql.regclass(sql.avgdl)}, 0, true)")
+
+
+def _postings_created(target: Table, connection: Connection, **_: Any) -> None:
+    for tables in registered():
+        if tables.postings is target:
+            statement = replica_identity_statement(tables, table_schema(connection, target))
+            connection.exec_driver_sql(statement)
+
+
+def _drop_ddl(target: Table, connection: Connection, **_: Any) -> None:
+    tables = tables_of(target)
+    if tables is not None:
+        for statement in drop_statements(tables, table_schema(connection, target)):
+            connection.exec_driver_sql(statement)
+
+
+def _drop_side_tables(target: Table, connection: Connection, **kw: Any) -> None:
+    tables = tables_of(target)
+    if tables is not None:
+        for side in _not_in_this_run(tables, kw):
+            side.drop(connection, checkfirst=True)
+
+
+def _not_in_this_run(tables: BM25Tables, kw: Mapping[str, Any]) -> list[Table]:
+    """Side tables that the running create_all / drop_all (if any) will not handle."""
+    sides = [tables.postings, tables.terms, tables.deltas]
+    if not kw.get("_is_metadata_operation"):
+        return sides
+    runner = kw.get("_ddl_runner")
+    effective = getattr(runner, "_effective_tables", None)
+    if effective is None:
+        return []
+    return [side for side in sides if side not in effective]
+
+
+def _connection(target: Session | Connection) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
+
+
+def _isolation(connection: Connection) -> str:
+    return str(connection.exec_driver_sql("SHOW transaction_isolation").scalar())
+
+
+def _call(connection: Connection, tables: BM25Tables, event_name: str) -> None:
+    name = _Sql(tables, table_schema(connection, tables.table)).qualified(
+        tables.function_name(event_name)
+    )
+    connection.exec_driver_sql(f"SELECT {name}()")
+
+
+def rebuild(target: Session | Connection, model: Any) -> None:
+    """Recompute all BM25 statistics of ``model``'s table from its rows, in the current
+    READ COMMITTED transaction (the table is locked against writers meanwhile)::
+
+        vecorm.search.bm25.rebuild(session, Document); session.commit()
+
+    At REPEATABLE READ or SERIALIZABLE it raises :class:`~vecorm.errors.ConfigurationError`:
+    such a transaction cannot see rows committed after it began, so their statistics would
+    be lost.
+    """
+    tables = side_tables(model)
+    connection = _connection(target)
+    level = _isolation(connection)
+    if level != "read committed":
+        raise ConfigurationError(
+            f"bm25.rebuild({tables.table.name}) needs a READ COMMITTED transaction, not "
+            f"{level.upper()}: it could not see rows committed after this transaction began; "
+            "run it in a new transaction at the default isolation level"
+        )
+    _call(connection, tables, "rebuild")
+
+
+def compact(target: Session | Connection, model: Any) -> None:
+    """Fold pending frequency deltas into the terms table now (writers do it every
+    64 statements; this is for after a burst of small writes). Waits for a compaction in
+    progress elsewhere. At REPEATABLE READ / SERIALIZABLE, when another compaction committed
+    after this transaction began it raises :class:`~vecorm.errors.VecormError` (nothing is
+    lost; the transaction stays usable): compact in a new transaction."""
+    tables = side_tables(model)
+    connection = _connection(target)
+    _call(connection, tables, "compact")
+    if _isolation(connection) == "read committed":
+        return
+    left = connection.execute(select(tables.deltas.c.id).limit(1)).first()
+    if left is not None:
+        raise VecormError(
+            f"bm25.compact({tables.table.name}): another compaction committed after this "
+            "transaction's snapshot, so these deltas cannot be folded here; nothing was lost "
+            "and writers keep compacting; call compact() again in a new transaction"
+        )
+
+
+@contextmanager
+def bulk_load(target: Session | Connection, model: Any) -> Iterator[None]:
+    """Load many rows without per-statement statistics, then rebuild them once.
+
+    Inside one READ COMMITTED transaction (like building an index after a load)::
+
+        with session.begin(), vecorm.search.bm25.bulk_load(session, Document):
+            session.execute(insert(Document), rows)
+
+    At REPEATABLE READ / SERIALIZABLE a rebuild could not see other transactions' rows, so
+    the triggers stay on instead (exact, and one batch per statement). An error inside the
+    block propagates as it was raised.
+    """
+    connection = _connection(target)
+    if _isolation(connection) != "read committed":
+        yield
+        if isinstance(target, Session):
+            target.flush()
+        return
+    deferred = select(func.pg_catalog.set_config("vecorm.bm25_deferred", "on", true()))
+    resumed = select(func.pg_catalog.set_config("vecorm.bm25_deferred", "off", true()))
+    connection.execute(deferred)
+    try:
+        yield
+        if isinstance(target, Session):
+            target.flush()
+    except BaseException:
+        # Put the triggers back and count the rows loaded so far if the transaction still
+        # works; if the database aborted it, its rollback undoes both. Never hide the error.
+        with suppress(SQLAlchemyError):
+            connection.execute(resumed)
+            rebuild(connection, model)
+        raise
+    connection.execute(resumed)
+    rebuild(connection, model)

@@ -1,0 +1,359 @@
+"""BM25 scores in SQL: the query's lexemes against the postings, MaxScore pruning, the lexical
+arm of hybrid search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Float,
+    Integer,
+    Select,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import REGCONFIG
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import CompoundSelect
+
+from vecorm.errors import ConfigurationError
+from vecorm.schema import pgcatalog as catalog
+from vecorm.schema.config import BM25
+from vecorm.schema.pgcatalog import pg
+from vecorm.search.bm25.tables import side_tables
+from vecorm.search.tsquery import MODES, Mode
+from vecorm.search.vector import keys_equal, keys_in, row_limit
+
+
+def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
+    return [table.c[name] for name in names]
+
+
+def _constant(value: float) -> ColumnElement[float]:
+    """A float written into the SQL: a bound value would let a prepared statement's generic
+    plan guess (psycopg prepares a statement after its fifth run). Typed, so that arithmetic
+    with it matches pg_catalog's float8 operators exactly (an implicit cast could resolve to
+    an overload on the caller's search_path)."""
+    return literal_column(f"CAST({float(value)!r} AS DOUBLE PRECISION)", Float)
+
+
+def _integer(value: int) -> ColumnElement[int]:
+    return literal_column(str(int(value)), Integer)
+
+
+def query_terms(text: str, language: str) -> Select[Any]:
+    """``SELECT term, qtf``: the lexemes of ``text`` (stop words removed) and how often each
+    occurs in it (a repeated query word counts that many times, as in Lucene)."""
+    from vecorm.search.tsquery import clean_search_text
+
+    vector = catalog.to_tsvector(
+        cast(literal(language), REGCONFIG), bindparam(None, clean_search_text(text), type_=Text)
+    )
+    lexemes = (
+        pg.unnest(vector)
+        .table_valued("lexeme", "positions", "weights")
+        .render_derived(name="lexemes")
+    )
+    qtf = cast(func.coalesce(pg.array_length(lexemes.c.positions, _integer(1)), _integer(1)), Float)
+    return select(lexemes.c.lexeme.label("term"), qtf.label("qtf"))
+
+
+def scores(
+    model: Any,
+    text: str,
+    *,
+    mode: Mode = "any",
+    where: Sequence[ColumnElement[bool]] = (),
+    depth: int = 100,
+    k1: float | None = None,
+    b: float | None = None,
+    prune_above: int | Literal["config"] | None = "config",
+    seed: int | None = None,
+    only: Select[Any] | None = None,
+    prefix: str = "bm25",
+) -> Select[Any]:
+    """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
+
+    An unfiltered any-term query whose terms hold more than ``prune_above`` postings is
+    ranked with MaxScore pruning (:func:`_max_score`, exact); otherwise, with ``where``,
+    another mode or ``prune_above=None`` every posting of the query terms is scored.
+    ``only`` (a ``SELECT`` of primary-key tuples) scores just those rows, every one of them
+    that matches, through the (document, lexeme) index: a hybrid search completes the
+    lexical score of rows that only its semantic arm found this way. ``prefix`` names the
+    statement's CTEs, so that two of these can share one statement.
+    """
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+    tables = side_tables(model)
+    settings = tables.settings
+    k1_value = settings.k1 if k1 is None else float(k1)
+    b_value = settings.b if b is None else float(b)
+    BM25(k1=k1_value, b=b_value)  # validate
+    threshold = settings.prune_above if prune_above == "config" else prune_above
+    BM25(prune_above=threshold, seed=settings.seed if seed is None else seed)  # validate
+    seed_postings = settings.seed if seed is None else seed
+    postings, terms, deltas = tables.postings, tables.terms, tables.deltas
+    language = tables.config.language
+    names = tables.keys
+
+    query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
+    wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
+    counts = union_all(
+        select(terms.c.term, terms.c.df, terms.c.length).where(terms.c.term.in_(wanted)),
+        select(deltas.c.term, deltas.c.df, deltas.c.length).where(deltas.c.term.in_(wanted)),
+    ).subquery(f"{prefix}_counts")
+    totals = (
+        select(
+            counts.c.term,
+            cast(pg.sum(counts.c.df), Float).label("df"),
+            cast(pg.sum(counts.c.length), Float).label("length"),
+        )
+        .group_by(counts.c.term)
+        .cte(f"{prefix}_totals")
+        .prefix_with("MATERIALIZED")
+    )
+    collection = (
+        select(
+            totals.c.df.label("n"),
+            func.coalesce(
+                totals.c.length / func.nullif(totals.c.df, _constant(0.0), type_=Float),
+                _constant(1.0),
+            ).label("avgdl"),
+        )
+        .where(totals.c.term == literal_column("''", Text))
+        .subquery(f"{prefix}_collection")
+    )
+    idf = pg.ln(
+        _constant(1.0)
+        + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
+    )
+    weighted = (
+        select(
+            totals.c.term,
+            totals.c.df,
+            (idf * query.c.qtf).label("idf"),
+            collection.c.avgdl,
+        )
+        .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
+        .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
+        .cte(f"{prefix}_terms")
+        .prefix_with("MATERIALIZED")
+    )
+    k1_param = _constant(k1_value)
+    b_param = _constant(b_value)
+
+    def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
+        tf = cast(tf_column, Float)
+        dl = cast(dl_column, Float)
+        part: ColumnElement[Any] = (
+            weighted.c.idf
+            * tf
+            * (k1_param + _constant(1.0))
+            / (tf + k1_param * (_constant(1.0) - b_param + b_param * dl / weighted.c.avgdl))
+        )
+        return part
+
+    term_score = contribution(postings.c.tf, postings.c.dl)
+    key_columns = _keys(postings, names)
+    pruned = mode == "any" and not where and threshold is not None and only is None
+    exhaustive = (
+        select(*key_columns, pg.sum(term_score).label("score"))
+        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .group_by(*key_columns)
+    )
+    if only is not None:
+        exhaustive = exhaustive.where(keys_in(key_columns, only))
+    if mode == "all":
+        exhaustive = exhaustive.having(
+            pg.count(literal_column("*"))
+            == select(pg.count(literal_column("*"))).select_from(query).scalar_subquery()
+        )
+    scored: Select[Any] | CompoundSelect[Any] = exhaustive
+    if pruned:
+        assert threshold is not None
+        many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(threshold)
+        scored = union_all(
+            exhaustive.where(~many),
+            _max_score(
+                postings,
+                weighted,
+                names,
+                term_score,
+                contribution,
+                seed=seed_postings,
+                depth=depth,
+                k1=k1_param,
+            ).where(many),
+        )
+    ranked = scored.subquery(f"{prefix}_scored")
+    score = ranked.c.score.label("score")
+    keys = [ranked.c[name] for name in names]
+    stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
+    if where or mode in ("phrase", "websearch"):
+        from vecorm.search.tsquery import matches, tsquery_expression
+
+        table_keys = _keys(tables.table, names)
+        stmt = stmt.join(tables.table, keys_equal(table_keys, keys)).where(*where)
+        if mode in ("phrase", "websearch"):
+            stmt = stmt.where(
+                matches(model, tsquery_expression(text, language=language, mode=mode))
+            )
+    stmt = stmt.order_by(score.desc(), *keys)
+    return stmt if only is not None else stmt.limit(row_limit(depth))
+
+
+@dataclass(frozen=True)
+class BM25Arm:
+    """The BM25 lexical arm of :func:`vecorm.search.hybrid.hybrid_search` (the default)::
+
+        hybrid_search(Document, "statin myopathy", lexical=BM25Arm(k1=1.2, b=0.75))
+
+    ``k1`` / ``b`` / ``prune_above`` / ``seed`` default to the model's :class:`~vecorm.BM25`.
+    """
+
+    mode: Mode = "any"
+    k1: float | None = None
+    b: float | None = None
+    prune_above: int | Literal["config"] | None = "config"
+    seed: int | None = None
+
+    def candidates(
+        self, model: Any, text: str, *, where: Sequence[ColumnElement[bool]], depth: int
+    ) -> Select[Any]:
+        """``pk_0 .., score`` of the ``depth`` best BM25 matches under ``where``."""
+        return scores(
+            model,
+            text,
+            mode=self.mode,
+            where=where,
+            depth=depth,
+            k1=self.k1,
+            b=self.b,
+            prune_above=self.prune_above,
+            seed=self.seed,
+        )
+
+    def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
+        """``pk_0 .., score`` of the rows in ``keys`` that match ``text`` (the others score 0)."""
+        return scores(
+            model, text, mode=self.mode, k1=self.k1, b=self.b, only=keys, prefix="bm25_fill"
+        )
+
+
+def _max_score(
+    postings: Table,
+    weighted: Any,
+    names: Sequence[str],
+    term_score: ColumnElement[Any],
+    contribution: Callable[[Any, Any], ColumnElement[Any]],
+    *,
+    seed: int,
+    depth: int,
+    k1: ColumnElement[float],
+) -> Select[Any]:
+    """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
+
+    1. A threshold: the ``depth``-th best exact score among the documents holding each term's
+       ``seed`` best postings (by stored impact): the true ``depth``-th score is at least
+       that high.
+    2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
+       whose bounds together stay under the threshold are *non-essential*: a document with
+       only those cannot make the top ``depth``. Only the essential terms' postings are read.
+    3. Documents whose essential partial score plus the non-essential bounds reaches the
+       threshold are rescored exactly over every query term.
+
+    The stored impact only steers step 1, so the result is exact whatever it holds.
+    """
+    key_columns = _keys(postings, names)
+    best = (
+        select(*key_columns)
+        .where(postings.c.term == weighted.c.term)
+        .order_by(postings.c.impact.desc())
+        .limit(_integer(seed))
+        .lateral("bm25_best")
+    )
+    seeds = (
+        select(*(best.c[name] for name in names))
+        .select_from(weighted.join(best, true()))
+        .distinct()
+        .cte("bm25_seeds")
+        .prefix_with("MATERIALIZED")
+    )
+
+    def exact(candidates: Any) -> Select[Any]:
+        # One index probe per (candidate, term); LIMIT 1 keeps the planner from turning the
+        # probes into a scan of every posting of the terms.
+        probe = (
+            select(postings.c.tf, postings.c.dl)
+            .where(
+                postings.c.term == weighted.c.term,
+                *(postings.c[name] == candidates.c[name] for name in names),
+            )
+            .limit(_integer(1))
+            .lateral("bm25_probe")
+        )
+        candidate_keys = [candidates.c[name] for name in names]
+        return (
+            select(
+                *(key.label(name) for key, name in zip(candidate_keys, names, strict=True)),
+                pg.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
+            )
+            .select_from(candidates.join(weighted, true()).join(probe, true()))
+            .group_by(*candidate_keys)
+        )
+
+    seeded = exact(seeds).subquery("bm25_seeded")
+    kth = (
+        select(
+            func.coalesce(
+                select(seeded.c.score)
+                .order_by(seeded.c.score.desc())
+                .offset(_integer(depth - 1))
+                .limit(_integer(1))
+                .scalar_subquery(),
+                _constant(0.0),
+            ).label("score")
+        )
+        .cte("bm25_threshold")
+        .prefix_with("MATERIALIZED")
+    )
+    threshold = select(kth.c.score).scalar_subquery()
+    bound = weighted.c.idf * (k1 + _constant(1.0))
+    cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
+    bounds = (
+        select(
+            weighted.c.term,
+            (cumulative < threshold).label("optional"),
+            cumulative.label("cumulative"),
+        )
+        .cte("bm25_bounds")
+        .prefix_with("MATERIALIZED")
+    )
+    optional_bound = func.coalesce(
+        select(pg.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
+        _constant(0.0),
+    )
+    survivors = (
+        select(*key_columns)
+        .select_from(
+            weighted.join(postings, postings.c.term == weighted.c.term).join(
+                bounds, and_(bounds.c.term == weighted.c.term, ~bounds.c.optional)
+            )
+        )
+        .group_by(*key_columns)
+        .having(pg.sum(term_score) + optional_bound >= threshold)
+        .cte("bm25_survivors")
+        .prefix_with("MATERIALIZED")
+    )
+    return exact(survivors)

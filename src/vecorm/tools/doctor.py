@@ -1,0 +1,537 @@
+"""``vecorm doctor``: is this database ready for vecorm, and are these models healthy?
+
+Checks the server and pgvector versions, whether the ``vector`` extension is installed, and for
+each searchable model: its table and vector column (type and width), the provider's width,
+the vector and full-text indexes (present and valid), whether ``EXPLAIN`` of a typical
+nearest-neighbour query uses the vector index, and how many rows are stale::
+
+    from vecorm.tools.doctor import diagnose
+
+    with Session(engine) as session:
+        for finding in diagnose(session, [Document], embedder=embedder):
+            print(finding.status, finding.subject, finding.message)
+
+Nothing is written: every query runs in a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import (
+    URL,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    true,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.orm import Session
+
+from vecorm.embedding.backfill import columns_of, stale_count
+from vecorm.embedding.embedders.base import Embedder
+from vecorm.errors import VecormError
+from vecorm.schema.config import search_config
+from vecorm.search.explain import indexes_used
+
+__all__ = [
+    "Finding",
+    "diagnose",
+    "format_findings",
+    "has_failures",
+    "run_doctor",
+    "server_versions",
+]
+
+Status = Literal["ok", "info", "warn", "fail"]
+
+#: pgvector release that added iterative index scans (filtered search that keeps its promise).
+ITERATIVE_SCAN_VERSION = (0, 8, 0)
+
+_extension = table("pg_extension", column("extname"), column("extversion"))
+_available = table("pg_available_extensions", column("name"), column("default_version"))
+_indexes = table("pg_indexes", column("schemaname"), column("tablename"), column("indexname"))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: ``status`` is ok, info, warn or fail; ``hint`` says what to do."""
+
+    status: Status
+    subject: str
+    message: str
+    hint: str | None = None
+
+
+def has_failures(findings: Iterable[Finding]) -> bool:
+    """Whether any finding is a failure (``vecorm doctor`` then exits with status 1)."""
+    return any(finding.status == "fail" for finding in findings)
+
+
+def server_versions(session: Session) -> tuple[str, str | None, str | None]:
+    """``(server_version, installed pgvector or None, available pgvector or None)``."""
+    server = session.execute(select(func.current_setting("server_version"))).scalar_one()
+    installed = session.execute(
+        select(_extension.c.extversion).where(_extension.c.extname == "vector")
+    ).scalar_one_or_none()
+    available = session.execute(
+        select(_available.c.default_version).where(_available.c.name == "vector")
+    ).scalar_one_or_none()
+    return str(server).split()[0], installed, available
+
+
+def _version_tuple(value: str) -> tuple[int, ...]:
+    parts = []
+    for part in value.split("."):
+        digits = "".join(character for character in part if character.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def diagnose(
+    session: Session,
+    models: Sequence[type[Any]] = (),
+    *,
+    embedder: Embedder | Mapping[type[Any], Embedder] | None = None,
+) -> list[Finding]:
+    """Check the server, pgvector and each of ``models``; see the module docstring.
+
+    ``embedder`` (one for all models, or one per model; else each model's own
+    ``SearchConfig(embedder=...)``) is used for the width check and the stale count; without
+    one those checks are reported as skipped.
+    """
+    findings: list[Finding] = []
+    try:
+        findings.extend(_server_findings(session))
+        if any(finding.status == "fail" for finding in findings):
+            return findings  # without the extension no model check can run
+        for model in models:
+            chosen = embedder.get(model) if isinstance(embedder, Mapping) else embedder
+            findings.extend(_model_findings(session, model, chosen))
+    finally:
+        session.rollback()
+    return findings
+
+
+_LABELS = {"ok": "ok", "info": "info", "warn": "WARN", "fail": "FAIL"}
+
+
+def format_findings(findings: Iterable[Finding]) -> list[str]:
+    """The report's lines: a status column, the subject, the message, and indented hints."""
+    listed = list(findings)
+    width = max((len(finding.subject) for finding in listed), default=6)
+    lines = []
+    for finding in listed:
+        lines.append(
+            f"  {_LABELS[finding.status]:<5} {finding.subject:<{width}}  {finding.message}"
+        )
+        if finding.hint:
+            lines.append(f"  {'':<5} {'':<{width}}  hint: {finding.hint}")
+    return lines
+
+
+def run_doctor(
+    url: URL | None,
+    model_paths: Sequence[str] = (),
+    *,
+    embedder_name: str | None = None,
+    echo: Callable[[str], object] = print,
+) -> bool:
+    """``vecorm doctor``: print the report for ``url`` (else a scratch embedded server).
+
+    Returns ``False`` when a check failed.
+    """
+    from vecorm.tools.clitools import connect, load_embedder, load_model
+    from vecorm.tools.embedded import database
+
+    models = [load_model(path) for path in model_paths]
+    embedders = {
+        model: load_embedder(embedder_name, dimensions=search_config(model).dimensions)
+        for model in models
+        if embedder_name
+    }
+    with ExitStack() as stack:
+        if url is None:
+            resolved = stack.enter_context(database())
+            echo("vecorm doctor: scratch embedded server")
+        else:
+            resolved = url  # not vecorm.database(url): it would create a missing extension
+            echo(f"vecorm doctor: {url.render_as_string()}")
+        session = stack.enter_context(connect(resolved))
+        findings = diagnose(session, models, embedder=embedders or None)
+    for line in format_findings(findings):
+        echo(line)
+    problems = sum(finding.status == "fail" for finding in findings)
+    warnings = sum(finding.status == "warn" for finding in findings)
+    if problems:
+        echo(f"{problems} problem{'s' if problems != 1 else ''} found")
+    elif warnings:
+        echo(f"no problems, {warnings} warning{'s' if warnings != 1 else ''}")
+    else:
+        echo("all checks passed")
+    return problems == 0
+
+
+def _server_findings(session: Session) -> list[Finding]:
+    server, installed, available = server_versions(session)
+    database = session.execute(select(func.current_database())).scalar_one()
+    findings = [Finding("ok", "server", f"PostgreSQL {server}, database {database}")]
+    if installed is None and available is None:
+        findings.append(
+            Finding(
+                "fail",
+                "pgvector",
+                "pgvector is not installed on this server",
+                "install it on the database host (e.g. the postgresql-NN-pgvector package), "
+                "then CREATE EXTENSION vector",
+            )
+        )
+    elif installed is None:
+        findings.append(
+            Finding(
+                "fail",
+                "pgvector",
+                f"the vector extension is missing from database {database} "
+                f"(version {available} is available)",
+                "run CREATE EXTENSION vector, or op.create_vector_extension() in a migration",
+            )
+        )
+    else:
+        status: Status = "ok"
+        message = f"vector extension {installed} installed"
+        hint = None
+        if available and _version_tuple(available) > _version_tuple(installed):
+            status, hint = "warn", "ALTER EXTENSION vector UPDATE"
+            message += f"; {available} is available"
+        if _version_tuple(installed) < ITERATIVE_SCAN_VERSION:
+            status = "warn"
+            message += "; filtered searches need 0.8.0 for iterative index scans"
+            hint = hint or "ALTER EXTENSION vector UPDATE (after upgrading pgvector)"
+        findings.append(Finding(status, "pgvector", message, hint))
+    return findings
+
+
+def _model_findings(session: Session, model: type[Any], embedder: Embedder | None) -> list[Finding]:
+    config = search_config(model)
+    name = model.__name__
+    columns = columns_of(model)
+    table_name = columns.table.name
+    schema = getattr(columns.table, "schema", None)
+    qualified = f"{schema}.{table_name}" if schema else table_name
+    exists = session.execute(select(func.to_regclass(qualified))).scalar_one()
+    if exists is None:
+        return [
+            Finding(
+                "fail",
+                name,
+                f"table {qualified} does not exist",
+                "create it: `alembic upgrade head`, or metadata.create_all(engine)",
+            )
+        ]
+    findings: list[Finding] = []
+    expected_type = f"{config.storage}({config.dimensions})"
+    stored_type = _column_type(session, qualified, columns.embedding.name)
+    rows = session.execute(select(func.count()).select_from(columns.table)).scalar_one()
+    if stored_type is None:
+        return [
+            Finding(
+                "fail",
+                name,
+                f"{qualified} has no column {columns.embedding.name}",
+                "generate a migration: `alembic revision --autogenerate`, then upgrade",
+            )
+        ]
+    if stored_type != expected_type:
+        findings.append(
+            Finding(
+                "fail",
+                name,
+                f"{qualified}.{columns.embedding.name} is {stored_type}, "
+                f"the model declares {expected_type}",
+                "migrate the column (vecorm.embedding.reembed.ModelChange) or fix SearchConfig",
+            )
+        )
+    else:
+        findings.append(
+            Finding(
+                "ok",
+                name,
+                f"table {qualified}: {rows} rows, {columns.embedding.name} {stored_type}",
+            )
+        )
+    provider = embedder or config.embedder
+    if provider is None:
+        findings.append(
+            Finding(
+                "info",
+                name,
+                "no embedder configured: width and stale checks skipped",
+                "pass --embedder (local, hashing, openai or MODULE:NAME)",
+            )
+        )
+    elif provider.dimensions != config.dimensions:
+        findings.append(
+            Finding(
+                "fail",
+                name,
+                f"embedder {provider.model_name!r} returns {provider.dimensions} values, "
+                f"the column holds {config.dimensions}",
+                "use a provider of the column's width, or change the column "
+                "(vecorm.embedding.reembed.ModelChange)",
+            )
+        )
+        provider = None
+    else:
+        findings.append(
+            Finding("ok", name, f"embedder {provider.model_name} ({provider.dimensions}-d)")
+        )
+    findings.extend(_index_findings(session, model, schema, table_name, rows))
+    bm25_finding = _bm25_finding(session, model)
+    if bm25_finding is not None:
+        findings.append(bm25_finding)
+    if provider is not None:
+        findings.append(_stale_finding(session, model, provider, rows))
+    return findings
+
+
+def _column_type(session: Session, qualified: str, column_name: str) -> str | None:
+    attribute = table(
+        "pg_attribute",
+        column("attrelid"),
+        column("attname"),
+        column("atttypid"),
+        column("atttypmod"),
+        column("attisdropped"),
+    )
+    value = session.execute(
+        select(func.format_type(attribute.c.atttypid, attribute.c.atttypmod)).where(
+            attribute.c.attrelid == func.to_regclass(qualified),
+            attribute.c.attname == column_name,
+            attribute.c.attisdropped.is_(False),
+        )
+    ).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
+def _index_findings(
+    session: Session, model: type[Any], schema: str | None, table_name: str, rows: int
+) -> list[Finding]:
+    config = search_config(model)
+    name = model.__name__
+    present = set(
+        session.execute(
+            select(_indexes.c.indexname).where(
+                _indexes.c.tablename == table_name,
+                _indexes.c.schemaname == (schema or func.current_schema()),
+            )
+        ).scalars()
+    )
+    findings: list[Finding] = []
+    declared = _declared_indexes(model)
+    gin = declared.get("gin")
+    if gin is not None:
+        if gin in present:
+            findings.append(Finding("ok", name, f"full-text index {gin} present"))
+        else:
+            findings.append(
+                Finding(
+                    "warn",
+                    name,
+                    f"full-text index {gin} is missing: text and hybrid search scan every row",
+                    "generate a migration: `alembic revision --autogenerate`",
+                )
+            )
+    index = declared.get("vector")
+    if config.index is None or index is None:
+        findings.append(
+            Finding("info", name, "no vector index declared: nearest() scans every row (exact)")
+        )
+        return findings
+    if index not in present:
+        findings.append(
+            Finding(
+                "fail",
+                name,
+                f"vector index {index} is missing: nearest() scans every row",
+                "generate a migration: `alembic revision --autogenerate`, then upgrade",
+            )
+        )
+        return findings
+    findings.append(_explain_finding(session, model, index, rows))
+    return findings
+
+
+def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
+    """Are the BM25 side tables and their triggers there (text and hybrid search need them)?"""
+    from vecorm.search import bm25
+
+    if not bm25.has_bm25(model):
+        return None
+    name = model.__name__
+    tables = bm25.side_tables(model)
+    hint = "generate a migration: `alembic revision --autogenerate`, then upgrade"
+    missing = [
+        side.name
+        for side in (tables.postings, tables.terms, tables.deltas)
+        if session.execute(select(func.to_regclass(_qualified(side)))).scalar_one() is None
+    ]
+    if missing:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 statistics tables missing ({', '.join(missing)}): text and hybrid search fail",
+            hint,
+        )
+    trigger = table("pg_trigger", column("tgrelid"), column("tgname"))
+    present = set(
+        session.execute(
+            select(trigger.c.tgname).where(
+                trigger.c.tgrelid == func.to_regclass(_qualified(tables.table))
+            )
+        ).scalars()
+    )
+    absent = [event for event in bm25.trigger_names(tables) if event not in present]
+    if absent:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 triggers missing ({', '.join(absent)}): the statistics go stale on writes",
+            hint,
+        )
+    stored = session.execute(
+        select(
+            func.pg_catalog.obj_description(
+                func.pg_catalog.to_regprocedure(
+                    tables.qualified(tables.function_name("insert")) + "()"
+                ),
+                "pg_proc",
+            )
+        )
+    ).scalar_one()
+    if stored != bm25.COMMENT_PREFIX + bm25.signature(tables):
+        return Finding(
+            "fail",
+            name,
+            "BM25 functions differ from this model and vecorm version (an earlier release, "
+            "other k1/b, or statistics built from another tsvector expression)",
+            hint,
+        )
+    drifted = session.execute(_postings_drift(tables)).scalar_one()
+    if drifted:
+        return Finding(
+            "fail",
+            name,
+            f"BM25 postings of sampled rows differ from their {tables.config.tsvector_column} "
+            f"({drifted} lexemes): the statistics are stale",
+            f"rebuild them: vecorm.search.bm25.rebuild(session, {name}); session.commit()",
+        )
+    return Finding("ok", name, "BM25 statistics tables, triggers and functions up to date")
+
+
+#: Rows whose postings :func:`_postings_drift` compares with their tsvector.
+DRIFT_SAMPLE = 200
+
+
+def _postings_drift(tables: Any) -> Any:
+    """``SELECT`` the number of (row, lexeme, tf) that differ between the postings and the
+    tsvector of the first :data:`DRIFT_SAMPLE` rows."""
+    from vecorm.schema.pgcatalog import pg
+
+    table_keys = [tables.table.c[key] for key in tables.keys]
+    sample = (
+        select(*table_keys, tables.table.c[tables.config.tsvector_column].label("vector"))
+        .limit(DRIFT_SAMPLE)
+        .cte("sample")
+    )
+    lexemes = pg.unnest(sample.c.vector).table_valued("lexeme", "positions").render_derived("u")
+    sample_keys = [sample.c[key] for key in tables.keys]
+    expected = select(
+        *sample_keys,
+        lexemes.c.lexeme,
+        func.coalesce(pg.array_length(lexemes.c.positions, literal_column("1")), 1),
+    ).select_from(sample.join(lexemes, true()))
+    postings = tables.postings
+    stored = select(
+        *(postings.c[key] for key in tables.keys), postings.c.term, postings.c.tf
+    ).where(tuple_(*(postings.c[key] for key in tables.keys)).in_(select(*sample_keys)))
+    difference = union_all(expected.except_all(stored), stored.except_all(expected)).subquery(
+        "drift"
+    )
+    return select(func.count()).select_from(difference)
+
+
+def _qualified(side: Any) -> str:
+    return f"{side.schema}.{side.name}" if side.schema else str(side.name)
+
+
+def _declared_indexes(model: type[Any]) -> dict[str, str]:
+    """Names of the model's declared vector index (``"vector"``) and GIN index (``"gin"``)."""
+    columns = columns_of(model)
+    config = search_config(model)
+    found: dict[str, str] = {}
+    for index in getattr(columns.table, "indexes", ()):
+        method = index.dialect_options["postgresql"].get("using")
+        names = {indexed.name for indexed in index.columns}
+        if method in ("hnsw", "ivfflat") and columns.embedding.name in names:
+            found["vector"] = str(index.name)
+        elif method == "gin" and config.tsvector_column in names:
+            found["gin"] = str(index.name)
+    return found
+
+
+def _explain_finding(session: Session, model: type[Any], index: str, rows: int) -> Finding:
+    config = search_config(model)
+    name = model.__name__
+    probe = np.random.default_rng(0).standard_normal(config.dimensions).astype(np.float32)
+    probe /= np.linalg.norm(probe)
+    statement = model.nearest(probe, k=10)
+    with session.begin_nested():
+        used = indexes_used(session, statement)
+    if index in used:
+        return Finding("ok", name, f"EXPLAIN nearest(k=10): Index Scan using {index}")
+    with session.begin_nested():
+        session.execute(select(func.set_config("enable_seqscan", "off", literal(True))))
+        forced = indexes_used(session, statement)
+        session.execute(select(func.set_config("enable_seqscan", "on", literal(True))))
+    if index in forced:
+        return Finding(
+            "ok" if rows < 10_000 else "warn",
+            name,
+            f"EXPLAIN nearest(k=10): the planner reads the {rows} rows exactly "
+            f"(cheaper at this size); {index} is used once the table grows",
+            None if rows < 10_000 else "run ANALYZE on the table so the planner sees its size",
+        )
+    return Finding(
+        "fail",
+        name,
+        f"EXPLAIN nearest(k=10): {index} cannot serve the query (plan uses {used or 'no index'})",
+        "the index's operator class must match SearchConfig(distance=...); "
+        "regenerate it with `alembic revision --autogenerate`",
+    )
+
+
+def _stale_finding(session: Session, model: type[Any], embedder: Embedder, rows: int) -> Finding:
+    name = model.__name__
+    try:
+        stale = stale_count(session, model, embedder=embedder)
+    except VecormError as exc:
+        return Finding("warn", name, f"stale rows not counted: {exc}")
+    if stale == 0:
+        return Finding(
+            "ok", name, f"no stale rows: every row with text is embedded by {embedder.model_name}"
+        )
+    module = model.__module__
+    return Finding(
+        "warn",
+        name,
+        f"{stale} of {rows} rows are stale (no embedding, edited text, or another model)",
+        f"vecorm backfill {module}:{model.__qualname__}",
+    )
