@@ -255,9 +255,25 @@ def test_backfill_embeds_stale_rows_and_resumes(vecorm_url: URL, models_module: 
     assert broken.stderr.startswith("Error: ") and "provider fell over" in broken.stderr
     assert _embedded_rows(vecorm_url) == (20, 50)
 
-    # Run again: carries on with the 30 rows left, with a progress bar on stderr.
+    # Run again: carries on with the 30 rows left; no bar by default off a terminal ...
+    quiet = invoke(
+        "backfill", f"{models_module}:Product", "--database-url", url, "--batch-size", "5"
+    )
+    assert quiet.exit_code == 0 and "backfill Product" not in quiet.stderr
+    assert quiet.stdout.startswith("Product: embedded 30 rows in 6 batches")
+    engine = create_engine(vecorm_url)
+    with engine.begin() as conn:  # make the 30 rows stale again
+        conn.execute(text("UPDATE products SET embedding = NULL WHERE id > 20"))
+    engine.dispose()
+    # ... and a bar on stderr when asked for.
     result = invoke(
-        "backfill", f"{models_module}:Product", "--database-url", url, "--batch-size", "10"
+        "backfill",
+        f"{models_module}:Product",
+        "--database-url",
+        url,
+        "--batch-size",
+        "10",
+        "--progress",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Product: embedded 30 rows in 3 batches (3 provider calls")

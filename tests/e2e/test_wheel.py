@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +29,17 @@ def test_demo_runs_from_an_installed_wheel(tmp_path: Path, vecorm_url: URL) -> N
     )
     (wheel,) = dist.glob("vecorm-*.whl")
     assert "vecorm/data/passages.jsonl" in zipfile.ZipFile(wheel).namelist()
+    # A plain install pulls what the library needs at run time: no server, CLI or progress bars,
+    # no test plugin dependency, no particular psycopg build.
+    metadata = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py3')[0]}.dist-info/METADATA")
+    required = [
+        line.split(":", 1)[1].strip()
+        for line in metadata.decode().splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    names = sorted(re.split(r"[\[<>=!~; ]", requirement)[0].lower() for requirement in required)
+    assert names == ["alembic", "numpy", "pgvector", "psycopg", "sqlalchemy"], required
+    assert not any("binary" in requirement for requirement in required)
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
     subprocess.run(

@@ -16,7 +16,7 @@ ROOT = Path(vecorm.__file__).parent
 
 #: Lowest first. A module may import its own layer and the layers before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("vecorm.errors", "vecorm.objects", "vecorm.engine", "vecorm._moved"),
+    ("vecorm.errors", "vecorm.objects", "vecorm.engine", "vecorm.progress", "vecorm._moved"),
     ("vecorm.embedding.embedders",),
     ("vecorm.schema", "vecorm.types"),
     ("vecorm.embedding",),
@@ -138,6 +138,7 @@ def test_the_top_level_is_the_public_api_and_the_layers() -> None:
         "errors.py",
         "mixin.py",
         "objects.py",
+        "progress.py",
         "py.typed",
         "scale",
         "schema",

@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, select, text, tuple_, update
 from sqlalchemy.orm import Session
-from tqdm import tqdm
 
 from vecorm.embedding.backfill import (
     EmbeddingColumns,
@@ -47,6 +46,7 @@ from vecorm.embedding.backfill import (
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch
+from vecorm.progress import ProgressChoice, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
 
 __all__ = ["AdoptResult", "adopt", "check_existing_column"]
@@ -88,7 +88,7 @@ def adopt(
     embedder: Embedder | None = None,
     re_embed: bool = False,
     batch_size: int | None = None,
-    progress: bool = True,
+    progress: ProgressChoice = False,
 ) -> AdoptResult:
     """Record ``model``'s existing vectors as current, or (``re_embed``) embed them again.
 
@@ -211,18 +211,16 @@ def _count(session: Session, condition: ColumnElement[bool], columns: EmbeddingC
 
 
 def _record(
-    session: Session, columns: EmbeddingColumns, model_name: str, size: int, progress: bool
+    session: Session,
+    columns: EmbeddingColumns,
+    model_name: str,
+    size: int,
+    progress: ProgressChoice,
 ) -> int:
     total = _count(session, and_(_pending(columns), columns.text != ""), columns)
     session.commit()
     recorded = 0
-    with tqdm(
-        total=total,
-        unit="rows",
-        desc=f"adopt {columns.owner}",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_bar(total=total, desc=f"adopt {columns.owner}", enabled=progress) as bar:
         batch = _record_in_sql if columns.exact_in_sql else _record_in_python
         after: tuple[Any, ...] | None = None
         while True:

@@ -54,12 +54,12 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import KeyedColumnElement
-from tqdm import tqdm
 
 from vecorm.embedding.embedders.base import Embedder, check_embeddings
 from vecorm.embedding.events import call_embedder, installed_embedder
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
+from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
@@ -200,7 +200,7 @@ def backfill(
     *,
     embedder: Embedder | None = None,
     batch_size: int | None = None,
-    progress: bool = True,
+    progress: ProgressChoice = False,
 ) -> BackfillResult:
     """Embed every stale row of ``model``, ``batch_size`` rows per transaction.
 
@@ -222,7 +222,7 @@ def run_backfill(
     embedder: Embedder,
     *,
     batch_size: int | None = None,
-    progress: bool = True,
+    progress: ProgressChoice = False,
     description: str | None = None,
 ) -> BackfillResult:
     """:func:`backfill` on explicit columns (a model's own, or a model change's shadow)."""
@@ -241,12 +241,8 @@ def run_backfill(
     total = count_stale(session, columns, embedder.model_name)
     session.commit()
     counters = _Counters()
-    with tqdm(
-        total=total,
-        unit="rows",
-        desc=description or f"backfill {columns.owner}",
-        disable=not progress,
-        dynamic_ncols=True,
+    with progress_bar(
+        total=total, desc=description or f"backfill {columns.owner}", enabled=progress
     ) as bar:
         while True:
             before = counters.embedded
@@ -270,10 +266,16 @@ def embed_stale_in_transaction(
     """Embed every stale row inside the session's current transaction, committing nothing."""
     started = time.perf_counter()
     counters = _Counters()
-    with tqdm(disable=True) as bar:
-        _sweep(
-            session, columns, embedder, batch_size, bar, counters, skip_locked=False, commit=False
-        )
+    _sweep(
+        session,
+        columns,
+        embedder,
+        batch_size,
+        SilentBar(),
+        counters,
+        skip_locked=False,
+        commit=False,
+    )
     return BackfillResult(
         counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
     )
@@ -291,7 +293,7 @@ def _sweep(
     columns: EmbeddingColumns,
     embedder: Embedder,
     size: int,
-    bar: tqdm[Any],
+    bar: Bar,
     counters: _Counters,
     *,
     skip_locked: bool,

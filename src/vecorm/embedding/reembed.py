@@ -51,6 +51,7 @@ from vecorm.embedding.backfill import (
 )
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
+from vecorm.progress import ProgressChoice
 from vecorm.schema.config import SearchConfig, Storage, search_config
 from vecorm.schema.indexes import (
     MAX_IDENTIFIER_LENGTH,
@@ -173,7 +174,7 @@ class ModelChange:
             conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self._table)} {additions}")
 
     def backfill(
-        self, session: Session, *, batch_size: int | None = None, progress: bool = True
+        self, session: Session, *, batch_size: int | None = None, progress: ProgressChoice = False
     ) -> BackfillResult:
         """Embed the rows whose shadow vector is missing or stale; see
         :func:`vecorm.embedding.backfill`."""

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex
 
 from vecorm.errors import ConfigurationError, IndexBuildError
+from vecorm.progress import new_bar
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.indexes import index_name, vector_index_name
 
@@ -235,10 +236,9 @@ class _ProgressPoller(threading.Thread):
 
 
 def tqdm_progress(description: str) -> tuple[Callable[[BuildProgress], None], Callable[[], None]]:
-    """A tqdm bar fed by :class:`BuildProgress` samples, and the function that closes it."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=description, unit="row", dynamic_ncols=True)
+    """A bar fed by :class:`BuildProgress` samples (drawn on a terminal with tqdm, see
+    :mod:`vecorm.progress`), and the function that closes it."""
+    bar = new_bar(total=0, desc=description, unit="row", enabled=True)
 
     def report(sample: BuildProgress) -> None:
         if sample.total and bar.total != sample.total:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import click
 
+from vecorm.progress import ProgressChoice
 from vecorm.tools.clitools import raise_user_error
 
 
@@ -117,9 +118,8 @@ def init(directory: str, use_async: bool, ini_path: str, target_metadata: str) -
 )
 @click.option(
     "--progress/--no-progress",
-    default=True,
-    show_default=True,
-    help="Show a progress bar on stderr.",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
 )
 def adopt(
     model_path: str,
@@ -127,7 +127,7 @@ def adopt(
     embedder_path: str | None,
     database_url: str | None,
     batch_size: int | None,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Take over the vectors already stored for MODULE:MODEL (see docs/adopting.md).
 
@@ -161,7 +161,7 @@ def adopt(
                 embedder=embedder,
                 re_embed=re_embed,
                 batch_size=batch_size,
-                progress=progress,
+                progress=_bar(progress),
             )
     finally:
         engine.dispose()
@@ -203,16 +203,15 @@ def adopt(
 )
 @click.option(
     "--progress/--no-progress",
-    default=True,
-    show_default=True,
-    help="Show a progress bar on stderr.",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal).",
 )
 def backfill(
     model_path: str,
     embedder_name: str | None,
     database_url: str | None,
     batch_size: int | None,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Embed the rows of MODULE:MODEL whose embedding is missing or stale.
 
@@ -229,7 +228,7 @@ def backfill(
     embedder = load_embedder(embedder_name, dimensions=width) if embedder_name else None
     with connect(url) as session:
         result = backfill_rows(
-            session, model, embedder=embedder, batch_size=batch_size, progress=progress
+            session, model, embedder=embedder, batch_size=batch_size, progress=_bar(progress)
         )
         left = stale_count(session, model, embedder=embedder)
     name = model.__name__
@@ -475,3 +474,8 @@ def eval_command(
         progress=progress,
         echo=click.echo,
     )
+
+
+def _bar(flag: bool | None) -> ProgressChoice:
+    """``--progress`` forces a bar, ``--no-progress`` hides it, neither: a terminal decides."""
+    return True if flag is None else ("always" if flag else False)

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
+from vecorm.progress import new_bar, shows
 from vecorm.search.vector import QueryInput, nearest, primary_key_columns
 
 #: The measures reported, as ir-measures names them.
@@ -359,10 +360,12 @@ def _resolve_modes(
 
 
 def _progress(items: Sequence[str], enabled: bool, label: str) -> Iterable[str]:
-    if not enabled:
+    if not enabled or not shows("auto"):
         return items
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars come with vecorm[cli]
+        return items
     return tqdm(items, desc=label, unit="q", leave=False)  # type: ignore[no-any-return]
 
 
@@ -464,9 +467,7 @@ class EmbeddingCache:
         batch = max(1, int(getattr(embedder, "max_batch_size", 64) or 64))
         bar: Any = None
         if progress and todo:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), desc="embedding", unit="text")
+            bar = new_bar(total=len(todo), desc="embedding", unit="text", enabled="auto")
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             computed = np.asarray(embedder.embed([texts[i] for i in chunk]), dtype=np.float32)
