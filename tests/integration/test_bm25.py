@@ -207,6 +207,16 @@ def test_pruning_is_exact(session: Session, seed: int) -> None:
             assert row.score == pytest.approx(expected[row.pk_0], rel=1e-6)
 
 
+def test_two_pruned_scorers_in_one_statement(session: Session) -> None:
+    """``prefix`` names every CTE of a scorer, the MaxScore ones included."""
+    first = bm25.scores(Note, "vacuum table", depth=5, prune_above=1, prefix="a").subquery()
+    second = bm25.scores(Note, "index lock", depth=5, prune_above=1, prefix="b").subquery()
+    both = select(first.c.pk_0, second.c.pk_0).join(second, first.c.pk_0 == second.c.pk_0)
+    alone = {row.pk_0 for row in session.execute(select(first.c.pk_0))}
+    other = {row.pk_0 for row in session.execute(select(second.c.pk_0))}
+    assert {row[0] for row in session.execute(both)} == alone & other
+
+
 def test_pruning_with_a_common_and_a_rare_term(session: Session) -> None:
     """'vacuum' (in most rows) is non-essential here: rows holding only it are never
     candidates, and the rare word's rows come first with their exact scores."""

@@ -194,6 +194,7 @@ def scores(
                 seed=seed_postings,
                 depth=depth,
                 k1=k1_param,
+                prefix=prefix,
             ).where(many),
         )
     ranked = scored.subquery(f"{prefix}_scored")
@@ -261,6 +262,7 @@ def _max_score(
     seed: int,
     depth: int,
     k1: ColumnElement[float],
+    prefix: str = "bm25",
 ) -> Select[Any]:
     """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
 
@@ -281,13 +283,13 @@ def _max_score(
         .where(postings.c.term == weighted.c.term)
         .order_by(postings.c.impact.desc())
         .limit(_integer(seed))
-        .lateral("bm25_best")
+        .lateral(f"{prefix}_best")
     )
     seeds = (
         select(*(best.c[name] for name in names))
         .select_from(weighted.join(best, true()))
         .distinct()
-        .cte("bm25_seeds")
+        .cte(f"{prefix}_seeds")
         .prefix_with("MATERIALIZED")
     )
 
@@ -301,7 +303,7 @@ def _max_score(
                 *(postings.c[name] == candidates.c[name] for name in names),
             )
             .limit(_integer(1))
-            .lateral("bm25_probe")
+            .lateral(f"{prefix}_probe")
         )
         candidate_keys = [candidates.c[name] for name in names]
         return (
@@ -313,7 +315,7 @@ def _max_score(
             .group_by(*candidate_keys)
         )
 
-    seeded = exact(seeds).subquery("bm25_seeded")
+    seeded = exact(seeds).subquery(f"{prefix}_seeded")
     kth = (
         select(
             func.coalesce(
@@ -325,7 +327,7 @@ def _max_score(
                 _constant(0.0),
             ).label("score")
         )
-        .cte("bm25_threshold")
+        .cte(f"{prefix}_threshold")
         .prefix_with("MATERIALIZED")
     )
     threshold = select(kth.c.score).scalar_subquery()
@@ -337,7 +339,7 @@ def _max_score(
             (cumulative < threshold).label("optional"),
             cumulative.label("cumulative"),
         )
-        .cte("bm25_bounds")
+        .cte(f"{prefix}_bounds")
         .prefix_with("MATERIALIZED")
     )
     optional_bound = func.coalesce(
@@ -353,7 +355,7 @@ def _max_score(
         )
         .group_by(*key_columns)
         .having(pg.sum(term_score) + optional_bound >= threshold)
-        .cte("bm25_survivors")
+        .cte(f"{prefix}_survivors")
         .prefix_with("MATERIALIZED")
     )
     return exact(survivors)
