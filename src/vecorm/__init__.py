@@ -28,6 +28,7 @@ from vecorm.errors import (
     ReplicaLagError,
     ServerError,
     VecormError,
+    VecormWarning,
 )
 from vecorm.mixin import Searchable
 from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
@@ -88,6 +89,7 @@ __all__ = [
     "SparseVec",
     "TsRankArm",
     "VecormError",
+    "VecormWarning",
     "Vector",
     "apply_search_settings",
     "backfill",

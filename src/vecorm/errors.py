@@ -7,6 +7,9 @@ what to do about it::
         session.commit()
     except vecorm.DimensionMismatch as exc:
         print(exc)  # Document.embedding expects 1536 values, got 384
+
+Every warning vecorm gives is a :class:`VecormWarning`, so one filter silences or raises them
+all: ``warnings.simplefilter("error", vecorm.VecormWarning)``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 
 class VecormError(Exception):
     """Base class of every exception vecorm raises on purpose."""
+
+
+class VecormWarning(UserWarning):
+    """Base class of every warning vecorm gives."""
 
 
 class ConfigurationError(VecormError):

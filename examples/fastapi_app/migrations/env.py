@@ -11,12 +11,12 @@ import os
 from logging.config import fileConfig
 from typing import Any
 
+from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import vecorm.alembic  # noqa: F401  registers vecorm's comparators, renderers and op.* operations
-from alembic import context
 from vecorm.alembic import metadata_from_config
 
 config = context.config

@@ -6,11 +6,11 @@ import os
 from logging.config import fileConfig
 from typing import Any
 
+from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import URL, Connection, make_url
 
 import vecorm.alembic  # noqa: F401  registers vecorm's comparators, renderers and op.* operations
-from alembic import context
 from vecorm.alembic import metadata_from_config
 
 config = context.config

@@ -61,6 +61,7 @@ from vecorm.alembic.operations import (
     CreateVectorExtensionOp,
     RenameIndexOp,
 )
+from vecorm.errors import VecormWarning
 from vecorm.schema.indexes import ADOPTED_INFO_KEY, index_name
 
 log = logging.getLogger("vecorm.alembic")
@@ -76,7 +77,7 @@ class IVFFlatCreateIndexOp(ops.CreateIndexOp):
     """A ``CreateIndexOp`` for an IVFFlat index; renders with a note on training data."""
 
 
-class IndexMismatchWarning(UserWarning):
+class IndexMismatchWarning(VecormWarning):
     """An existing index vecorm adopts differs from the model's; it is kept, not rebuilt."""
 
 

@@ -47,14 +47,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex
 
 from vecorm.alembic.catalog import generated_column, index_state, table_oid
-from vecorm.errors import ConfigurationError, VecormError
+from vecorm.errors import ConfigurationError, VecormError, VecormWarning
 from vecorm.objects import import_model, import_object
 from vecorm.schema.indexes import precision_expression
 
 ExpressionStrategy = Literal["auto", "set_expression", "recreate"]
 
 
-class EmptyIVFFlatWarning(UserWarning):
+class EmptyIVFFlatWarning(VecormWarning):
     """An IVFFlat index was built on a table without rows: its lists learned nothing."""
 
 

@@ -40,7 +40,7 @@ from sqlalchemy import Index, MetaData, Table, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex
 
-from vecorm.errors import ConfigurationError, IndexBuildError
+from vecorm.errors import ConfigurationError, IndexBuildError, VecormWarning
 from vecorm.progress import new_bar
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.indexes import index_name, vector_index_name
@@ -53,7 +53,7 @@ _NEIGHBOUR_BYTES = 16
 _ELEMENT_BYTES = 128
 
 
-class IndexBuildMemoryWarning(UserWarning):
+class IndexBuildMemoryWarning(VecormWarning):
     """An HNSW graph will not fit in ``maintenance_work_mem``: the build will be much slower."""
 
 
