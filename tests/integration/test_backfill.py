@@ -207,7 +207,12 @@ def test_deferred_rows_are_backfilled_with_the_installed_embedder(engine: Engine
 def test_progress_bar(engine: Engine, embedder: FakeEmbedder, capsys: Any) -> None:
     insert_plain(engine, 12)
     with Session(engine) as session:
+        # stderr is not a terminal here: progress=True draws nothing, "always" draws the bar.
         backfill(session, Document, embedder=embedder, batch_size=5, progress=True)
+        assert capsys.readouterr().err == ""
+        session.execute(update(Document).values(embedding=None))
+        session.commit()
+        backfill(session, Document, embedder=embedder, batch_size=5, progress="always")
     err = capsys.readouterr().err
     assert "backfill Document" in err
     assert "12/12" in err
