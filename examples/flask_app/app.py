@@ -44,9 +44,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     embedder = choose_embedder(app.config["SEARCH_EMBEDDER"])
     app.extensions["search_embedder"] = embedder
-    # db.session is one scoped_session per process, so its hook is too: the newest app's wins.
-    if vecorm.is_installed(db.session):
-        vecorm.uninstall(db.session)
+    # db.session is one scoped_session per process, so its hook is too: installing again (a
+    # second create_app) replaces it, and the newest app's embedder wins.
     vecorm.install(db.session, embedder=embedder)  # embed changed articles on every commit
     # db.engine needs nothing: vecorm's searches set hnsw.ef_search etc. on every engine.
 

@@ -49,7 +49,7 @@ def test_eval_prints_every_mode_and_writes_json(vecorm_url: URL, tmp_path: Path)
     out = tmp_path / "numbers.json"
     output = run(
         str(SCIFACT),
-        *("--embedder", "fake", "--max-queries", "60", "--max-docs", "1500"),
+        *("--embedder", "hashing", "--max-queries", "60", "--max-docs", "1500"),
         *("--json", str(out), "--cache-dir", str(tmp_path / "cache")),
         *("--database-url", url_text(vecorm_url), "--no-progress"),
     )
@@ -70,7 +70,7 @@ def test_eval_prints_every_mode_and_writes_json(vecorm_url: URL, tmp_path: Path)
     assert len(cached) == 1500 + 60
     run(
         str(SCIFACT),
-        *("--embedder", "fake", "--max-queries", "60", "--max-docs", "1500", "--modes", "bm25"),
+        *("--embedder", "hashing", "--max-queries", "60", "--max-docs", "1500", "--modes", "bm25"),
         *("--cache-dir", str(tmp_path / "cache"), "--database-url", url_text(vecorm_url)),
         "--no-progress",
     )
@@ -82,7 +82,7 @@ def test_eval_sweep_draws_the_trade_offs(vecorm_url: URL, tmp_path: Path) -> Non
     plot = tmp_path / "sweep.png"
     output = run(
         str(SCIFACT),
-        *("--embedder", "fake", "--max-queries", "10", "--max-docs", "200", "--modes", "dense"),
+        *("--embedder", "hashing", "--max-queries", "10", "--max-docs", "200", "--modes", "dense"),
         *("--sweep", "--plot", str(plot), "--cache-dir", str(tmp_path / "cache")),
         *("--database-url", url_text(vecorm_url), "--no-progress"),
     )

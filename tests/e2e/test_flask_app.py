@@ -161,3 +161,17 @@ def test_bad_requests_get_json_errors(
     response = client.get("/search", query_string=query)
     assert response.status_code == 400
     assert response.get_json() == {"error": "Bad Request", "detail": detail}
+
+
+def test_create_app_twice_in_one_process(app: Flask, vecorm_url: URL) -> None:
+    """Test suites and reloaders build the app again: vecorm.install on db.session replaces."""
+    from flask_app.app import create_app
+    from flask_app.models import db
+
+    again = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url_text(vecorm_url), "SEARCH_EMBEDDER": "hashing"}
+    )
+    response = again.test_client().get("/search", query_string={"q": "autovacuum", "k": 3})
+    assert response.status_code == 200 and len(response.get_json()["results"]) == 3
+    with again.app_context():
+        db.engine.dispose()

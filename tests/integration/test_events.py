@@ -379,19 +379,30 @@ def test_install_is_scoped_to_its_target_and_uninstall_removes_it(
     }
 
 
-def test_installing_twice_is_refused(engine: Engine, embedder: FakeEmbedder) -> None:
+def test_installing_again_replaces(engine: Engine, embedder: FakeEmbedder) -> None:
+    """An app factory run twice (Flask's create_app in tests) installs twice: the last wins,
+    one hook only."""
     maker = sessionmaker(engine)
     scoped = scoped_session(maker)
+    first = FakeEmbedder(dimensions=DIMS)
+    install(maker, embedder=first)
     install(maker, embedder=embedder)
-    with pytest.raises(vecorm.ConfigurationError, match="already installed"):
-        install(maker, embedder=embedder)
-    with pytest.raises(vecorm.ConfigurationError, match="through another factory"):
-        install(scoped, embedder=embedder)
+    with maker() as session:
+        session.add(Document(id=1, title="once"))
+        session.commit()
+    assert (first.texts, embedder.texts) == ([], ["once"])
+    install(scoped, embedder=first)  # the same sessions through another factory: replaced
+    assert (is_installed(maker), is_installed(scoped)) == (False, True)
+    with scoped() as session:
+        session.add(Document(id=2, title="twice"))
+        session.commit()
+    assert (first.texts, embedder.texts) == (["twice"], ["once"])
     with pytest.raises(vecorm.ConfigurationError, match="cannot install"):
         install(engine, embedder=embedder)  # type: ignore[arg-type]
     with pytest.raises(vecorm.ConfigurationError, match="mode"):
         install(Session(engine), embedder=embedder, mode="lenient")  # type: ignore[arg-type]
-    uninstall(maker)
+    uninstall(scoped)
+    scoped.remove()
 
 
 def test_scoped_session_and_session_instance(engine: Engine, embedder: FakeEmbedder) -> None:

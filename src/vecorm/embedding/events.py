@@ -110,7 +110,8 @@ def install(
     ``target`` is a ``Session``, ``sessionmaker``, ``scoped_session``, ``AsyncSession``,
     ``async_sessionmaker`` or ``async_scoped_session`` (or a ``Session`` subclass). ``embedder``
     serves models whose ``SearchConfig`` has none of its own; ``mode`` is ``"strict"`` or
-    ``"deferred"`` (see the module docs). Example::
+    ``"deferred"`` (see the module docs). Calling it again on the same sessions (an app factory
+    run twice) replaces the earlier installation. Example::
 
         vecorm.install(async_sessionmaker(engine), embedder=HashingEmbedder(384))
     """
@@ -120,18 +121,15 @@ def install(
         raise ConfigurationError(
             f"embedder {embedder!r} has no embed(texts) method; pass a vecorm Embedder"
         )
-    if target in _by_target:
-        raise ConfigurationError(
-            f"vecorm is already installed on {target!r}; call vecorm.uninstall() on it first"
-        )
+    # Installing again replaces: an app factory (Flask's create_app, a FastAPI lifespan) may run
+    # more than once in a process, and the last call's embedder and mode are the ones meant.
+    uninstall(target)
     listen_target, restore = _listen_target(target)
-    if listen_target in _by_listen_target:
-        if restore is not None:
-            restore()
-        raise ConfigurationError(
-            f"vecorm is already installed on the sessions of {target!r} (through another "
-            "factory or scoped_session); call vecorm.uninstall() on that one first"
-        )
+    earlier = _by_listen_target.get(listen_target)
+    if earlier is not None:  # the same sessions, installed through another factory
+        for other, installation in list(_by_target.items()):
+            if installation is earlier:
+                uninstall(other)
     installation = _Installation(embedder, mode, listen_target, restore=restore)
     installation.hook = partial(_before_flush, installation)
     event.listen(listen_target, "before_flush", installation.hook)

@@ -406,7 +406,7 @@ def build_index(
     "embedder_name",
     default="local",
     show_default=True,
-    help="local, openai, fake (deterministic hashing), or MODULE:NAME.",
+    help="local, hashing, openai, or MODULE:NAME (as on every command).",
 )
 @click.option(
     "--modes",

@@ -757,9 +757,7 @@ def run_eval_command(
     chosen = [name.strip() for name in modes.split(",") if name.strip()] if modes else None
     if chosen is not None:
         _resolve_modes(chosen)  # a wrong name fails before any work
-    embedder = load_embedder(
-        "hashing" if embedder_name == "fake" else embedder_name, dimensions=DIMENSIONS
-    )
+    embedder = load_embedder(embedder_name, dimensions=DIMENSIONS)
     result = run_beir(
         directory,
         embedder=embedder,
