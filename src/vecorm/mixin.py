@@ -46,6 +46,7 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.schema import sqlmodel as _sqlmodel
 from vecorm.schema.config import Distance, SearchConfig, search_config
+from vecorm.schema.extension import ensure_vector_extension
 from vecorm.schema.generated import tsvector_expression
 from vecorm.schema.indexes import text_index, vector_index
 from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
@@ -230,6 +231,7 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
         return  # the event can fire again for the same table
     _completed_tables.add(table)
     _check_fields(cls, mapper, config)
+    event.listen(table, "before_create", ensure_vector_extension)
     # Index() on a table's columns attaches itself to that table.
     vector_index(embedding, config)
     if config.text_index:
