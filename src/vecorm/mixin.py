@@ -69,7 +69,7 @@ class Searchable:
         # Validate before SQLAlchemy maps the class so the error names the class, not a column.
         if getattr(cls, "__vecorm__", None) is not None:
             search_config(cls).validate(cls.__name__)
-        # --- SQLModel support (vecorm/sqlmodel.py) ---
+        # --- SQLModel support (vecorm/schema/sqlmodel.py) ---
         # pydantic refuses attributes that are not fields: route the mixin's to SQLAlchemy.
         _sqlmodel.prepare_class(cls)
         # --- end SQLModel support ---
@@ -122,7 +122,7 @@ class Searchable:
             deferred_group="vecorm_bookkeeping",
         )
 
-    # --- query helpers (query.py / hybrid.py) ---
+    # --- query helpers (search/vector.py, search/hybrid.py) ---
     @classmethod
     def nearest(
         cls,
@@ -237,7 +237,7 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     if config.text_index:
         text_index(table.c[config.tsvector_column])
     if config.bm25 is not None:
-        _bm25.attach(table, config)  # side tables + statement triggers (vecorm/bm25.py)
+        _bm25.attach(table, config)  # side tables + statement triggers (vecorm/search/bm25/)
     attribute = mapper.class_manager[_attribute_key(mapper, embedding)]
     event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
 
