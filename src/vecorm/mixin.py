@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +55,19 @@ from vecorm.search import bm25 as _bm25
 from vecorm.search import hybrid as _hybrid
 from vecorm.search import text as _textsearch
 from vecorm.search import vector as _query
+from vecorm.search.arms import LexicalArm
+from vecorm.search.hybrid import (
+    DEFAULT_DEPTH,
+    DEFAULT_MISSING,
+    DEFAULT_NORMALIZATION,
+    DEFAULT_RRF_K,
+    DEFAULT_SEMANTIC_WEIGHT,
+    Method,
+    Missing,
+    Normalization,
+)
+from vecorm.search.text import Ranking
+from vecorm.search.tsquery import Mode
 from vecorm.search.vector import QueryInput
 
 
@@ -177,21 +191,73 @@ class Searchable:
     distance_to = hybrid_method(_distance_to_instance, _distance_to_expression)
 
     @classmethod
-    def text_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
+    def text_search(
+        cls,
+        text: str,
+        k: int = 10,
+        *,
+        mode: Mode = "any",
+        ranking: Ranking | None = None,
+        normalization: int | None = None,
+        weights: Mapping[str, float] | Sequence[float] | None = None,
+        k1: float | None = None,
+        b: float | None = None,
+    ) -> Select[Any]:
         """``select(cls, score)`` of full-text matches; see :func:`vecorm.search.text.text_search`.
 
         ``session.execute(Document.text_search("error 0x80070057")).all()``
         """
-        return _textsearch.text_search(cls, text, k, **options)
+        return _textsearch.text_search(
+            cls,
+            text,
+            k,
+            mode=mode,
+            ranking=ranking,
+            normalization=normalization,
+            weights=weights,
+            k1=k1,
+            b=b,
+        )
 
     @classmethod
-    def hybrid_search(cls, text: str, k: int = 10, **options: Any) -> Select[Any]:
+    def hybrid_search(
+        cls,
+        text: str,
+        k: int = 10,
+        *,
+        vector: QueryInput | None = None,
+        method: Method = "blend",
+        semantic_weight: float = DEFAULT_SEMANTIC_WEIGHT,
+        rrf_k: int = DEFAULT_RRF_K,
+        depth: int = DEFAULT_DEPTH,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
+        lexical: LexicalArm | Ranking | None = None,
+        distance: Distance | str | None = None,
+        embedder: Embedder | None = None,
+        normalization: Normalization = DEFAULT_NORMALIZATION,
+        missing: Missing = DEFAULT_MISSING,
+    ) -> Select[Any]:
         """Semantic + full-text fused in one statement; see
         :func:`vecorm.search.hybrid.hybrid_search`.
 
         ``session.execute(Document.hybrid_search("ERR_CONN_RESET", k=5, method="rrf")).all()``
         """
-        return _hybrid.hybrid_search(cls, text, k, **options)
+        return _hybrid.hybrid_search(
+            cls,
+            text,
+            k,
+            vector=vector,
+            method=method,
+            semantic_weight=semantic_weight,
+            rrf_k=rrf_k,
+            depth=depth,
+            where=where,
+            lexical=lexical,
+            distance=distance,
+            embedder=embedder,
+            normalization=normalization,
+            missing=missing,
+        )
 
 
 def _column_name(cls: Any, attribute: str) -> str:
