@@ -31,6 +31,9 @@ from vecorm.scale.routing import (
 from vecorm.testing import FakeEmbedder
 
 DIMS = 8
+#: How long a test waits for the standby: generous, since a loaded 2-core CI machine can stall
+#: replay for seconds (a 10 s wait once timed out in a full run).
+REPLAY_TIMEOUT = 60.0
 
 
 class Base(DeclarativeBase):
@@ -117,7 +120,7 @@ def engines(servers: tuple[URL, URL]) -> Iterator[tuple[Engine, Engine]]:
     replica = vecorm.create_engine(replica_url)
     Base.metadata.drop_all(primary)
     Base.metadata.create_all(primary)
-    wait_for_replay(primary, replica)
+    wait_for_replay(primary, replica, timeout=REPLAY_TIMEOUT)
     try:
         yield primary, replica
     finally:
@@ -156,7 +159,7 @@ def test_searches_go_to_the_replica_writes_and_embedding_to_the_primary(
             session.add_all([Note(id=i, body=f"note number {i}") for i in range(20)])
             session.commit()  # flushed (and embedded by the hook) on the primary
             assert session.info[ROUTE_OPTION] == "primary"
-            wait_for_replay(primary, replica)
+            wait_for_replay(primary, replica, timeout=REPLAY_TIMEOUT)
             query = Note.nearest("note number 7", k=3)
             assert is_search(query)
             rows = session.execute(query).all()
@@ -173,7 +176,7 @@ def test_searches_go_to_the_replica_writes_and_embedding_to_the_primary(
             forced = select(Note.id).execution_options(vecorm_route="replica")
             session.execute(forced).all()  # right after this session's write: kept on the primary
             assert session.info[ROUTE_OPTION] == "primary (the replica is behind this session)"
-            wait_for_replay(primary, replica)
+            wait_for_replay(primary, replica, timeout=REPLAY_TIMEOUT)
             assert session.execute(forced.where(Note.body == "edited")).scalars().all() == [3]
             assert session.info[ROUTE_OPTION] == "replica"
     finally:
@@ -185,7 +188,7 @@ def test_replica_lag_and_read_your_writes(engines: tuple[Engine, Engine]) -> Non
     with _session(primary, replica) as session:
         session.add(Note(id=1, body="first", embedding=np.ones(DIMS)))
         session.commit()
-    wait_for_replay(primary, replica)
+    wait_for_replay(primary, replica, timeout=REPLAY_TIMEOUT)
     # Hold the replica back, the way a busy one lags.
     with replica.connect() as conn:
         conn.execute(text("SELECT pg_wal_replay_pause()"))
@@ -209,7 +212,7 @@ def test_replica_lag_and_read_your_writes(engines: tuple[Engine, Engine]) -> Non
         assert sorted(found) == [2, 3]
         with replica.connect() as conn:
             conn.execute(text("SELECT pg_wal_replay_resume()"))
-        waited = wait_for_replay(primary, replica)
+        waited = wait_for_replay(primary, replica, timeout=REPLAY_TIMEOUT)
         assert waited < 10
         found = [row[0].id for row in session.execute(Note.nearest(query, k=2))]
         assert session.info[ROUTE_OPTION] == "replica" and sorted(found) == [2, 3]
@@ -237,7 +240,7 @@ async def test_async_sessions_route_like_sync_ones(
             session.add_all(Note(id=i, body=f"note {i}", embedding=vectors[i]) for i in range(3))
             await session.commit()
             assert session.info[ROUTE_OPTION] == "primary"
-            wait_for_replay(primary_sync, replica_sync)
+            wait_for_replay(primary_sync, replica_sync, timeout=REPLAY_TIMEOUT)
             rows = (await session.execute(Note.nearest(vectors[1], k=1))).all()
             assert session.info[ROUTE_OPTION] == "replica" and rows[0][0].id == 1
             hybrid = await session.execute(Note.hybrid_search("note", k=3, vector=vectors[2]))
@@ -253,7 +256,7 @@ async def test_async_sessions_route_like_sync_ones(
             assert rows[0][0].id == 3
             with replica_sync.connect() as conn:
                 conn.execute(text("SELECT pg_wal_replay_resume()"))
-            wait_for_replay(primary_sync, replica_sync)
+            wait_for_replay(primary_sync, replica_sync, timeout=REPLAY_TIMEOUT)
             rows = (await session.execute(Note.nearest(vectors[3], k=1))).all()
             assert session.info[ROUTE_OPTION] == "replica" and rows[0][0].id == 3
     finally:
