@@ -18,8 +18,9 @@ from the catalog when the migration runs); see :mod:`vecorm.search.grants` and d
 from __future__ import annotations
 
 from alembic.operations import MigrateOperation, Operations
-from sqlalchemy import MetaData, Table, text
+from sqlalchemy import MetaData, Table
 
+from vecorm.schema.pgcatalog import relation_exists
 from vecorm.search.grants import revoke_statements, table_grants
 
 
@@ -97,12 +98,7 @@ def _grant(operations: Operations, operation: GrantSearchAccessOp) -> None:
     table = Table(operation.table_name, MetaData(), schema=operation.schema)
     postings = f"{operation.table_name}_bm25_postings"
     qualified = f"{operation.schema}.{postings}" if operation.schema else postings
-    has_bm25 = (
-        connection.execute(
-            text("SELECT pg_catalog.to_regclass(:name)"), {"name": qualified}
-        ).scalar()
-        is not None
-    )
+    has_bm25 = relation_exists(connection, qualified)
     statements = table_grants(
         connection,
         table,

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 pg = func.pg_catalog
+
+_REGCLASS = text("SELECT pg_catalog.to_regclass(:name)")
+
+
+def relation_exists(connection: Connection, name: str) -> bool:
+    """Whether ``name`` (quoted or plain, optionally schema-qualified) names a relation on
+    ``connection``'s search_path."""
+    return connection.execute(_REGCLASS, {"name": name}).scalar() is not None
 
 
 class _TextSearchCall(FunctionElement[Any]):

@@ -14,13 +14,13 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from vecorm.errors import ConfigurationError, VecormError
 from vecorm.schema.config import SearchConfig
+from vecorm.schema.pgcatalog import relation_exists
 from vecorm.search.bm25.tables import BM25Tables, declare, registered, side_tables, tables_of
 from vecorm.search.bm25.triggers import (
     _Sql,
@@ -29,8 +29,6 @@ from vecorm.search.bm25.triggers import (
     replica_identity_statement,
     table_schema,
 )
-
-_EXISTS = sql_text("SELECT pg_catalog.to_regclass(:name)")
 
 
 def attach(table: Table, config: SearchConfig) -> BM25Tables:
@@ -58,9 +56,7 @@ def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
     # Side tables left by a ``DROP TABLE ... CASCADE`` (PostgreSQL cannot drop them with
     # their table) describe rows that are gone: the new table starts empty, so must they.
     leftovers = [
-        side
-        for side in (sql.postings, sql.terms, sql.deltas)
-        if connection.execute(_EXISTS, {"name": side}).scalar() is not None
+        side for side in (sql.postings, sql.terms, sql.deltas) if relation_exists(connection, side)
     ]
     if leftovers:
         connection.exec_driver_sql(f"TRUNCATE {', '.join(leftovers)}")
