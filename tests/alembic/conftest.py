@@ -80,13 +80,17 @@ def flavour(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def make_project(root: Path, url: URL, *, use_async: bool) -> Project:
+def make_project(
+    root: Path, url: URL, *, use_async: bool, format_with_ruff: bool = False
+) -> Project:
+    # Tests read revisions as Alembic renders them; test_scaffold checks the ruff hooks.
     init_migrations(
         root / "migrations",
         ini_path=root / "alembic.ini",
         use_async=use_async,
         target_metadata="",
         database_url=url.render_as_string(hide_password=False),
+        format_with_ruff=format_with_ruff,
     )
     return Project(root, url, use_async, create_engine(url))
 
@@ -95,8 +99,10 @@ def make_project(root: Path, url: URL, *, use_async: bool) -> Project:
 def project_factory(tmp_path: Path, vecorm_url: URL) -> Iterator[object]:
     made: list[Project] = []
 
-    def factory(use_async: bool = False) -> Project:
-        project = make_project(tmp_path, vecorm_url, use_async=use_async)
+    def factory(use_async: bool = False, format_with_ruff: bool = False) -> Project:
+        project = make_project(
+            tmp_path, vecorm_url, use_async=use_async, format_with_ruff=format_with_ruff
+        )
         made.append(project)
         sys.path.insert(0, str(tmp_path))
         return project

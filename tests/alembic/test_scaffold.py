@@ -7,12 +7,15 @@ import subprocess
 import sys
 import sysconfig
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tests.alembic.conftest import Project
 from vecorm.tools.cli import main
+from vecorm.tools.scaffold import init_migrations
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -92,3 +95,50 @@ def test_init_from_an_installed_wheel(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[0].startswith(str(environment))
     assert (project / "migrations" / "env.py").read_text().count("import vecorm.alembic") == 1
     assert (project / "alembic.ini").exists()
+
+
+def test_revisions_come_out_ruff_clean(project_factory: Callable[..., Project]) -> None:
+    """The template's post_write_hooks run ruff on each revision (tox -e lint covers them).
+
+    Both runs use this process's working directory, so the same ruff configuration applies.
+    """
+    project = project_factory(format_with_ruff=True)
+    assert "\nhooks = ruff_check, ruff_format\n" in project.ini.read_text()
+    project.set_models(RUFF_MODELS)
+    revision = project.autogenerate("searchable notes")
+    for arguments in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        checked = subprocess.run(
+            [sys.executable, "-m", "ruff", *arguments, str(revision)],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    project.upgrade()  # what ruff left still runs
+    project.downgrade("base")
+
+
+def test_without_ruff_the_hooks_are_written_commented_out(tmp_path: Path) -> None:
+    init_migrations(
+        tmp_path / "migrations", ini_path=tmp_path / "alembic.ini", format_with_ruff=False
+    )
+    ini = (tmp_path / "alembic.ini").read_text()
+    assert "\nhooks =" not in ini
+    assert "# hooks = ruff_check, ruff_format\n" in ini and "pip install ruff" in ini
+
+
+RUFF_MODELS = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    import vecorm
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(vecorm.Searchable, Base):
+        __tablename__ = "notes"
+        __vecorm__ = vecorm.SearchConfig(fields=("title", "body"), dimensions=3)
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str] = mapped_column(String(200))
+        body: Mapped[str | None]
+"""

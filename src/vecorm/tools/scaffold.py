@@ -10,10 +10,15 @@ copy. Two flavours share ``alembic.ini`` and ``script.py.mako`` and differ in ``
     # alembic.ini, migrations/{env.py,script.py.mako,README,versions/}
 
     init_migrations("migrations", use_async=True)   # env.py on an AsyncEngine
+
+Each new revision is then linted and formatted by ruff through Alembic's ``post_write_hooks``
+(when ruff is installed where ``vecorm init`` runs; otherwise the hooks are written commented
+out, with the line that turns them on).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -44,11 +49,14 @@ def init_migrations(
     use_async: bool = False,
     target_metadata: str = "",
     database_url: str = "",
+    format_with_ruff: bool | None = None,
 ) -> list[Path]:
     """Create ``directory`` (env.py, script.py.mako, README, versions/) and ``ini_path``.
 
     ``directory`` must be absent or empty; an existing ``ini_path`` is left alone. Returns the
     files written. ``script_location`` is stored relative to the ini file (``%(here)s/...``).
+    ``format_with_ruff`` turns on the ruff ``post_write_hooks``; ``None`` means "if ruff is
+    installed" (a hook whose module is missing would make every ``alembic revision`` fail).
     """
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
@@ -76,6 +84,7 @@ def init_migrations(
             "script_location": _script_location(target, ini),
             "target_metadata": target_metadata,
             "sqlalchemy_url": database_url.replace("%", "%%"),
+            "post_write_hooks": _post_write_hooks(format_with_ruff),
         }
         for key, value in values.items():
             text = text.replace("{" + key + "}", value)
@@ -83,6 +92,35 @@ def init_migrations(
         ini.write_text(text, encoding="utf-8")
         written.append(ini)
     return written
+
+
+_RUFF_HOOKS = """\
+# Each new revision is linted (safe fixes) and formatted by ruff, as the rest of your code is.
+hooks = ruff_check, ruff_format
+ruff_check.type = module
+ruff_check.module = ruff
+ruff_check.options = check --fix --quiet REVISION_SCRIPT_FILENAME
+ruff_format.type = module
+ruff_format.module = ruff
+ruff_format.options = format --quiet REVISION_SCRIPT_FILENAME"""
+
+
+def _post_write_hooks(format_with_ruff: bool | None) -> str:
+    enabled = (
+        importlib.util.find_spec("ruff") is not None
+        if format_with_ruff is None
+        else format_with_ruff
+    )
+    if enabled:
+        return _RUFF_HOOKS
+    commented = "\n".join(
+        "# " + line if line and not line.startswith("#") else line
+        for line in _RUFF_HOOKS.splitlines()
+    )
+    return (
+        "# ruff was not installed when this file was made: pip install ruff, then uncomment.\n"
+        + commented
+    )
 
 
 def _script_location(directory: Path, ini: Path) -> str:
