@@ -96,9 +96,13 @@ def _not_in_this_run(tables: BM25Tables, kw: Mapping[str, Any]) -> list[Table]:
     if not kw.get("_is_metadata_operation"):
         return sides
     runner = kw.get("_ddl_runner")
+    # SQLAlchemy 2.1 keeps the run's tables in _effective_tables; 2.0 in ``tables``, where
+    # None means every table of the metadata.
     effective = getattr(runner, "_effective_tables", None)
     if effective is None:
-        return []
+        effective = getattr(runner, "tables", None)
+    if effective is None:
+        return [side for side in sides if side.metadata is not tables.table.metadata]
     return [side for side in sides if side not in effective]
 
 

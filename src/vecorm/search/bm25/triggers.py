@@ -73,7 +73,9 @@ class _Sql:
         self.b = _number(tables.settings.b)
 
     def qualified(self, name: str) -> str:
-        return f"{PREPARER.quote_schema(self.schema)}.{PREPARER.quote(name)}"
+        # signature() renders with no schema: '""' as SQLAlchemy 2.1 quotes it (2.0 cannot).
+        schema = PREPARER.quote_schema(self.schema) if self.schema else '""'
+        return f"{schema}.{PREPARER.quote(name)}"
 
     def regclass(self, qualified: str) -> str:
         return "'" + qualified.replace("'", "''") + "'::pg_catalog.regclass"
