@@ -46,6 +46,8 @@ SEQUENCES: tuple[str, ...] = ("statements", "avgdl")
 COMMENT_PREFIX = "vecorm bm25 "
 #: The dialect the DDL is rendered with outside a connection (signatures, migrations).
 DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+# Names as the database knows them, for messages: a preparer that escapes no ``%``.
+_MESSAGES = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
 
 
 def _number(value: float) -> str:
@@ -283,7 +285,7 @@ class BM25Object(ExecutableDDLElement):
     @property
     def description(self) -> str:
         """``function public.documents_bm25_insert``: what the statement is about."""
-        return f"{self.kind} {_Names(self.schema, DIALECT.identifier_preparer).of(self.name)}"
+        return f"{self.kind} {_Names(self.schema, _MESSAGES.identifier_preparer).of(self.name)}"
 
     def sql(self, dialect: Any = None) -> str:
         """The statement as text for ``dialect`` (PostgreSQL's default driver by default)."""
