@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations, ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from vecorm.alembic.operations import AlterColumnExpressionOp
+from vecorm.alembic.plugin import comparator
 from vecorm.search import bm25
 from vecorm.search.bm25 import ddl
 
@@ -238,7 +239,7 @@ def _alters_expression(upgrade_ops: ops.UpgradeOps, key: tuple[str | None, str])
     )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
+@comparator("vecorm.bm25", "schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
 def compare_bm25(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
 ) -> PriorityDispatchResult:
