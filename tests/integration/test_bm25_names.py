@@ -188,3 +188,17 @@ def test_a_failing_statement_names_its_object(engine: Engine) -> None:
     with engine.connect() as conn, pytest.raises(ProgrammingError) as raised:
         ddl.run(conn, [reset])
     assert raised.value.__notes__ == [f"vecorm: while running the BM25 DDL of {reset.description}"]
+
+
+def test_a_failing_migration_statement_names_its_object(engine: Engine) -> None:
+    tables = bm25.side_tables(OddNote)
+    with engine.begin() as conn:
+        tables.postings.drop(conn)
+    statements = bm25.create_statements(tables, SCHEMA)
+    with engine.begin() as conn, pytest.raises(ProgrammingError) as raised:
+        op = Operations(MigrationContext.configure(conn))
+        op.create_bm25_statistics(TABLE, statements, schema=SCHEMA)  # type: ignore[attr-defined]
+    replica_identity = ddl.SetReplicaIdentity(TABLE, SCHEMA).sql()
+    assert raised.value.__notes__ == [
+        f"vecorm: in op.create_bm25_statistics({TABLE!r}): {replica_identity}"
+    ]
