@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import String, delete, func, insert, select, text, update
+from sqlalchemy import String, delete, func, insert, literal, select, text, union_all, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -35,6 +35,22 @@ class Note(vecorm.Searchable, Base):
     title: Mapped[str] = mapped_column(String(200))
     body: Mapped[str]
     category: Mapped[str] = mapped_column(String(20), server_default="general")
+
+
+class PrunedNote(vecorm.Searchable, Base):
+    """MaxScore pruning from the config: every query with more than one posting is pruned."""
+
+    __tablename__ = "pruned_notes"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title", "body"),
+        dimensions=4,
+        index=None,
+        bm25=BM25(k1=1.2, b=0.75, prune_above=1, seed=3),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str]
+    category: Mapped[str] = mapped_column(String(20))
 
 
 class Part(vecorm.Searchable, Base):
@@ -208,13 +224,38 @@ def test_pruning_is_exact(session: Session, seed: int) -> None:
 
 
 def test_two_pruned_scorers_in_one_statement(session: Session) -> None:
-    """``prefix`` names every CTE of a scorer, the MaxScore ones included."""
-    first = bm25.scores(Note, "vacuum table", depth=5, prune_above=1, prefix="a").subquery()
-    second = bm25.scores(Note, "index lock", depth=5, prune_above=1, prefix="b").subquery()
-    both = select(first.c.pk_0, second.c.pk_0).join(second, first.c.pk_0 == second.c.pk_0)
-    alone = {row.pk_0 for row in session.execute(select(first.c.pk_0))}
-    other = {row.pk_0 for row in session.execute(select(second.c.pk_0))}
-    assert {row[0] for row in session.execute(both)} == alone & other
+    """``prefix`` names every CTE of a scorer, the MaxScore ones included: two scorers pruned
+    by their model's config share one statement and each returns what it returns alone."""
+    session.execute(insert(PrunedNote), rows(120))
+    first = bm25.scores(PrunedNote, "vacuum table", depth=5, prefix="a")
+    second = bm25.scores(PrunedNote, "index lock lock", depth=5, prefix="b")
+    sql = str(select(first.subquery(), second.subquery()).compile(session.get_bind()))
+    assert "a_survivors" in sql and "b_survivors" in sql  # both take the MaxScore branch
+    alone = {
+        "a": [(row.pk_0, row.score) for row in session.execute(first)],
+        "b": [(row.pk_0, row.score) for row in session.execute(second)],
+    }
+    assert len(alone["a"]) == len(alone["b"]) == 5
+    left, right = first.subquery(), second.subquery()
+    both = union_all(
+        select(literal("a").label("scorer"), left.c.pk_0, left.c.score),
+        select(literal("b").label("scorer"), right.c.pk_0, right.c.score),
+    ).subquery()
+    together: dict[str, list[tuple[int, float]]] = {"a": [], "b": []}
+    for row in session.execute(
+        select(both).order_by(both.c.scorer, both.c.score.desc(), both.c.pk_0)
+    ):
+        together[row.scorer].append((row.pk_0, row.score))
+    for scorer in ("a", "b"):
+        assert [key for key, _ in together[scorer]] == [key for key, _ in alone[scorer]]
+        assert [score for _, score in together[scorer]] == pytest.approx(
+            [score for _, score in alone[scorer]], rel=1e-12
+        )
+    # And joined: the rows both scorers rank in their top 5.
+    joined = select(left.c.pk_0).join(right, left.c.pk_0 == right.c.pk_0)
+    assert {row[0] for row in session.execute(joined)} == {key for key, _ in alone["a"]} & {
+        key for key, _ in alone["b"]
+    }
 
 
 def test_pruning_with_a_common_and_a_rare_term(session: Session) -> None:

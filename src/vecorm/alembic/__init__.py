@@ -15,6 +15,11 @@ operator class and parameters, rebuilds an index whose parameters changed, chang
 tsvector column's expression with ``op.alter_column_expression`` and, run again against an
 up-to-date database, is empty. ``vecorm init DIR`` lays down a ready environment.
 
+The same import registers the comparators as named Alembic plugins (``vecorm.autogenerate``,
+``vecorm.partitions``, ``vecorm.bm25``, ``vecorm.precision``), so that an env.py passing
+``autogenerate_plugins=["alembic.autogenerate.*", "~vecorm.bm25"]`` leaves BM25 out; each
+comparator still runs once per run (see :mod:`vecorm.alembic.plugin`).
+
 Operations for hand-written migrations (``op.create_vector_extension()``,
 ``op.create_vector_index(..., concurrently=True)``, ``op.backfill_embeddings("pkg.mod:Model")``
 ...) are described in :mod:`vecorm.alembic.operations`; ``op.grant_search_access(...)`` in
@@ -48,9 +53,13 @@ from vecorm.alembic.operations import (
     VectorDimensionsError,
 )
 from vecorm.alembic.partitions import CreatePartitionOp, DropPartitionOp
+from vecorm.alembic.plugin import PLUGIN_NAMES, setup_plugins
 from vecorm.objects import import_model, import_object
 
+setup_plugins()
+
 __all__ = [
+    "PLUGIN_NAMES",
     "AlterColumnExpressionOp",
     "AlterVectorDimensionsOp",
     "BackfillEmbeddingsOp",

@@ -18,15 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations, ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import DDL, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from vecorm.alembic.operations import AlterColumnExpressionOp
+from vecorm.alembic.plugin import comparator
 from vecorm.search import bm25
+from vecorm.search.bm25 import ddl
 
 _OPERATIONS_IMPORT = (
     "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"
@@ -124,39 +127,36 @@ class DropBM25StatisticsOp(MigrateOperation):
         return ("drop_bm25_statistics", self.schema, self.table_name)
 
 
-def _qualified_function(table_name: str, schema: str | None, event: str) -> str:
-    from sqlalchemy.dialects import postgresql
-
-    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
-    name = preparer.quote(f"{table_name}_bm25_{event}")
-    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
-
-
 def _drops_for(table_name: str, schema: str | None) -> list[str]:
-    events = ("insert", "update", "delete", "truncate", "rebuild", "compact")
-    return [
-        *(
-            f"DROP FUNCTION IF EXISTS {_qualified_function(table_name, schema, event)}() CASCADE"
-            for event in events
-        ),
-        f"DROP SEQUENCE IF EXISTS {_qualified_function(table_name, schema, 'statements')}",
-        f"DROP SEQUENCE IF EXISTS {_qualified_function(table_name, schema, 'avgdl')}",
-    ]
+    return [element.sql() for element in ddl.drop_elements(table_name, schema)]
+
+
+def _execute(operations: Operations, name: str, table_name: str, statement: str) -> None:
+    """Run one statement of a revision; a database error names the operation and the object
+    (each statement is about one: its first line says which)."""
+    try:
+        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+    except DBAPIError as error:
+        first_line = statement.strip().splitlines()[0] if statement.strip() else ""
+        error.add_note(f"vecorm: in op.{name}({table_name!r}): {first_line}")
+        raise
 
 
 @Operations.implementation_for(CreateBM25StatisticsOp)
 def _create(operations: Operations, operation: CreateBM25StatisticsOp) -> None:
+    table_name = operation.table_name
     for statement in operation.statements:
-        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+        _execute(operations, "create_bm25_statistics", table_name, statement)
     if operation.rebuild and operation.statements:
-        name = _qualified_function(operation.table_name, operation.schema, "rebuild")
-        operations.execute(DDL(f"SELECT {name}()"))  # type: ignore[no-untyped-call]
+        call = ddl.CallFunction(table_name, operation.schema, "rebuild")
+        with ddl.naming(call):
+            operations.execute(call)
 
 
 @Operations.implementation_for(DropBM25StatisticsOp)
 def _drop(operations: Operations, operation: DropBM25StatisticsOp) -> None:
     for statement in operation.statements:
-        operations.execute(DDL(statement))  # type: ignore[no-untyped-call]
+        _execute(operations, "drop_bm25_statistics", operation.table_name, statement)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -183,48 +183,50 @@ def _installed(connection: Connection) -> dict[tuple[str | None, str], str]:
     return found
 
 
+# Objects by schema and name, quoted by the server (a bound value is not escaped for the
+# driver's paramstyle as compiled SQL is).
+_FUNCTION = text(
+    "SELECT pg_catalog.pg_get_functiondef(p.oid), pg_catalog.obj_description(p.oid, 'pg_proc') "
+    "FROM pg_catalog.pg_proc p "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace "
+    "WHERE n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema()) "
+    "AND p.proname OPERATOR(pg_catalog.=) :name AND p.pronargs OPERATOR(pg_catalog.=) 0"
+)
+_TRIGGERS = text(
+    "SELECT t.tgname, pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema()) "
+    "AND c.relname OPERATOR(pg_catalog.=) :table AND t.tgname OPERATOR(pg_catalog.=) ANY(:names) "
+    "ORDER BY t.tgname"
+)
+
+
+def _escaped(definition: str) -> str:
+    """Catalog text as a revision statement: ``op.execute(DDL(...))`` reads ``%%`` as ``%``."""
+    return definition.replace("%", "%%")
+
+
 def _current_definitions(connection: Connection, table_name: str, schema: str | None) -> list[str]:
     """The database's own text of the functions and triggers, to put back on downgrade."""
-    events = ("insert", "update", "delete", "truncate", "rebuild", "compact")
     statements = []
-    for event in events:
-        function = _qualified_function(table_name, schema, event)
-        definition = connection.execute(
-            text("SELECT pg_get_functiondef(to_regprocedure(:name))"), {"name": f"{function}()"}
-        ).scalar()
-        if definition:
-            statements.append(str(definition))
-    for row in connection.execute(
-        text(
-            "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t "
-            "WHERE t.tgrelid = to_regclass(:table) AND t.tgname LIKE :pattern ORDER BY t.tgname"
-        ),
-        {"table": _table_name(table_name, schema), "pattern": f"{table_name}_bm25_%"},
-    ):
-        quoted = _table_name(row[0], None)
-        statements.insert(
-            0, f"DROP TRIGGER IF EXISTS {quoted} ON {_table_name(table_name, schema)}"
-        )
-        statements.append(str(row[1]))
-    comment = connection.execute(
-        text("SELECT obj_description(to_regprocedure(:name), 'pg_proc')"),
-        {"name": f"{_qualified_function(table_name, schema, 'insert')}()"},
-    ).scalar()
+    comment = None
+    for event in ddl.FUNCTION_EVENTS:
+        name = ddl.object_name(table_name, event)
+        found = connection.execute(_FUNCTION, {"schema": schema, "name": name}).first()
+        if found is None:
+            continue
+        statements.append(_escaped(str(found[0])))
+        comment = found[1] if event == "insert" else comment
+    names = [ddl.object_name(table_name, event) for event in ddl.TRIGGER_EVENTS]
+    rows = connection.execute(_TRIGGERS, {"schema": schema, "table": table_name, "names": names})
+    for row in rows:
+        event = row[0][len(table_name) + len("_bm25_") :]
+        statements.insert(0, ddl.DropTrigger(table_name, schema, event).sql())
+        statements.append(_escaped(str(row[1])))
     if comment:
-        escaped = str(comment).replace("'", "''")
-        statements.append(
-            f"COMMENT ON FUNCTION {_qualified_function(table_name, schema, 'insert')}() "
-            f"IS '{escaped}'"
-        )
+        statements.append(ddl.CommentOnFunction(table_name, schema, "insert", comment).sql())
     return statements
-
-
-def _table_name(table_name: str, schema: str | None) -> str:
-    from sqlalchemy.dialects import postgresql
-
-    preparer = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
-    quoted = preparer.quote(table_name)
-    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
 
 
 def _alters_expression(upgrade_ops: ops.UpgradeOps, key: tuple[str | None, str]) -> bool:
@@ -237,7 +239,7 @@ def _alters_expression(upgrade_ops: ops.UpgradeOps, key: tuple[str | None, str])
     )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
+@comparator("vecorm.bm25", "schema", priority=DispatchPriority.LAST, subgroup="vecorm_bm25")
 def compare_bm25(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
 ) -> PriorityDispatchResult:

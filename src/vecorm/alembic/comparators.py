@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from alembic.autogenerate import comparators
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
@@ -61,6 +60,7 @@ from vecorm.alembic.operations import (
     CreateVectorExtensionOp,
     RenameIndexOp,
 )
+from vecorm.alembic.plugin import comparator
 from vecorm.errors import VecormWarning
 from vecorm.schema.indexes import ADOPTED_INFO_KEY, index_name
 
@@ -141,8 +141,12 @@ class IndexMismatchOp(ops.MigrateOperation):
         )
 
 
-@comparators.dispatch_for(
-    "column", qualifier="postgresql", priority=DispatchPriority.FIRST, subgroup="server_default"
+@comparator(
+    "vecorm.autogenerate",
+    "column",
+    qualifier="postgresql",
+    priority=DispatchPriority.FIRST,
+    subgroup="server_default",
 )
 def _claim_computed_columns(
     autogen_context: AutogenContext,
@@ -161,8 +165,12 @@ def _claim_computed_columns(
     return PriorityDispatchResult.CONTINUE
 
 
-@comparators.dispatch_for(
-    "table", qualifier="postgresql", priority=DispatchPriority.LAST, subgroup="vecorm"
+@comparator(
+    "vecorm.autogenerate",
+    "table",
+    qualifier="postgresql",
+    priority=DispatchPriority.LAST,
+    subgroup="vecorm",
 )
 def compare_table(
     autogen_context: AutogenContext,
@@ -559,7 +567,7 @@ def _metadata_expression(autogen_context: AutogenContext, column: Column[Any]) -
     )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm")
+@comparator("vecorm.autogenerate", "schema", priority=DispatchPriority.LAST, subgroup="vecorm")
 def compare_schema(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
 ) -> PriorityDispatchResult:

@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from alembic.autogenerate import comparators, renderers
+from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations, ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import text
 
+from vecorm.alembic.plugin import comparator
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.scale.partitioning import CreatePartition
 
@@ -184,7 +185,9 @@ _PARTITIONS_SQL = text(
 )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_partitions")
+@comparator(
+    "vecorm.partitions", "schema", priority=DispatchPriority.LAST, subgroup="vecorm_partitions"
+)
 def keep_partitions(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
 ) -> PriorityDispatchResult:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import re
 
-from alembic.autogenerate import comparators
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
@@ -34,6 +33,7 @@ from sqlalchemy.sql.functions import Function
 
 from vecorm.alembic.catalog import IndexSignature, index_signature_by_oid, index_state
 from vecorm.alembic.operations import CreateVectorIndexOp, DropVectorIndexOp
+from vecorm.alembic.plugin import comparator
 from vecorm.schema.types import HalfVec
 
 log = logging.getLogger("vecorm.alembic")
@@ -178,7 +178,9 @@ def _rewrite(connection: Connection, modify: ops.ModifyTableOps, metadata_table:
         )
 
 
-@comparators.dispatch_for("schema", priority=DispatchPriority.LAST, subgroup="vecorm_precision")
+@comparator(
+    "vecorm.precision", "schema", priority=DispatchPriority.LAST, subgroup="vecorm_precision"
+)
 def build_before_drop(
     autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
 ) -> PriorityDispatchResult:

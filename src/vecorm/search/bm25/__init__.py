@@ -36,6 +36,10 @@ rows that existed before, or after :func:`bulk_load`)::
     with vecorm.search.bm25.bulk_load(session, Document):      # statistics rebuilt once at the end
         session.execute(insert(Document), rows)
 
+The functions, triggers and sequences are DDL elements (:mod:`vecorm.search.bm25.ddl`), one
+named object per statement, compiled with the connection's dialect; ``create_statements`` /
+``drop_statements`` give their text as migrations render it.
+
 Scores are Lucene's BM25: ``sum qtf * idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl))``
 with ``idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))``, where ``tf`` counts the positions of
 the lexeme in the ``tsvector``, ``dl`` the positions of all its lexemes and ``qtf`` the

@@ -21,14 +21,9 @@ from sqlalchemy.orm import Session
 from vecorm.errors import ConfigurationError, VecormError
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.pgcatalog import relation_exists
+from vecorm.search.bm25 import ddl
 from vecorm.search.bm25.tables import BM25Tables, declare, registered, side_tables, tables_of
-from vecorm.search.bm25.triggers import (
-    _Sql,
-    create_statements,
-    drop_statements,
-    replica_identity_statement,
-    table_schema,
-)
+from vecorm.search.bm25.triggers import create_elements, table_schema
 
 
 def attach(table: Table, config: SearchConfig) -> BM25Tables:
@@ -52,35 +47,42 @@ def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
     if tables is None:
         return
     schema = table_schema(connection, target)
-    sql = _Sql(tables, schema)
     # Side tables left by a ``DROP TABLE ... CASCADE`` (PostgreSQL cannot drop them with
     # their table) describe rows that are gone: the new table starts empty, so must they.
+    name = tables.base_name
     leftovers = [
-        side for side in (sql.postings, sql.terms, sql.deltas) if relation_exists(connection, side)
+        which
+        for which in ("postings", "terms", "deltas")
+        if relation_exists(connection, _qualified(connection, schema, ddl.object_name(name, which)))
     ]
     if leftovers:
-        connection.exec_driver_sql(f"TRUNCATE {', '.join(leftovers)}")
+        ddl.run(connection, [ddl.TruncateSideTables(name, schema, leftovers)])
     # ``Model.__table__.create()`` or ``create_all(tables=[...])`` without the side
     # tables: make them here; a create_all that includes them makes them itself.
     for side_table in _not_in_this_run(tables, kw):
         side_table.create(connection, checkfirst=True)
-    for statement in create_statements(tables, schema, with_replica_identity=False):
-        connection.exec_driver_sql(statement)
-    connection.exec_driver_sql(f"SELECT pg_catalog.setval({sql.regclass(sql.avgdl)}, 0, true)")
+    ddl.run(connection, create_elements(tables, schema, with_replica_identity=False))
+    ddl.run(connection, [ddl.ResetSequence(name, schema, "avgdl")])
+
+
+def _qualified(connection: Connection, schema: str, name: str) -> str:
+    """``"schema"."name"`` as a value (a bound parameter), quoted by the connection's dialect."""
+    preparer = connection.dialect.identifier_preparer
+    return f"{preparer.quote_schema(schema)}.{preparer.quote(name)}"
 
 
 def _postings_created(target: Table, connection: Connection, **_: Any) -> None:
     for tables in registered():
         if tables.postings is target:
-            statement = replica_identity_statement(tables, table_schema(connection, target))
-            connection.exec_driver_sql(statement)
+            schema = table_schema(connection, target)
+            ddl.run(connection, [ddl.SetReplicaIdentity(tables.base_name, schema)])
 
 
 def _drop_ddl(target: Table, connection: Connection, **_: Any) -> None:
     tables = tables_of(target)
     if tables is not None:
-        for statement in drop_statements(tables, table_schema(connection, target)):
-            connection.exec_driver_sql(statement)
+        schema = table_schema(connection, target)
+        ddl.run(connection, ddl.drop_elements(tables.base_name, schema))
 
 
 def _drop_side_tables(target: Table, connection: Connection, **kw: Any) -> None:
@@ -115,10 +117,8 @@ def _isolation(connection: Connection) -> str:
 
 
 def _call(connection: Connection, tables: BM25Tables, event_name: str) -> None:
-    name = _Sql(tables, table_schema(connection, tables.table)).qualified(
-        tables.function_name(event_name)
-    )
-    connection.exec_driver_sql(f"SELECT {name}()")
+    schema = table_schema(connection, tables.table)
+    ddl.run(connection, [ddl.CallFunction(tables.base_name, schema, event_name)])
 
 
 def rebuild(target: Session | Connection, model: Any) -> None:

@@ -1,0 +1,539 @@
+"""The DDL of a table's BM25 statistics as SQLAlchemy DDL elements: one named object per
+statement (a sequence, a function, a trigger, the insert function's comment ...).
+
+Each element compiles with the dialect of the connection that runs it, quoting every
+identifier through that dialect's :class:`~sqlalchemy.sql.compiler.IdentifierPreparer`, and
+names its object, so a failing statement says which one it was::
+
+    from vecorm.search.bm25 import ddl, side_tables
+
+    tables = side_tables(Document)
+    for element in ddl.create_elements(tables, "public"):
+        print(element.description)             # function "public"."documents_bm25_insert"
+        connection.execute(element)            # CREATE OR REPLACE FUNCTION ...
+
+Every function pins ``SET search_path = pg_catalog, pg_temp`` and its body names every table,
+sequence and function schema-qualified, with the schema resolved when the DDL runs (see
+:func:`vecorm.search.bm25.table_schema`): unqualified operators then resolve in pg_catalog only.
+Writers only *append* to the side tables and never read shared counts, so unrelated
+SERIALIZABLE writers never conflict through vecorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from sqlalchemy import String
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import ExecutableDDLElement
+from sqlalchemy.sql.compiler import DDLCompiler, IdentifierPreparer
+
+from vecorm.search.bm25.tables import COMPACT_EVERY, BM25Tables
+
+#: The ``search_path`` every BM25 function runs with.
+SEARCH_PATH = "pg_catalog, pg_temp"
+#: The events with a statement trigger each (transition tables need one trigger per event).
+TRIGGER_EVENTS: tuple[str, ...] = ("insert", "update", "delete", "truncate")
+#: Every function of a table's statistics: the triggers', then rebuild and compact.
+FUNCTION_EVENTS: tuple[str, ...] = (*TRIGGER_EVENTS, "rebuild", "compact")
+#: The two sequences: statements written (compaction cadence) and the average-length hint.
+SEQUENCES: tuple[str, ...] = ("statements", "avgdl")
+COMMENT_PREFIX = "vecorm bm25 "
+#: The dialect the DDL is rendered with outside a connection (signatures, migrations).
+DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+# Names as the database knows them, for messages: a preparer that escapes no ``%``.
+_MESSAGES = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _regclass(qualified: str) -> str:
+    """``'"schema"."name"'::pg_catalog.regclass``. ``qualified`` comes from the dialect's
+    preparer, already escaped for the driver's paramstyle (as SQLAlchemy's own
+    ``nextval('...')`` is); the string literal only doubles its single quotes."""
+    return "'" + qualified.replace("'", "''") + "'::pg_catalog.regclass"
+
+
+class _Bodies:
+    """Text of one table's function bodies: identifiers quoted by ``preparer`` and
+    schema-qualified, functions qualified, constants literal."""
+
+    def __init__(self, tables: BM25Tables, schema: str, preparer: IdentifierPreparer) -> None:
+        self.t = tables
+        self.schema = schema
+        self.preparer = preparer
+        self.table = self.qualified(tables.table.name)
+        self.postings = self.qualified(tables.postings.name)
+        self.terms = self.qualified(tables.terms.name)
+        self.deltas = self.qualified(tables.deltas.name)
+        self.statements = self.qualified(sequence_name(tables, "statements"))
+        self.avgdl = self.qualified(sequence_name(tables, "avgdl"))
+        self.keys = [preparer.quote(key) for key in tables.keys]
+        self.vector = preparer.quote(tables.config.tsvector_column)
+        self.k1 = _number(tables.settings.k1)
+        self.b = _number(tables.settings.b)
+
+    def qualified(self, name: str) -> str:
+        return _Names(self.schema, self.preparer).of(name)
+
+    def key_list(self, alias: str) -> str:
+        return ", ".join(f"{alias}.{key}" for key in self.keys)
+
+    def key_match(self, left: str, right: str) -> str:
+        return " AND ".join(f"{left}.{key} = {right}.{key}" for key in self.keys)
+
+    @staticmethod
+    def tf(alias: str) -> str:
+        # A stripped tsvector has no positions: count the lexeme once.
+        return f"coalesce(pg_catalog.array_length({alias}.positions, 1), 1)"
+
+    def doc_length(self, alias: str) -> str:
+        return (
+            f"(SELECT coalesce(pg_catalog.sum({self.tf('u')}), 0) "
+            f"FROM pg_catalog.unnest({alias}.{self.vector}) u)"
+        )
+
+    def counts(self, source: str, sign: str) -> str:
+        """Append the document count / total length and the per-lexeme document frequencies
+        of ``source`` to the deltas (``sign`` '-' removes); the totals go INTO batch_*."""
+        return f"""
+    INSERT INTO {self.deltas} (term, df, length)
+    SELECT '', {sign}pg_catalog.count(*), {sign}coalesce(pg_catalog.sum(x.dl), 0)
+    FROM (SELECT {self.doc_length("s")} AS dl FROM {source} s) x
+    HAVING pg_catalog.count(*) > 0
+    RETURNING df, length INTO batch_documents, batch_length;
+    INSERT INTO {self.deltas} (term, df, length)
+    SELECT u.lexeme, {sign}pg_catalog.count(*), 0
+    FROM {source} s, pg_catalog.unnest(s.{self.vector}) u
+    GROUP BY u.lexeme;"""
+
+    def add(self, source: str) -> str:
+        """Statements adding the documents of ``source`` (pk columns + tsvector).
+
+        The postings' ``impact`` only orders a term's postings for pruning (scores are exact
+        whatever it holds), so it takes the average length from a hint that compaction keeps
+        in a sequence (a sequence is read without a predicate lock), or from this batch."""
+        return f"""{self.counts(source, "")}
+    SELECT CASE WHEN h.last_value > 0 THEN h.last_value::float8 / 1000.0 END
+      INTO avgdl FROM {self.avgdl} h;
+    IF avgdl IS NULL THEN
+      avgdl := CASE WHEN batch_length > 0 THEN batch_length::float8 / batch_documents
+                    ELSE 1.0 END;
+    END IF;
+{self.postings_insert(source)}"""
+
+    def postings_insert(self, source: str) -> str:
+        # Document lengths first (MATERIALIZED): else the planner re-sums them per posting.
+        return f"""    WITH d AS MATERIALIZED (
+      SELECT {self.key_list("s")}, s.{self.vector} AS vector, {self.doc_length("s")} AS dl
+      FROM {source} s
+    )
+    INSERT INTO {self.postings} ({", ".join(self.keys)}, term, tf, dl, impact)
+    SELECT {self.key_list("d")}, u.lexeme, {self.tf("u")}, d.dl,
+           ({self.tf("u")} * ({self.k1} + 1.0)) / ({self.tf("u")}
+             + {self.k1} * (1.0 - {self.b} + {self.b} * d.dl / avgdl))
+    FROM d CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
+
+    def remove(self, source: str) -> str:
+        """Statements removing the documents of ``source`` (as they were stored)."""
+        return f"""{self.counts(source, "-")}
+    DELETE FROM {self.postings} p USING {source} s WHERE {self.key_match("p", "s")};"""
+
+    def fold(self) -> str:
+        """Fold the deltas this transaction sees into the terms table (sorted upsert), then
+        refresh the average-length hint."""
+        return f"""
+      WITH moved AS (DELETE FROM {self.deltas} RETURNING term, df, length)
+      INSERT INTO {self.terms} AS t (term, df, length)
+      SELECT term, pg_catalog.sum(df), pg_catalog.sum(length) FROM moved
+      GROUP BY term ORDER BY term
+      ON CONFLICT (term) DO UPDATE
+        SET df = t.df + excluded.df, length = t.length + excluded.length;
+      DELETE FROM {self.terms} WHERE df = 0 AND term <> '';
+{self.refresh_hint()}"""
+
+    def refresh_hint(self) -> str:
+        return f"""      PERFORM pg_catalog.setval({_regclass(self.avgdl)},
+        coalesce((SELECT pg_catalog.round(1000.0 * length / df)::bigint FROM {self.terms}
+                  WHERE term = '' AND df > 0), 0), true);"""
+
+    def compaction(self) -> str:
+        """Every COMPACT_EVERY-th writing statement compacts, unless another transaction is
+        compacting (nobody waits). At REPEATABLE READ / SERIALIZABLE a compaction that
+        committed after this transaction's snapshot makes the fold fail; the fold then rolls
+        back alone (a subtransaction) and a later statement compacts."""
+        return f"""
+    IF pg_catalog.mod(pg_catalog.nextval({_regclass(self.statements)}), {COMPACT_EVERY}) = 0
+       AND pg_catalog.pg_try_advisory_xact_lock({self.t.lock_key}) THEN
+      BEGIN{self.fold()}
+      EXCEPTION WHEN serialization_failure THEN
+        NULL;
+      END;
+    END IF;"""
+
+    def changed(self, rows: str, other: str) -> str:
+        """The rows of transition table ``rows`` whose keys or tsvector are not in ``other``."""
+        columns = ", ".join(self.keys) + f", {self.vector}"
+        return f"(SELECT {columns} FROM {rows} EXCEPT ALL SELECT {columns} FROM {other})"
+
+    def rebuild(self) -> str:
+        return f"""
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+      RAISE EXCEPTION USING
+        ERRCODE = 'object_not_in_prerequisite_state',
+        MESSAGE = 'vecorm: rebuilding BM25 statistics needs a READ COMMITTED transaction',
+        HINT = 'at ' || pg_catalog.current_setting('transaction_isolation')
+          || ' the rebuild cannot see rows committed after the transaction began';
+    END IF;
+    LOCK TABLE {self.table} IN SHARE MODE;
+    DELETE FROM {self.postings};
+    DELETE FROM {self.deltas};
+    DELETE FROM {self.terms};
+    INSERT INTO {self.terms} (term, df, length)
+    SELECT '', pg_catalog.count(*), coalesce(pg_catalog.sum(x.dl), 0)
+    FROM (SELECT {self.doc_length("s")} AS dl FROM {self.table} s) x;
+    INSERT INTO {self.terms} (term, df, length)
+    SELECT u.lexeme, pg_catalog.count(*), 0
+    FROM {self.table} s, pg_catalog.unnest(s.{self.vector}) u
+    GROUP BY u.lexeme ORDER BY u.lexeme;
+    SELECT CASE WHEN df > 0 AND length > 0 THEN length::float8 / df ELSE 1.0 END
+      INTO avgdl FROM {self.terms} WHERE term = '';
+{self.refresh_hint()}
+{self.postings_insert(self.table)}"""
+
+    def body(self, event: str) -> str:
+        """The statements of function ``event`` (between ``BEGIN`` and ``RETURN``)."""
+        defer_check = """
+    IF pg_catalog.current_setting('vecorm.bm25_deferred', true) = 'on' THEN
+        RETURN NULL;
+    END IF;"""
+        if event == "insert":
+            return defer_check + self.add("new_rows") + self.compaction()
+        if event == "update":
+            removed = self.remove(self.changed("old_rows", "new_rows"))
+            return (
+                defer_check
+                + removed
+                + self.add(self.changed("new_rows", "old_rows"))
+                + (self.compaction())
+            )
+        if event == "delete":
+            return defer_check + self.remove("old_rows") + self.compaction()
+        if event == "truncate":
+            # TRUNCATE is not MVCC-safe: mirror it with TRUNCATE (a DELETE would keep the
+            # postings that this transaction's snapshot cannot see).
+            return f"""
+    TRUNCATE {self.postings}, {self.deltas}, {self.terms};"""
+        if event == "rebuild":
+            return self.rebuild()
+        return f"""
+    PERFORM pg_catalog.pg_advisory_xact_lock({self.t.lock_key});
+    BEGIN{self.fold()}
+    EXCEPTION WHEN serialization_failure THEN
+      NULL;  -- bm25.compact() reports it: the deltas this transaction sees are still there
+    END;"""
+
+
+_WRITER_VARIABLES = ("avgdl float8", "batch_documents bigint", "batch_length bigint")
+_VARIABLES: dict[str, Sequence[str]] = {
+    "insert": _WRITER_VARIABLES,
+    "update": _WRITER_VARIABLES,
+    "delete": _WRITER_VARIABLES[1:],
+    "rebuild": ("avgdl float8",),
+}
+_REFERENCING = {
+    "insert": "REFERENCING NEW TABLE AS new_rows ",
+    "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows ",
+    "delete": "REFERENCING OLD TABLE AS old_rows ",
+    "truncate": "",
+}
+
+
+def object_name(table_name: str, suffix: str) -> str:
+    """``<table>_bm25_<suffix>``: a function, trigger or sequence of ``table_name``."""
+    return f"{table_name}_bm25_{suffix}"
+
+
+def sequence_name(tables: BM25Tables, which: str) -> str:
+    """``<table>_bm25_statements`` / ``<table>_bm25_avgdl``."""
+    return object_name(tables.base_name, which)
+
+
+# --------------------------------------------------------------------------- elements
+
+
+class BM25Object(ExecutableDDLElement):
+    """One statement about one named object (``name``) of the BM25 statistics of table
+    ``table_name`` in ``schema`` (``None``: unqualified, as Alembic names the default schema)."""
+
+    inherit_cache = False
+    #: What the object is: ``"function"``, ``"trigger"``, ``"sequence"`` ...
+    kind: ClassVar[str] = "object"
+
+    def __init__(self, table_name: str, schema: str | None, name: str) -> None:
+        self.table_name = table_name
+        self.schema = schema
+        self.name = name
+
+    @property
+    def description(self) -> str:
+        """``function public.documents_bm25_insert``: what the statement is about."""
+        return f"{self.kind} {_Names(self.schema, _MESSAGES.identifier_preparer).of(self.name)}"
+
+    def sql(self, dialect: Any = None) -> str:
+        """The statement as text for ``dialect`` (PostgreSQL's default driver by default)."""
+        return str(self.compile(dialect=dialect or DIALECT))
+
+
+class _Names:
+    """Identifiers quoted by one dialect's preparer, qualified with ``schema`` if any."""
+
+    def __init__(self, schema: str | None, preparer: IdentifierPreparer) -> None:
+        self.schema = schema
+        self.preparer = preparer
+
+    def of(self, name: str) -> str:
+        if self.schema is None:
+            return self.preparer.quote(name)
+        # signature() renders with schema "": '""' as SQLAlchemy 2.1 quotes it (2.0 cannot).
+        schema = self.preparer.quote_schema(self.schema) if self.schema else '""'
+        return f"{schema}.{self.preparer.quote(name)}"
+
+
+def _names(element: BM25Object, compiler: DDLCompiler) -> _Names:
+    return _Names(element.schema, compiler.preparer)
+
+
+class _SequenceObject(BM25Object):
+    kind = "sequence"
+
+    def __init__(self, table_name: str, schema: str | None, which: str) -> None:
+        super().__init__(table_name, schema, object_name(table_name, which))
+        self.which = which
+
+
+class CreateSequence(_SequenceObject):
+    """``CREATE SEQUENCE IF NOT EXISTS``: ``statements`` counts writing statements,
+    ``avgdl`` holds the average document length (x1000) from 0."""
+
+
+class DropSequence(_SequenceObject):
+    """``DROP SEQUENCE IF EXISTS``."""
+
+
+class ResetSequence(_SequenceObject):
+    """``SELECT setval(sequence, 0, true)``: the average-length hint of a new, empty table."""
+
+
+class _FunctionObject(BM25Object):
+    kind = "function"
+
+    def __init__(self, table_name: str, schema: str | None, event: str) -> None:
+        super().__init__(table_name, schema, object_name(table_name, event))
+        self.event = event
+
+
+class CreateFunction(_FunctionObject):
+    """``CREATE OR REPLACE FUNCTION <table>_bm25_<event>()``: a trigger function for an event
+    of :data:`TRIGGER_EVENTS`, or ``rebuild`` / ``compact`` (returning void); its body is
+    written for ``tables``."""
+
+    def __init__(self, tables: BM25Tables, schema: str, event: str) -> None:
+        super().__init__(tables.base_name, schema, event)
+        self.tables = tables
+
+
+class DropFunction(_FunctionObject):
+    """``DROP FUNCTION IF EXISTS ... CASCADE`` (a trigger function takes its trigger)."""
+
+
+class CallFunction(_FunctionObject):
+    """``SELECT <table>_bm25_<event>()``: run ``rebuild`` or ``compact``."""
+
+
+class CommentOnFunction(_FunctionObject):
+    """``COMMENT ON FUNCTION ... IS '<comment>'``: the insert function carries the signature."""
+
+    def __init__(self, table_name: str, schema: str | None, event: str, comment: str) -> None:
+        super().__init__(table_name, schema, event)
+        self.comment = comment
+
+
+class _TriggerObject(BM25Object):
+    kind = "trigger"
+
+    def __init__(self, table_name: str, schema: str | None, event: str) -> None:
+        super().__init__(table_name, schema, object_name(table_name, event))
+        self.event = event
+
+
+class CreateTrigger(_TriggerObject):
+    """``CREATE TRIGGER <table>_bm25_<event> AFTER <EVENT> ... FOR EACH STATEMENT``."""
+
+
+class DropTrigger(_TriggerObject):
+    """``DROP TRIGGER IF EXISTS ... ON <table>``."""
+
+
+class SetReplicaIdentity(BM25Object):
+    """``ALTER TABLE <postings> REPLICA IDENTITY USING INDEX <its unique key>``: the postings
+    have no primary key (its INCLUDE would not survive Alembic), so logical replication
+    identifies their rows by the unique (document, lexeme) index."""
+
+    kind = "table"
+
+    def __init__(self, table_name: str, schema: str | None) -> None:
+        super().__init__(table_name, schema, object_name(table_name, "postings"))
+
+
+class TruncateSideTables(BM25Object):
+    """``TRUNCATE`` side tables (``postings``, ``terms``, ``deltas``) that a ``DROP TABLE ...
+    CASCADE`` left behind."""
+
+    kind = "table"
+
+    def __init__(self, table_name: str, schema: str | None, which: Sequence[str]) -> None:
+        names = [object_name(table_name, each) for each in which]
+        super().__init__(table_name, schema, ", ".join(names))
+        self.names = names
+
+
+@compiles(CreateSequence)
+def _create_sequence(element: CreateSequence, compiler: DDLCompiler, **_: Any) -> str:
+    floor = " MINVALUE 0 START WITH 0" if element.which == "avgdl" else ""
+    return f"CREATE SEQUENCE IF NOT EXISTS {_names(element, compiler).of(element.name)}{floor}"
+
+
+@compiles(DropSequence)
+def _drop_sequence(element: DropSequence, compiler: DDLCompiler, **_: Any) -> str:
+    return f"DROP SEQUENCE IF EXISTS {_names(element, compiler).of(element.name)}"
+
+
+@compiles(ResetSequence)
+def _reset_sequence(element: ResetSequence, compiler: DDLCompiler, **_: Any) -> str:
+    sequence = _regclass(_names(element, compiler).of(element.name))
+    return f"SELECT pg_catalog.setval({sequence}, 0, true)"
+
+
+@compiles(CreateFunction)
+def _create_function(element: CreateFunction, compiler: DDLCompiler, **_: Any) -> str:
+    assert element.schema is not None  # bodies qualify every name
+    sql = _Bodies(element.tables, element.schema, compiler.preparer)
+    returns = "trigger" if element.event in TRIGGER_EVENTS else "void"
+    variables = _VARIABLES.get(element.event, ())
+    declare = "".join(f"    {variable};\n" for variable in variables)
+    return_line = "    RETURN NULL;\n" if returns == "trigger" else ""
+    return (
+        f"CREATE OR REPLACE FUNCTION {sql.qualified(element.name)}() RETURNS {returns}\n"
+        f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm$\n"
+        f"{'DECLARE' + chr(10) + declare if declare else ''}BEGIN{sql.body(element.event)}\n"
+        f"{return_line}END;\n$vecorm$"
+    )
+
+
+@compiles(DropFunction)
+def _drop_function(element: DropFunction, compiler: DDLCompiler, **_: Any) -> str:
+    return f"DROP FUNCTION IF EXISTS {_names(element, compiler).of(element.name)}() CASCADE"
+
+
+@compiles(CallFunction)
+def _call_function(element: CallFunction, compiler: DDLCompiler, **_: Any) -> str:
+    return f"SELECT {_names(element, compiler).of(element.name)}()"
+
+
+@compiles(CommentOnFunction)
+def _comment_on_function(element: CommentOnFunction, compiler: DDLCompiler, **_: Any) -> str:
+    comment = compiler.sql_compiler.render_literal_value(element.comment, String())
+    return f"COMMENT ON FUNCTION {_names(element, compiler).of(element.name)}() IS {comment}"
+
+
+@compiles(CreateTrigger)
+def _create_trigger(element: CreateTrigger, compiler: DDLCompiler, **_: Any) -> str:
+    names = _names(element, compiler)
+    return (
+        f"CREATE TRIGGER {compiler.preparer.quote(element.name)} AFTER "
+        f"{element.event.upper()} ON {names.of(element.table_name)} "
+        f"{_REFERENCING[element.event]}FOR EACH STATEMENT EXECUTE FUNCTION "
+        f"{names.of(object_name(element.table_name, element.event))}()"
+    )
+
+
+@compiles(DropTrigger)
+def _drop_trigger(element: DropTrigger, compiler: DDLCompiler, **_: Any) -> str:
+    table = _names(element, compiler).of(element.table_name)
+    return f"DROP TRIGGER IF EXISTS {compiler.preparer.quote(element.name)} ON {table}"
+
+
+@compiles(SetReplicaIdentity)
+def _set_replica_identity(element: SetReplicaIdentity, compiler: DDLCompiler, **_: Any) -> str:
+    key_index = compiler.preparer.quote(f"ux_{element.table_name}_bm25_postings_key")
+    postings = _names(element, compiler).of(element.name)
+    return f"ALTER TABLE {postings} REPLICA IDENTITY USING INDEX {key_index}"
+
+
+@compiles(TruncateSideTables)
+def _truncate(element: TruncateSideTables, compiler: DDLCompiler, **_: Any) -> str:
+    names = _names(element, compiler)
+    return f"TRUNCATE {', '.join(names.of(name) for name in element.names)}"
+
+
+# --------------------------------------------------------------------------- sets of them
+
+
+def function_elements(tables: BM25Tables, schema: str) -> list[CreateFunction]:
+    """A :class:`CreateFunction` per function of :data:`FUNCTION_EVENTS`."""
+    return [CreateFunction(tables, schema, event) for event in FUNCTION_EVENTS]
+
+
+def trigger_elements(tables: BM25Tables, schema: str) -> list[CreateTrigger]:
+    """A :class:`CreateTrigger` per event of :data:`TRIGGER_EVENTS`."""
+    return [CreateTrigger(tables.base_name, schema, event) for event in TRIGGER_EVENTS]
+
+
+def create_elements(
+    tables: BM25Tables, schema: str, signature: str, *, with_replica_identity: bool = True
+) -> list[BM25Object]:
+    """The sequences, (the postings' replica identity,) the functions, the triggers (dropped
+    and made again) and the insert function's ``signature`` comment, in that order."""
+    name = tables.base_name
+    return [
+        *(CreateSequence(name, schema, which) for which in SEQUENCES),
+        *([SetReplicaIdentity(name, schema)] if with_replica_identity else []),
+        *function_elements(tables, schema),
+        *(DropTrigger(name, schema, event) for event in TRIGGER_EVENTS),
+        *trigger_elements(tables, schema),
+        CommentOnFunction(name, schema, "insert", COMMENT_PREFIX + signature),
+    ]
+
+
+def drop_elements(table_name: str, schema: str | None) -> list[BM25Object]:
+    """The functions of ``table_name``'s statistics (``CASCADE`` takes the triggers), then the
+    sequences."""
+    return [
+        *(DropFunction(table_name, schema, event) for event in FUNCTION_EVENTS),
+        *(DropSequence(table_name, schema, which) for which in SEQUENCES),
+    ]
+
+
+@contextmanager
+def naming(element: BM25Object) -> Iterator[None]:
+    """Add the object a failing statement was about to the database error's notes."""
+    try:
+        yield
+    except DBAPIError as error:
+        error.add_note(f"vecorm: while running the BM25 DDL of {element.description}")
+        raise
+
+
+def run(connection: Connection, elements: Sequence[BM25Object]) -> None:
+    """Execute ``elements`` in order on ``connection``; an error names the object."""
+    for element in elements:
+        with naming(element):
+            connection.execute(element)
