@@ -14,11 +14,16 @@ The types subclass pgvector-python's, so the comparators (``l2_distance``,
 * on psycopg 3, values travel in pgvector's **binary** format (4 + 4n bytes for a vector)
   instead of ``'[0.1,0.2,...]'`` text, which made ORM inserts of 1536-d vectors ~20x slower
   than raw psycopg; other drivers get text (see :mod:`vecorm.schema.drivers`);
-* values are validated before any SQL runs: a wrong length raises SQLAlchemy's
-  ``StatementError`` wrapping :class:`vecorm.DimensionMismatch` ("vector expected 3
-  dimensions, not 2"), NaN / infinity :class:`vecorm.InvalidVector`;
-* ``bit`` works on asyncpg with plain ``'0101'`` strings; ``Vector(n, as_numpy=True)`` reads
-  ``numpy.float32`` arrays instead of lists.
+* a few more inputs bind (tuples; a ``{index: value}`` dict for ``SPARSEVEC(n)``;
+  ``pgvector.Bit``, bytes, bools for ``BIT``); ``Vector(n, as_numpy=True)`` reads
+  ``numpy.float32`` arrays instead of lists; a ``BIT`` literal renders (``B'0101'``).
+
+Everything else is pgvector's, to the letter: values are converted by pgvector-python's own
+code, so a value it refuses fails with its message (``expected ndim to be 1``) as a
+:class:`vecorm.InvalidVector`, which is a ``ValueError``; wrong dimensions, NaN and the like
+are the server's ``DataError``, as with pgvector; ``literal_binds`` renders
+``embedding <-> '[1.0,2.0,3.0]'``. vecorm's own API (the mixin, the search helpers) validates
+with :func:`to_float_array` and its clearer messages (:class:`vecorm.DimensionMismatch`).
 
 Example::
 
