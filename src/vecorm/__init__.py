@@ -29,6 +29,8 @@ from vecorm.errors import (
     ServerError,
     VecormError,
     VecormWarning,
+    VectorDimensionsError,
+    VectorElementTypeError,
 )
 from vecorm.mixin import Searchable
 from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
@@ -91,6 +93,8 @@ __all__ = [
     "VecormError",
     "VecormWarning",
     "Vector",
+    "VectorDimensionsError",
+    "VectorElementTypeError",
     "apply_search_settings",
     "backfill",
     "bm25",

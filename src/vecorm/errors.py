@@ -28,11 +28,33 @@ class ConfigurationError(VecormError):
 
 
 class InvalidVector(VecormError, ValueError):
-    """A vector value cannot be stored: wrong shape, NaN or infinity, not numeric."""
+    """A vector value cannot be stored: wrong shape, NaN or infinity, not numeric.
+
+    Raised by vecorm's own API (the mixin, search helpers) with vecorm's messages, and by the
+    drop-in column types in :mod:`vecorm.types` with **pgvector-python's exact text** (a
+    ``ValueError``, as pgvector raises), so both of these pass::
+
+        pytest.raises(ValueError, match="expected ndim to be 1")
+        pytest.raises(vecorm.InvalidVector, match="expected ndim to be 1")
+    """
+
+
+class VectorElementTypeError(InvalidVector, TypeError):
+    """An element of a vector is not a number (pgvector-python raises ``TypeError`` here).
+
+    ``Vector(3)`` bound to ``[1, None, 3]`` raises it with Python's own text, ``float()
+    argument must be a string or a real number, not 'NoneType'``; it is also an
+    :class:`InvalidVector`, so one ``except vecorm.InvalidVector`` catches every refused value.
+    """
 
 
 class DimensionMismatch(InvalidVector):
     """A vector has a different number of values than its column or provider expects."""
+
+
+class VectorDimensionsError(VecormError):
+    """A vector column cannot change its width while it holds vectors (an Alembic operation
+    refused; the message names both ways out). Also importable from ``vecorm.alembic``."""
 
 
 class EmbeddingError(VecormError):

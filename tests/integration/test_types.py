@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -28,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
@@ -200,9 +201,11 @@ def test_literal_binds_render_runnable_sql(db: DriverDatabase) -> None:
             .order_by(Item.small.l2_distance([1, 0, 0]), Item.half_list.l1_distance([1, 0, 0]))
         )
         sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
-        assert "CAST('[1.0,0.0,0.0]' AS VECTOR(3))" in sql
-        assert "CAST('[1.0,0.0,0.0]' AS HALFVEC(3))" in sql
-        assert "CAST('{1:1.0}/5' AS SPARSEVEC(5))" in sql
+        # As pgvector.sqlalchemy renders them: no cast around a literal.
+        assert "items.small <-> '[1.0,0.0,0.0]'" in sql
+        assert "items.half_list <+> '[1.0,0.0,0.0]'" in sql
+        assert "items.sparse <=> '{1:1.0}/5'" in sql
+        assert "CAST" not in sql
         assert conn.execute(text(sql)).scalars().all() == [1, 2]
         bit_sql = str(
             select(literal("0101", BIT(4)).op("<~>")("0100")).compile(
@@ -238,30 +241,55 @@ def test_core_executemany_through_values_list(db: DriverDatabase) -> None:
 @pytest.mark.parametrize(
     ("column", "value", "error", "message"),
     [
-        ("small", [1, 2], vecorm.DimensionMismatch, "expected 3 dimensions, not 2"),
-        ("half_list", [1, 2], vecorm.DimensionMismatch, "expected 3 dimensions, not 2"),
-        ("sparse", [1, 2], vecorm.DimensionMismatch, "expected 5 dimensions, not 2"),
-        ("sparse", {7: 1.0}, vecorm.DimensionMismatch, r"indices must be in \[0, 5\)"),
-        ("small", [1, float("nan"), 3], vecorm.InvalidVector, "NaN or infinity"),
-        ("small", [1, float("inf"), 3], vecorm.InvalidVector, "NaN or infinity"),
-        ("small", [[1, 2, 3]], vecorm.InvalidVector, "one-dimensional"),
-        ("small", "[1,2,3]", vecorm.InvalidVector, "sequence of numbers"),
-        ("small", ["a", "b", "c"], vecorm.InvalidVector, "sequence of numbers"),
-        ("bits", "01x1", vecorm.InvalidVector, "string of 0 and 1"),
+        ("small", [[1, 2, 3]], vecorm.VectorElementTypeError, "not 'list'"),
+        ("small", np.array([[1, 2, 3]]), vecorm.InvalidVector, "^expected ndim to be 1$"),
+        ("small", "[1,2,3]", vecorm.InvalidVector, "^expected list or ndarray$"),
+        ("small", ["a", "b", "c"], vecorm.InvalidVector, "could not convert string to float: 'a'"),
+        ("half_list", [1, None, 3], vecorm.VectorElementTypeError, "not 'NoneType'"),
+        ("sparse", {0: 1.0, "x": 2.0}, vecorm.VectorElementTypeError, "'<' not supported"),
+        ("bits", [1, 2], vecorm.InvalidVector, r"^expected list\[bool\]$"),
     ],
 )
-def test_bad_values_fail_before_sql_as_statement_errors(
+def test_values_pgvector_refuses_fail_before_sql_with_its_message(
     db: DriverDatabase, column: str, value: object, error: type[Exception], message: str
 ) -> None:
     def work(session: Session) -> None:
         session.add(Item(**{column: value}))
-        with pytest.raises(StatementError, match=message) as info:
+        with pytest.raises(StatementError) as info:
             session.flush()
         assert isinstance(info.value.orig, error)
+        assert isinstance(info.value.orig, ValueError | TypeError)
+        assert re.search(message, str(info.value.orig)), info.value.orig
         session.rollback()
 
     db.session(work)
     assert db.run(lambda conn: conn.execute(text("SELECT count(*) FROM items")).scalar()) == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("small", [1, 2], "expected 3 dimensions, not 2"),
+        ("half_list", [1, 2], "expected 3 dimensions, not 2"),
+        ("sparse", [1, 2], "expected 5 dimensions, not 2"),
+        ("small", [1, float("nan"), 3], "NaN not allowed in vector"),
+        ("small", [1, float("inf"), 3], "infinite value not allowed in vector"),
+        ("small", [], "vector must have at least 1 dimension"),
+    ],
+)
+def test_values_the_server_refuses_raise_its_data_error(
+    db: DriverDatabase, column: str, value: object, message: str
+) -> None:
+    """As with pgvector.sqlalchemy, the server checks dimensions and finiteness (a DataError;
+    SQLAlchemy's asyncpg adapter reports its base class, DBAPIError)."""
+
+    def work(session: Session) -> None:
+        session.add(Item(**{column: value}))
+        with pytest.raises(DataError if db.driver != "asyncpg" else DBAPIError, match=message):
+            session.flush()
+        session.rollback()
+
+    db.session(work)
 
 
 def test_mixin_embedding_is_validated_on_assignment_naming_the_model() -> None:

@@ -48,6 +48,7 @@ from sqlalchemy.schema import CreateIndex
 
 from vecorm.alembic.catalog import generated_column, index_state, table_oid
 from vecorm.errors import ConfigurationError, VecormError, VecormWarning
+from vecorm.errors import VectorDimensionsError as VectorDimensionsError  # its old home
 from vecorm.objects import import_model, import_object
 from vecorm.schema.indexes import precision_expression
 
@@ -541,10 +542,6 @@ def _warn_if_empty(connection: Connection, table_name: str, schema: str | None) 
             ),
             stacklevel=2,
         )
-
-
-class VectorDimensionsError(VecormError):
-    """A vector column cannot change its width while it holds vectors."""
 
 
 _VECTOR_TYPE_NAMES = ("vector", "halfvec")

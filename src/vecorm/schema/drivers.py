@@ -9,6 +9,7 @@ driver             how values travel
 psycopg 3          **binary** (``vector``: 4 + 4n bytes), sync and async
 psycopg2           text (``'[1.0,2.0,3.0]'``), cast to the column type in SQL
 asyncpg            text, cast in SQL; ``bit`` as ``asyncpg.BitString``
+pg8000             text, cast in SQL
 =================  ==============================================================
 
 On psycopg 3 a bound vector is a :class:`BinaryVectorParam` (or half / sparse), a class that
@@ -29,6 +30,7 @@ asyncpg needs nothing (it looks array types up by itself). pgvector-python's own
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -124,11 +126,10 @@ for _param_class in (BinaryVectorParam, BinaryHalfVecParam, BinarySparseVecParam
     psycopg.adapters.register_dumper(_param_class, _BinaryParamDumper)
 
 
-def asyncpg_bit_string(text: str) -> Any:
-    """``text`` ('0101') as the ``asyncpg.BitString`` that asyncpg's ``bit`` codec wants."""
-    import asyncpg  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-    return asyncpg.BitString(text)
+def is_asyncpg_bit_string(value: object) -> bool:
+    """Whether ``value`` is an ``asyncpg.BitString`` (without importing asyncpg)."""
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(value, asyncpg.BitString)
 
 
 def register_array_types(bind: Engine | AsyncEngine) -> None:

@@ -14,11 +14,16 @@ The types subclass pgvector-python's, so the comparators (``l2_distance``,
 * on psycopg 3, values travel in pgvector's **binary** format (4 + 4n bytes for a vector)
   instead of ``'[0.1,0.2,...]'`` text, which made ORM inserts of 1536-d vectors ~20x slower
   than raw psycopg; other drivers get text (see :mod:`vecorm.schema.drivers`);
-* values are validated before any SQL runs: a wrong length raises SQLAlchemy's
-  ``StatementError`` wrapping :class:`vecorm.DimensionMismatch` ("vector expected 3
-  dimensions, not 2"), NaN / infinity :class:`vecorm.InvalidVector`;
-* ``bit`` works on asyncpg with plain ``'0101'`` strings; ``Vector(n, as_numpy=True)`` reads
-  ``numpy.float32`` arrays instead of lists.
+* a few more inputs bind (tuples; a ``{index: value}`` dict for ``SPARSEVEC(n)``;
+  ``pgvector.Bit``, bytes, bools for ``BIT``); ``Vector(n, as_numpy=True)`` reads
+  ``numpy.float32`` arrays instead of lists; a ``BIT`` literal renders (``B'0101'``).
+
+Everything else is pgvector's, to the letter: values are converted by pgvector-python's own
+code, so a value it refuses fails with its message (``expected ndim to be 1``) as a
+:class:`vecorm.InvalidVector`, which is a ``ValueError``; wrong dimensions, NaN and the like
+are the server's ``DataError``, as with pgvector; ``literal_binds`` renders
+``embedding <-> '[1.0,2.0,3.0]'``. vecorm's own API (the mixin, the search helpers) validates
+with :func:`to_float_array` and its clearer messages (:class:`vecorm.DimensionMismatch`).
 
 Example::
 
@@ -56,17 +61,18 @@ from pgvector.sqlalchemy import HALFVEC as _PgHalfVec
 from pgvector.sqlalchemy import SPARSEVEC as _PgSparseVec
 from pgvector.sqlalchemy import VECTOR as _PgVector
 from pgvector.sqlalchemy import avg, sum
-from sqlalchemy import cast
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, Cast, ColumnElement
 
-from vecorm.errors import DimensionMismatch, InvalidVector
+from vecorm.errors import DimensionMismatch, InvalidVector, VectorElementTypeError
 from vecorm.schema.drivers import (
     BinaryHalfVecParam,
     BinarySparseVecParam,
     BinaryVectorParam,
-    asyncpg_bit_string,
+    is_asyncpg_bit_string,
     uses_binary_binds,
 )
 
@@ -169,25 +175,6 @@ def to_sparse_vector(
     return sparse
 
 
-def _parse_text(value: str) -> FloatArray:
-    return np.fromstring(value[1:-1], dtype=np.float32, sep=",")
-
-
-def _to_array_result(value: Any) -> FloatArray | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _parse_text(value)
-    if isinstance(value, PgVector | PgHalfVector):
-        return np.asarray(value.to_numpy(), dtype=np.float32)
-    return np.asarray(value, dtype=np.float32)
-
-
-def _vector_text(array: FloatArray) -> str:
-    # float32 widened to float64 prints exactly and reads back to the same float32.
-    return "[" + ",".join(map(repr, array.astype(np.float64).tolist())) + "]"
-
-
 def _check_dim(type_name: str, dim: object) -> None:
     if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
         raise TypeError(
@@ -196,46 +183,118 @@ def _check_dim(type_name: str, dim: object) -> None:
         )
 
 
+def _pgvector_error(exc: Exception) -> InvalidVector:
+    """pgvector-python's exception as vecorm's, keeping its builtin class and its exact text."""
+    if isinstance(exc, TypeError):
+        return VectorElementTypeError(*exc.args)
+    return InvalidVector(*exc.args)
+
+
+def _dense_text(value: Any, value_class: type[PgVector] | type[PgHalfVector]) -> str | None:
+    """``value`` as pgvector's text, exactly as ``pgvector.sqlalchemy`` binds it."""
+    if isinstance(value, tuple):
+        value = list(value)  # vecorm also takes tuples; pgvector takes lists
+    try:
+        text: str | None = value_class._to_db(value)
+    except (TypeError, ValueError) as exc:
+        raise _pgvector_error(exc) from exc
+    return text
+
+
+def _dense_array(
+    value: Any, value_class: type[PgVector] | type[PgHalfVector], dtype: type[np.floating[Any]]
+) -> npt.NDArray[Any]:
+    """``value`` as a 1-d array, accepted and refused exactly as pgvector's text binding would.
+
+    The numpy conversion is the fast path; anything it does not take cleanly (a nested list,
+    ``None`` that numpy would read as NaN, a non-numeric string) goes through pgvector's own
+    conversion, which raises its error or yields the text the server would have parsed.
+    """
+    if isinstance(value, value_class):
+        return np.asarray(value.to_numpy(), dtype=dtype)
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        try:
+            return value.astype(dtype, copy=False)
+        except (TypeError, ValueError) as exc:
+            raise _pgvector_error(exc) from exc
+    if isinstance(value, list | tuple):
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.ndim == 1 and not np.isnan(array).any():
+            return array
+    text = _dense_text(value, value_class)  # raises pgvector's error for what it refuses
+    assert text is not None
+    return np.asarray([float(item) for item in text[1:-1].split(",") if item], dtype=np.float32)
+
+
+class _LiteralCast(Cast[Any]):
+    """``CAST(:param AS VECTOR(n))`` for a bound value, the bare literal under literal_binds.
+
+    The cast is what lets psycopg 3 send the value in binary with no type OID (and a bare
+    parameter in a select list be typed); a rendered literal needs no cast, and pgvector
+    renders none, so ``embedding <-> '[1.0,2.0,3.0]'`` reads the same with either import.
+    """
+
+    inherit_cache = True
+
+
+@compiles(_LiteralCast)
+def _compile_literal_cast(element: _LiteralCast, compiler: SQLCompiler, **kw: Any) -> str:
+    if kw.get("literal_binds"):
+        return compiler.process(element.clause, **kw)
+    sql: str = compiler.visit_cast(element, **kw)  # type: ignore[no-untyped-call]
+    return sql
+
+
+def _literal_processor(
+    stock: Callable[[Any], str] | None, convert: Callable[[Any], Any] = lambda value: value
+) -> Callable[[Any], str]:
+    assert stock is not None
+
+    def process(value: Any) -> str:
+        try:
+            return stock(convert(value))
+        except (TypeError, ValueError) as exc:
+            raise _pgvector_error(exc) from exc
+
+    return process
+
+
 class _DenseVectorType:
     """Bind / result / literal behaviour shared by :class:`Vector` and :class:`HalfVec`."""
 
     dim: int | None
     as_numpy: bool
-    sql_name: ClassVar[str]
+    value_class: ClassVar[type[PgVector] | type[PgHalfVector]]
+    element_dtype: ClassVar[type[np.floating[Any]]]
     binary_param: ClassVar[type[BinaryVectorParam]]
 
     def bind_expression(self, bindvalue: BindParameter[Any]) -> ColumnElement[Any]:
-        # The CAST names the type for binary parameters and makes VALUES lists work.
-        return cast(bindvalue, self)  # type: ignore[arg-type]
+        return _LiteralCast(bindvalue, self)  # type: ignore[arg-type]
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
-        dimensions = self.dim
-        label = self.sql_name
+        value_class = self.value_class
         if uses_binary_binds(dialect):
             param = self.binary_param
+            dtype = self.element_dtype
 
             def process_binary(value: Any) -> BinaryVectorParam | None:
                 if value is None:
                     return None
-                return param(to_float_array(value, dimensions, label=label))
+                return param(_dense_array(value, value_class, dtype))
 
             return process_binary
 
         def process_text(value: Any) -> str | None:
-            if value is None:
-                return None
-            return _vector_text(to_float_array(value, dimensions, label=label))
+            return _dense_text(value, value_class)
 
         return process_text
 
     def literal_processor(self, dialect: Dialect) -> Callable[[Any], str]:
-        dimensions = self.dim
-        label = self.sql_name
-
-        def process(value: Any) -> str:
-            return "'" + _vector_text(to_float_array(value, dimensions, label=label)) + "'"
-
-        return process
+        stock = super().literal_processor(dialect)  # type: ignore[misc]
+        return _literal_processor(stock, lambda v: list(v) if isinstance(v, tuple) else v)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
         if self.as_numpy:
@@ -243,13 +302,22 @@ class _DenseVectorType:
 
         def process(value: Any) -> list[float] | None:
             if isinstance(value, str):
-                # The server's shortest decimals read as Python floats, as pgvector-python does.
-                values: list[float] = np.fromstring(value[1:-1], dtype=np.float64, sep=",").tolist()
-                return values
+                # pgvector-python's parse, so the floats compare equal.
+                return [float(item) for item in value[1:-1].split(",")]
             array = _to_array_result(value)
             return None if array is None else array.tolist()
 
         return process
+
+
+def _to_array_result(value: Any) -> FloatArray | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return np.fromstring(value[1:-1], dtype=np.float32, sep=",")
+    if isinstance(value, PgVector | PgHalfVector):
+        return np.asarray(value.to_numpy(), dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
 
 
 class Vector(_DenseVectorType, _PgVector):
@@ -259,7 +327,8 @@ class Vector(_DenseVectorType, _PgVector):
     """
 
     cache_ok = True
-    sql_name = "vector"
+    value_class = PgVector
+    element_dtype = np.float32
     binary_param = BinaryVectorParam
 
     def __init__(self, dim: int | None = None, as_numpy: bool = False) -> None:
@@ -275,7 +344,8 @@ class HalfVec(_DenseVectorType, _PgHalfVec):
     """
 
     cache_ok = True
-    sql_name = "halfvec"
+    value_class = PgHalfVector
+    element_dtype = np.float16
     binary_param = BinaryHalfVecParam
 
     def __init__(self, dim: int | None = None, as_numpy: bool = False) -> None:
@@ -293,28 +363,38 @@ def _to_sparse_result(value: Any) -> PgSparseVector | None:
 class SparseVec(_PgSparseVec):
     """``sparsevec(n)`` column type; values are ``pgvector.SparseVector`` both ways.
 
-    ``SparseVec(30000)`` (alias ``SPARSEVEC`` / ``SparseVector``). Binds accept a
-    ``pgvector.SparseVector``, a ``{index: value}`` dict, a dense list / array or SciPy sparse.
+    ``SparseVec(30000)`` (alias ``SPARSEVEC`` / ``SparseVector``). Binds accept what
+    pgvector's do (a ``pgvector.SparseVector``, a dense list / numpy array, SciPy sparse) and a
+    ``{index: value}`` dict (0-based) when the column declares its dimensions.
     """
 
     cache_ok = True
-    sql_name = "sparsevec"
 
     def __init__(self, dim: int | None = None) -> None:
         _check_dim("SparseVec", dim)
         super().__init__(dim)
 
+    def _sparse(self, value: Any) -> PgSparseVector:
+        """``value`` as pgvector's ``SparseVector``, refused with pgvector's own errors."""
+        if isinstance(value, PgSparseVector):
+            return value
+        try:
+            if isinstance(value, dict) and self.dim is not None:
+                return PgSparseVector(value, self.dim)
+            return PgSparseVector(list(value) if isinstance(value, tuple) else value)
+        except (TypeError, ValueError) as exc:
+            raise _pgvector_error(exc) from exc
+
     def bind_expression(self, bindvalue: BindParameter[Any]) -> ColumnElement[Any]:
-        return cast(bindvalue, self)
+        return _LiteralCast(bindvalue, self)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any]:
-        dimensions = self.dim
         if uses_binary_binds(dialect):
 
             def process_binary(value: Any) -> BinarySparseVecParam | None:
                 if value is None:
                     return None
-                sparse = to_sparse_vector(value, dimensions)
+                sparse = self._sparse(value)
                 return BinarySparseVecParam(sparse.to_binary(), sparse.to_text())
 
             return process_binary
@@ -322,18 +402,13 @@ class SparseVec(_PgSparseVec):
         def process_text(value: Any) -> str | None:
             if value is None:
                 return None
-            text: str = to_sparse_vector(value, dimensions).to_text()
+            text: str = self._sparse(value).to_text()
             return text
 
         return process_text
 
     def literal_processor(self, dialect: Dialect) -> Callable[[Any], str]:
-        dimensions = self.dim
-
-        def process(value: Any) -> str:
-            return "'" + to_sparse_vector(value, dimensions).to_text() + "'"
-
-        return process
+        return _literal_processor(super().literal_processor(dialect), self._sparse)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any]:
         return _to_sparse_result
@@ -352,23 +427,23 @@ def to_bit_string(value: object, *, label: str = "bit") -> str:
         if not _BITS.issuperset(value):
             raise InvalidVector(f"{label} must be a string of 0 and 1, got {value[:20]!r}")
         return str(value)
-    if isinstance(value, PgBit):
-        text: str = value.to_text()
+    if is_asyncpg_bit_string(value):
+        text: str = value.as_string()  # type: ignore[attr-defined]
         return text
+    if isinstance(value, PgBit):
+        return str(value.to_text())
     try:
         return str(PgBit(value).to_text())  # type: ignore[arg-type]  # bytes, list[bool], numpy bool / 0-1 uint8 array
     except (TypeError, ValueError) as exc:
-        raise InvalidVector(
-            f"{label} must be a string of 0 and 1, pgvector.Bit, bytes or a sequence of bools"
-        ) from exc
+        raise _pgvector_error(exc) from exc
 
 
 class Bit(_PgBIT):
     """``bit(n)`` column type for binary vectors; values are strings of 0 and 1.
 
-    ``Bit(64)`` (alias ``BIT``), with ``hamming_distance`` / ``jaccard_distance``. Binds also
-    accept ``pgvector.Bit``, bytes, lists of bools and numpy bool arrays; on asyncpg a plain
-    ``'0101'`` works too.
+    ``Bit(64)`` (alias ``BIT``), with ``hamming_distance`` / ``jaccard_distance``. Binds take
+    what pgvector's do (a ``'0101'`` string, ``asyncpg.BitString`` on asyncpg) and also
+    ``pgvector.Bit``, bytes, lists of bools and numpy bool arrays, on every driver.
     """
 
     cache_ok = True
@@ -380,14 +455,15 @@ class Bit(_PgBIT):
         return length
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        text = to_bit_string(value)
-        if dialect.driver == "asyncpg":
-            return asyncpg_bit_string(text)
-        return text
+        foreign_bit_string = is_asyncpg_bit_string(value) and dialect.driver != "asyncpg"
+        if foreign_bit_string or isinstance(value, PgBit | bytes | list | np.ndarray):
+            value = to_bit_string(value)  # vecorm's extra inputs; pgvector.Bit's errors
+        # pgvector's own: a str becomes asyncpg.BitString on asyncpg, the rest goes as it is
+        # (a bad digit is the server's error, as with pgvector).
+        return super().process_bind_param(value, dialect)
 
     def process_literal_param(self, value: Any, dialect: Dialect) -> str:
+        # pgvector.sqlalchemy's BIT has no literal renderer (CompileError); vecorm's: B'0101'.
         return "B'" + to_bit_string(value) + "'"
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
