@@ -746,7 +746,8 @@ def test_pgvector_sqlalchemy_suite_same_outcome(engine_db: DriverDatabase) -> No
 def test_where_vecorm_types_take_more_than_pgvector() -> None:
     """The documented extras: a BIT literal renders (pgvector's raises CompileError), tuples
     and 0-based dicts bind (pgvector's refuse them), each with no other change."""
-    dialect = postgresql.dialect()
+    # A text-binding driver (SQLAlchemy 2.1's default PostgreSQL driver, psycopg 3, binds binary).
+    dialect = postgresql.psycopg2.dialect()
     for types, bit_sql in ((pgvector.sqlalchemy, None), (vecorm.types, "B'101'")):
         expression = literal("101", types.BIT(3)).op("<~>")("111")
         try:
