@@ -183,6 +183,15 @@ def is_installed(target: InstallTarget) -> bool:
     return target in _by_target
 
 
+def installation_of(target: InstallTarget) -> object | None:
+    """An opaque token for what :func:`install` put on ``target`` (``None`` if nothing).
+
+    Compare tokens with ``is``: an app that installed and later finds another token knows a
+    later :func:`install` (another app on the same sessions) replaced its own, and leaves it.
+    """
+    return _by_target.get(target)
+
+
 def installed_embedder(session: Session | AsyncSession) -> Embedder | None:
     """The embedder :func:`install` gave to ``session`` (or to its factory), if any."""
     installation = _installation_for(session)
