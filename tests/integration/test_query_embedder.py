@@ -190,3 +190,20 @@ async def test_async_session_awaits_the_providers_aembed(
         assert len(rows) == 2 and recorder.awaited == ["laptop battery"]
     finally:
         vecorm.uninstall(factory)
+
+
+def test_a_session_installed_over_its_factory_embeds_with_its_own(
+    sessions: sessionmaker[Session],
+) -> None:
+    own = FakeEmbedder(dimensions=DIMS)
+    with sessions() as session:
+        vecorm.install(session, embedder=own)
+        try:
+            assert vecorm.installed_embedder(session) is own
+            rows = _ranked(session.execute(Ticket.nearest("password emails", k=3)))
+            assert own.texts == ["password emails"]  # the session's, as installed_embedder says
+            assert rows == _ranked(
+                session.execute(Ticket.nearest("password emails", k=3, embedder=own))
+            )
+        finally:
+            vecorm.uninstall(session)

@@ -155,7 +155,7 @@ def install(
     installation.hook = partial(_before_flush, installation)
     event.listen(listen_target, "before_flush", installation.hook)
     if embedder is not None:
-        installation.execute_hook = partial(_execute_with_embedder, embedder)
+        installation.execute_hook = partial(_execute_with_embedder, installation)
         event.listen(listen_target, "do_orm_execute", installation.execute_hook)
     _by_target[target] = installation
     _by_listen_target[listen_target] = installation
@@ -258,13 +258,19 @@ def _own_sync_session_class(
 # --- the query hook -----------------------------------------------------------------------
 
 
-def _execute_with_embedder(embedder: Embedder, state: ORMExecuteState) -> Result[Any] | None:
-    """Run the statement with ``embedder`` current, for the text queries it may hold.
+def _execute_with_embedder(
+    installation: _Installation, state: ORMExecuteState
+) -> Result[Any] | None:
+    """Run the statement with the session's embedder current, for the text queries it may hold.
 
     Every statement, not only vecorm's own: a search may sit in any subquery or CTE of yours.
-    What it costs another statement is one context-variable set and reset.
+    What it costs another statement is a lookup and one context-variable set and reset.
     """
-    if executing_embedder() is embedder:  # installed twice on these sessions: once is enough
+    # Installed on a session and on its factory: the one installed_embedder() names serves,
+    # and the second listener finds it already current.
+    found = _installation_for(state.session)
+    embedder = (found or installation).embedder
+    if embedder is None or executing_embedder() is embedder:
         return None
     with executing_with(embedder):
         return state.invoke_statement()
