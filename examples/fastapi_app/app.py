@@ -5,8 +5,9 @@
     GET  /notes/{id}                                                 -> NoteOut
 
 Everything on the request path awaits: the session is an ``AsyncSession`` from a dependency,
-the flush hook awaits the provider's ``aembed`` on commit, and the query text is embedded with
-``aembed_query`` (cached) before the statement is built. Run it::
+the flush hook awaits the provider's ``aembed`` on commit, and a search's text is embedded
+(cached) through ``aembed`` too, when the statement executes, by the embedder that
+``vecorm.ext.fastapi.lifespan`` installed. Run it::
 
     cd examples
     DATABASE_URL=postgresql://me@localhost/notes alembic -c fastapi_app/alembic.ini upgrade head
@@ -25,9 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-import vecorm
+import vecorm.ext.fastapi
 from vecorm.embedders import Embedder, choose_embedder
-from vecorm.embedding.embedders.query import aembed_query
 from vecorm.engine import normalize_url
 
 from .models import Note
@@ -68,19 +68,18 @@ def create_app(database_url: str | None = None, *, embedder: str | Embedder = "a
     url = normalize_url(database_url or os.environ["DATABASE_URL"])
     provider = choose_embedder(embedder) if isinstance(embedder, str) else embedder
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_async_engine(url)  # vecorm's search settings apply on any engine
-        sessions = async_sessionmaker(engine, expire_on_commit=False)
-        vecorm.install(sessions, embedder=provider)  # embed changed notes on commit, awaiting
-        app.state.sessions = sessions
-        app.state.embedder = provider
-        try:
-            yield
-        finally:
-            vecorm.uninstall(sessions)
-            await engine.dispose()
+    engine = create_async_engine(url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
 
+    @asynccontextmanager
+    async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.sessions = sessions
+        yield
+        await engine.dispose()
+
+    # One line: embed changed notes on commit (awaiting aembed) and search text with the same
+    # embedder, vecorm's search settings on the engine; all undone at shutdown.
+    lifespan = vecorm.ext.fastapi.lifespan(sessions, embedder=provider, app_lifespan=own_lifespan)
     app = FastAPI(title="vecorm notes", lifespan=lifespan)
     _routes(app)
     return app
@@ -98,7 +97,6 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 def _routes(app: FastAPI) -> None:
     @app.get("/search", response_model=SearchResponse)
     async def search(
-        request: Request,
         session: Session,
         q: Annotated[str, Query(min_length=1)],
         mode: Literal["semantic", "hybrid", "text"] = "hybrid",
@@ -106,16 +104,14 @@ def _routes(app: FastAPI) -> None:
         k: Annotated[int, Query(ge=1, le=50)] = 5,
     ) -> SearchResponse:
         filters = [Note.category == category] if category else []
+        # No embedder here: the session's installation embeds q (awaiting aembed) at execution.
         statement: Select[Any]
         if mode == "text":
             statement = Note.text_search(q, k=k).where(*filters)
+        elif mode == "semantic":
+            statement = Note.nearest(q, k=k).where(*filters)
         else:
-            # Embed the query without blocking the event loop, then build the statement.
-            vector = await aembed_query(request.app.state.embedder, q)
-            if mode == "semantic":
-                statement = Note.nearest(vector, k=k).where(*filters)
-            else:
-                statement = Note.hybrid_search(q, k=k, vector=vector, where=filters)
+            statement = Note.hybrid_search(q, k=k, where=filters)
         hits = []
         for row in await session.execute(statement):
             note, values = row[0], row._mapping

@@ -20,14 +20,16 @@ from flask import Flask, abort, jsonify, request
 from sqlalchemy import Select, select
 from werkzeug.exceptions import HTTPException
 
-import vecorm
-from vecorm.embedders import Embedder, choose_embedder
+from vecorm.embedders import choose_embedder
 from vecorm.engine import normalize_url
+from vecorm.ext.flask import Vecorm
 
 from .models import Article, db
 
 MODES = ("semantic", "hybrid", "text")
 MAX_K = 50
+
+search = Vecorm()  # the extension; init_app(app, db) per app, like Flask-SQLAlchemy's db
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -41,16 +43,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         url = normalize_url(app.config["SQLALCHEMY_DATABASE_URI"])
         app.config["SQLALCHEMY_DATABASE_URI"] = url.render_as_string(hide_password=False)
     db.init_app(app)
-
-    embedder = choose_embedder(app.config["SEARCH_EMBEDDER"])
-    app.extensions["search_embedder"] = embedder
-    # db.session is one scoped_session per process, so its hook is too: installing again (a
-    # second create_app) replaces it, and the newest app's embedder wins.
-    vecorm.install(db.session, embedder=embedder)  # embed changed articles on every commit
-    # db.engine needs nothing: vecorm's searches set hnsw.ef_search etc. on every engine.
+    # One line: embed changed articles on commit, embed search text with the same embedder,
+    # vecorm's search settings on the app's engines. A second create_app (tests, reloaders)
+    # takes over db.session's hooks; search.teardown_app(app) undoes it all.
+    search.init_app(app, db, embedder=choose_embedder(app.config["SEARCH_EMBEDDER"]))
 
     app.register_error_handler(HTTPException, _json_error)
-    app.add_url_rule("/search", view_func=search)
+    app.add_url_rule("/search", "search", view_func=search_view)
     app.add_url_rule("/articles", view_func=create_article, methods=["POST"])
     app.add_url_rule("/articles/<int:article_id>", view_func=show_article)
     return app
@@ -60,14 +59,7 @@ def _json_error(error: HTTPException) -> Any:
     return jsonify(error=error.name, detail=error.description), error.code
 
 
-def _embedder() -> Embedder:
-    from flask import current_app
-
-    embedder: Embedder = current_app.extensions["search_embedder"]
-    return embedder
-
-
-def search() -> Any:
+def search_view() -> Any:
     query = request.args.get("q", "").strip()
     mode = request.args.get("mode", "hybrid")
     category = request.args.get("category")
@@ -80,11 +72,12 @@ def search() -> Any:
         abort(400, description=f"k must be between 1 and {MAX_K}")
 
     filters = [Article.category == category] if category else []
+    # No embedder= here: the session's installation embeds the text when the statement runs.
     statement: Select[Any]
     if mode == "semantic":
-        statement = Article.nearest(query, k=k, embedder=_embedder()).where(*filters)
+        statement = Article.nearest(query, k=k).where(*filters)
     elif mode == "hybrid":
-        statement = Article.hybrid_search(query, k=k, where=filters, embedder=_embedder())
+        statement = Article.hybrid_search(query, k=k, where=filters)
     else:
         statement = Article.text_search(query, k=k).where(*filters)
 

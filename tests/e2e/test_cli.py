@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import uuid
@@ -435,6 +436,40 @@ def test_doctor_without_the_extension(vecorm_url: URL) -> None:
     assert "hint: run CREATE EXTENSION vector, or op.create_vector_extension() in a migration" in (
         lines
     )
+
+
+def test_doctor_json_is_one_document_on_stdout(vecorm_url: URL, models_module: str) -> None:
+    _create_products(vecorm_url, models_module, 12)
+    result = _doctor(vecorm_url, "--json", f"{models_module}:Product", f"{models_module}:Missing")
+    assert result.exit_code == 1  # a failed check still fails the command
+    report = json.loads(result.stdout)  # all of stdout is the document
+    assert report["ok"] is False and report["problems"] == 1 and report["warnings"] == 1
+    assert report["database"] == vecorm_url.render_as_string()
+    assert result.stderr.startswith("vecorm doctor: ")  # what is being checked: stderr
+    by_subject: dict[str, list[dict[str, object]]] = {}
+    for finding in report["findings"]:
+        assert set(finding) == {"status", "subject", "message", "hint"}
+        by_subject.setdefault(str(finding["subject"]), []).append(finding)
+    assert [finding["status"] for finding in by_subject["server"]] == ["ok"]
+    assert by_subject["Missing"] == [
+        {
+            "status": "fail",
+            "subject": "Missing",
+            "message": "table no_such_table does not exist",
+            "hint": "create it: `alembic upgrade head`, or metadata.create_all(engine)",
+        }
+    ]
+    stale = [f for f in by_subject["Product"] if f["status"] == "warn"]
+    assert stale == [
+        {
+            "status": "warn",
+            "subject": "Product",
+            "message": "12 of 12 rows are stale (no embedding, edited text, or another model)",
+            "hint": f"vecorm backfill {models_module}:Product",
+        }
+    ]
+    healthy = _doctor(vecorm_url, "--json")
+    assert healthy.exit_code == 0 and json.loads(healthy.stdout)["ok"] is True
 
 
 # --------------------------------------------------------------------------- bench

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import importlib
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import numpy as np
@@ -10,10 +14,13 @@ import pytest
 from alembic import command
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import URL, create_engine, inspect
+from sqlalchemy import URL, create_engine, func, inspect, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+import vecorm
 from tests.e2e.test_flask_app import alembic_config
 from vecorm.embedding.embedders import HashingEmbedder
+from vecorm.ext.fastapi import lifespan
 from vecorm.tools.demo import load_passages
 
 
@@ -145,3 +152,72 @@ async def test_with_httpx_async_client(app: FastAPI, embedder: RecordingEmbedder
             found = await client.get("/search", params={"q": "halfvec", "mode": "hybrid"})
             assert found.json()["results"][0]["id"] == created.json()["id"]
     assert embedder.async_calls == 2 and embedder.blocking_calls == 0
+
+
+async def test_lifespan_installs_and_shutdown_uninstalls(
+    app: FastAPI, embedder: RecordingEmbedder
+) -> None:
+    from fastapi_app.models import Note
+
+    async with app.router.lifespan_context(app):
+        sessions = app.state.sessions
+        installation = app.state.vecorm
+        assert vecorm.is_installed(sessions) and installation.current
+        engine = sessions.kw["bind"].sync_engine
+        assert installation.engines == (engine,) and vecorm.search_settings_installed(engine)
+        async with sessions() as session:
+            # vecorm's search settings reach the app's own engine ...
+            probe = select(func.current_setting("hnsw.ef_search")).execution_options(
+                **vecorm.search_options(ef_search=77)
+            )
+            assert await session.scalar(probe) == "77"
+            # ... and a text search embeds with the installed embedder, awaiting aembed.
+            rows = (await session.execute(Note.nearest("anything at all", k=1))).all()
+            assert rows == [] and embedder.async_calls == 1 and embedder.blocking_calls == 0
+    assert installation.stopped and not vecorm.is_installed(sessions)
+
+
+async def test_a_second_app_in_one_process(vecorm_url: URL, app: FastAPI) -> None:
+    from fastapi_app.app import create_app
+
+    other = create_app(vecorm_url.render_as_string(hide_password=False), embedder="hashing")
+    async with app.router.lifespan_context(app), other.router.lifespan_context(other):
+        assert app.state.vecorm.current and other.state.vecorm.current  # factories of their own
+        for application in (app, other):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await client.get("/search", params={"q": "vacuum", "k": 2})
+                assert response.status_code == 200
+    assert not vecorm.is_installed(app.state.sessions)
+    assert not vecorm.is_installed(other.state.sessions)
+
+
+async def test_lifespans_sharing_one_factory_and_composing(vecorm_async_engine: Any) -> None:
+    sessions = async_sessionmaker(vecorm_async_engine)
+    first_embedder, second_embedder = HashingEmbedder(384), HashingEmbedder(384)
+    seen: list[str] = []
+
+    @asynccontextmanager
+    async def own(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        seen.append("start")
+        yield {"answer": 42}
+        seen.append("stop")
+
+    first = FastAPI(lifespan=lifespan(sessions, embedder=first_embedder, app_lifespan=own))
+    second = FastAPI(lifespan=lifespan(sessions, embedder=second_embedder))
+    async with first.router.lifespan_context(first) as state:
+        assert state == {"answer": 42} and seen == ["start"]
+        # The newest startup's hooks serve the shared factory ...
+        async with second.router.lifespan_context(second), sessions() as session:
+            assert vecorm.installed_embedder(session) is second_embedder
+        # ... and its shutdown, finding them its own, removed them; the first app's shutdown
+        # then finds someone else's (none) and leaves the factory alone.
+        assert not vecorm.is_installed(sessions) and not first.state.vecorm.current
+    assert seen == ["start", "stop"] and first.state.vecorm.stopped
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # "not installed"
+    monkeypatch.delitem(sys.modules, "vecorm.ext.fastapi", raising=False)
+    with pytest.raises(vecorm.ConfigurationError, match=r"pip install 'vecorm\[fastapi\]'"):
+        importlib.import_module("vecorm.ext.fastapi")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -9,9 +11,11 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import URL, create_engine, inspect, text
+from sqlalchemy import URL, create_engine, func, inspect, select, text
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
+import vecorm
 from tests.e2e.conftest import EXAMPLES, url_text
 from vecorm.tools.demo import load_passages
 
@@ -69,7 +73,7 @@ def test_upgrading_an_app_with_rows_fills_the_bm25_statistics(vecorm_url: URL) -
 
 @pytest.fixture
 def app(vecorm_url: URL) -> Iterator[Flask]:
-    from flask_app.app import create_app
+    from flask_app.app import create_app, search
     from flask_app.models import Article, db
 
     command.upgrade(alembic_config("flask_app", vecorm_url), "head")
@@ -84,6 +88,7 @@ def app(vecorm_url: URL) -> Iterator[Flask]:
         db.session.commit()
         db.session.remove()
     yield application
+    search.teardown_app(application)
     with application.app_context():
         db.engine.dispose()
 
@@ -164,14 +169,79 @@ def test_bad_requests_get_json_errors(
 
 
 def test_create_app_twice_in_one_process(app: Flask, vecorm_url: URL) -> None:
-    """Test suites and reloaders build the app again: vecorm.install on db.session replaces."""
-    from flask_app.app import create_app
+    """Test suites and reloaders build the app again: the newest app's installation serves
+    db.session, and tearing it down hands the hooks back to the first app."""
+    from flask_app.app import create_app, search
     from flask_app.models import db
 
+    first = app.extensions["vecorm"]
     again = create_app(
         {"SQLALCHEMY_DATABASE_URI": url_text(vecorm_url), "SEARCH_EMBEDDER": "hashing"}
     )
+    second = again.extensions["vecorm"]
+    assert first.current is False and second.current is True
+    with again.app_context():
+        assert vecorm.installed_embedder(db.session()) is second.embedder
     response = again.test_client().get("/search", query_string={"q": "autovacuum", "k": 3})
     assert response.status_code == 200 and len(response.get_json()["results"]) == 3
+
+    assert search.teardown_app(again) is True and "vecorm" not in again.extensions
+    restored = app.extensions["vecorm"]
+    assert restored.current and vecorm.is_installed(db.session)
+    response = app.test_client().get("/search", query_string={"q": "autovacuum", "k": 3})
+    assert response.status_code == 200 and len(response.get_json()["results"]) == 3
+    assert search.teardown_app(again) is False
     with again.app_context():
         db.engine.dispose()
+
+
+def test_teardown_uninstalls_the_hooks_and_the_engine_opt_in(vecorm_url: URL) -> None:
+    from flask_app.app import create_app, search
+    from flask_app.models import Article, db
+
+    command.upgrade(alembic_config("flask_app", vecorm_url), "head")
+    application = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url_text(vecorm_url), "SEARCH_EMBEDDER": "hashing"}
+    )
+    with application.app_context():
+        engine = db.engine
+        # An engine opted out of vecorm's settings gets them back from init_app ...
+        vecorm.uninstall_search_settings(engine)
+        search.init_app(application, db, embedder=vecorm.HashingEmbedder(384))
+        assert vecorm.search_settings_installed(engine)
+        # ... and the search runs through the app's own engine with its settings applied.
+        probe = select(func.current_setting("hnsw.ef_search")).execution_options(
+            **vecorm.search_options(ef_search=123)
+        )
+        assert db.session.scalar(probe) == "123"
+        db.session.add(Article(title="Pager duty", body="Who is on call tonight", category="ops"))
+        db.session.commit()
+        found = db.session.execute(Article.nearest("on call tonight", k=1)).all()
+        assert [article.title for article, _ in found] == ["Pager duty"]
+        db.session.remove()
+
+    assert search.teardown_app(application) is True
+    assert not vecorm.is_installed(db.session)
+    assert not vecorm.search_settings_installed(engine)  # opted out again, as it was
+    with application.app_context():
+        with pytest.raises(StatementError, match="no embedder"):
+            db.session.execute(Article.nearest("on call tonight", k=1)).all()
+        db.session.remove()
+        vecorm.install_search_settings(engine)
+        engine.dispose()
+
+
+def test_init_app_needs_the_apps_sqlalchemy_first() -> None:
+    from flask_app.models import db
+
+    from vecorm.ext.flask import Vecorm
+
+    with pytest.raises(vecorm.ConfigurationError, match=r"call db.init_app\(app\) before"):
+        Vecorm(Flask("bare"), db)
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "flask_sqlalchemy", None)  # "not installed"
+    monkeypatch.delitem(sys.modules, "vecorm.ext.flask", raising=False)
+    with pytest.raises(vecorm.ConfigurationError, match=r"pip install 'vecorm\[flask\]'"):
+        importlib.import_module("vecorm.ext.flask")

@@ -5,6 +5,7 @@ call, or embedded again; the column checked against the model and the provider f
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import textwrap
 import uuid
@@ -290,6 +291,24 @@ def test_cli_records_existing_vectors(project_module: Any, vecorm_url: URL) -> N
     assert sorted(project_module.embedder.texts) == ["Draft 0\nno vector yet"] + [
         f"Draft {n}\nno vector yet" for n in range(1, 5)
     ]
+
+
+def test_cli_json_is_one_document_on_stdout(project_module: Any, vecorm_url: URL) -> None:
+    result = _run(vecorm_url, f"{project_module.__name__}:Note", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # all of stdout is the document
+    assert {key: value for key, value in report.items() if key != "seconds"} == {
+        "model": "Note",
+        "re_embed": False,
+        "recorded": 30,
+        "embedded": 0,
+        "missing": 5,
+        "calls": 0,
+    }
+    assert report["seconds"] >= 0
+    assert "5 rows have text but no vector" in result.stderr  # the hint: stderr
+    again = _run(vecorm_url, f"{project_module.__name__}:Note", "--re-embed", "--json")
+    assert json.loads(again.stdout)["embedded"] == 5 and again.stderr == ""
 
 
 def test_cli_re_embed_uses_the_named_embedder(project_module: Any, vecorm_url: URL) -> None:

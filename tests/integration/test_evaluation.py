@@ -131,7 +131,11 @@ def test_evaluate_runs_every_mode_on_a_model(session: Session) -> None:
     table = report.table()
     assert table.splitlines()[0].startswith("| mode | nDCG@10 | Recall@100 | MRR@10 |")
     assert "| bm25 | 1.000 | 1.000 | 1.000 |" in table
-    assert report.as_dict()["modes"]["bm25"]["metrics"]["nDCG@10"] == pytest.approx(1.0)
+    numbers = report.as_dict()
+    header = [cell.strip() for cell in table.splitlines()[0].split("|")[1:-1]]
+    assert numbers["columns"] == header == report.headers()
+    assert set(numbers["modes"]["bm25"]) == {*header, "per_query"}
+    assert numbers["modes"]["bm25"]["nDCG@10"] == pytest.approx(1.0)
 
 
 def test_evaluate_refuses_what_cannot_be_judged(session: Session) -> None:

@@ -317,3 +317,18 @@ def test_settings_never_leak_to_the_next_statement_or_connection(plain_engine: E
     for _ in range(2):  # each pooled connection, checked out again
         with plain_engine.connect() as conn:
             assert _settings(conn) == DEFAULTS
+
+
+def test_a_first_statement_that_does_not_load_pgvector_breaks_no_later_search(
+    plain_engine: Engine,
+) -> None:
+    """On a fresh connection the hnsw.* names are placeholders until the library loads; setting
+    one back to '' made the next search fail ("invalid value for parameter") when it loaded."""
+    probe = select(func.current_setting("hnsw.ef_search")).execution_options(**ASKED)
+    with plain_engine.connect() as conn:
+        assert conn.execute(probe).scalar() == "123"  # no vector in it: library not loaded
+        search = text(LOAD_PGVECTOR).execution_options(**ASKED)
+        assert len(conn.execute(search).all()) == 1
+        # Kept (not set back to an invalid '') until the transaction ends, then gone.
+        conn.commit()
+        assert _settings(conn) == DEFAULTS

@@ -34,6 +34,15 @@ Failure modes (``mode=`` here, or ``SearchConfig(embedding_mode=...)`` per model
 With an ``AsyncSession`` the flush runs in SQLAlchemy's greenlet; the hook awaits the provider's
 ``aembed`` (or runs ``embed`` in a worker thread) through that bridge, so the event loop is never
 blocked, autoflush included.
+
+The installation's ``embedder`` also embeds *queries*: a second listener, on
+``do_orm_execute``, runs each statement of the sessions with that embedder current, so
+``Ticket.hybrid_search("printer on fire")`` on a model without ``SearchConfig(embedder=...)``
+embeds its text when it executes (see :mod:`vecorm.search.vector` for why at execution)::
+
+    vecorm.install(SessionLocal, embedder=HashingEmbedder(384))
+    with SessionLocal() as session:
+        hits = session.execute(Ticket.nearest("printer on fire", k=5)).all()
 """
 
 from __future__ import annotations
@@ -50,14 +59,23 @@ from typing import Any
 import sqlalchemy.util
 from sqlalchemy import ColumnElement, event, select, tuple_
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
-from sqlalchemy.orm import InstanceState, Mapper, Session, scoped_session, sessionmaker
+from sqlalchemy.orm import (
+    InstanceState,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    scoped_session,
+    sessionmaker,
+)
 from sqlalchemy.orm.attributes import History
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.unitofwork import UOWTransaction
 from sqlalchemy.util.concurrency import in_greenlet
 
 from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix, check_embeddings
+from vecorm.embedding.embedders.query import executing_embedder, executing_with
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.schema.config import EmbeddingMode, SearchConfig
@@ -83,6 +101,8 @@ class _Installation:
     mode: EmbeddingMode
     listen_target: Any
     hook: Callable[..., None] = field(init=False)
+    #: The ``do_orm_execute`` listener that lends ``embedder`` to query statements.
+    execute_hook: Callable[[ORMExecuteState], Result[Any] | None] | None = None
     restore: Callable[[], None] | None = None
 
 
@@ -109,7 +129,8 @@ def install(
 
     ``target`` is a ``Session``, ``sessionmaker``, ``scoped_session``, ``AsyncSession``,
     ``async_sessionmaker`` or ``async_scoped_session`` (or a ``Session`` subclass). ``embedder``
-    serves models whose ``SearchConfig`` has none of its own; ``mode`` is ``"strict"`` or
+    serves models whose ``SearchConfig`` has none of its own, on flush and for text queries
+    the sessions execute; ``mode`` is ``"strict"`` or
     ``"deferred"`` (see the module docs). Calling it again on the same sessions (an app factory
     run twice) replaces the earlier installation. Example::
 
@@ -133,6 +154,9 @@ def install(
     installation = _Installation(embedder, mode, listen_target, restore=restore)
     installation.hook = partial(_before_flush, installation)
     event.listen(listen_target, "before_flush", installation.hook)
+    if embedder is not None:
+        installation.execute_hook = partial(_execute_with_embedder, installation)
+        event.listen(listen_target, "do_orm_execute", installation.execute_hook)
     _by_target[target] = installation
     _by_listen_target[listen_target] = installation
 
@@ -146,6 +170,8 @@ def uninstall(target: InstallTarget) -> bool:
     if installation is None:
         return False
     event.remove(installation.listen_target, "before_flush", installation.hook)
+    if installation.execute_hook is not None:
+        event.remove(installation.listen_target, "do_orm_execute", installation.execute_hook)
     _by_listen_target.pop(installation.listen_target, None)
     if installation.restore is not None:
         installation.restore()
@@ -155,6 +181,15 @@ def uninstall(target: InstallTarget) -> bool:
 def is_installed(target: InstallTarget) -> bool:
     """Whether :func:`install` was called on ``target`` (and not undone)."""
     return target in _by_target
+
+
+def installation_of(target: InstallTarget) -> object | None:
+    """An opaque token for what :func:`install` put on ``target`` (``None`` if nothing).
+
+    Compare tokens with ``is``: an app that installed and later finds another token knows a
+    later :func:`install` (another app on the same sessions) replaced its own, and leaves it.
+    """
+    return _by_target.get(target)
 
 
 def installed_embedder(session: Session | AsyncSession) -> Embedder | None:
@@ -218,6 +253,27 @@ def _own_sync_session_class(
 
     maker.configure(sync_session_class=private)
     return private, restore
+
+
+# --- the query hook -----------------------------------------------------------------------
+
+
+def _execute_with_embedder(
+    installation: _Installation, state: ORMExecuteState
+) -> Result[Any] | None:
+    """Run the statement with the session's embedder current, for the text queries it may hold.
+
+    Every statement, not only vecorm's own: a search may sit in any subquery or CTE of yours.
+    What it costs another statement is a lookup and one context-variable set and reset.
+    """
+    # Installed on a session and on its factory: the one installed_embedder() names serves,
+    # and the second listener finds it already current.
+    found = _installation_for(state.session)
+    embedder = (found or installation).embedder
+    if embedder is None or executing_embedder() is embedder:
+        return None
+    with executing_with(embedder):
+        return state.invoke_statement()
 
 
 # --- the flush hook -----------------------------------------------------------------------

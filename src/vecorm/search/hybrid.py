@@ -60,12 +60,13 @@ from vecorm.search.arms import LexicalArm
 from vecorm.search.settings import MAX_EF_SEARCH, index_search_options
 from vecorm.search.text import Ranking, lexical_arm
 from vecorm.search.vector import (
+    PendingQuery,
     QueryInput,
     distance_expression,
     keys_equal,
     nearest_candidates,
     primary_key_columns,
-    query_vector,
+    query_value,
     row_limit,
 )
 
@@ -91,7 +92,7 @@ def _filters(
 
 def semantic_candidates(
     model: Any,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     *,
     where: Sequence[ColumnElement[bool]],
     depth: int,
@@ -149,7 +150,7 @@ def _completed(
     joined: Select[Any],
     arm: Any,
     text: str,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     distance: Distance | str | None,
 ) -> Subquery:
     """The fused candidates with both scores for every row: the distance of a row that only
@@ -229,8 +230,10 @@ def hybrid_search(
         raise ConfigurationError(f"missing must be 'score' or 'worst', not {missing!r}")
     filters = _filters(where)
     depth = max(depth, k)
-    # Embedded once: the semantic arm and the completed distances use the same vector.
-    query = query_vector(model, text if vector is None else vector, embedder=embedder)
+    # Embedded once: the semantic arm and the completed distances use the same vector. With
+    # no embedder here or on the model, the session's installed one embeds it at execution
+    # (vecorm.search.vector.PendingQuery).
+    query = query_value(model, text if vector is None else vector, embedder=embedder)
     semantic = _ranked(
         semantic_candidates(model, query, where=filters, depth=depth, distance=distance),
         "distance",

@@ -235,8 +235,10 @@ def _set_config_statement(count: int) -> Select[Any]:
 
 
 def _restore_statement(count: int) -> Select[Any]:
-    """Set each name back; a setting that did not exist yet (library not loaded) gets its
-    session value (``pg_settings.reset_val``)."""
+    """Set each name back; a setting that did not exist yet gets its session value
+    (``pg_settings.reset_val``) if the statement loaded pgvector's library, else keeps the
+    statement's value until the transaction ends: a placeholder set back to ``''`` would make
+    the library's loading (by the next search in this transaction) fail on that value."""
     columns = []
     for index in range(count):
         reset_value = (
@@ -244,7 +246,9 @@ def _restore_statement(count: int) -> Select[Any]:
             .where(_PG_SETTINGS.c.name == _setting_name(index))
             .scalar_subquery()
         )
-        restored = func.coalesce(_setting_value(index), reset_value)
+        restored = func.coalesce(
+            _setting_value(index), reset_value, func.current_setting(_setting_name(index))
+        )
         columns.append(func.set_config(_setting_name(index), restored, true()))
     return select(*columns)
 

@@ -17,6 +17,29 @@ PostgreSQL walks the HNSW / IVFFlat index, and a primary-key tie-break makes the
 
 Query-time settings (``ef_search``, iterative scan, probes) travel with the statement as
 execution options; :mod:`vecorm.search.settings` applies them.
+
+**Which embedder embeds a text query.** ``embedder=`` given to the call, else the model's
+``SearchConfig(embedder=...)``: the text is embedded while the statement is built (cached), as
+before. With neither, the statement carries a :class:`PendingQuery`: a bound parameter whose
+value is computed when the statement *executes*, with the embedder that
+``vecorm.install(factory, embedder=...)`` gave the session running it::
+
+    vecorm.install(SessionLocal, embedder=HashingEmbedder(384))
+    with SessionLocal() as session:
+        session.execute(Ticket.hybrid_search("printer on fire", k=5)).all()
+
+Why at execution: a query helper builds a statement and never executes it, and the same
+statement may run in any session; only the session knows which installation serves it. The
+installation's ``do_orm_execute`` hook runs that one execution with its embedder current
+(:func:`vecorm.embedding.embedders.query.executing_with`, a context variable reset right
+after), and the bind's ``callable_`` reads it. The vector is an ordinary bind value, so the
+compiled statement stays cached across query texts, a ``PendingQuery`` nested in your own
+subquery or CTE resolves too, an ``AsyncSession`` awaits the provider's ``aembed`` on its
+event loop, and the same text costs one provider call (the query cache), however many times
+the statement uses its vector. Executed where no installation knows an embedder (a session
+without ``install``, Core's ``connection.execute``), it raises
+:class:`~vecorm.ConfigurationError` saying so before any SQL is sent (SQLAlchemy's
+``StatementError`` wraps it, as it wraps vecorm's other bind-time errors; ``exc.orig``).
 """
 
 from __future__ import annotations
@@ -43,13 +66,13 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.schema import Column
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from vecorm.embedding.embedders.base import Embedder
-from vecorm.embedding.embedders.query import embed_query
-from vecorm.errors import ConfigurationError
+from vecorm.embedding.embedders.query import embed_query, embed_query_now, executing_embedder
+from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import Distance, SearchConfig
 from vecorm.schema.indexes import indexed_expression
 from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
@@ -76,23 +99,88 @@ def _name(model: Any) -> str:
     return getattr(model, "__name__", type(model).__name__)
 
 
+class PendingQuery:
+    """A text query whose vector is computed when the statement executes (see the module
+    docstring): the ``callable_`` of the statement's vector binds.
+
+    ``Ticket.nearest("printer", k=5)`` on a model without ``SearchConfig(embedder=...)`` holds
+    one; calling it embeds the text with the executing session's installed embedder.
+    """
+
+    __slots__ = ("dimensions", "owner", "text")
+
+    def __init__(self, model: Any, text: str) -> None:
+        self.owner = _name(model)
+        self.dimensions = _config(model).dimensions
+        self.text = text
+
+    def __call__(self) -> FloatArray:
+        embedder = executing_embedder()
+        if embedder is None:
+            raise ConfigurationError(
+                f"{self.owner}: the text query {self.text!r} has no embedder. It is embedded "
+                "when the statement runs, by the embedder vecorm.install(..., embedder=...) "
+                "gave the session running it, and this execution has none (a session without "
+                "vecorm.install, or Core's connection.execute). Run it in an installed session, "
+                f"pass embedder=..., set SearchConfig(embedder=...) on {self.owner}.__vecorm__, "
+                "or pass a vector"
+            )
+        return to_float_array(
+            embed_query_now(embedder, self.text),
+            self.dimensions,
+            label=f"{self.owner} query vector",
+        )
+
+    def __repr__(self) -> str:
+        return f"PendingQuery({self.owner}, {self.text!r})"
+
+
+QueryValue = FloatArray | PendingQuery
+"""A query vector, or the text query a session's embedder turns into one at execution."""
+
+
 def query_vector(model: Any, query: QueryInput, *, embedder: Embedder | None = None) -> FloatArray:
     """``query`` as a validated float32 vector for ``model``; text is embedded (LRU cached).
 
-    Raises :class:`~vecorm.ConfigurationError` for text when no embedder is configured.
+    Raises :class:`~vecorm.ConfigurationError` for text when no embedder is given or configured
+    (statements defer that case instead, see :func:`query_value`).
     """
+    value = query_value(model, query, embedder=embedder)
+    if isinstance(value, PendingQuery):
+        raise ConfigurationError(
+            f"{_name(model)}: a text query needs an embedder here; pass embedder=... or set "
+            f"SearchConfig(embedder=...) on {_name(model)}.__vecorm__, or pass a vector"
+        )
+    return value
+
+
+def query_value(
+    model: Any, query: QueryInput | PendingQuery, *, embedder: Embedder | None = None
+) -> QueryValue:
+    """``query`` as a vector for a statement on ``model``: text is embedded now with
+    ``embedder`` or the model's own, else left to the executing session (a
+    :class:`PendingQuery`)."""
+    if isinstance(query, PendingQuery):
+        return query
     config = _config(model)
     if isinstance(query, str):
         provider = embedder if embedder is not None else config.embedder
         if provider is None:
-            raise ConfigurationError(
-                f"{_name(model)}: a text query needs an embedder; pass embedder=... or set "
-                f"SearchConfig(embedder=...) on {_name(model)}.__vecorm__, or pass a vector"
-            )
+            if not query.strip():
+                raise EmbeddingError("cannot embed an empty search text")
+            return PendingQuery(model, query)
         vector: object = embed_query(provider, query)
     else:
         vector = query
     return to_float_array(vector, config.dimensions, label=f"{_name(model)} query vector")
+
+
+def _vector_bind(value: QueryValue, type_: Any) -> BindParameter[Any]:
+    """An anonymous bind of the query vector (a pending one computes its value at execution,
+    so the compiled statement is the same whatever the text)."""
+    if isinstance(value, PendingQuery):
+        return bindparam(None, type_=type_, callable_=value)
+    return bindparam(None, value, type_=type_)
 
 
 def metric_of(model: Any, distance: Distance | str | None = None) -> Distance:
@@ -102,7 +190,7 @@ def metric_of(model: Any, distance: Distance | str | None = None) -> Distance:
 
 def distance_expression(
     model: Any,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     *,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
@@ -115,7 +203,7 @@ def distance_expression(
     config = _config(model)
     metric = metric_of(model, distance)
     embedding = model.embedding
-    value = query_vector(model, query, embedder=embedder)
+    value = query_value(model, query, embedder=embedder)
     if (
         config.index_precision == "halfvec"
         and config.storage == "vector"
@@ -123,17 +211,17 @@ def distance_expression(
     ):
         # The expression index's own expression, or the planner cannot use it.
         target: ColumnElement[Any] = indexed_expression(embedding, config)
-        vector = bindparam(None, value, type_=HalfVec(config.dimensions))
+        vector = _vector_bind(value, HalfVec(config.dimensions))
     else:
         target = embedding
-        vector = bindparam(None, value, type_=embedding.type)
+        vector = _vector_bind(value, embedding.type)
     expression: ColumnElement[float | None] = target.op(metric.operator, return_type=Float)(vector)
     return expression
 
 
 def exact_distance_expression(
     model: Any,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     *,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
@@ -141,7 +229,7 @@ def exact_distance_expression(
     """``embedding <=> :query`` on the stored column, whatever the index's precision."""
     metric = metric_of(model, distance)
     embedding = model.embedding
-    vector = bindparam(None, query_vector(model, query, embedder=embedder), type_=embedding.type)
+    vector = _vector_bind(query_value(model, query, embedder=embedder), embedding.type)
     expression: ColumnElement[float | None] = embedding.op(metric.operator, return_type=Float)(
         vector
     )
@@ -149,18 +237,16 @@ def exact_distance_expression(
 
 
 def hamming_expression(
-    model: Any, query: QueryInput, *, embedder: Embedder | None = None
+    model: Any, query: QueryInput | PendingQuery, *, embedder: Embedder | None = None
 ) -> ColumnElement[float | None]:
     """``binary_quantize(embedding)::bit(N) <~> binary_quantize(:query)::bit(N)``: the
     ordering a ``precision="bit"`` index serves."""
     config = _config(model)
-    value = query_vector(model, query, embedder=embedder)
+    value = query_value(model, query, embedder=embedder)
     vector_type = (
         Vector(config.dimensions) if config.storage == "vector" else HalfVec(config.dimensions)
     )
-    quantized = cast(
-        func.binary_quantize(bindparam(None, value, type_=vector_type)), Bit(config.dimensions)
-    )
+    quantized = cast(func.binary_quantize(_vector_bind(value, vector_type)), Bit(config.dimensions))
     indexed = cast(func.binary_quantize(model.embedding), Bit(config.dimensions))
     expression: ColumnElement[float | None] = indexed.op("<~>", return_type=Float)(quantized)
     return expression
@@ -316,7 +402,7 @@ def keys_in(keys: Sequence[Any], rows: Select[Any]) -> ColumnElement[bool]:
 
 def nearest(
     model: Any,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     k: int = 10,
     *,
     distance: Distance | str | None = None,
@@ -349,7 +435,8 @@ def nearest(
     config = _config(model)
     metric = metric_of(model, distance)
     binary = config.index_precision == "bit" and metric is config.metric and not exact
-    expression = distance_expression(model, query, distance=metric, embedder=embedder)
+    query = query_value(model, query, embedder=embedder)  # embedded once, used twice
+    expression = distance_expression(model, query, distance=metric)
     distance_column = expression.label("distance")
     columns: list[Any] = [model, distance_column]
     if with_score:
@@ -359,7 +446,7 @@ def nearest(
     if binary:
         depth = candidates if candidates is not None else k * config.rerank
         keys = primary_key_columns(model)
-        order = hamming_expression(model, query, embedder=embedder)
+        order = hamming_expression(model, query)
         stmt = stmt.where(BinaryCandidates(keys, order, depth))
     if max_distance is not None:
         stmt = stmt.where(expression <= max_distance)
@@ -372,7 +459,7 @@ def nearest(
 
 def nearest_candidates(
     model: Any,
-    query: QueryInput,
+    query: QueryInput | PendingQuery,
     *,
     where: Sequence[ColumnElement[bool]] = (),
     depth: int,
@@ -387,7 +474,8 @@ def nearest_candidates(
     """
     config = _config(model)
     metric = metric_of(model, distance)
-    expression = distance_expression(model, query, distance=metric, embedder=embedder)
+    query = query_value(model, query, embedder=embedder)
+    expression = distance_expression(model, query, distance=metric)
     distance_column = expression.label("distance")
     keys = primary_key_columns(model)
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), distance_column).where(
@@ -395,6 +483,6 @@ def nearest_candidates(
     )
     if config.index_precision == "bit" and metric is config.metric:
         count = candidates if candidates is not None else depth * config.rerank
-        order = hamming_expression(model, query, embedder=embedder)
+        order = hamming_expression(model, query)
         stmt = stmt.where(BinaryCandidates(keys, order, count))
     return stmt.order_by(distance_column, *keys).limit(row_limit(depth))

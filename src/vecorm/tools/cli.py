@@ -121,6 +121,13 @@ def init(directory: str, use_async: bool, ini_path: str, target_metadata: str) -
     default=None,
     help="Show a progress bar on stderr (default: when stderr is a terminal).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document (model, re_embed, recorded, embedded, missing, calls, "
+    "seconds) on stdout; hints go to stderr.",
+)
 def adopt(
     model_path: str,
     re_embed: bool,
@@ -128,12 +135,14 @@ def adopt(
     database_url: str | None,
     batch_size: int | None,
     progress: bool | None,
+    as_json: bool,
 ) -> None:
     """Take over the vectors already stored for MODULE:MODEL (see docs/adopting.md).
 
     Records each existing vector as current for its row's text, without calling the provider;
     with --re-embed, embeds the rows again instead.
     """
+    import dataclasses
     import os
     import sys
 
@@ -166,7 +175,12 @@ def adopt(
     finally:
         engine.dispose()
     name = model.__name__
-    if re_embed:
+    if as_json:
+        import json
+
+        report = {"model": name, "re_embed": re_embed, **dataclasses.asdict(result)}
+        click.echo(json.dumps(report, indent=2))
+    elif re_embed:
         calls = f"{result.calls} provider call{'' if result.calls == 1 else 's'}"
         click.echo(f"{name}: embedded {result.embedded} rows in {calls}")
     else:
@@ -176,7 +190,8 @@ def adopt(
     if result.missing:
         click.echo(
             f"{name}: {result.missing} rows have text but no vector; "
-            f"`vecorm adopt {model_path} --re-embed` embeds them (recorded rows are kept)"
+            f"`vecorm adopt {model_path} --re-embed` embeds them (recorded rows are kept)",
+            err=as_json,
         )
 
 
@@ -259,15 +274,32 @@ def backfill(
     help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL, "
     "else a scratch embedded server).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document (database, ok, problems, warnings, findings) on stdout.",
+)
 def doctor(
-    model_paths: tuple[str, ...], embedder_name: str | None, database_url: str | None
+    model_paths: tuple[str, ...],
+    embedder_name: str | None,
+    database_url: str | None,
+    as_json: bool,
 ) -> None:
     """Check the server, pgvector and your searchable models; exit 1 on a problem."""
     from vecorm.tools.clitools import parse_url
     from vecorm.tools.doctor import run_doctor
 
     url = parse_url(database_url) if database_url else None
-    if not run_doctor(url, model_paths, embedder_name=embedder_name, echo=click.echo):
+    passed = run_doctor(
+        url,
+        model_paths,
+        embedder_name=embedder_name,
+        echo=click.echo,
+        as_json=as_json,
+        note=lambda message: click.echo(message, err=True),
+    )
+    if not passed:
         raise SystemExit(1)
 
 

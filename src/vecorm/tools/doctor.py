@@ -12,6 +12,10 @@ nearest-neighbour query uses the vector index, and how many rows are stale::
             print(finding.status, finding.subject, finding.message)
 
 Nothing is written: every query runs in a transaction that is rolled back.
+
+``vecorm doctor --json`` prints :func:`doctor_report` instead of the table: one JSON document
+on stdout (``{"database", "ok", "problems", "warnings", "findings": [{"status", "subject",
+"message", "hint"}, ...]}``), with anything else (which server it is checking) on stderr.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from vecorm.search.explain import indexes_used
 __all__ = [
     "Finding",
     "diagnose",
+    "doctor_report",
     "format_findings",
     "has_failures",
     "run_doctor",
@@ -138,20 +143,49 @@ def format_findings(findings: Iterable[Finding]) -> list[str]:
     return lines
 
 
+def doctor_report(findings: Sequence[Finding], database: str) -> dict[str, Any]:
+    """The report as JSON-ready data: ``ok`` is ``False`` when a check failed.
+
+    ``json.dumps(doctor_report(diagnose(session, [Document]), "postgresql://..."))``
+    """
+    return {
+        "database": database,
+        "ok": not has_failures(findings),
+        "problems": sum(finding.status == "fail" for finding in findings),
+        "warnings": sum(finding.status == "warn" for finding in findings),
+        "findings": [
+            {
+                "status": finding.status,
+                "subject": finding.subject,
+                "message": finding.message,
+                "hint": finding.hint,
+            }
+            for finding in findings
+        ],
+    }
+
+
 def run_doctor(
     url: URL | None,
     model_paths: Sequence[str] = (),
     *,
     embedder_name: str | None = None,
     echo: Callable[[str], object] = print,
+    as_json: bool = False,
+    note: Callable[[str], object] | None = None,
 ) -> bool:
     """``vecorm doctor``: print the report for ``url`` (else a scratch embedded server).
 
-    Returns ``False`` when a check failed.
+    ``as_json`` echoes one JSON document (:func:`doctor_report`) instead of the table, and the
+    line naming the server goes to ``note`` (the command's stderr). Returns ``False`` when a
+    check failed.
     """
+    import json
+
     from vecorm.tools.clitools import connect, load_embedder, load_model
     from vecorm.tools.embedded import database
 
+    header = (note or (lambda _: None)) if as_json else echo
     models = [load_model(path) for path in model_paths]
     embedders = {
         model: load_embedder(embedder_name, dimensions=search_config(model).dimensions)
@@ -161,15 +195,19 @@ def run_doctor(
     with ExitStack() as stack:
         if url is None:
             resolved = stack.enter_context(database())
-            echo("vecorm doctor: scratch embedded server")
+            target = "scratch embedded server"
         else:
             resolved = url  # not vecorm.database(url): it would create a missing extension
-            echo(f"vecorm doctor: {url.render_as_string()}")
+            target = url.render_as_string()
+        header(f"vecorm doctor: {target}")
         session = stack.enter_context(connect(resolved))
         findings = diagnose(session, models, embedder=embedders or None)
+    problems = sum(finding.status == "fail" for finding in findings)
+    if as_json:
+        echo(json.dumps(doctor_report(findings, target), indent=2))
+        return problems == 0
     for line in format_findings(findings):
         echo(line)
-    problems = sum(finding.status == "fail" for finding in findings)
     warnings = sum(finding.status == "warn" for finding in findings)
     if problems:
         echo(f"{problems} problem{'s' if problems != 1 else ''} found")

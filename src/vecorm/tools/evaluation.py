@@ -46,6 +46,8 @@ from vecorm.search.vector import QueryInput, nearest, primary_key_columns
 
 #: The measures reported, as ir-measures names them.
 MEASURES: tuple[str, ...] = ("nDCG@10", "R@100", "RR@10")
+#: The report's metric columns: table header (and JSON key) -> ir-measures name.
+METRIC_COLUMNS: dict[str, str] = {"nDCG@10": "nDCG@10", "Recall@100": "R@100", "MRR@10": "RR@10"}
 #: Rows retrieved per query (Recall@100 needs 100).
 DEFAULT_DEPTH = 100
 
@@ -183,36 +185,62 @@ class EvaluationReport:
     baseline: str | None
     queries: int
 
+    def headers(self) -> list[str]:
+        """The table's column names, which are also the keys of each mode in :meth:`as_dict`."""
+        return ["mode", *METRIC_COLUMNS, "median ms", "p95 ms", self.p_header]
+
+    @property
+    def p_header(self) -> str:
+        """``"p vs dense"``: the column of the paired t-test against the baseline."""
+        return f"p vs {self.baseline or 'baseline'}"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One mapping per mode, keyed by :meth:`headers` (the numbers unrounded)."""
+        return [
+            {
+                "mode": result.name,
+                **{header: result.metrics[measure] for header, measure in METRIC_COLUMNS.items()},
+                "median ms": result.median_ms,
+                "p95 ms": result.p95_ms,
+                self.p_header: result.p_value,
+            }
+            for result in self.modes.values()
+        ]
+
     def table(self) -> str:
         """A Markdown table: one row per mode."""
-        header = "| mode | nDCG@10 | Recall@100 | MRR@10 | median ms | p95 ms | p vs " + (
-            f"{self.baseline} |" if self.baseline else "baseline |"
-        )
-        lines = [header, "|---|---|---|---|---|---|---|"]
-        for result in self.modes.values():
-            p_value = "" if result.p_value is None else f"{result.p_value:.3g}"
-            lines.append(
-                f"| {result.name} | {result.metrics['nDCG@10']:.3f} | "
-                f"{result.metrics['R@100']:.3f} | {result.metrics['RR@10']:.3f} | "
-                f"{result.median_ms:.1f} | {result.p95_ms:.1f} | {p_value} |"
-            )
+        headers = self.headers()
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for row in self.rows():
+            cells = [row["mode"]]
+            cells.extend(f"{row[header]:.3f}" for header in METRIC_COLUMNS)
+            cells.extend(f"{row[header]:.1f}" for header in ("median ms", "p95 ms"))
+            p_value = row[self.p_header]
+            cells.append("" if p_value is None else f"{p_value:.3g}")
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready numbers (``vecorm eval --json``)."""
+        """JSON-ready numbers (``vecorm eval --json``): ``columns`` are the table's headers
+        and each mode's keys are exactly those, plus ``per_query`` (the metric columns per
+        query id)::
+
+            {"queries": 300, "baseline": "dense", "columns": ["mode", "nDCG@10", ...],
+             "modes": {"bm25": {"mode": "bm25", "nDCG@10": 0.69, ..., "p vs dense": 0.02,
+                                "per_query": {"q1": {"nDCG@10": 1.0, ...}}}}}
+        """
+        modes: dict[str, Any] = {}
+        for row, result in zip(self.rows(), self.modes.values(), strict=True):
+            per_query = {
+                query: {header: values[measure] for header, measure in METRIC_COLUMNS.items()}
+                for query, values in result.per_query.items()
+            }
+            modes[result.name] = {**row, "per_query": per_query}
         return {
             "queries": self.queries,
             "baseline": self.baseline,
-            "modes": {
-                name: {
-                    "metrics": result.metrics,
-                    "median_ms": result.median_ms,
-                    "p95_ms": result.p95_ms,
-                    "p_value": result.p_value,
-                    "per_query": result.per_query,
-                }
-                for name, result in self.modes.items()
-            },
+            "columns": self.headers(),
+            "modes": modes,
         }
 
 
@@ -783,7 +811,12 @@ def run_eval_command(
         payload["documents"] = result.documents
         payload["embedder"] = embedder.model_name
         if result.curves is not None:
-            payload["sweep"] = {knob: points for knob, points in result.curves.items()}
+            payload["sweep"] = {
+                knob: [
+                    {"value": value, "nDCG@10": ndcg, "median ms": ms} for value, ndcg, ms in points
+                ]
+                for knob, points in result.curves.items()
+            }
         Path(json_path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
         echo(f"numbers written to {json_path}")
     return result
