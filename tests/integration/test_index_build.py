@@ -19,6 +19,7 @@ from sqlalchemy.schema import CreateIndex
 import vecorm
 import vecorm.alembic
 from tests.integration.catalog import indexes
+from vecorm.errors import IndexBuildBlocked
 from vecorm.scale.index_build import (
     BuildProgress,
     IndexBuildError,
@@ -30,9 +31,8 @@ from vecorm.scale.index_build import (
     model_vector_index,
     parse_memory,
 )
-from vecorm.errors import IndexBuildBlocked
-from vecorm.schema.concurrently import run_concurrently
 from vecorm.scale.partitioning import check_partition_indexes, create_partition
+from vecorm.schema.concurrently import run_concurrently
 from vecorm.tools.cli import main
 
 DIMS = 128
