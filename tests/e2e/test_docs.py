@@ -24,7 +24,10 @@ The rules (one test per block, named ``file:line`` of its opening fence):
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import doctest
+import inspect
 import io
 import os
 import shlex
@@ -157,7 +160,11 @@ def _run_python(block: Block, session: FileSession) -> None:
     code = "\n" * block.line + block.code  # tracebacks give the markdown's line numbers
     before = _engines(session.namespace)
     try:
-        exec(compile(code, str(block.path), "exec"), session.namespace)
+        compiled = compile(code, str(block.path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        if compiled.co_flags & inspect.CO_COROUTINE:  # top-level await, as in asyncio's REPL
+            asyncio.run(eval(compiled, session.namespace))
+        else:
+            exec(compiled, session.namespace)
     finally:
         # An engine the block replaced (``engine = ...`` again) would leak its connections.
         kept = {id(engine) for engine in _engines(session.namespace)}
