@@ -17,6 +17,7 @@ the block, for the context the prose implies (an engine, a few rows, a query vec
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _markers(lines: list[str], fence_index: int) -> tuple[str | None, bool, list
                 break
             body = match.group("body")
             if body.startswith("setup"):
-                setups.insert(0, "\n".join(lines[start + 1 : end]))
+                setups.insert(0, textwrap.dedent("\n".join(lines[start + 1 : end])))
             elif start != end:
                 raise MarkerError(f"line {start + 1}: only a setup marker spans lines")
             elif _SKIP.match(body):

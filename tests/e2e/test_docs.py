@@ -25,6 +25,7 @@ The rules (one test per block, named ``file:line`` of its opening fence):
 from __future__ import annotations
 
 import ast
+import contextlib
 import asyncio
 import doctest
 import inspect
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from tests.e2e.markdown_blocks import Block, blocks
 
@@ -217,9 +218,8 @@ def _run_shell(block: Block, session: FileSession) -> None:
             timeout=600,
             check=False,
         )
-        assert result.returncode == 0, (
-            f"$ {command}\nexit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, f"$ {command}\nexit {result.returncode}\n{output}"
 
 
 def _run_sql(block: Block, session: FileSession) -> None:
@@ -269,10 +269,8 @@ def test_block(block: Block, docs_sessions: dict[Path, FileSession]) -> None:
             break
         if earlier.line in session.done or earlier.lang not in RUNNABLE or earlier.skip:
             continue
-        try:
+        with contextlib.suppress(Exception):  # recorded; reported by its own test
             _execute(earlier, session)
-        except Exception:
-            pass  # recorded; reported by its own test
     detail = ""
     try:
         _execute(block, session)
@@ -281,7 +279,7 @@ def test_block(block: Block, docs_sessions: dict[Path, FileSession]) -> None:
     except Exception as error:
         detail = "".join(traceback.format_exception(error, limit=-8))
     if detail:
+        where = f"{block.path.name}:{block.line}"
         pytest.fail(
-            f"{block.path.name}:{block.line} failed{session.earlier_trouble(block.line)}:\n{detail}",
-            pytrace=False,
+            f"{where} failed{session.earlier_trouble(block.line)}:\n{detail}", pytrace=False
         )
