@@ -25,8 +25,8 @@ The rules (one test per block, named ``file:line`` of its opening fence):
 from __future__ import annotations
 
 import ast
-import contextlib
 import asyncio
+import contextlib
 import doctest
 import inspect
 import io
