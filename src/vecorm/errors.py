@@ -14,6 +14,8 @@ all: ``warnings.simplefilter("error", vecorm.VecormWarning)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class VecormError(Exception):
     """Base class of every exception vecorm raises on purpose."""
@@ -67,6 +69,18 @@ class ServerError(VecormError):
 
 class IndexBuildError(VecormError):
     """A vector index build could not run (wrong target, failed build)."""
+
+
+class IndexBuildBlocked(IndexBuildError):
+    """A concurrent index build gave up waiting for other sessions' transactions.
+
+    ``blockers`` lists them (:class:`vecorm.schema.concurrently.BlockingSession`: pid, state,
+    application_name, xact_start); the message names them and what to do.
+    """
+
+    def __init__(self, message: str, blockers: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.blockers = tuple(blockers)
 
 
 class ReplicaLagError(VecormError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -11,11 +12,14 @@ from alembic.operations import Operations
 from click.testing import CliRunner
 from sqlalchemy import String, func, insert, select, text
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import CreateIndex
 
 import vecorm
 import vecorm.alembic
 from tests.integration.catalog import indexes
+from vecorm.errors import IndexBuildBlocked
 from vecorm.scale.index_build import (
     BuildProgress,
     IndexBuildError,
@@ -28,6 +32,7 @@ from vecorm.scale.index_build import (
     parse_memory,
 )
 from vecorm.scale.partitioning import check_partition_indexes, create_partition
+from vecorm.schema.concurrently import run_concurrently
 from vecorm.tools.cli import main
 
 DIMS = 128
@@ -224,3 +229,56 @@ def test_cli_build_index(
     assert f"built {INDEX}" in result.output
     with filled.connect() as conn:
         assert INDEX in indexes(conn, "chunks")
+
+
+def test_build_gives_up_on_a_session_idle_in_transaction(filled: Engine) -> None:
+    """The wait for older transactions is bounded and names them; no index is created."""
+    with filled.connect() as idle:
+        idle = idle.execution_options(isolation_level="REPEATABLE READ")  # keeps its snapshot
+        idle.execute(text("SET application_name = 'stuck-worker'"))
+        idle.execute(select(Chunk.id).limit(1)).all()
+        pid = idle.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        started = time.monotonic()
+        with pytest.raises(IndexBuildBlocked, match=f"pid {pid} \\(idle in transaction"):
+            build_model_index(filled, Chunk, wait_timeout="1s")
+        assert 0.9 < time.monotonic() - started < 4
+        idle.rollback()
+    with filled.connect() as conn:
+        assert INDEX not in indexes(conn, "chunks")
+    assert build_model_index(filled, Chunk, wait_timeout=5).index == INDEX
+
+
+def test_lock_timeout_bounds_the_wait_for_old_snapshots_and_drops_the_invalid_index(
+    filled: Engine,
+) -> None:
+    """A transaction begun after the check but before the build's snapshot wait: PostgreSQL
+    waits on its virtualxid, lock_timeout ends that wait, the INVALID index is dropped."""
+    index = model_vector_index(Chunk)
+    with filled.connect() as late, _autocommit(filled) as builder:  # type: ignore[attr-defined]
+        late = late.execution_options(isolation_level="REPEATABLE READ")
+        late.execute(text("SET application_name = 'late-reader'"))
+        pid = late.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        late.commit()  # no transaction until build() begins one
+
+        def build() -> None:
+            late.execute(text("SELECT 1")).all()  # takes its snapshot now, holds no table lock
+            index.dialect_options["postgresql"]["concurrently"] = True
+            try:
+                builder.execute(CreateIndex(index))
+            finally:
+                index.dialect_options["postgresql"]["concurrently"] = False
+
+        started = time.monotonic()
+        with pytest.raises(IndexBuildBlocked) as raised:
+            run_concurrently(builder, build, index=INDEX, wait_timeout=1)
+        assert 0.9 < time.monotonic() - started < 4
+        assert isinstance(raised.value.__cause__, OperationalError)
+        assert "lock timeout" in str(raised.value.__cause__)
+        assert f"pid {pid} (idle in transaction, application_name='late-reader'" in str(
+            raised.value
+        )
+        assert "INVALID" not in str(raised.value)
+        assert builder.execute(text("SHOW lock_timeout")).scalar() == "0"  # put back
+        late.rollback()
+    with filled.connect() as conn:
+        assert INDEX not in indexes(conn, "chunks")  # the INVALID leftover was dropped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from vecorm.embedding.embedders import HashingEmbedder
 from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.reembed import ChangeStatus, ModelChange
 from vecorm.embedding.source import text_digest
+from vecorm.errors import IndexBuildBlocked
 from vecorm.testing import FakeEmbedder
 
 OLD, NEW = 8, 12
@@ -221,3 +223,46 @@ def test_finish_waits_at_most_lock_timeout_for_writers(engine: Engine, app: Any)
         writer.rollback()
     with engine.connect() as conn:
         assert column_types(conn, "articles")["embedding"] == "vector(8)"  # nothing switched
+
+
+def test_create_index_names_a_session_idle_in_transaction_and_gives_up(
+    engine: Engine, app: Any
+) -> None:
+    """issue #19: a session left idle in transaction made create_index() wait for ever."""
+    change = ModelChange(Article, FakeEmbedder(dimensions=NEW))
+    change.start(engine)
+    with app() as session:
+        change.backfill(session)
+    with engine.connect() as idle:
+        idle = idle.execution_options(isolation_level="REPEATABLE READ")
+        idle.execute(text("SET application_name = 'forgotten-report'"))
+        idle.execute(select(Article.id).limit(1)).all()  # a snapshot, then idle in transaction
+        pid = idle.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        started = time.monotonic()
+        with pytest.raises(IndexBuildBlocked) as raised:
+            change.create_index(engine, wait_timeout=1.5)
+        waited = time.monotonic() - started
+        idle.rollback()
+    assert 1.4 < waited < 4, waited
+    message = str(raised.value)
+    assert f"pid {pid} (idle in transaction, application_name='forgotten-report'" in message
+    assert "waited 1.5 s" in message and "pg_terminate_backend" in message
+    assert [blocker.pid for blocker in raised.value.blockers] == [pid]
+    with engine.connect() as conn:  # no index at all, so no INVALID one
+        assert "ix_articles_embedding_next_hnsw" not in indexes(conn, "articles")
+    # Once the session has ended, the same call builds it.
+    assert change.create_index(engine, wait_timeout=5) == "ix_articles_embedding_next_hnsw"
+
+
+def test_status_on_a_throwaway_session_leaves_no_transaction_open(engine: Engine, app: Any) -> None:
+    """The documented ``change.status(Session(engine))`` no longer stalls create_index()."""
+    change = ModelChange(Article, FakeEmbedder(dimensions=NEW))
+    change.start(engine)
+    kept = Session(engine)  # never closed, as in the issue's example
+    assert change.status(kept) == ChangeStatus(rows=30, remaining=30)
+    assert not kept.in_transaction()
+    assert change.create_index(engine, wait_timeout=2) == "ix_articles_embedding_next_hnsw"
+    with Session(engine) as session, session.begin():
+        change.status(session)
+        assert session.in_transaction()  # a transaction of the caller's stays open
+    kept.close()

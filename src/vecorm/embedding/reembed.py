@@ -11,9 +11,11 @@ one short transaction::
     change = ModelChange(Document, OpenAIEmbedder(model="text-embedding-3-large", dimensions=3072),
                          storage="halfvec")
     change.start(engine)            # ALTER TABLE ... ADD COLUMN embedding_next halfvec(3072), ...
-    change.backfill(Session(engine))    # resumable, SKIP LOCKED batches, safe next to the app
+    with Session(engine) as session:
+        change.backfill(session)    # resumable, SKIP LOCKED batches, safe next to the app
     change.create_index(engine)     # CREATE INDEX CONCURRENTLY on the shadow column
-    change.finish(Session(engine))  # lock, embed rows edited meanwhile, swap columns and index
+    with Session(engine) as session:
+        change.finish(session)      # lock, embed rows edited meanwhile, swap columns and index
     # then deploy the app with SearchConfig(dimensions=3072, storage="halfvec") and the new
     # embedder; change.abort(engine) instead drops the shadow columns
 
@@ -52,6 +54,7 @@ from vecorm.embedding.backfill import (
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
 from vecorm.progress import ProgressChoice
+from vecorm.schema.concurrently import DEFAULT_WAIT_TIMEOUT, WaitTimeout, run_concurrently
 from vecorm.schema.config import SearchConfig, Storage, search_config
 from vecorm.schema.indexes import (
     MAX_IDENTIFIER_LENGTH,
@@ -188,18 +191,38 @@ class ModelChange:
         )
 
     def status(self, session: Session) -> ChangeStatus:
-        """How many rows have text, and how many of them lack a current shadow vector."""
-        rows = session.execute(
-            select(sql_func.count()).select_from(self.shadow.table).where(self.shadow.text != "")
-        ).scalar_one()
-        remaining = count_stale(session, self.shadow, self.embedder.model_name)
+        """How many rows have text, and how many of them lack a current shadow vector.
+
+        A transaction that ``status`` begins itself is ended (rolled back: it only read), so
+        ``change.status(Session(engine))`` leaves no session idle in transaction for
+        :meth:`create_index` to wait for; a transaction already open stays open.
+        """
+        began = not session.in_transaction()
+        try:
+            rows = session.execute(
+                select(sql_func.count())
+                .select_from(self.shadow.table)
+                .where(self.shadow.text != "")
+            ).scalar_one()
+            remaining = count_stale(session, self.shadow, self.embedder.model_name)
+        finally:
+            if began:
+                session.rollback()
         return ChangeStatus(int(rows), remaining)
 
-    def create_index(self, bind: Engine) -> str | None:
+    def create_index(
+        self, bind: Engine, *, wait_timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT
+    ) -> str | None:
         """Build the shadow column's vector index with ``CREATE INDEX CONCURRENTLY``.
 
         Writes go on meanwhile. An index left invalid by an interrupted build is rebuilt.
         Returns the index name, or ``None`` when the model has no vector index.
+
+        A concurrent build waits for every transaction older than it, so a session left idle
+        in transaction would stall it for ever: each wait is bounded by ``wait_timeout``
+        (seconds, or an interval such as ``"5min"``; ``None``: no limit), after which
+        :class:`~vecorm.errors.IndexBuildBlocked` names those sessions (pid, state,
+        application_name, xact_start) and no INVALID index is left behind.
         """
         index = self._shadow_index(concurrently=True)
         if index is None:
@@ -207,11 +230,25 @@ class ModelChange:
         with bind.connect() as conn:
             autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
             valid = self._index_state(autocommit, index.name)  # type: ignore[arg-type]
+            qualified = self._qualified(autocommit, str(index.name))
             if valid is False:
-                qualified = self._qualified(autocommit, str(index.name))
-                autocommit.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+                run_concurrently(
+                    autocommit,
+                    lambda: autocommit.exec_driver_sql(
+                        f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}"
+                    ),
+                    index=qualified,
+                    wait_timeout=wait_timeout,
+                    what=f"DROP INDEX CONCURRENTLY {qualified} (left INVALID by a failed build)",
+                )
             if valid is not True:
-                autocommit.execute(CreateIndex(index, if_not_exists=True))
+                run_concurrently(
+                    autocommit,
+                    lambda: autocommit.execute(CreateIndex(index, if_not_exists=True)),
+                    index=qualified,
+                    wait_timeout=wait_timeout,
+                    what=f"ModelChange({self.model.__name__}).create_index() building {qualified}",
+                )
         return str(index.name)
 
     def finish(

@@ -42,6 +42,7 @@ from sqlalchemy.schema import CreateIndex
 
 from vecorm.errors import ConfigurationError, IndexBuildError, VecormWarning
 from vecorm.progress import new_bar
+from vecorm.schema.concurrently import DEFAULT_WAIT_TIMEOUT, WaitTimeout, run_concurrently
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.indexes import index_name, vector_index_name
 
@@ -320,12 +321,19 @@ def build_index(
     parallel_workers: int | None = None,
     progress: bool | Callable[[BuildProgress], None] = False,
     poll_interval: float = 0.5,
+    wait_timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT,
 ) -> BuildReport:
     """Build (``rebuild=True``: ``REINDEX``) ``index`` on an AUTOCOMMIT ``connection``.
 
     ``maintenance_work_mem`` (e.g. ``"4GB"``) and ``parallel_workers``
     (``max_parallel_maintenance_workers``) apply to this build only. Warns with
     :class:`IndexBuildMemoryWarning` before the build when the HNSW graph will not fit.
+
+    A concurrent build waits for every transaction older than it (a session left idle in
+    transaction stalls it for ever). ``wait_timeout`` (seconds, or an interval such as
+    ``"5min"``; ``None``: no limit) bounds each wait; then
+    :class:`~vecorm.errors.IndexBuildBlocked` names those sessions, and no INVALID index is
+    left behind.
     """
     if index.table is None or not isinstance(index.name, str):
         raise IndexBuildError("build_index needs a named Index attached to a Table")
@@ -380,13 +388,25 @@ def build_index(
                 name = preparer.quote(index.name)
                 if table.schema:
                     name = f"{preparer.quote_schema(table.schema)}.{name}"
-                connection.execute(text(f"REINDEX INDEX{keyword} {name}"))
+                reindex = text(f"REINDEX INDEX{keyword} {name}")
+                if concurrently:
+                    run_concurrently(
+                        connection,
+                        lambda: connection.execute(reindex),
+                        index=name,
+                        wait_timeout=wait_timeout,
+                        what=f"REINDEX INDEX CONCURRENTLY {name}",
+                    )
+                else:
+                    connection.execute(reindex)
             else:
                 partitions = _partitions(connection, qualified)
                 if partitions and concurrently:
-                    _build_partitioned(connection, index, partitions)
+                    _build_partitioned(connection, index, partitions, wait_timeout)
                 else:
-                    _build_one(connection, index, concurrently=concurrently)
+                    _build_one(
+                        connection, index, concurrently=concurrently, wait_timeout=wait_timeout
+                    )
     finally:
         seconds = time.perf_counter() - started
         if poller is not None:
@@ -418,20 +438,43 @@ def _qualified_index(connection: Connection, index: Index) -> str:
     return f"{preparer.quote_schema(schema)}.{name}" if schema else name
 
 
-def _build_one(connection: Connection, index: Index, *, concurrently: bool) -> None:
+def _build_one(
+    connection: Connection,
+    index: Index,
+    *,
+    concurrently: bool,
+    wait_timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT,
+) -> None:
     schema = index.table.schema if index.table is not None else None
-    if concurrently and _index_valid(connection, str(index.name), schema) is False:
-        # A failed CONCURRENTLY build leaves an INVALID index behind; start afresh.
-        stale = _qualified_index(connection, index)
-        connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {stale}"))
-    index.dialect_options["postgresql"]["concurrently"] = concurrently
-    try:
+    qualified = _qualified_index(connection, index)
+    if not concurrently:
         connection.execute(CreateIndex(index, if_not_exists=True))
+        return
+    if _index_valid(connection, str(index.name), schema) is False:
+        # A failed CONCURRENTLY build leaves an INVALID index behind; start afresh.
+        drop = text(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+        run_concurrently(
+            connection,
+            lambda: connection.execute(drop),
+            index=qualified,
+            wait_timeout=wait_timeout,
+            what=f"DROP INDEX CONCURRENTLY {qualified} (left INVALID by a failed build)",
+        )
+    index.dialect_options["postgresql"]["concurrently"] = True
+    try:
+        run_concurrently(
+            connection,
+            lambda: connection.execute(CreateIndex(index, if_not_exists=True)),
+            index=qualified,
+            wait_timeout=wait_timeout,
+        )
     finally:
         index.dialect_options["postgresql"]["concurrently"] = False
 
 
-def _build_partitioned(connection: Connection, index: Index, partitions: list[str]) -> None:
+def _build_partitioned(
+    connection: Connection, index: Index, partitions: list[str], wait_timeout: WaitTimeout
+) -> None:
     """``ON ONLY`` the parent, each partition concurrently, then attach (PostgreSQL's recipe)."""
     assert index.table is not None
     parent_sql = str(CreateIndex(index, if_not_exists=True).compile(dialect=connection.dialect))
@@ -449,7 +492,7 @@ def _build_partitioned(connection: Connection, index: Index, partitions: list[st
         ).scalar()
         if attached:
             continue
-        _build_one(connection, child_index, concurrently=True)
+        _build_one(connection, child_index, concurrently=True, wait_timeout=wait_timeout)
         connection.execute(
             text(
                 f"ALTER INDEX {_qualified_index(connection, index)} ATTACH PARTITION "

@@ -36,7 +36,13 @@ MODES: tuple[str, ...] = ("any", "all", "phrase", "websearch")
 
 def clean_search_text(text: str) -> str:
     """``text`` made safe to bind: NUL (which PostgreSQL text cannot hold) becomes a space,
-    unencodable surrogates are replaced."""
+    unencodable surrogates are replaced.
+
+    >>> clean_search_text("error\\x000x80070057")
+    'error 0x80070057'
+    >>> clean_search_text("\\ud800 bad surrogate")
+    '? bad surrogate'
+    """
     if not isinstance(text, str):
         raise ConfigurationError(f"search text must be a str, not {type(text).__name__}")
     cleaned = text.replace("\x00", " ")
