@@ -28,6 +28,7 @@ import ast
 import asyncio
 import contextlib
 import doctest
+import gc
 import inspect
 import io
 import os
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import traceback
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -100,9 +102,9 @@ def docs_sessions(
             def __missing__(self, path: Path) -> FileSession:
                 url = stack.enter_context(fresh_database(vecorm_server, vecorm_template))
                 module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
+                stack.callback(_release, module.__dict__)
                 sys.modules[module.__name__] = module
                 stack.callback(sys.modules.pop, module.__name__, None)
-                stack.callback(_dispose_engines, module.__dict__)
                 session = FileSession(
                     path,
                     url.render_as_string(hide_password=False),
@@ -114,6 +116,28 @@ def docs_sessions(
 
         sessions = Lazy()
         yield sessions
+
+
+def _release(namespace: dict[str, Any]) -> None:
+    """Drop what the blocks left (sessions, connections) while their database still exists.
+
+    Left to the garbage collector, a connection of a dropped database is finalized at a random
+    later point, logs its ``AdminShutdown``, and the import that logging does can land inside
+    an ``ast.parse`` of pytest's assertion rewriter: CPython 3.11 then fails that parse with
+    "AST constructor recursion depth mismatch" (its AST state is global, fixed in 3.11.8).
+    """
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    for value in list(namespace.values()):
+        if isinstance(value, Session | Connection):
+            value.close()
+    _dispose_engines(namespace)
+    namespace.clear()
+    with warnings.catch_warnings():
+        # A connection an example's unclosed session held is closed here, by its finalizer.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def _dispose_engines(namespace: dict[str, Any]) -> None:
