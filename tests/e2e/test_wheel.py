@@ -29,6 +29,7 @@ def test_demo_runs_from_an_installed_wheel(tmp_path: Path, vecorm_url: URL) -> N
     )
     (wheel,) = dist.glob("vecorm-*.whl")
     assert "vecorm/data/passages.jsonl" in zipfile.ZipFile(wheel).namelist()
+    assert "vecorm/embedding/embedders/minilm/vocab.txt" in zipfile.ZipFile(wheel).namelist()
     # A plain install pulls what the library needs at run time: no server, CLI or progress bars,
     # no test plugin dependency, no particular psycopg build.
     metadata = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-py3')[0]}.dist-info/METADATA")

