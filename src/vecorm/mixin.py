@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Column, Computed, FetchedValue, LargeBinary, Select, String, Table, event
-from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
