@@ -99,6 +99,13 @@ class SearchVectorTrigger:
         """The tsvector expression, over ``row.<column>`` when ``row`` is given."""
         return tsvector_expression(self.columns, self.language, self.weights, row=row)
 
+    def function_body(self) -> str:
+        """The PL/pgSQL body (``pg_proc.prosrc``) of the trigger function."""
+        return (
+            f"\nBEGIN\n    NEW.{_PREPARER.quote(self.column)} := {self.expression('NEW')};\n"
+            "    RETURN NEW;\nEND;\n"
+        )
+
     def create_statements(self, schema: str) -> list[str]:
         """``CREATE OR REPLACE FUNCTION`` + ``CREATE TRIGGER`` for the table in ``schema``
         (an existing trigger of that name is replaced)."""
@@ -108,9 +115,8 @@ class SearchVectorTrigger:
         watched = ", ".join(_PREPARER.quote(name) for name in self.columns)
         return [
             f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger\n"
-            f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm$\n"
-            f"BEGIN\n    NEW.{_PREPARER.quote(self.column)} := {self.expression('NEW')};\n"
-            "    RETURN NEW;\nEND;\n$vecorm$",
+            f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm${self.function_body()}"
+            "$vecorm$",
             f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {watched} ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION {function}()",
