@@ -55,7 +55,8 @@ SEARCHABLE_MODELS = """
         body: Mapped[str | None]
 """
 
-WORDS = "vacuum index planner lock wal replica backup restore snapshot bloat".split()
+WORDS = ["vacuum", "index", "planner", "lock", "wal"]
+WORDS += ["replica", "backup", "restore", "snapshot", "bloat"]
 
 
 def text_of(n: int) -> str:

@@ -664,6 +664,7 @@ class ConcurrentCreateIndexOp(ops.CreateIndexOp):
 
     def reverse(self) -> ops.DropIndexOp:
         # In the downgrade's transaction (a brief lock; CONCURRENTLY cannot run there).
+        assert self.index_name is not None
         return ops.DropIndexOp(
             self.index_name, table_name=self.table_name, schema=self.schema, _reverse=self
         )
