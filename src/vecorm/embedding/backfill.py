@@ -309,7 +309,8 @@ def run_backfill(
                 # what is left is locked by other transactions: wait for them, then stop
                 _sweep(session, columns, embedder, size, bar, counters, skip_locked=False)
                 break
-    counters.log("done: ")
+    if counters.logged > started:  # a long run logged progress: say when it is done
+        counters.log("done: ")
     return BackfillResult(
         counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
     )
