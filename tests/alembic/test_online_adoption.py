@@ -141,7 +141,7 @@ def test_trigger_mode_renders_the_online_path(
     bm25 = next(i for i, line in enumerate(lines) if line.startswith("op.create_bm25_statistics"))
     fill = lines.index(
         "op.fill_search_vector('documents', 'search_vector', ['title', 'body'], "
-        "language='english', weights={'title': 'A'}, bm25=True, batch_size=5000)"
+        "language='english', weights={'title': 'A'}, bm25=True, batch_size=1000)"
     )
     blocks = [i for i, line in enumerate(lines) if line.startswith("with op.get_context()")]
     assert first < bm25 < fill < min(blocks)
@@ -150,7 +150,7 @@ def test_trigger_mode_renders_the_online_path(
     assert len(blocks) == 2  # GIN and HNSW
     # Many small batches, so that the writers' statements land between and inside them.
     revision.write_text(
-        revision.read_text(encoding="utf-8").replace("batch_size=5000", "batch_size=150"),
+        revision.read_text(encoding="utf-8").replace("batch_size=1000", "batch_size=150"),
         encoding="utf-8",
     )
 
@@ -203,7 +203,7 @@ def test_trigger_mode_renders_the_online_path(
 def test_the_lock_waits_for_a_reader_without_stalling_writers(
     project_factory: Callable[..., Project],
 ) -> None:
-    """A long reader holds the table; the migration's lock request gives up every 500 ms, so
+    """A long reader holds the table; the migration's lock request gives up every 200 ms, so
     a writer arriving meanwhile waits at most that long, not for the reader."""
     project = project_factory()
     load(project)

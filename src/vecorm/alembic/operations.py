@@ -903,8 +903,8 @@ class AddSearchVectorOp(MigrateOperation):
         weights: Mapping[str, str] | None = None,
         schema: str | None = None,
         add_column: bool = True,
-        lock_timeout_ms: int = 500,
-        lock_attempts: int = 100,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
     ) -> None:
         self.table_name = table_name
         self.column_name = column_name
@@ -928,8 +928,8 @@ class AddSearchVectorOp(MigrateOperation):
         weights: Mapping[str, str] | None = None,
         schema: str | None = None,
         add_column: bool = True,
-        lock_timeout_ms: int = 500,
-        lock_attempts: int = 100,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
     ) -> None:
         """Add ``column_name`` (``add_column=False``: only its function and trigger)."""
         operations.invoke(
@@ -980,8 +980,8 @@ class DropSearchVectorOp(MigrateOperation):
         weights: Mapping[str, str] | None = None,
         schema: str | None = None,
         drop_column: bool = True,
-        lock_timeout_ms: int = 500,
-        lock_attempts: int = 100,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
     ) -> None:
         """Drop what ``op.add_search_vector(...)`` with the same arguments added."""
         added = AddSearchVectorOp(
@@ -1078,7 +1078,7 @@ class FillSearchVectorOp(MigrateOperation):
         weights: Mapping[str, str] | None = None,
         schema: str | None = None,
         bm25: bool = False,
-        batch_size: int = 5000,
+        batch_size: int = 1000,
     ) -> None:
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be at least 1, not {batch_size}")
@@ -1103,7 +1103,7 @@ class FillSearchVectorOp(MigrateOperation):
         weights: Mapping[str, str] | None = None,
         schema: str | None = None,
         bm25: bool = False,
-        batch_size: int = 5000,
+        batch_size: int = 1000,
     ) -> None:
         """Fill ``column_name`` where it is NULL, ``batch_size`` rows per transaction."""
         operations.invoke(
