@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import vecorm
+from tests.integration.test_bm25 import assert_statistics_exact
 from tests.integration.test_events import DIMS, Base, Document
 from vecorm.embedding.backfill import backfill
 from vecorm.errors import ConfigurationError
@@ -52,6 +53,17 @@ def test_one_update_statement_per_batch(engine: Engine) -> None:
         expected = embedder.embed([f"doc {row.id}\nbody {row.id}" for row in rows])
         stored = np.stack([row.embedding for row in rows])
     np.testing.assert_array_equal(stored, expected)
+
+
+def test_bm25_statistics_stay_exact(engine: Engine) -> None:
+    """The batch update skips the BM25 triggers (its text is unchanged): the statistics are
+    still exact, and the session's later writes are counted again."""
+    with Session(engine) as session:
+        backfill(session, Document, embedder=FakeEmbedder(DIMS), batch_size=16)
+        assert_statistics_exact(session, Document)
+        session.execute(insert(Document), [{"id": 77, "title": "new", "content": "words"}])
+        session.execute(text("UPDATE documents SET content = 'other words' WHERE id = 3"))
+        assert_statistics_exact(session, Document)
 
 
 def test_refuses_to_commit_the_callers_work(engine: Engine) -> None:

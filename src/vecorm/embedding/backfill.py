@@ -493,8 +493,15 @@ def _embed_and_write(
     rows = [(*key, vectors[body], digest, embedder.model_name) for key, body, digest in work]
     connection = session.connection()
     statement, parameters = batch_update(columns, rows, connection.dialect)
+    # The update leaves the text, so the tsvector, as it is: the BM25 statement triggers
+    # would copy the batch into transition tables to find no change. Skip them for it.
+    connection.execute(_BM25_TRIGGERS, {"value": "on"})
     connection.execute(statement, parameters)
+    connection.execute(_BM25_TRIGGERS, {"value": "off"})
     return calls
+
+
+_BM25_TRIGGERS = text("SELECT pg_catalog.set_config('vecorm.bm25_deferred', :value, true)")
 
 
 def batch_update(
