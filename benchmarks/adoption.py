@@ -91,6 +91,7 @@ class Document(vecorm.Searchable, Base):
         dimensions={dimensions},
         weights={{"title": "A"}},
         search_vector="trigger",
+        {bm25}
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     title: Mapped[str] = mapped_column(Text)
@@ -329,7 +330,9 @@ def vecorm_path(
         command.upgrade(config, "head")
         seconds = copy_rows(libpq_conninfo(url), "documents", titles, bodies)
         print(f"loaded {args.rows:,} rows with COPY in {seconds:.1f} s", flush=True)
-        searchable = SEARCHABLE_MODELS.format(dimensions=args.dimensions)
+        searchable = SEARCHABLE_MODELS.format(
+            dimensions=args.dimensions, bm25="" if args.bm25 else "bm25=None,"
+        )
         config = set_models(root, "searchable_models", searchable)
         script = command.revision(config, message="adopt vecorm", autogenerate=True)
         assert script is not None and not isinstance(script, list)
@@ -447,12 +450,17 @@ def report(args: argparse.Namespace, ours: Timings, raw: Timings, writers: Write
     print()
     print(
         f"rows: {rows:,}, {args.writers} writers at {args.rate:g} statements/s each, "
-        f"{args.dimensions} dimensions, fill batches of {args.fill_batch:,}, "
+        f"{args.dimensions} dimensions, BM25 statistics {'on' if args.bm25 else 'off'}, "
+        f"fill batches of {args.fill_batch:,}, "
         f"backfill batches of {args.backfill_batch:,}"
     )
     print(f"{'step':<34}{'vecorm s':>10}{'rows/s':>10}{'raw s':>9}{'ratio':>8}")
     steps = (
-        ("migration (column, fill, BM25, GIN)", ours.migration, raw.migration),
+        (
+            "migration (column, fill, GIN" + (", BM25)" if args.bm25 else ")"),
+            ours.migration,
+            raw.migration,
+        ),
         ("backfill (precomputed vectors)", ours.backfill, raw.backfill),
     )
     for label, mine, theirs in steps:
@@ -506,6 +514,12 @@ def main() -> None:
         help="skip the HNSW builds (the longest step at 1M rows on a small machine)",
     )
     parser.add_argument("--show-revision", action="store_true")
+    parser.add_argument(
+        "--no-bm25",
+        dest="bm25",
+        action="store_false",
+        help="SearchConfig(bm25=None): no BM25 statistics to fill",
+    )
     args = parser.parse_args()
     progress = logging.StreamHandler(sys.stderr)
     progress.setFormatter(logging.Formatter("  %(message)s"))
