@@ -827,6 +827,7 @@ def _note_rewrites(connection: Connection, modify_ops: ops.ModifyTableOps) -> No
     for position, op in enumerate(modify_ops.ops):
         if not (
             type(op) is ops.AddColumnOp
+            and isinstance(op.column.type, postgresql.TSVECTOR)
             and isinstance(op.column.server_default, Computed)
             and op.column.server_default.persisted
         ):
