@@ -6,7 +6,9 @@ without touching its other columns:
 
 * ``embedding``: ``vector(N)`` (or ``halfvec(N)``), nullable and **deferred**, so loading a row
   never drags 6 KB of floats along unless asked;
-* ``search_vector``: a ``tsvector GENERATED ALWAYS AS (...) STORED`` over the text fields;
+* ``search_vector``: a ``tsvector GENERATED ALWAYS AS (...) STORED`` over the text fields (or,
+  with ``SearchConfig(search_vector="trigger")``, a plain column a row trigger keeps equal to
+  the same expression: addable to a big table online, see docs/adopting.md);
 * ``embedding_digest`` / ``embedding_model``: SHA-256 of the text that was embedded and the
   model that embedded it, so unchanged text is never re-embedded and a model change is seen;
 * an HNSW or IVFFlat index with the operator class of the configured distance, and a GIN index
@@ -36,8 +38,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Column, Computed, LargeBinary, Select, String, Table, event
+from sqlalchemy import Column, Computed, FetchedValue, LargeBinary, Select, String, Table, event
 from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
 from sqlalchemy.orm.attributes import QueryableAttribute
@@ -48,7 +51,12 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.schema import sqlmodel as _sqlmodel
 from vecorm.schema.config import Distance, SearchConfig, search_config
 from vecorm.schema.extension import ensure_vector_extension
-from vecorm.schema.generated import tsvector_expression
+from vecorm.schema.generated import (
+    SearchVectorTrigger,
+    declare_trigger,
+    trigger_of,
+    tsvector_expression,
+)
 from vecorm.schema.indexes import text_index, vector_index
 from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
 from vecorm.search import bm25 as _bm25
@@ -108,6 +116,17 @@ class Searchable:
         weights = {
             _column_name(cls, name): weight for name, weight in (config.weights or {}).items()
         }
+        if config.search_vector == "trigger":
+            # Kept by a row trigger (created with the table): the ORM reads it back.
+            return mapped_column(
+                config.tsvector_column,
+                TSVECTOR,
+                FetchedValue(),
+                server_onupdate=FetchedValue(),
+                nullable=True,
+                deferred=True,
+                deferred_group="vecorm_search_vector",
+            )
         return mapped_column(
             config.tsvector_column,
             TSVECTOR,
@@ -300,12 +319,42 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     event.listen(table, "before_create", ensure_vector_extension)
     # Index() on a table's columns attaches itself to that table.
     vector_index(embedding, config)
+    if config.search_vector == "trigger":
+        weights = {
+            _column_name(cls, name): weight for name, weight in (config.weights or {}).items()
+        }
+        columns = tuple(_column_name(cls, name) for name in config.fields)
+        declare_trigger(
+            table,
+            SearchVectorTrigger(
+                table.name, config.tsvector_column, columns, config.language, weights or None
+            ),
+        )
+        event.listen(table, "after_create", _create_search_vector_trigger)
+        event.listen(table, "after_drop", _drop_search_vector_trigger)
     if config.text_index:
         text_index(table.c[config.tsvector_column])
     if config.bm25 is not None:
         _bm25.attach(table, config)  # side tables + statement triggers (vecorm/search/bm25/)
     attribute = mapper.class_manager[_attribute_key(mapper, embedding)]
     event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
+
+
+def _create_search_vector_trigger(target: Table, connection: Connection, **_: Any) -> None:
+    trigger = trigger_of(target)
+    if trigger is not None:
+        for statement in trigger.create_statements(_bm25.table_schema(connection, target)):
+            connection.exec_driver_sql(statement)
+
+
+def _drop_search_vector_trigger(target: Table, connection: Connection, **_: Any) -> None:
+    trigger = trigger_of(target)
+    if trigger is not None:
+        schema = target.schema or str(
+            connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
+        )
+        for statement in trigger.drop_statements(schema):
+            connection.exec_driver_sql(statement)
 
 
 def _attribute_key(mapper: Mapper[Any], column: Column[Any]) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy import DDL, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from vecorm.alembic.catalog import adopted_online
 from vecorm.alembic.operations import AlterColumnExpressionOp
 from vecorm.alembic.plugin import comparator
 from vecorm.search import bm25
@@ -270,8 +271,11 @@ def compare_bm25(
                 bm25.create_statements(tables, schema),
                 schema=key[0],
                 previous=previous,
-                # An expression change in this revision rebuilds the statistics itself.
-                rebuild=not _alters_expression(upgrade_ops, key),
+                # An expression change in this revision rebuilds the statistics itself; the
+                # online path's fill counts the rows batch by batch, without the lock.
+                rebuild=not (
+                    _alters_expression(upgrade_ops, key) or adopted_online(connection, tables.table)
+                ),
             )
         )
     metadata_tables = {

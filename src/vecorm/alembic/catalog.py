@@ -31,6 +31,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateIndex
 
+from vecorm.schema.generated import trigger_of
+
 log = logging.getLogger("vecorm.alembic")
 
 
@@ -165,6 +167,34 @@ def extension_version(connection: Connection, name: str = "vector") -> str | Non
 def table_oid(connection: Connection, name: str, schema: str | None) -> int | None:
     """OID of table ``schema.name`` (``current_schema()`` when ``schema`` is None)."""
     return connection.execute(_TABLE_OID_SQL, {"name": name, "schema": schema}).scalar()
+
+
+def column_exists(connection: Connection, table: str, column: str, schema: str | None) -> bool:
+    """Whether ``column`` exists on table ``table`` (of ``schema``, else the current one)."""
+    found = connection.execute(
+        text(
+            "SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
+            "ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :table AND a.attname = :column AND NOT a.attisdropped "
+            "AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
+        ),
+        {"table": table, "column": column, "schema": schema},
+    ).first()
+    return found is not None
+
+
+def adopted_online(connection: Connection, table: Table) -> bool:
+    """Whether autogenerate adds ``table``'s trigger-kept tsvector column to the existing table
+    (the online path of docs/adopting.md): the table exists, the column does not yet.
+
+    The BM25 comparator then renders ``rebuild=False`` and the online comparator's
+    ``op.fill_search_vector(..., bm25=True)`` counts the rows: both decide from this, so the
+    result does not depend on which of them Alembic runs first.
+    """
+    trigger = trigger_of(table)
+    if trigger is None or table_oid(connection, table.name, table.schema) is None:
+        return False
+    return not column_exists(connection, table.name, trigger.column, table.schema)
 
 
 def index_state(

@@ -55,14 +55,18 @@ from vecorm.alembic.catalog import (
     simulated_table,
 )
 from vecorm.alembic.operations import (
+    AddSearchVectorOp,
     AlterColumnExpressionOp,
     AlterVectorDimensionsOp,
     CreateVectorExtensionOp,
+    FillSearchVectorOp,
     RenameIndexOp,
 )
-from vecorm.alembic.plugin import comparator
+from vecorm.alembic.plugin import comparator, excluded_in_run
 from vecorm.errors import VecormWarning
+from vecorm.schema.generated import SearchVectorTrigger, qualified_name, trigger_of
 from vecorm.schema.indexes import ADOPTED_INFO_KEY, index_name
+from vecorm.search.bm25.tables import tables_of as bm25_tables_of
 
 log = logging.getLogger("vecorm.alembic")
 
@@ -640,3 +644,210 @@ def _types_in(upgrade_ops: ops.UpgradeOps) -> Iterator[TypeEngine[Any]]:
             for candidate in (op.modify_type, op.existing_type):
                 if isinstance(candidate, TypeEngine):
                     yield candidate
+
+
+# --------------------------------------------------------------------------- online adoption
+
+#: A table with more rows than this (``pg_class.reltuples``) gets a note on the rewrite that
+#: adding a generated column costs, naming ``SearchConfig(search_vector="trigger")``.
+REWRITE_WARNING_ROWS = 100_000
+
+
+class ConcurrentCreateIndexOp(ops.CreateIndexOp):
+    """``CREATE INDEX CONCURRENTLY`` inside ``op.get_context().autocommit_block()``: builds
+    without blocking writers (what the online adoption renders for the table's new indexes)."""
+
+    @classmethod
+    def from_op(cls, op: ops.CreateIndexOp) -> ConcurrentCreateIndexOp:
+        kw = {**op.kw, "postgresql_concurrently": True}
+        return cls(
+            op.index_name,
+            op.table_name,
+            op.columns,
+            schema=op.schema,
+            unique=op.unique,
+            if_not_exists=op.if_not_exists,
+            **kw,
+        )
+
+    def reverse(self) -> ops.DropIndexOp:
+        # In the downgrade's transaction (a brief lock; CONCURRENTLY cannot run there).
+        assert self.index_name is not None
+        return ops.DropIndexOp(
+            self.index_name, table_name=self.table_name, schema=self.schema, _reverse=self
+        )
+
+
+class RewritingAddColumnOp(ops.AddColumnOp):
+    """Alembic's ``add_column`` of a generated column on a table with many rows: renders a
+    comment naming the rewrite (ACCESS EXCLUSIVE for its whole length) and the online switch."""
+
+    rows: int = 0
+
+    @classmethod
+    def from_op(cls, op: ops.AddColumnOp, rows: int) -> RewritingAddColumnOp:
+        made = cls(op.table_name, op.column, schema=op.schema, **op.kw)
+        made.rows = rows
+        return made
+
+
+@comparator(
+    "vecorm.autogenerate", "schema", priority=DispatchPriority.LAST, subgroup="vecorm_online"
+)
+def compare_online_adoption(
+    autogen_context: AutogenContext, upgrade_ops: ops.UpgradeOps, schemas: set[str | None]
+) -> PriorityDispatchResult:
+    """Trigger-kept tsvector columns: the online path on existing tables, the trigger on new
+    ones; a note on generated columns that would rewrite a big table.
+
+    Independent of the BM25 comparator's order (Alembic runs a named plugin's copy after the
+    module-level ones): both read :func:`~vecorm.alembic.catalog.adopted_online`, so its
+    ``op.create_bm25_statistics`` renders ``rebuild=False`` and the fill counts the rows.
+    """
+    connection = autogen_context.connection
+    if connection is None or connection.dialect.name != "postgresql":
+        return PriorityDispatchResult.CONTINUE
+    tail: list[ops.MigrateOperation] = []
+    for operation in list(upgrade_ops.ops):
+        if isinstance(operation, ops.CreateTableOp):
+            table = _metadata_table(autogen_context, operation.schema, operation.table_name)
+            trigger = None if table is None else trigger_of(table)
+            if trigger is not None:
+                tail.append(_add_search_vector(trigger, operation.schema, add_column=False))
+        elif isinstance(operation, ops.ModifyTableOps):
+            table = _metadata_table(autogen_context, operation.schema, operation.table_name)
+            trigger = None if table is None else trigger_of(table)
+            if trigger is not None and table is not None:
+                counts = bm25_tables_of(table) is not None and not excluded_in_run(
+                    autogen_context, "vecorm.bm25"
+                )
+                tail.extend(_online_adoption(connection, operation, trigger, counts))
+            elif trigger is None:
+                _note_rewrites(connection, operation)
+    upgrade_ops.ops.extend(tail)
+    return PriorityDispatchResult.CONTINUE
+
+
+def _metadata_table(autogen_context: AutogenContext, schema: str | None, name: str) -> Table | None:
+    for table in autogen_context.sorted_tables:
+        if table.name == name and table.schema == schema:
+            return table
+    return None
+
+
+def _add_search_vector(
+    trigger: SearchVectorTrigger, schema: str | None, *, add_column: bool
+) -> AddSearchVectorOp:
+    return AddSearchVectorOp(
+        trigger.table_name,
+        trigger.column,
+        trigger.columns,
+        language=trigger.language,
+        weights=trigger.weights,
+        schema=schema,
+        add_column=add_column,
+    )
+
+
+def _online_adoption(
+    connection: Connection,
+    modify_ops: ops.ModifyTableOps,
+    trigger: SearchVectorTrigger,
+    counts_bm25: bool,
+) -> list[ops.MigrateOperation]:
+    """Rewrite one table's ops for the online path; returns what runs after the transaction
+    (``counts_bm25``: the table keeps BM25 statistics, which the fill then completes)."""
+    added = [
+        op
+        for op in modify_ops.ops
+        if isinstance(op, ops.AddColumnOp) and op.column.name == trigger.column
+    ]
+    schema = modify_ops.schema
+    if not added:
+        if _trigger_matches(connection, trigger, schema):
+            return []
+        log.info(
+            "Detected missing or changed trigger on '%s.%s'", trigger.table_name, trigger.column
+        )
+        modify_ops.ops.insert(0, _add_search_vector(trigger, schema, add_column=False))
+        return []
+    log.info(
+        "Detected trigger-kept column '%s.%s' (online path)", trigger.table_name, trigger.column
+    )
+    indexes = [op for op in modify_ops.ops if isinstance(op, ops.CreateIndexOp)]
+    modify_ops.ops = [
+        op for op in modify_ops.ops if op not in added and not isinstance(op, ops.CreateIndexOp)
+    ]
+    # First, so that every ALTER on the table finds the lock already taken (short, retried).
+    modify_ops.ops.insert(0, _add_search_vector(trigger, schema, add_column=True))
+    fill = FillSearchVectorOp(
+        trigger.table_name,
+        trigger.column,
+        trigger.columns,
+        language=trigger.language,
+        weights=trigger.weights,
+        schema=schema,
+        bm25=counts_bm25,
+    )
+    return [fill, *(ConcurrentCreateIndexOp.from_op(op) for op in indexes)]
+
+
+_FUNCTION_BODY_SQL = text(
+    "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = p.pronamespace WHERE p.proname = :name "
+    "AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
+)
+_TRIGGER_SQL = text(
+    "SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
+    "WHERE t.tgrelid = pg_catalog.to_regclass(:table) AND t.tgname = :name"
+)
+
+
+def _trigger_matches(
+    connection: Connection, trigger: SearchVectorTrigger, schema: str | None
+) -> bool:
+    """Whether the database has ``trigger``'s function (same body) and trigger (same columns)."""
+    body = connection.execute(
+        _FUNCTION_BODY_SQL, {"name": trigger.function_name, "schema": schema}
+    ).scalar()
+    table_sql = qualified_name(schema, trigger.table_name)
+    definition = connection.execute(
+        _TRIGGER_SQL, {"table": table_sql, "name": trigger.trigger_name}
+    ).scalar()
+    if body != trigger.function_body() or definition is None:
+        return False
+    watched = ", ".join(_PREPARER.quote(name) for name in trigger.columns)
+    return f"UPDATE OF {watched} ON" in str(definition)
+
+
+_RELTUPLES_SQL = text(
+    "SELECT c.reltuples FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = :name AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
+)
+
+
+def _note_rewrites(connection: Connection, modify_ops: ops.ModifyTableOps) -> None:
+    """Mark ``add_column`` of a stored generated column on a big table (see
+    :class:`RewritingAddColumnOp`)."""
+    for position, op in enumerate(modify_ops.ops):
+        if not (
+            type(op) is ops.AddColumnOp
+            and isinstance(op.column.type, postgresql.TSVECTOR)
+            and isinstance(op.column.server_default, Computed)
+            and op.column.server_default.persisted
+        ):
+            continue
+        rows = connection.execute(
+            _RELTUPLES_SQL, {"name": modify_ops.table_name, "schema": modify_ops.schema}
+        ).scalar()
+        if rows is not None and rows > REWRITE_WARNING_ROWS:
+            log.warning(
+                "vecorm: adding generated column %s.%s rewrites the table (~%d rows) under an "
+                'ACCESS EXCLUSIVE lock; SearchConfig(search_vector="trigger") adds it online '
+                "(docs/adopting.md)",
+                modify_ops.table_name,
+                op.column.name,
+                int(rows),
+            )
+            modify_ops.ops[position] = RewritingAddColumnOp.from_op(op, int(rows))

@@ -36,13 +36,18 @@ Hand-written migrations use them like Alembic's own::
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import Column, Index, MetaData, Table, exists, select, table, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex
 
@@ -50,8 +55,10 @@ from vecorm.alembic.catalog import generated_column, index_state, table_oid
 from vecorm.errors import ConfigurationError, VecormError, VecormWarning
 from vecorm.errors import VectorDimensionsError as VectorDimensionsError  # its old home
 from vecorm.objects import import_model, import_object
+from vecorm.schema.generated import SearchVectorTrigger, qualified_name
 from vecorm.schema.indexes import precision_expression
 
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 ExpressionStrategy = Literal["auto", "set_expression", "recreate"]
 
 
@@ -772,3 +779,521 @@ def _backfill_embeddings(operations: Operations, operation: BackfillEmbeddingsOp
     # committed with the rest of the revision.
     with Session(bind=operations.get_bind(), join_transaction_mode="create_savepoint") as session:
         backfill(session, model, **options)
+
+
+# --------------------------------------------------------------------------- online adoption
+#
+# ``SearchConfig(search_vector="trigger")`` on a table that already has rows: autogenerate
+# renders these instead of an ADD COLUMN ... GENERATED ... STORED that rewrites the table
+# under an ACCESS EXCLUSIVE lock (docs/adopting.md):
+#
+#     op.add_search_vector('documents', 'search_vector', ['title', 'body'], language='english')
+#     ...                                    # BM25 side tables and triggers, same transaction
+#     op.fill_search_vector('documents', 'search_vector', ['title', 'body'], bm25=True)
+#     with op.get_context().autocommit_block():
+#         op.create_index(..., postgresql_concurrently=True)
+
+#: Logged under Alembic's logger, which alembic.ini shows at INFO: progress appears by default.
+progress_log = logging.getLogger("alembic.vecorm")
+#: SQLSTATE of "canceling statement due to lock timeout".
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class LockNotAcquired(VecormError):
+    """A migration could not take its brief lock between the queries holding the table."""
+
+
+def _search_vector_trigger(
+    table_name: str,
+    column_name: str,
+    fields: Sequence[str],
+    language: str,
+    weights: Mapping[str, str] | None,
+) -> SearchVectorTrigger:
+    return SearchVectorTrigger(
+        table_name, column_name, tuple(fields), language, dict(weights) if weights else None
+    )
+
+
+def _resolved_schema(connection: Connection, table_name: str, schema: str | None) -> str:
+    if schema:
+        return schema
+    found = connection.execute(
+        text(
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(:name)"
+        ),
+        {"name": _PREPARER.quote(table_name)},
+    ).scalar()
+    if found is None:
+        found = connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
+    return str(found)
+
+
+def lock_with_retries(
+    connection: Connection,
+    qualified_table: str,
+    *,
+    lock_timeout_ms: int,
+    attempts: int,
+    mode: str = "ACCESS EXCLUSIVE",
+) -> int:
+    """``LOCK TABLE`` inside the current transaction, waiting at most ``lock_timeout_ms`` per
+    attempt; returns the attempt that got it.
+
+    A lock request queues every later writer behind it, so a long-running reader would
+    otherwise stall the application for as long as it reads; each attempt gives up quickly
+    (a savepoint keeps the transaction usable) and lets the queue drain before trying again.
+    The previous ``lock_timeout`` is restored afterwards.
+    """
+    previous = str(connection.exec_driver_sql("SHOW lock_timeout").scalar())
+    for attempt in range(1, attempts + 1):
+        savepoint = connection.begin_nested()
+        try:
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'")
+            connection.exec_driver_sql(f"LOCK TABLE {qualified_table} IN {mode} MODE")
+        except DBAPIError as exc:
+            savepoint.rollback()
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            progress_log.info(
+                "vecorm: %s is busy (attempt %d of %d waited %d ms for the lock); retrying",
+                qualified_table,
+                attempt,
+                attempts,
+                lock_timeout_ms,
+            )
+            continue
+        savepoint.commit()
+        connection.execute(
+            text("SELECT pg_catalog.set_config('lock_timeout', :value, true)"),
+            {"value": previous},
+        )
+        return attempt
+    raise LockNotAcquired(
+        f"could not lock {qualified_table} in {attempts} attempts of {lock_timeout_ms} ms: a "
+        "long transaction holds it (see pg_stat_activity / pg_locks); end it or run the "
+        "migration again with more attempts (lock_attempts=...)"
+    )
+
+
+@Operations.register_operation("add_search_vector")
+class AddSearchVectorOp(MigrateOperation):
+    """Add a trigger-kept tsvector column to a table without rewriting it.
+
+    ``op.add_search_vector('documents', 'search_vector', ['title', 'body'], language='english')``
+    takes the table's ACCESS EXCLUSIVE lock with a short ``lock_timeout`` and retries (see
+    :func:`lock_with_retries`), then, in the migration's transaction: ``ADD COLUMN ... tsvector``
+    (nullable, no default: catalog only), the trigger function (the generated column's
+    expression, ``search_path`` pinned) and its ``BEFORE INSERT OR UPDATE OF <fields>`` row
+    trigger. Existing rows keep a NULL until :class:`FillSearchVectorOp` fills them.
+    Reversed by ``op.drop_search_vector(...)``.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        column_name: str,
+        fields: Sequence[str],
+        *,
+        language: str = "english",
+        weights: Mapping[str, str] | None = None,
+        schema: str | None = None,
+        add_column: bool = True,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
+    ) -> None:
+        self.table_name = table_name
+        self.column_name = column_name
+        self.fields = list(fields)
+        self.language = language
+        self.weights = dict(weights) if weights else None
+        self.schema = schema
+        self.add_column = add_column
+        self.lock_timeout_ms = lock_timeout_ms
+        self.lock_attempts = lock_attempts
+
+    @classmethod
+    def add_search_vector(
+        cls,
+        operations: Operations,
+        table_name: str,
+        column_name: str,
+        fields: Sequence[str],
+        *,
+        language: str = "english",
+        weights: Mapping[str, str] | None = None,
+        schema: str | None = None,
+        add_column: bool = True,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
+    ) -> None:
+        """Add ``column_name`` (``add_column=False``: only its function and trigger)."""
+        operations.invoke(
+            cls(
+                table_name,
+                column_name,
+                fields,
+                language=language,
+                weights=weights,
+                schema=schema,
+                add_column=add_column,
+                lock_timeout_ms=lock_timeout_ms,
+                lock_attempts=lock_attempts,
+            )
+        )
+
+    @property
+    def trigger(self) -> SearchVectorTrigger:
+        return _search_vector_trigger(
+            self.table_name, self.column_name, self.fields, self.language, self.weights
+        )
+
+    def reverse(self) -> DropSearchVectorOp:
+        return DropSearchVectorOp(self, drop_column=self.add_column)
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str]:
+        return ("add_search_vector", self.schema, self.table_name, self.column_name)
+
+
+@Operations.register_operation("drop_search_vector")
+class DropSearchVectorOp(MigrateOperation):
+    """Drop a trigger-kept tsvector column's function (and so its trigger), then the column
+    (``drop_column=False`` keeps it), with the same short, retried lock as the add."""
+
+    def __init__(self, added: AddSearchVectorOp, *, drop_column: bool = True) -> None:
+        self.added = added
+        self.drop_column = drop_column
+
+    @classmethod
+    def drop_search_vector(
+        cls,
+        operations: Operations,
+        table_name: str,
+        column_name: str,
+        fields: Sequence[str],
+        *,
+        language: str = "english",
+        weights: Mapping[str, str] | None = None,
+        schema: str | None = None,
+        drop_column: bool = True,
+        lock_timeout_ms: int = 200,
+        lock_attempts: int = 300,
+    ) -> None:
+        """Drop what ``op.add_search_vector(...)`` with the same arguments added."""
+        added = AddSearchVectorOp(
+            table_name,
+            column_name,
+            fields,
+            language=language,
+            weights=weights,
+            schema=schema,
+            lock_timeout_ms=lock_timeout_ms,
+            lock_attempts=lock_attempts,
+        )
+        operations.invoke(cls(added, drop_column=drop_column))
+
+    def reverse(self) -> AddSearchVectorOp:
+        return self.added
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str]:
+        return (
+            "drop_search_vector",
+            self.added.schema,
+            self.added.table_name,
+            self.added.column_name,
+        )
+
+
+def _lock_for_ddl(operations: Operations, operation: AddSearchVectorOp, table_sql: str) -> None:
+    if operations.get_context().as_sql:
+        operations.execute(f"SET lock_timeout = '{int(operation.lock_timeout_ms)}ms'")
+        operations.execute(f"LOCK TABLE {table_sql} IN ACCESS EXCLUSIVE MODE")
+        return
+    lock_with_retries(
+        operations.get_bind(),
+        table_sql,
+        lock_timeout_ms=operation.lock_timeout_ms,
+        attempts=operation.lock_attempts,
+    )
+
+
+def _schema_for(operations: Operations, table_name: str, schema: str | None) -> str:
+    if operations.get_context().as_sql:
+        return schema or "public"
+    return _resolved_schema(operations.get_bind(), table_name, schema)
+
+
+@Operations.implementation_for(AddSearchVectorOp)
+def _add_search_vector(operations: Operations, operation: AddSearchVectorOp) -> None:
+    schema = _schema_for(operations, operation.table_name, operation.schema)
+    table_sql = qualified_name(schema, operation.table_name)
+    _lock_for_ddl(operations, operation, table_sql)
+    if operation.add_column:
+        column = _PREPARER.quote(operation.column_name)
+        operations.execute(f"ALTER TABLE {table_sql} ADD COLUMN {column} pg_catalog.tsvector")
+    for statement in operation.trigger.create_statements(schema):
+        operations.execute(statement)
+
+
+@Operations.implementation_for(DropSearchVectorOp)
+def _drop_search_vector(operations: Operations, operation: DropSearchVectorOp) -> None:
+    added = operation.added
+    schema = _schema_for(operations, added.table_name, added.schema)
+    table_sql = qualified_name(schema, added.table_name)
+    _lock_for_ddl(operations, added, table_sql)
+    for statement in added.trigger.drop_statements(schema):
+        operations.execute(statement)
+    if operation.drop_column:
+        column = _PREPARER.quote(added.column_name)
+        operations.execute(f"ALTER TABLE {table_sql} DROP COLUMN IF EXISTS {column}")
+
+
+@Operations.register_operation("fill_search_vector")
+class FillSearchVectorOp(MigrateOperation):
+    """Fill a trigger-kept tsvector column's NULLs in batches, outside the revision's
+    transaction.
+
+    ``op.fill_search_vector('documents', 'search_vector', ['title', 'body'], bm25=True)``
+    commits what came before (Alembic's ``autocommit_block``), then updates ``batch_size``
+    rows at a time by primary-key range, each batch its own short transaction, and logs rows
+    done and rows/s (logger ``alembic.vecorm``, shown at INFO by alembic.ini). Rows written
+    meanwhile are filled by the trigger; a row updated meanwhile is skipped (no longer NULL).
+    With ``bm25=True`` the table's BM25 triggers, created with the column, count every filled
+    row, and the documents that were there before them are counted once
+    (:func:`vecorm.search.bm25.maintenance.reconcile_document_count`). Running it again fills
+    only what is still NULL. Has no reverse (downgrades skip it).
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        column_name: str,
+        fields: Sequence[str],
+        *,
+        language: str = "english",
+        weights: Mapping[str, str] | None = None,
+        schema: str | None = None,
+        bm25: bool = False,
+        batch_size: int = 1000,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be at least 1, not {batch_size}")
+        self.table_name = table_name
+        self.column_name = column_name
+        self.fields = list(fields)
+        self.language = language
+        self.weights = dict(weights) if weights else None
+        self.schema = schema
+        self.bm25 = bm25
+        self.batch_size = batch_size
+
+    @classmethod
+    def fill_search_vector(
+        cls,
+        operations: Operations,
+        table_name: str,
+        column_name: str,
+        fields: Sequence[str],
+        *,
+        language: str = "english",
+        weights: Mapping[str, str] | None = None,
+        schema: str | None = None,
+        bm25: bool = False,
+        batch_size: int = 1000,
+    ) -> None:
+        """Fill ``column_name`` where it is NULL, ``batch_size`` rows per transaction."""
+        operations.invoke(
+            cls(
+                table_name,
+                column_name,
+                fields,
+                language=language,
+                weights=weights,
+                schema=schema,
+                bm25=bm25,
+                batch_size=batch_size,
+            )
+        )
+
+    @property
+    def trigger(self) -> SearchVectorTrigger:
+        return _search_vector_trigger(
+            self.table_name, self.column_name, self.fields, self.language, self.weights
+        )
+
+    def reverse(self) -> NothingToUndoOp:
+        return NothingToUndoOp(f"fill_search_vector({self.table_name!r}) has nothing to undo")
+
+    def to_diff_tuple(self) -> tuple[str, str | None, str, str]:
+        return ("fill_search_vector", self.schema, self.table_name, self.column_name)
+
+
+class NothingToUndoOp(MigrateOperation):
+    """The reverse of a data-only operation: renders a comment, runs nothing."""
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+
+    def reverse(self) -> NothingToUndoOp:
+        return self
+
+    def to_diff_tuple(self) -> tuple[str, str]:
+        return ("nothing_to_undo", self.note)
+
+
+_PRIMARY_KEY_SQL = text(
+    "SELECT a.attname FROM pg_catalog.pg_index i "
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
+    "AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey) "
+    "WHERE i.indrelid = pg_catalog.to_regclass(:table) AND i.indisprimary "
+    "ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)"
+)
+
+
+def primary_key_columns(connection: Connection, qualified_table: str) -> list[str]:
+    """The primary-key column names of ``qualified_table``, in key order."""
+    names = [
+        str(name)
+        for name in connection.execute(_PRIMARY_KEY_SQL, {"table": qualified_table}).scalars()
+    ]
+    if not names:
+        raise ConfigurationError(
+            f"{qualified_table} has no primary key: a batched fill walks primary-key ranges"
+        )
+    return names
+
+
+@dataclass
+class FillProgress:
+    """Rows done and rate of a batched fill, logged at most every ``every`` seconds."""
+
+    label: str
+    total: int
+    every: float = 5.0
+    done: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    logged: float = field(default_factory=time.perf_counter)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        self.batches += 1
+        now = time.perf_counter()
+        if now - self.logged >= self.every:
+            self.logged = now
+            self.log("")
+
+    def log(self, prefix: str) -> None:
+        progress_log.info(
+            "vecorm: %s%s: %d of ~%d rows, %.0f rows/s, %.1f s",
+            prefix,
+            self.label,
+            self.done,
+            max(self.total, self.done),
+            self.rows_per_second,
+            self.seconds,
+        )
+
+
+def fill_in_batches(
+    connection: Connection,
+    qualified_table: str,
+    assignments: str,
+    pending: str,
+    *,
+    batch_size: int,
+    label: str,
+) -> FillProgress:
+    """``UPDATE table SET <assignments> WHERE <pending>``, ``batch_size`` rows of primary-key
+    range at a time, each batch committed by itself (``connection`` in autocommit).
+
+    The range bound comes from the primary-key index (``ORDER BY pk OFFSET batch_size - 1``),
+    so each batch reads only its own rows, and row locks last one short statement.
+    """
+    keys = [_PREPARER.quote(name) for name in primary_key_columns(connection, qualified_table)]
+    key_row = f"({', '.join(keys)})"
+    estimate = connection.execute(
+        text(
+            "SELECT greatest(c.reltuples, 0)::bigint FROM pg_catalog.pg_class c "
+            "WHERE c.oid = pg_catalog.to_regclass(:table)"
+        ),
+        {"table": qualified_table},
+    ).scalar()
+    progress = FillProgress(label, int(estimate or 0))
+    progress.log("starting ")
+    after: tuple[Any, ...] | None = None
+    while True:
+        lower = (
+            "true"
+            if after is None
+            else f"{key_row} > ({', '.join(f':a{n}' for n in range(len(keys)))})"
+        )
+        bounds = {f"a{n}": value for n, value in enumerate(after or ())}
+        upper_row = connection.execute(
+            text(
+                f"SELECT {', '.join(keys)} FROM {qualified_table} WHERE {lower} "
+                f"ORDER BY {', '.join(keys)} OFFSET :skip LIMIT 1"
+            ),
+            {**bounds, "skip": batch_size - 1},
+        ).first()
+        upper = "true"
+        if upper_row is not None:
+            upper = f"{key_row} <= ({', '.join(f':b{n}' for n in range(len(keys)))})"
+            bounds.update({f"b{n}": value for n, value in enumerate(upper_row)})
+        result = connection.execute(
+            text(
+                f"UPDATE {qualified_table} SET {assignments} "
+                f"WHERE {lower} AND {upper} AND ({pending})"
+            ),
+            bounds,
+        )
+        progress.add(max(result.rowcount, 0))
+        if upper_row is None:
+            break
+        after = tuple(upper_row)
+    progress.log("done: ")
+    return progress
+
+
+@Operations.implementation_for(FillSearchVectorOp)
+def _fill_search_vector(operations: Operations, operation: FillSearchVectorOp) -> None:
+    context = operations.get_context()
+    column = _PREPARER.quote(operation.column_name)
+    expression = operation.trigger.expression()
+    if context.as_sql:
+        table_sql = qualified_name(operation.schema, operation.table_name)
+        operations.execute(
+            f"-- vecorm: fill {table_sql}.{column} in batches online (alembic upgrade, not --sql)"
+        )
+        operations.execute(f"UPDATE {table_sql} SET {column} = {expression} WHERE {column} IS NULL")
+        return
+    with context.autocommit_block():
+        connection = operations.get_bind()
+        schema = _resolved_schema(connection, operation.table_name, operation.schema)
+        table_sql = qualified_name(schema, operation.table_name)
+        if operation.bm25:
+            from vecorm.search.bm25.maintenance import reconcile_document_count
+
+            counted = reconcile_document_count(connection, operation.table_name, schema)
+            progress_log.info(
+                "vecorm: %s: %d existing documents counted into the BM25 statistics",
+                table_sql,
+                counted,
+            )
+        fill_in_batches(
+            connection,
+            table_sql,
+            f"{column} = {expression}",
+            f"{column} IS NULL",
+            batch_size=operation.batch_size,
+            label=f"fill {table_sql}.{column}",
+        )

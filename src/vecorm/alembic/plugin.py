@@ -109,6 +109,17 @@ def named_in_run(autogen_context: AutogenContext, plugin: str) -> bool:
     return any(_pattern(expression.removeprefix("~")).match(plugin) for expression in expressions)
 
 
+def excluded_in_run(autogen_context: AutogenContext, plugin: str) -> bool:
+    """Whether this run's ``autogenerate_plugins`` leaves ``plugin`` out (``~vecorm.bm25``)."""
+    context = autogen_context.migration_context
+    expressions = None if context is None else context.opts.get("autogenerate_plugins")
+    return any(
+        _pattern(expression[1:]).match(plugin)
+        for expression in expressions or ()
+        if expression.startswith("~")
+    )
+
+
 def setup_plugins() -> None:
     """Register the named plugins (once per process; ``import vecorm.alembic`` calls it)."""
     for name, registrations in _registrations.items():

@@ -16,14 +16,24 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import ops
 
-from vecorm.alembic.comparators import ImportsOp, IndexMismatchOp, IVFFlatCreateIndexOp
+from vecorm.alembic.comparators import (
+    ConcurrentCreateIndexOp,
+    ImportsOp,
+    IndexMismatchOp,
+    IVFFlatCreateIndexOp,
+    RewritingAddColumnOp,
+)
 from vecorm.alembic.operations import (
+    AddSearchVectorOp,
     AlterColumnExpressionOp,
     AlterVectorDimensionsOp,
     CreateVectorExtensionOp,
     CreateVectorIndexOp,
+    DropSearchVectorOp,
     DropVectorExtensionOp,
     DropVectorIndexOp,
+    FillSearchVectorOp,
+    NothingToUndoOp,
     RenameIndexOp,
 )
 
@@ -191,3 +201,116 @@ def _render_alter_vector_dimensions(
     args.append(f"discard_vectors={operation.discard_vectors!r}")
     note = textwrap.wrap(operation.note, width=94)
     return [*(f"# {line}" for line in note), f"op.alter_vector_dimensions({', '.join(args)})"]
+
+
+def _search_vector_args(
+    table_name: str,
+    column_name: str,
+    fields: list[str],
+    language: str,
+    weights: dict[str, str] | None,
+    schema: str | None,
+) -> list[str]:
+    args = [repr(table_name), repr(column_name), repr(fields), f"language={language!r}"]
+    if weights:
+        args.append(f"weights={weights!r}")
+    if schema:
+        args.append(_schema_kw(schema))
+    return args
+
+
+@renderers.dispatch_for(AddSearchVectorOp)
+def _render_add_search_vector(autogen_context: AutogenContext, operation: AddSearchVectorOp) -> str:
+    _needs_operations(autogen_context)
+    args = _search_vector_args(
+        operation.table_name,
+        operation.column_name,
+        operation.fields,
+        operation.language,
+        operation.weights,
+        operation.schema,
+    )
+    if not operation.add_column:
+        return f"op.add_search_vector({', '.join(args)}, add_column=False)"
+    return (
+        "# vecorm: a plain tsvector column kept by a trigger: no table rewrite; the lock is "
+        "taken\n# with a short lock_timeout, retried, and held only until the fill below "
+        "commits this transaction.\n"
+        f"op.add_search_vector({', '.join(args)})"
+    )
+
+
+@renderers.dispatch_for(DropSearchVectorOp)
+def _render_drop_search_vector(
+    autogen_context: AutogenContext, operation: DropSearchVectorOp
+) -> str:
+    _needs_operations(autogen_context)
+    added = operation.added
+    args = _search_vector_args(
+        added.table_name,
+        added.column_name,
+        added.fields,
+        added.language,
+        added.weights,
+        added.schema,
+    )
+    if not operation.drop_column:
+        args.append("drop_column=False")
+    return f"op.drop_search_vector({', '.join(args)})"
+
+
+@renderers.dispatch_for(FillSearchVectorOp)
+def _render_fill_search_vector(
+    autogen_context: AutogenContext, operation: FillSearchVectorOp
+) -> str:
+    _needs_operations(autogen_context)
+    args = _search_vector_args(
+        operation.table_name,
+        operation.column_name,
+        operation.fields,
+        operation.language,
+        operation.weights,
+        operation.schema,
+    )
+    if operation.bm25:
+        args.append("bm25=True")
+    args.append(f"batch_size={operation.batch_size!r}")
+    return (
+        "# vecorm: commits the statements above, then fills the existing rows in batches "
+        "of their own\n# (progress on the alembic.vecorm logger); rows written meanwhile "
+        "are filled by the trigger.\n"
+        f"op.fill_search_vector({', '.join(args)})"
+    )
+
+
+@renderers.dispatch_for(NothingToUndoOp)
+def _render_nothing_to_undo(autogen_context: AutogenContext, operation: NothingToUndoOp) -> str:
+    return f"# vecorm: {operation.note}"
+
+
+@renderers.dispatch_for(ConcurrentCreateIndexOp)
+def _render_concurrent_index(
+    autogen_context: AutogenContext, operation: ConcurrentCreateIndexOp
+) -> str:
+    standard = renderers.dispatch(ops.CreateIndexOp)(autogen_context, operation)
+    lines = [standard] if isinstance(standard, str) else list(standard)
+    body = textwrap.indent("\n".join(lines), "    ")
+    return f"with op.get_context().autocommit_block():\n{body}"
+
+
+@renderers.dispatch_for(RewritingAddColumnOp)
+def _render_rewriting_add_column(
+    autogen_context: AutogenContext, operation: RewritingAddColumnOp
+) -> list[str]:
+    standard = renderers.dispatch(ops.AddColumnOp)(autogen_context, operation)
+    note = [
+        f"# vecorm: WARNING: {operation.table_name!r} has ~{operation.rows} rows. Adding a "
+        "GENERATED ... STORED column",
+        "# rewrites the whole table (and rebuilds its indexes) under an ACCESS EXCLUSIVE "
+        "lock: every read",
+        '# and write waits until it is done. SearchConfig(search_vector="trigger") adds '
+        "the column online",
+        "# instead (no rewrite, batched fill, concurrent index builds): see vecorm "
+        "docs/adopting.md.",
+    ]
+    return [*note, *([standard] if isinstance(standard, str) else standard)]

@@ -21,15 +21,27 @@ embedded, written and committed in its own transaction, so:
   row is locked until its vector is committed, and the other side skips it (or, on the last
   sweep, waits for it and re-checks it);
 * no row is skipped: rows locked by the application during a sweep are picked up by the next
-  one, and rows that become stale meanwhile are too.
+  one, and rows that become stale meanwhile are too, for up to :data:`MAX_SWEEPS` passes (a
+  writer that bypasses the flush hook can make rows stale for ever: what is left then is
+  counted by :func:`stale_count` and picked up by the next run).
 
 Staleness is decided in SQL with the same text composition as Python (fields joined by a
 newline, NULL and blank values left out, ``sha256(convert_to(text, 'UTF8'))``) and confirmed in
-Python before a row is embedded. Use a session of its own: the backfill commits it per batch.
+Python before a row is embedded. Each batch is written by ONE statement (``UPDATE ... FROM
+(VALUES ...)``, vectors bound in pgvector's binary format on psycopg 3), so a batch costs one
+round trip and fires the table's statement triggers (BM25) once, not once per row.
+
+The backfill commits per batch, so it refuses a session whose transaction has written
+something (:class:`~vecorm.errors.ConfigurationError`): commit or roll back first, or give it a
+session of its own. A session bound to a connection in an outer transaction is fine: its
+"commits" only release savepoints. Progress is logged (logger ``vecorm.backfill``, INFO) every
+``log_every`` seconds, bar or no bar.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,12 +60,14 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper, Session
-from sqlalchemy.sql.elements import KeyedColumnElement
+from sqlalchemy.sql.elements import BindParameter, KeyedColumnElement, TextClause
 
 from vecorm.embedding.embedders.base import Embedder, check_embeddings
 from vecorm.embedding.events import call_embedder, installed_embedder
@@ -63,6 +77,12 @@ from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
+
+log = logging.getLogger("vecorm.backfill")
+#: Seconds between progress log lines.
+LOG_EVERY = 10.0
+#: Passes over the table: the first, then catch-ups for rows that became stale meanwhile.
+MAX_SWEEPS = 3
 
 #: The characters ``str.strip()`` removes (``str.isspace``), so SQL skips the same blank values.
 PYTHON_WHITESPACE = (
@@ -201,19 +221,49 @@ def backfill(
     embedder: Embedder | None = None,
     batch_size: int | None = None,
     progress: ProgressChoice = False,
+    log_every: float | None = LOG_EVERY,
 ) -> BackfillResult:
     """Embed every stale row of ``model``, ``batch_size`` rows per transaction.
 
     ``embedder`` defaults to the model's, then to the one :func:`vecorm.install` gave the
     session. ``batch_size`` defaults to the provider's ``max_batch_size``. ``progress`` shows a
-    tqdm bar on stderr. Commits ``session`` after each batch. Example::
+    tqdm bar on stderr; ``log_every`` logs rows done and rows/s (logger ``vecorm.backfill``)
+    every so many seconds (``None``: never). Commits ``session`` after each batch, so it
+    raises :class:`~vecorm.errors.ConfigurationError` if the session's transaction has written
+    anything. Example::
 
         backfill(Session(engine), Document, batch_size=512)
     """
     provider = resolve_embedder(session, model, embedder)
     return run_backfill(
-        session, columns_of(model), provider, batch_size=batch_size, progress=progress
+        session,
+        columns_of(model),
+        provider,
+        batch_size=batch_size,
+        progress=progress,
+        log_every=log_every,
     )
+
+
+_WROTE_SQL = "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL"
+
+
+def check_no_pending_work(session: Session, owner: str) -> None:
+    """Refuse a session whose own transaction has pending ORM changes or has written rows
+    (it holds a transaction id): the backfill's per-batch commits would commit them."""
+    if isinstance(session.get_bind(), Connection):
+        return  # joined to the caller's transaction: its commits release savepoints
+    if not session.in_transaction():
+        return
+    pending = bool(session.new or session.dirty or session.deleted)
+    if not pending:
+        pending = bool(session.connection().exec_driver_sql(_WROTE_SQL).scalar())
+    if pending:
+        raise ConfigurationError(
+            f"backfill of {owner} commits every batch, and this session's transaction has "
+            "uncommitted changes that it would commit with them; commit or roll back first "
+            "(session.commit()), or pass a session of its own (Session(engine))"
+        )
 
 
 def run_backfill(
@@ -224,6 +274,7 @@ def run_backfill(
     batch_size: int | None = None,
     progress: ProgressChoice = False,
     description: str | None = None,
+    log_every: float | None = LOG_EVERY,
 ) -> BackfillResult:
     """:func:`backfill` on explicit columns (a model's own, or a model change's shadow)."""
     size = batch_size if batch_size is not None else embedder.max_batch_size
@@ -235,26 +286,44 @@ def run_backfill(
             f"{columns.owner}.{columns.embedding.name} has {columns.dimensions} dimensions but "
             f"embedder {embedder.model_name!r} returns {width}"
         )
+    check_no_pending_work(session, columns.owner)
     if session.in_transaction():
-        session.commit()  # start from committed state; per-batch commits follow
+        session.commit()  # a read-only transaction: start from committed state
     started = time.perf_counter()
     total = count_stale(session, columns, embedder.model_name)
     session.commit()
-    counters = _Counters()
+    counters = _Counters(
+        label=description or f"backfill {columns.owner}",
+        total=total,
+        log_every=log_every,
+        started=started,
+        logged=started,
+    )
     with progress_bar(
         total=total, desc=description or f"backfill {columns.owner}", enabled=progress
     ) as bar:
-        while True:
+        for sweep in range(1, MAX_SWEEPS + 1):
             before = counters.embedded
             _sweep(session, columns, embedder, size, bar, counters, skip_locked=True)
             remaining = count_stale(session, columns, embedder.model_name)
             session.commit()
             if remaining == 0:
                 break
+            if sweep == MAX_SWEEPS:
+                # Writers without the flush hook keep making rows stale: stop instead of
+                # chasing them; stale_count() tells, and a later run picks them up.
+                log.info(
+                    "vecorm: %s: %d rows became stale during the backfill; run it again",
+                    counters.label,
+                    remaining,
+                )
+                break
             if counters.embedded == before:
                 # what is left is locked by other transactions: wait for them, then stop
                 _sweep(session, columns, embedder, size, bar, counters, skip_locked=False)
                 break
+    if counters.logged > started:  # a long run logged progress: say when it is done
+        counters.log("done: ")
     return BackfillResult(
         counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
     )
@@ -286,6 +355,34 @@ class _Counters:
     embedded: int = 0
     batches: int = 0
     calls: int = 0
+    label: str = "backfill"
+    total: int = 0
+    log_every: float | None = None
+    started: float = 0.0
+    logged: float = 0.0
+
+    def tick(self) -> None:
+        """Log progress if ``log_every`` seconds passed since the last line."""
+        if self.log_every is None:
+            return
+        now = time.perf_counter()
+        if now - self.logged >= self.log_every:
+            self.logged = now
+            self.log("")
+
+    def log(self, prefix: str) -> None:
+        if self.log_every is None:
+            return
+        seconds = time.perf_counter() - self.started
+        log.info(
+            "vecorm: %s%s: %d of %d rows, %.0f rows/s, %.1f s",
+            prefix,
+            self.label,
+            self.embedded,
+            max(self.total, self.embedded),
+            self.embedded / seconds if seconds > 0 else 0.0,
+            seconds,
+        )
 
 
 def _sweep(
@@ -340,6 +437,7 @@ def _sweep(
             raise
         counters.batches += 1
         counters.embedded += len(work)
+        counters.tick()
         if bar.total is not None and bar.n + len(work) > bar.total:
             bar.total = bar.n + len(work)
         bar.update(len(work))
@@ -392,25 +490,78 @@ def _embed_and_write(
                 "backfill again to carry on"
             ) from exc
         vectors.update(zip(batch, matrix, strict=True))
-    statement = keyed_update(
-        columns,
-        {
-            "vecorm_embedding": columns.embedding,
-            "vecorm_digest": columns.digest,
-            "vecorm_model": columns.model,
-        },
-    )
-    parameters = [
-        {
-            **key_parameters(key),
-            "vecorm_embedding": vectors[body],
-            "vecorm_digest": digest,
-            "vecorm_model": embedder.model_name,
-        }
-        for key, body, digest in work
-    ]
-    session.connection().execute(statement, parameters)
+    rows = [(*key, vectors[body], digest, embedder.model_name) for key, body, digest in work]
+    connection = session.connection()
+    statement, parameters = batch_update(columns, rows, connection.dialect)
+    # The update leaves the text, so the tsvector, as it is: the BM25 statement triggers
+    # would copy the batch into transition tables to find no change. Skip them for it.
+    connection.execute(_BM25_TRIGGERS, {"value": "on"})
+    connection.execute(statement, parameters)
+    connection.execute(_BM25_TRIGGERS, {"value": "off"})
     return calls
+
+
+_BM25_TRIGGERS = text("SELECT pg_catalog.set_config('vecorm.bm25_deferred', :value, true)")
+
+
+def batch_update(
+    columns: EmbeddingColumns, rows: Sequence[tuple[Any, ...]], dialect: Dialect
+) -> tuple[TextClause, dict[str, Any]]:
+    """One ``UPDATE ... FROM (VALUES ...)`` for a whole batch, and its parameters.
+
+    ``rows`` are ``(*primary key, vector, digest, model name)``. Every value is a bound
+    parameter typed like its column, so vectors travel in pgvector's binary format on psycopg
+    3; the batch costs one round trip and one firing of the table's statement triggers::
+
+        UPDATE t SET embedding = b.embedding, ... FROM (VALUES (CAST(:k0_0 AS INTEGER),
+        CAST(:embedding_0 AS VECTOR(64)), :digest_0), ...) AS b (k0, embedding, digest)
+        WHERE t.id = b.k0
+
+    A ``text()`` statement: SQLAlchemy's ``values()`` construct cannot be cached and costs
+    more to compile per batch than the database takes to run it.
+    """
+    width = len(columns.keys)
+    parameters: dict[str, Any] = {"vecorm_model": rows[0][width + 2] if rows else None}
+    for i, row in enumerate(rows):
+        for n in range(width):
+            parameters[f"k{n}_{i}"] = row[n]
+        parameters[f"embedding_{i}"] = row[width]
+        parameters[f"digest_{i}"] = row[width + 1]
+    return _batch_text(columns, len(rows), dialect), parameters
+
+
+@functools.lru_cache(maxsize=32)
+def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextClause:
+    """The statement of :func:`batch_update` for ``size`` rows (built once per size)."""
+    preparer = dialect.identifier_preparer
+    width = len(columns.keys)
+    key_types = [key.type.compile(dialect) for key in columns.keys]
+    vector_type = columns.embedding.type.compile(dialect)
+    tuples = []
+    binds: list[BindParameter[Any]] = []
+    for i in range(size):
+        cells = [f"CAST(:k{n}_{i} AS {key_types[n]})" for n in range(width)]
+        cells.append(f"CAST(:embedding_{i} AS {vector_type})")
+        cells.append(f":digest_{i}")
+        tuples.append(f"({', '.join(cells)})")
+        binds.extend(bindparam(f"k{n}_{i}", type_=key.type) for n, key in enumerate(columns.keys))
+        binds.append(bindparam(f"embedding_{i}", type_=columns.embedding.type))
+        binds.append(bindparam(f"digest_{i}", type_=columns.digest.type))
+    binds.append(bindparam("vecorm_model", type_=columns.model.type))
+    table = preparer.format_table(columns.table)
+    names = [f"k{n}" for n in range(width)]
+    match = " AND ".join(
+        f"{table}.{preparer.quote(key.name)} = vecorm_batch.{name}"
+        for key, name in zip(columns.keys, names, strict=True)
+    )
+    statement = (
+        f"UPDATE {table} SET {preparer.quote(columns.embedding.name)} = vecorm_batch.embedding, "
+        f"{preparer.quote(columns.digest.name)} = vecorm_batch.digest, "
+        f"{preparer.quote(columns.model.name)} = :vecorm_model "
+        f"FROM (VALUES {', '.join(tuples)}) AS vecorm_batch ({', '.join(names)}, embedding, "
+        f"digest) WHERE {match}"
+    )
+    return text(statement).bindparams(*binds)
 
 
 def keyed_update(columns: EmbeddingColumns, values: Mapping[str, Any]) -> Update:

@@ -48,6 +48,9 @@ Storage = Literal["vector", "halfvec"]
 Precision = Literal["vector", "halfvec", "bit"]
 PRECISIONS: tuple[Precision, ...] = ("vector", "halfvec", "bit")
 EmbeddingMode = Literal["strict", "deferred"]
+#: How ``search_vector`` is kept: a ``GENERATED ... STORED`` column, or a plain column that a
+#: row trigger fills (addable to a big table without a rewrite; docs/adopting.md).
+SearchVectorMode = Literal["generated", "trigger"]
 
 
 class Distance(enum.Enum):
@@ -326,6 +329,15 @@ class SearchConfig:
     #: BM25 statistics kept by the database and BM25 as the default lexical ranking
     #: (docs/search-quality.md); ``None`` keeps no statistics and ranks with ``ts_rank``.
     bm25: BM25 | None = field(default_factory=BM25)
+    #: How the tsvector column is maintained. ``"generated"`` (default, and what Citus needs):
+    #: ``GENERATED ALWAYS AS (...) STORED``, which PostgreSQL can only add to an existing table
+    #: by rewriting it under an ACCESS EXCLUSIVE lock. ``"trigger"``: a plain nullable column
+    #: that a ``BEFORE INSERT OR UPDATE`` row trigger fills with the same expression, so
+    #: autogenerate can add it to a big, busy table online (a catalog-only ``ADD COLUMN``, then
+    #: a batched fill; docs/adopting.md)::
+    #:
+    #:     SearchConfig(fields=("title", "body"), search_vector="trigger")
+    search_vector: SearchVectorMode = "generated"
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -423,6 +435,10 @@ class SearchConfig:
                     raise fail(f"weight {weight!r} for {name!r} must be one of 'A', 'B', 'C', 'D'")
         if self.index is not None:
             self._validate_index(fail, owner)
+        if self.search_vector not in ("generated", "trigger"):
+            raise fail(
+                f"search_vector must be 'generated' or 'trigger', not {self.search_vector!r}"
+            )
         if self.embedding_mode not in (None, "strict", "deferred"):
             raise fail(
                 f"embedding_mode must be 'strict', 'deferred' or None, not {self.embedding_mode!r}"

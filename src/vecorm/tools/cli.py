@@ -219,7 +219,14 @@ def adopt(
 @click.option(
     "--progress/--no-progress",
     default=None,
-    help="Show a progress bar on stderr (default: when stderr is a terminal).",
+    help="Show a progress bar on stderr (default: when stderr is a terminal). Without a bar, "
+    "a progress line every 10 seconds.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout: rows, batches, seconds, rows_per_second, left.",
 )
 def backfill(
     model_path: str,
@@ -227,11 +234,16 @@ def backfill(
     database_url: str | None,
     batch_size: int | None,
     progress: bool | None,
+    as_json: bool,
 ) -> None:
     """Embed the rows of MODULE:MODEL whose embedding is missing or stale.
 
     Commits every batch: interrupted, it carries on where it stopped when run again.
     """
+    import json
+    import logging
+    import sys
+
     from vecorm.embedding.backfill import backfill as backfill_rows
     from vecorm.embedding.backfill import stale_count
     from vecorm.schema.config import search_config
@@ -241,12 +253,38 @@ def backfill(
     model = load_model(model_path)
     width = search_config(model).dimensions
     embedder = load_embedder(embedder_name, dimensions=width) if embedder_name else None
-    with connect(url) as session:
-        result = backfill_rows(
-            session, model, embedder=embedder, batch_size=batch_size, progress=_bar(progress)
-        )
-        left = stale_count(session, model, embedder=embedder)
+    # No bar on stderr: periodic log lines instead (a long run never looks hung).
+    lines = progress is False or (progress is None and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("vecorm.backfill")
+    level = logger.level
+    if lines:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        with connect(url) as session:
+            result = backfill_rows(
+                session, model, embedder=embedder, batch_size=batch_size, progress=_bar(progress)
+            )
+            left = stale_count(session, model, embedder=embedder)
+    finally:
+        if lines:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
     name = model.__name__
+    if as_json:
+        document = {
+            "model": model_path,
+            "rows": result.embedded,
+            "batches": result.batches,
+            "calls": result.calls,
+            "seconds": round(result.seconds, 3),
+            "rows_per_second": round(result.rows_per_second, 1),
+            "left": left,
+        }
+        click.echo(json.dumps(document))
+        return
     if result.embedded == 0:
         click.echo(f"{name}: nothing to embed, every row is up to date")
     else:

@@ -22,7 +22,14 @@ from vecorm.errors import ConfigurationError, VecormError
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.pgcatalog import relation_exists
 from vecorm.search.bm25 import ddl
-from vecorm.search.bm25.tables import BM25Tables, declare, registered, side_tables, tables_of
+from vecorm.search.bm25.tables import (
+    PREPARER,
+    BM25Tables,
+    declare,
+    registered,
+    side_tables,
+    tables_of,
+)
 from vecorm.search.bm25.triggers import create_elements, table_schema
 
 
@@ -198,3 +205,41 @@ def bulk_load(target: Session | Connection, model: Any) -> Iterator[None]:
         raise
     connection.execute(resumed)
     rebuild(connection, model)
+
+
+def reconcile_document_count(connection: Connection, table_name: str, schema: str) -> int:
+    """Count into the statistics the documents no trigger counted; returns how many.
+
+    The online adoption (``SearchConfig(search_vector="trigger")``, docs/adopting.md) creates
+    the BM25 triggers in the transaction that adds the (NULL) tsvector column, so every write
+    after it is counted exactly, but the rows already there never were. A NULL tsvector has no
+    lexemes and no length, so only the document count misses them; it is the table's row count
+    minus the counted documents, read in one statement (one snapshot: a writer's rows and its
+    deltas commit together), without a lock. Running it again adds nothing::
+
+        reconcile_document_count(connection, "documents", "public")   # 200000, then 0
+    """
+    sql = _names(table_name, schema)
+    missing = f"""
+        WITH c AS (
+          SELECT (SELECT pg_catalog.count(*) FROM {sql["table"]})
+               - (SELECT coalesce(pg_catalog.sum(df), 0) FROM {sql["terms"]} WHERE term = '')
+               - (SELECT coalesce(pg_catalog.sum(df), 0) FROM {sql["deltas"]} WHERE term = '')
+               AS missing
+        )
+        INSERT INTO {sql["deltas"]} (term, df, length)
+        SELECT '', c.missing, 0 FROM c WHERE c.missing <> 0
+        RETURNING df"""
+    added = connection.exec_driver_sql(missing).scalar()
+    return int(added or 0)
+
+
+def _names(table_name: str, schema: str) -> dict[str, str]:
+    def qualified(name: str) -> str:
+        return f"{PREPARER.quote_schema(schema)}.{PREPARER.quote(name)}"
+
+    return {
+        "table": qualified(table_name),
+        "terms": qualified(f"{table_name}_bm25_terms"),
+        "deltas": qualified(f"{table_name}_bm25_deltas"),
+    }
