@@ -46,11 +46,33 @@ class Passage(vecorm.Searchable, Base):
 
     __tablename__ = "passages"
     __table_args__ = {"postgresql_partition_by": "HASH (tenant_id)"}
-    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS, bm25=None)
     tenant_id: Mapped[int] = mapped_column(primary_key=True)
     id: Mapped[int] = mapped_column(primary_key=True)
     body: Mapped[str] = mapped_column(String(80))
     category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+
+
+class WithBM25(vecorm.Searchable, Base):
+    """Citus-ready keys, but the default BM25 statistics: statement triggers Citus refuses."""
+
+    __tablename__ = "with_bm25"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+class KeptByTrigger(vecorm.Searchable, Base):
+    """The tsvector kept by vecorm's row trigger: distributed with unsafe triggers allowed."""
+
+    __tablename__ = "kept_by_trigger"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=DIMS, bm25=None, search_vector="trigger"
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
 
 
 class GlobalKey(vecorm.Searchable, Base):
@@ -95,6 +117,18 @@ def test_emitted_sql() -> None:
     }
 
 
+def test_a_trigger_kept_column_distributes_with_unsafe_triggers_for_that_call() -> None:
+    assert _sql(distribute_table(KeptByTrigger, "tenant_id")) == (
+        "WITH vecorm_unsafe_triggers AS MATERIALIZED \n"
+        "(SELECT coalesce(pg_catalog.current_setting('citus.enable_unsafe_triggers', true), "
+        "'off') AS previous, "
+        "pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true) AS switched)\n"
+        " SELECT create_distributed_table('kept_by_trigger', 'tenant_id'), "
+        "pg_catalog.set_config('citus.enable_unsafe_triggers', vecorm_unsafe_triggers.previous, "
+        "true) AS restored \nFROM vecorm_unsafe_triggers"
+    )
+
+
 def test_alembic_operations_offline() -> None:
     buffer = io.StringIO()
     context = MigrationContext.configure(
@@ -116,6 +150,7 @@ def test_alembic_operations_offline() -> None:
     [
         (GlobalKey, r"primary key \(id\) must include the distribution column 'tenant_id'"),
         (UniqueSlug, "unique constraint uq_unique_slugs_slug must include 'tenant_id'"),
+        (WithBM25, r"BM25 statistics .* Declare SearchConfig\(bm25=None\)"),
     ],
 )
 def test_constraints_citus_imposes(model: type, message: str) -> None:
@@ -160,9 +195,23 @@ def test_operation_checks_the_catalog_then_calls_citus(shards: tuple[Engine, np.
         op = Operations(MigrationContext.configure(conn))
         with pytest.raises(vecorm.ConfigurationError, match="unique index global_keys_pkey lacks"):
             op.create_distributed_table("global_keys", "tenant_id")  # type: ignore[attr-defined]
+        with pytest.raises(vecorm.ConfigurationError, match=r"bm25=None\).*drop_bm25_statistics"):
+            op.create_distributed_table("with_bm25", "tenant_id")  # type: ignore[attr-defined]
+        conn.execute(
+            text(
+                "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RETURN NEW; END $$; CREATE TRIGGER audit BEFORE UPDATE ON "
+                "kept_by_trigger FOR EACH ROW EXECUTE FUNCTION audit()"
+            )
+        )
+        with pytest.raises(vecorm.ConfigurationError, match=r"with triggers \(audit\)"):
+            op.create_distributed_table("kept_by_trigger", "tenant_id")  # type: ignore[attr-defined]
+        conn.execute(text("DROP TRIGGER audit ON kept_by_trigger"))
+        op.create_distributed_table("kept_by_trigger", "tenant_id")  # type: ignore[attr-defined]
         op.create_distributed_table("passages", "tenant_id", colocate_with="none")  # type: ignore[attr-defined]
         assert conn.execute(text("SELECT call FROM citus_calls")).scalars().all() == [
-            "passages by tenant_id colocate none"
+            "kept_by_trigger by tenant_id colocate default",
+            "passages by tenant_id colocate none",
         ]
 
 

@@ -14,7 +14,11 @@
 
 Before it runs, ``create_distributed_table`` checks in the catalog that every unique index of
 the table (the primary key included) contains the distribution column, which Citus requires,
-and says which index does not. ``alembic upgrade --sql`` prints the calls.
+and says which index does not; and that the table has no triggers Citus refuses: BM25
+statistics' statement triggers (declare ``SearchConfig(bm25=None)``) or triggers of yours. The
+row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call then runs with
+``citus.enable_unsafe_triggers`` on (see :func:`vecorm.scale.citus.distribute_table`).
+``alembic upgrade --sql`` prints the calls.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from sqlalchemy import MetaData, Select, Table, text
 
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.errors import ConfigurationError
-from vecorm.scale.citus import distribute_table, reference_table, undistribute_table
+from vecorm.scale.citus import (
+    BM25_REFUSAL,
+    distribute_table,
+    reference_table,
+    undistribute_table,
+)
+from vecorm.search.bm25.ddl import TRIGGER_EVENTS, object_name
 
 
 def _table(name: str, schema: str | None) -> Table:
@@ -151,27 +161,69 @@ _UNIQUE_WITHOUT_SQL = text(
 )
 
 
+# Each trigger of the table, and whether it is vecorm's search-vector row trigger: named
+# <table>_<tsvector column> like its function (see vecorm.schema.generated).
+_TRIGGERS_SQL = text(
+    """
+    SELECT t.tgname,
+           p.proname = t.tgname AND (t.tgtype::int & 1) = 1 AND EXISTS (
+             SELECT 1 FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = t.tgrelid AND NOT a.attisdropped
+               AND a.atttypid = 'pg_catalog.tsvector'::pg_catalog.regtype
+               AND t.tgname = c.relname || '_' || a.attname) AS search_vector
+    FROM pg_catalog.pg_trigger t
+    JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+    WHERE t.tgrelid = pg_catalog.to_regclass(:table) AND NOT t.tgisinternal
+    ORDER BY t.tgname
+    """
+)
+
+
+def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) -> bool:
+    """Raise what Citus would refuse, in words; whether vecorm's search-vector trigger is there."""
+    preparer = operations.get_context().dialect.identifier_preparer
+    qualified = preparer.quote(operation.table_name)
+    if operation.schema:
+        qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
+    bind = operations.get_bind()
+    offending = [
+        str(name)
+        for (name,) in bind.execute(
+            _UNIQUE_WITHOUT_SQL, {"table": qualified, "column": operation.column}
+        )
+    ]
+    if offending:
+        raise ConfigurationError(
+            f"Citus cannot distribute {operation.table_name} by {operation.column!r}: unique "
+            f"index {', '.join(offending)} lacks it. Add {operation.column} to the primary "
+            "key and unique constraints first"
+        )
+    triggers = {
+        str(name): bool(ours) for name, ours in bind.execute(_TRIGGERS_SQL, {"table": qualified})
+    }
+    bm25 = {object_name(operation.table_name, event) for event in TRIGGER_EVENTS}
+    if bm25 & triggers.keys():
+        raise ConfigurationError(
+            f"Citus cannot distribute {operation.table_name}: {BM25_REFUSAL}; then "
+            f"op.drop_bm25_statistics({operation.table_name!r}) before this operation"
+        )
+    others = sorted(name for name, ours in triggers.items() if not ours)
+    if others:
+        raise ConfigurationError(
+            f"Citus cannot distribute {operation.table_name}: it refuses tables with triggers "
+            f"({', '.join(others)}). Drop them first, or, if each touches only its own row, "
+            'run op.execute("SET LOCAL citus.enable_unsafe_triggers = on") before this '
+            "operation (Citus leaves that to you)"
+        )
+    return bool(triggers)
+
+
 @Operations.implementation_for(CreateDistributedTableOp)
 def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
     target = _table(operation.table_name, operation.schema)
     context = operations.get_context()
-    if not context.as_sql:
-        preparer = context.dialect.identifier_preparer
-        qualified = preparer.quote(operation.table_name)
-        if operation.schema:
-            qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
-        offending = [
-            str(name)
-            for (name,) in operations.get_bind().execute(
-                _UNIQUE_WITHOUT_SQL, {"table": qualified, "column": operation.column}
-            )
-        ]
-        if offending:
-            raise ConfigurationError(
-                f"Citus cannot distribute {operation.table_name} by {operation.column!r}: unique "
-                f"index {', '.join(offending)} lacks it. Add {operation.column} to the primary "
-                "key and unique constraints first"
-            )
+    search_vector_trigger = False if context.as_sql else _check_catalog(operations, operation)
     _run(
         operations,
         distribute_table(
@@ -180,6 +232,7 @@ def _create_distributed_table(operations: Operations, operation: CreateDistribut
             colocate_with=operation.colocate_with,
             shard_count=operation.shard_count,
             check=False,
+            search_vector_trigger=search_vector_trigger,
         ),
     )
 

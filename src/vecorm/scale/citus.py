@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, func, select, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -30,6 +30,16 @@ from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import NullType
 
 from vecorm.errors import ConfigurationError
+from vecorm.schema.generated import trigger_of
+from vecorm.search.bm25.tables import tables_of as bm25_tables_of
+
+#: Why a model with BM25 statistics cannot be distributed (check_distribution, the operation).
+BM25_REFUSAL = (
+    "its BM25 statistics (SearchConfig's default bm25) are kept by statement triggers that read "
+    "transition tables, which Citus cannot run on a distributed table (it refuses to "
+    "distribute a table with triggers). Declare SearchConfig(bm25=None) on a model you "
+    "distribute: text and hybrid search then rank with ts_rank (docs/scaling.md)"
+)
 
 
 class CitusCall(ColumnElement[Any]):
@@ -74,7 +84,8 @@ def check_distribution(target: Any, column: str) -> None:
     """Raise :class:`ConfigurationError` unless Citus can distribute ``target`` by ``column``.
 
     Citus requires the distribution column in the primary key and in every unique constraint
-    and unique index (uniqueness is enforced per shard), and never NULL.
+    and unique index (uniqueness is enforced per shard), and never NULL; and it refuses a
+    table with statement triggers, so a model keeping BM25 statistics is refused too.
     """
     table = _table_of(target)
     name = _qualified_name(table)
@@ -99,6 +110,8 @@ def check_distribution(target: Any, column: str) -> None:
     for index in table.indexes:
         if index.unique and column not in [c.name for c in index.columns]:
             raise ConfigurationError(f"{name}: unique index {index.name} must include {column!r}")
+    if bm25_tables_of(table) is not None:
+        raise ConfigurationError(f"Citus cannot distribute {name}: {BM25_REFUSAL}")
 
 
 def distribute_table(
@@ -108,11 +121,19 @@ def distribute_table(
     colocate_with: str | None = None,
     shard_count: int | None = None,
     check: bool = True,
+    search_vector_trigger: bool | None = None,
 ) -> Select[Any]:
     """``SELECT create_distributed_table('table', 'column', colocate_with => ..., ...)``.
 
     Tables distributed by the same column and ``colocate_with`` each other keep matching rows on
     the same worker, so joins on the column (documents to their chunks) stay local.
+
+    A table whose tsvector column vecorm's row trigger keeps (``SearchConfig(search_vector=
+    "trigger")``; ``search_vector_trigger`` says so when ``target`` is a bare table) is
+    distributed with ``citus.enable_unsafe_triggers`` on for that one call: Citus refuses any
+    table with triggers unless it is, and leaves to the user that a trigger touches only its
+    own row's shard, which this trigger does (it sets a column of the row being written).
+    The statement turns the setting on before the call and back to its previous value after.
     """
     table = _table_of(target)
     if check:
@@ -126,7 +147,32 @@ def distribute_table(
         colocate_with=colocate_with,
         shard_count=shard_count,
     )
+    if search_vector_trigger is None:
+        search_vector_trigger = trigger_of(table) is not None
+    if search_vector_trigger:
+        return _with_unsafe_triggers(call)
     return select(call)
+
+
+_UNSAFE_TRIGGERS = "citus.enable_unsafe_triggers"
+
+
+def _with_unsafe_triggers(call: CitusCall) -> Select[Any]:
+    """``WITH s AS MATERIALIZED (SELECT current_setting(..) AS previous, set_config(.., 'on'))
+    SELECT call, set_config(.., s.previous) FROM s``: on for ``call`` only (the CTE is
+    evaluated before the outer target list, which PostgreSQL evaluates in order)."""
+    switch = (
+        select(
+            func.coalesce(func.pg_catalog.current_setting(_UNSAFE_TRIGGERS, true()), "off").label(
+                "previous"
+            ),
+            func.pg_catalog.set_config(_UNSAFE_TRIGGERS, "on", true()).label("switched"),
+        )
+        .cte("vecorm_unsafe_triggers")
+        .prefix_with("MATERIALIZED")
+    )
+    restore = func.pg_catalog.set_config(_UNSAFE_TRIGGERS, switch.c.previous, true())
+    return select(call, restore.label("restored")).select_from(switch)
 
 
 def reference_table(target: Any) -> Select[Any]:

@@ -7,7 +7,8 @@ SQLAlchemy's :class:`~sqlalchemy.engine.Engine` class applies them with
 ``set_config(name, value, true)`` (``SET LOCAL``) on the same connection, in the same
 transaction, right before the statement, and puts the previous values back right after it (or
 after a failure, from ``handle_error``). Nothing outlives the statement, so nothing reaches the
-pool's next user, and there is nothing to call::
+pool's next user, and there is nothing to call. On Citus the same values are also carried to
+the workers (:mod:`vecorm.search.propagation`)::
 
     engine = sqlalchemy.create_engine(url)        # or Flask-SQLAlchemy's db.engine, an async one
     session.execute(Document.nearest(q, k=100).execution_options(**search_options(ef_search=200)))
@@ -55,6 +56,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import HNSW, IVFFlat, SearchConfig
+from vecorm.search.propagation import execute_raw, propagate
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPICursor, ExceptionContext, ExecutionContext
@@ -282,13 +284,7 @@ def _run_raw(conn: Connection, kind: str, values: Mapping[str, str | None]) -> t
     arguments: Any = params
     if compiled.positional:
         arguments = tuple(params[key] for key in compiled.positiontup or ())
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(compiled.string, arguments)
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    return tuple(row or ())
+    return execute_raw(conn, compiled.string, arguments)
 
 
 _SETTING_KEYS = frozenset(SETTINGS)
@@ -325,6 +321,7 @@ def _before_cursor_execute(
             "(the default isolation level) or leave out the vecorm_* execution options"
         )
     row = _run_raw(conn, "set", settings)
+    propagate(conn, settings)  # on Citus, to the workers too
     server_side = bool(getattr(context, "_is_server_side", False)) or bool(
         options.get("stream_results", False)
     )
@@ -347,7 +344,12 @@ def _after_cursor_execute(
     pending = conn.info.pop(_RESTORE_KEY, None)
     if pending is None or pending[0] != id(cursor):
         return
-    _run_raw(conn, "restore", pending[1])
+    _restore(conn, pending[1])
+
+
+def _restore(conn: Connection, previous: Mapping[str, str | None]) -> None:
+    restored = _run_raw(conn, "restore", previous)
+    propagate(conn, dict(zip(previous, restored, strict=True)))
 
 
 def _transaction_status(conn: Connection) -> int | None:
@@ -381,7 +383,7 @@ def _restore_after_failure(
     status = _transaction_status(conn)
     if status is not None and status != _IN_TRANSACTION:
         return  # the server aborted the transaction: its ROLLBACK resets SET LOCAL
-    _run_raw(conn, "restore", pending[1])
+    _restore(conn, pending[1])
 
 
 # Every engine, made before or after this import, sync or the sync_engine of an async one
@@ -453,3 +455,5 @@ def apply_search_settings(target: Session | Connection, **settings: Any) -> None
         parameters[f"vecorm_name_{index}"] = name
         parameters[f"vecorm_value_{index}"] = value
     target.execute(_set_config_statement(len(resolved)), parameters)
+    connection = target.connection() if isinstance(target, Session) else target
+    propagate(connection, resolved)

@@ -1,0 +1,274 @@
+"""Citus for real: a coordinator and workers (``../shared/citus/cluster.sh start`` prints the
+URL). Skipped unless ``VECORM_CITUS_URL`` names the coordinator; tests/integration/test_citus.py
+keeps checking the emitted SQL against stand-ins on machines without Citus.
+
+Every table lives in one schema of the coordinator's database, dropped before and after."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import ForeignKey, MetaData, String, insert, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+import vecorm
+import vecorm.alembic
+from vecorm.scale.citus import check_distribution, distribute_table, reference_table
+from vecorm.search.settings import apply_search_settings, search_options
+from vecorm.search.vector import python_distance
+
+URL = os.environ.get("VECORM_CITUS_URL")
+pytestmark = pytest.mark.skipif(
+    not URL, reason="needs a Citus cluster: VECORM_CITUS_URL (../shared/citus/cluster.sh start)"
+)
+
+SCHEMA = "vecorm_cluster_test"
+DIMS = 16
+ROWS = 3200
+TENANTS = 8
+SHARDS = 4
+EMBEDDER = vecorm.HashingEmbedder(DIMS)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class Category(Base):
+    __tablename__ = "categories"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+
+
+class Doc(vecorm.Searchable, Base):
+    """A Citus-ready searchable model: tenant in the key, no BM25 statistics."""
+
+    __tablename__ = "docs"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=DIMS, bm25=None, embedder=EMBEDDER, index=vecorm.HNSW()
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+
+
+class WithBM25(vecorm.Searchable, Base):
+    """The default SearchConfig (BM25 statistics): what Citus refuses."""
+
+    __tablename__ = "with_bm25"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+class KeptByTrigger(vecorm.Searchable, Base):
+    __tablename__ = "kept_by_trigger"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=DIMS, bm25=None, search_vector="trigger", embedder=EMBEDDER
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+WORDS = ["postgres", "vacuum", "index", "shard", "tenant", "replica", "backup", "query"]
+
+
+def _body(i: int) -> str:
+    return f"{WORDS[i % 8]} {WORDS[(i // 8) % 8]} note {i}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[Engine, np.ndarray]]:
+    assert URL is not None
+    engine = vecorm.create_engine(URL)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
+    Base.metadata.create_all(engine)
+    vectors = np.random.default_rng(7).normal(size=(ROWS, DIMS)).astype(np.float32)
+    with engine.begin() as conn:
+        conn.execute(reference_table(Category))
+        conn.execute(distribute_table(Doc, "tenant_id", shard_count=SHARDS))
+        conn.execute(insert(Category), [{"id": 1, "name": "ops"}, {"id": 2, "name": "dev"}])
+        conn.execute(
+            insert(Doc),
+            [
+                {
+                    "tenant_id": i % TENANTS,
+                    "id": i,
+                    "body": _body(i),
+                    "category_id": 1 + i % 2,
+                    "embedding": vector,
+                }
+                for i, vector in enumerate(vectors)
+            ],
+        )
+        conn.execute(text(f"ANALYZE {SCHEMA}.docs"))
+    yield engine, vectors
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+    engine.dispose()
+
+
+def _on_workers(session: Session, command: str) -> None:
+    """``command`` (a ``SET LOCAL``) on the coordinator and, propagated, on the workers."""
+    session.execute(
+        text(f"DO $$BEGIN SET LOCAL citus.propagate_set_commands = 'local'; {command}; END$$")
+    )
+
+
+def _exact(vectors: np.ndarray, query: np.ndarray, ids: list[int], k: int) -> list[int]:
+    distances = [python_distance(vecorm.Distance.COSINE, vectors[i], query) for i in ids]
+    return [ids[j] for j in np.argsort(distances)[:k]]
+
+
+def test_the_default_model_is_refused_in_words_before_citus_refuses_it(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with pytest.raises(vecorm.ConfigurationError, match=r"BM25 statistics.*bm25=None"):
+        check_distribution(WithBM25, "tenant_id")
+    with pytest.raises(vecorm.ConfigurationError, match=r"BM25 statistics.*bm25=None"):
+        distribute_table(WithBM25, "tenant_id")
+    # The premise, on the real cluster: Citus refuses the table for its triggers.
+    with engine.connect() as conn, pytest.raises(DBAPIError, match="because it has triggers"):
+        conn.execute(distribute_table(WithBM25, "tenant_id", check=False))
+    with engine.connect() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        with pytest.raises(vecorm.ConfigurationError, match="drop_bm25_statistics"):
+            op.create_distributed_table("with_bm25", "tenant_id", schema=SCHEMA)  # type: ignore[attr-defined]
+
+
+def test_query_settings_reach_the_workers_and_end_with_the_statement(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    query = np.random.default_rng(3).normal(size=DIMS).astype(np.float32)
+    narrow = search_options(ef_search=1, iterative_scan="off")
+    plain = (
+        select(Doc.id).order_by(Doc.embedding.cosine_distance(query)).limit(10)  # type: ignore[attr-defined]
+    )
+    with Session(engine) as session, session.begin():
+        _on_workers(session, "SET LOCAL enable_seqscan = off")  # every shard scans its index
+        # pgvector returns at most ef_search rows per index scan: one per shard.
+        assert (
+            len(session.execute(Doc.nearest(query, k=10).execution_options(**narrow)).all())
+            == SHARDS
+        )
+        tenant = Doc.nearest(query, k=10).where(Doc.tenant_id == 3).execution_options(**narrow)
+        assert len(session.execute(tenant).all()) <= 1
+        # vecorm's defaults (ef_search 200, relaxed iterative scan) on the workers: 10 rows.
+        assert len(session.execute(Doc.nearest(query, k=10)).all()) == 10
+        # After each statement the workers are back to pgvector's defaults (ef_search 40) ...
+        assert len(session.execute(plain).all()) == 10
+        # ... and apply_search_settings reaches them for the rest of the transaction.
+        apply_search_settings(session, ef_search=1, iterative_scan="off")
+        assert len(session.execute(plain).all()) == SHARDS
+
+
+def test_nearest_recall_across_shards_and_within_a_tenant(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, vectors = cluster
+    rng = np.random.default_rng(11)
+    everyone = list(range(ROWS))
+    found = expected = 0
+    with Session(engine) as session:
+        for _ in range(10):
+            query = rng.normal(size=DIMS).astype(np.float32)
+            ids = [row[0].id for row in session.execute(Doc.nearest(query, k=10))]
+            found += len(set(ids) & set(_exact(vectors, query, everyone, 10)))
+            mine = [i for i in everyone if i % TENANTS == 5]
+            routed = Doc.nearest(query, k=10).where(Doc.tenant_id == 5)
+            ids = [row[0].id for row in session.execute(routed)]
+            found += len(set(ids) & set(_exact(vectors, query, mine, 10)))
+            expected += 20
+    assert found / expected >= 0.95
+
+
+def test_text_and_hybrid_search_with_a_reference_table_join(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with Session(engine) as session:
+        hits = session.execute(
+            Doc.text_search("vacuum replica", k=5).where(Doc.tenant_id == 1)
+        ).all()
+        assert hits and all(
+            "vacuum" in row[0].body and "replica" in row[0].body and row[0].tenant_id == 1
+            for row in hits
+        )
+        for method in ("blend", "rrf"):
+            statement = (
+                Doc.hybrid_search("index backup", k=5, method=method)
+                .join(Category, Category.id == Doc.category_id)
+                .where(Doc.tenant_id == 2, Category.name == "ops")
+            )
+            rows = session.execute(statement).all()
+            assert len(rows) == 5 and all(row[0].category_id == 1 for row in rows)
+            assert any(
+                "backup" in row[0].body for row in rows
+            )  # the lexical arm: tenant 2 is all "index"
+
+
+def test_auto_embedding_on_flush_and_text_queries(cluster: tuple[Engine, np.ndarray]) -> None:
+    engine, _ = cluster
+    sessions = sessionmaker(engine)
+    vecorm.install(sessions, embedder=EMBEDDER)
+    try:
+        with sessions() as session:
+            session.add(
+                Doc(tenant_id=6, id=100_001, body="cluster embedded on flush", category_id=1)
+            )
+            session.commit()
+            row = session.get(Doc, (6, 100_001))
+            assert row is not None and row.embedding is not None
+            first = session.execute(
+                Doc.nearest("cluster embedded on flush", k=1).where(Doc.tenant_id == 6)
+            ).first()
+            assert first is not None and first[0].id == 100_001
+            row.body = "edited on the cluster"
+            session.commit()
+            again = session.execute(
+                Doc.nearest("edited on the cluster", k=1).where(Doc.tenant_id == 6)
+            ).first()
+            assert again is not None and again[0].id == 100_001
+            session.delete(row)
+            session.commit()
+    finally:
+        vecorm.uninstall(sessions)
+
+
+def test_a_trigger_kept_tsvector_distributes_and_keeps_working(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(distribute_table(KeptByTrigger, "tenant_id", colocate_with="none"))
+        assert conn.execute(text("SHOW citus.enable_unsafe_triggers")).scalar() == "off"
+    with Session(engine) as session:
+        session.add_all(
+            [
+                KeptByTrigger(tenant_id=1, id=1, body="sharded trigger text"),
+                KeptByTrigger(tenant_id=2, id=2, body="another tenant entirely"),
+            ]
+        )
+        session.commit()
+        hits = session.execute(KeptByTrigger.text_search("sharded", k=5)).all()
+        assert [row[0].id for row in hits] == [1]
+        row = session.get(KeptByTrigger, (2, 2))
+        assert row is not None
+        row.body = "sharded as well now"
+        session.commit()
+        hits = session.execute(KeptByTrigger.text_search("sharded", k=5)).all()
+        assert sorted(row[0].id for row in hits) == [1, 2]
