@@ -14,12 +14,14 @@ import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import ForeignKey, MetaData, String, insert, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import vecorm
 import vecorm.alembic
+from vecorm.embedding.backfill import backfill, stale_count
+from vecorm.embedding.reembed import ModelChange
 from vecorm.scale.citus import check_distribution, distribute_table, reference_table
 from vecorm.search.settings import apply_search_settings, search_options
 from vecorm.search.vector import python_distance
@@ -272,3 +274,61 @@ def test_a_trigger_kept_tsvector_distributes_and_keeps_working(
         session.commit()
         hits = session.execute(KeptByTrigger.text_search("sharded", k=5)).all()
         assert sorted(row[0].id for row in hits) == [1, 2]
+
+
+class Deferred(vecorm.Searchable, Base):
+    """Rows written without embeddings (raw SQL, COPY): the backfill's work."""
+
+    __tablename__ = "deferred"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=DIMS, bm25=None, embedder=EMBEDDER
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+def _column_type(conn: Connection, table: str, column: str) -> str:
+    return str(
+        conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(:table) AND attname = :column"
+            ),
+            {"table": f"{SCHEMA}.{table}", "column": column},
+        ).scalar()
+    )
+
+
+def test_backfill_and_a_model_change_on_a_distributed_table(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(distribute_table(Deferred, "tenant_id", colocate_with="none"))
+        conn.execute(
+            insert(Deferred),
+            [{"tenant_id": i % 5, "id": i, "body": f"deferred row {i}"} for i in range(300)],
+        )
+    with Session(engine) as session:
+        assert stale_count(session, Deferred) == 300
+        # FOR UPDATE SKIP LOCKED runs routed to one shard: one pass per tenant.
+        result = backfill(session, Deferred, batch_size=32)
+        assert result.embedded == 300 and result.batches == 5 * 2  # 60 rows a tenant: 32 + 28
+        assert stale_count(session, Deferred) == 0
+        hit = session.execute(
+            Deferred.nearest("deferred row 42", k=1).where(Deferred.tenant_id == 2)
+        ).first()
+        assert hit is not None and hit[0].id == 42
+    wider = vecorm.HashingEmbedder(2 * DIMS)
+    change = ModelChange(Deferred, wider)
+    change.start(engine)
+    with Session(engine) as session:
+        assert change.backfill(session).embedded == 300
+        assert change.status(session).remaining == 0
+    assert change.create_index(engine, wait_timeout=60) is not None
+    with Session(engine) as session:
+        change.finish(session)
+    with engine.connect() as conn:
+        assert _column_type(conn, "deferred", "embedding") == f"vector({2 * DIMS})"
+        assert _column_type(conn, "deferred", "embedding_next") == "None"

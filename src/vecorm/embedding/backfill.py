@@ -74,6 +74,7 @@ from vecorm.embedding.events import call_embedder, installed_embedder
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
+from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig, search_config
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
@@ -399,8 +400,35 @@ def _sweep(
     """One pass over the table in primary-key order, a committed transaction per batch.
 
     With ``commit=False`` everything happens in the caller's transaction (a model change's
-    final catch-up, under a table lock).
+    final catch-up, under a table lock). On a table Citus distributes, one pass per
+    distribution value of the stale rows: Citus runs ``FOR UPDATE`` only in a query routed to
+    one shard, which an equality on that column makes it.
     """
+    column = distribution_column(session.connection(), columns.table)
+    if column is None:
+        _sweep_rows(session, columns, embedder, size, bar, counters, skip_locked, commit, None)
+        return
+    routed = columns.table.c[column]
+    values = session.execute(
+        select(routed).where(columns.stale(embedder.model_name)).distinct().order_by(routed)
+    ).scalars()
+    for value in list(values):
+        only = routed == value
+        _sweep_rows(session, columns, embedder, size, bar, counters, skip_locked, commit, only)
+
+
+def _sweep_rows(
+    session: Session,
+    columns: EmbeddingColumns,
+    embedder: Embedder,
+    size: int,
+    bar: Bar,
+    counters: _Counters,
+    skip_locked: bool,
+    commit: bool,
+    only: ColumnElement[bool] | None,
+) -> None:
+    """The batches of one pass (over the rows ``only`` selects, if given)."""
     after: tuple[Any, ...] | None = None
     width = len(columns.keys)
     while True:
@@ -417,6 +445,8 @@ def _sweep(
             .limit(size)
             .with_for_update(skip_locked=skip_locked, of=columns.table)
         )
+        if only is not None:
+            statement = statement.where(only)
         if after is not None:
             statement = statement.where(tuple_(*columns.keys) > tuple_(*after))
         try:

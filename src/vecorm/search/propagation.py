@@ -19,7 +19,8 @@ propagation on, runs ``SET LOCAL`` for each setting and puts the switch back::
 (a block, because Citus forwards the text of the whole query string for each ``SET`` of a
 multi-statement query, and each statement's own text inside PL/pgSQL). The previous values
 go back the same way after the statement, so nothing outlives it on the workers either.
-Whether a database has Citus is asked once per DBAPI connection.
+Whether a database has Citus is asked once per DBAPI connection
+(:func:`vecorm.schema.cluster.is_citus`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from vecorm.errors import ConfigurationError
+from vecorm.schema.cluster import is_citus
 
-_CITUS_KEY = "vecorm_citus"
-_DETECT = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname = 'citus'"
 _NAME = re.compile(r"^[a-z_]+(\.[a-z_]+)?$")
 
 
@@ -50,17 +50,6 @@ def execute_raw(conn: Connection, statement: str, arguments: Any = None) -> tupl
     finally:
         cursor.close()
     return tuple(row or ())
-
-
-def is_citus(conn: Connection) -> bool:
-    """Whether ``conn``'s database has the ``citus`` extension (asked once per DBAPI
-    connection, remembered in its ``info`` while the pool keeps it)."""
-    info = conn.connection.info
-    found = info.get(_CITUS_KEY)
-    if found is None:
-        found = bool(execute_raw(conn, _DETECT)[0])
-        info[_CITUS_KEY] = found
-    return bool(found)
 
 
 def _literal(value: str) -> str:
