@@ -23,6 +23,7 @@ row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call t
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alembic.autogenerate import renderers
@@ -39,6 +40,8 @@ from vecorm.scale.citus import (
     undistribute_table,
 )
 from vecorm.search.bm25.ddl import TRIGGER_EVENTS, object_name
+
+log = logging.getLogger("vecorm.alembic")
 
 
 def _table(name: str, schema: str | None) -> Table:
@@ -130,18 +133,32 @@ class UndistributeTableOp(MigrateOperation):
         table_name: str,
         *,
         schema: str | None = None,
+        cascade_via_foreign_keys: bool = False,
         _reverse: MigrateOperation | None = None,
     ) -> None:
         self.table_name = table_name
         self.schema = schema
+        self.cascade_via_foreign_keys = cascade_via_foreign_keys
         self._reverse = _reverse
 
     @classmethod
     def undistribute_table(
-        cls, operations: Operations, table_name: str, *, schema: str | None = None
+        cls,
+        operations: Operations,
+        table_name: str,
+        *,
+        schema: str | None = None,
+        cascade_via_foreign_keys: bool = False,
     ) -> None:
-        """Gather ``table_name``'s shards back onto the coordinator."""
-        operations.invoke(cls(table_name, schema=schema))
+        """Gather ``table_name``'s shards back onto the coordinator.
+
+        Citus undistributes tables joined by foreign keys (documents to a reference table of
+        categories) only together: ``cascade_via_foreign_keys=True`` does that, and a later
+        ``undistribute_table`` of a table it already brought back does nothing.
+        """
+        operations.invoke(
+            cls(table_name, schema=schema, cascade_via_foreign_keys=cascade_via_foreign_keys)
+        )
 
     def reverse(self) -> MigrateOperation:
         if self._reverse is None:
@@ -182,10 +199,7 @@ _TRIGGERS_SQL = text(
 
 def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) -> bool:
     """Raise what Citus would refuse, in words; whether vecorm's search-vector trigger is there."""
-    preparer = operations.get_context().dialect.identifier_preparer
-    qualified = preparer.quote(operation.table_name)
-    if operation.schema:
-        qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
+    qualified = _quoted(operations, operation)
     bind = operations.get_bind()
     offending = [
         str(name)
@@ -219,6 +233,35 @@ def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) 
     return bool(triggers)
 
 
+# Other Citus tables joined to the table by a foreign key, either way.
+_LINKED_SQL = text(
+    """
+    SELECT DISTINCT x.other::pg_catalog.regclass::text FROM (
+      SELECT k.conrelid AS other FROM pg_catalog.pg_constraint k
+      WHERE k.contype = 'f' AND k.confrelid = pg_catalog.to_regclass(:table)
+      UNION
+      SELECT k.confrelid FROM pg_catalog.pg_constraint k
+      WHERE k.contype = 'f' AND k.conrelid = pg_catalog.to_regclass(:table)
+    ) x
+    JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = x.other
+    WHERE x.other <> pg_catalog.to_regclass(:table)
+    ORDER BY 1
+    """
+)
+_IS_CITUS_TABLE_SQL = text(
+    "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_dist_partition "
+    "WHERE logicalrelid = pg_catalog.to_regclass(:table)"
+)
+
+
+def _quoted(operations: Operations, operation: Any) -> str:
+    preparer = operations.get_context().dialect.identifier_preparer
+    qualified = str(preparer.quote(operation.table_name))
+    if operation.schema:
+        qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
+    return qualified
+
+
 @Operations.implementation_for(CreateDistributedTableOp)
 def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
     target = _table(operation.table_name, operation.schema)
@@ -244,7 +287,22 @@ def _create_reference_table(operations: Operations, operation: CreateReferenceTa
 
 @Operations.implementation_for(UndistributeTableOp)
 def _undistribute_table(operations: Operations, operation: UndistributeTableOp) -> None:
-    _run(operations, undistribute_table(_table(operation.table_name, operation.schema)))
+    target = _table(operation.table_name, operation.schema)
+    cascade = operation.cascade_via_foreign_keys
+    if not operations.get_context().as_sql:
+        bind = operations.get_bind()
+        quoted = _quoted(operations, operation)
+        if not bind.execute(_IS_CITUS_TABLE_SQL, {"table": quoted}).scalar():
+            log.info("%s is not distributed (any more): nothing to undistribute", quoted)
+            return
+        linked = [str(name) for (name,) in bind.execute(_LINKED_SQL, {"table": quoted})]
+        if linked and not cascade:
+            raise ConfigurationError(
+                f"Citus cannot undistribute {operation.table_name} alone: foreign keys join it "
+                f"to {', '.join(linked)}. Pass cascade_via_foreign_keys=True to bring them back "
+                "together (a later undistribute_table of those then does nothing)"
+            )
+    _run(operations, undistribute_table(target, cascade_via_foreign_keys=cascade))
 
 
 def _schema(schema: str | None) -> str:
@@ -276,4 +334,5 @@ def _render_reference(autogen_context: AutogenContext, op: CreateReferenceTableO
 def _render_undistribute(autogen_context: AutogenContext, op: UndistributeTableOp) -> str:
     if autogen_context.imports is not None:
         autogen_context.imports.add(OPERATIONS_IMPORT)
-    return f"op.undistribute_table({op.table_name!r}{_schema(op.schema)})"
+    cascade = ", cascade_via_foreign_keys=True" if op.cascade_via_foreign_keys else ""
+    return f"op.undistribute_table({op.table_name!r}{_schema(op.schema)}{cascade})"

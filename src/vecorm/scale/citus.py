@@ -180,9 +180,13 @@ def reference_table(target: Any) -> Select[Any]:
     return select(CitusCall("create_reference_table", _qualified_name(_table_of(target))))
 
 
-def undistribute_table(target: Any) -> Select[Any]:
-    """``SELECT undistribute_table('table')``: back to a local table (the reverse of both)."""
-    return select(CitusCall("undistribute_table", _qualified_name(_table_of(target))))
+def undistribute_table(target: Any, *, cascade_via_foreign_keys: bool = False) -> Select[Any]:
+    """``SELECT undistribute_table('table')``: back to a local table (the reverse of both).
+
+    ``cascade_via_foreign_keys=True`` brings back the tables foreign keys join it to as well,
+    which Citus requires (``cascade_via_foreign_keys => true``)."""
+    options = {"cascade_via_foreign_keys": True} if cascade_via_foreign_keys else {}
+    return select(CitusCall("undistribute_table", _qualified_name(_table_of(target)), **options))
 
 
 def distribution_plan(models: Mapping[str, Any], column: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ shard (:mod:`vecorm.embedding.backfill`)::
 
 from __future__ import annotations
 
-from sqlalchemy import Table, text
+from sqlalchemy import TableClause, text
 from sqlalchemy.engine import Connection
 
 _CITUS_KEY = "vecorm_citus"
@@ -41,7 +41,7 @@ def is_citus(conn: Connection) -> bool:
     return bool(found)
 
 
-def distribution_column(conn: Connection, table: Table) -> str | None:
+def distribution_column(conn: Connection, table: TableClause) -> str | None:
     """The column Citus hash-distributes ``table`` by; ``None`` for a local or reference
     table, or without Citus."""
     if not is_citus(conn):
