@@ -376,3 +376,61 @@ def test_autogenerate_sees_no_difference_on_distributed_tables(
         assert _diffs(conn) == []
         op.create_reference_table("categories", schema=SCHEMA)  # type: ignore[attr-defined]
         op.create_distributed_table("docs", "tenant_id", schema=SCHEMA, shard_count=SHARDS)  # type: ignore[attr-defined]
+
+
+def _precision_model(name: str, precision: str) -> Any:
+    return type(
+        f"Precision_{precision}",
+        (vecorm.Searchable, Base),
+        {
+            "__tablename__": name,
+            "__vecorm__": vecorm.SearchConfig(
+                fields=("body",),
+                dimensions=64,
+                bm25=None,
+                index=vecorm.HNSW(precision=precision),  # type: ignore[arg-type]
+            ),
+            "__annotations__": {"tenant_id": Mapped[int], "id": Mapped[int], "body": Mapped[str]},
+            "tenant_id": mapped_column(primary_key=True),
+            "id": mapped_column(primary_key=True),
+        },
+    )
+
+
+HalfDoc = _precision_model("half_docs", "halfvec")
+BitDoc = _precision_model("bit_docs", "bit")
+
+
+@pytest.mark.parametrize("model", [HalfDoc, BitDoc], ids=["halfvec", "bit"])
+def test_reduced_precision_indexes_search_the_cluster(
+    cluster: tuple[Engine, np.ndarray], model: Any
+) -> None:
+    engine, _ = cluster
+    rng = np.random.default_rng(21)
+    centres = rng.normal(size=(20, 64))
+    vectors = (centres[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 64))).astype(
+        np.float32
+    )
+    with engine.begin() as conn:
+        conn.execute(distribute_table(model, "tenant_id", shard_count=SHARDS))
+        conn.execute(
+            insert(model),
+            [
+                {"tenant_id": i % TENANTS, "id": i, "body": f"r{i}", "embedding": v}
+                for i, v in enumerate(vectors)
+            ],
+        )
+        conn.execute(text(f"ANALYZE {SCHEMA}.{model.__tablename__}"))
+    everyone = list(range(len(vectors)))
+    found = expected = 0
+    with Session(engine) as session:
+        for centre in centres[:8]:
+            query = (centre + 0.3 * rng.normal(size=64)).astype(np.float32)
+            ids = [row[0].id for row in session.execute(model.nearest(query, k=10))]
+            found += len(set(ids) & set(_exact(vectors, query, everyone, 10)))
+            mine = [i for i in everyone if i % TENANTS == 4]
+            routed = model.nearest(query, k=10).where(model.tenant_id == 4)
+            ids = [row[0].id for row in session.execute(routed)]
+            found += len(set(ids) & set(_exact(vectors, query, mine, 10)))
+            expected += 20
+    assert found / expected >= 0.9
