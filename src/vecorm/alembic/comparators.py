@@ -588,6 +588,8 @@ def compare_schema(
     for op in _walk(upgrade_ops):
         if isinstance(op, ops.OpContainer):
             op.ops = [_with_ivfflat_note(child) for child in op.ops]
+        elif isinstance(op, ops.AlterColumnOp):
+            _existing_type_as_declared(autogen_context, op)
     modules = {
         type(type_).__module__
         for type_ in _types_in(upgrade_ops)
@@ -611,6 +613,34 @@ class ImportsOp(ops.OpContainer):
 
     def reverse(self) -> ImportsOp:
         return ImportsOp(self.imports)
+
+
+def _existing_type_as_declared(autogen_context: AutogenContext, op: ops.AlterColumnOp) -> None:
+    """Render ``existing_type`` in the class the model declares, not the reflected one.
+
+    Once vecorm is imported, reflection returns its types (``vecorm.types.Vector`` ...) for
+    every ``vector`` column, so a project whose models use stock ``pgvector.sqlalchemy``
+    types would get ``existing_type=vecorm.types.Vector(dim=3)`` and an ``import
+    vecorm.types`` in revisions that merely make the column NOT NULL. Its migrations should
+    read like its models: the reflected type is rendered in the declared type's class (a
+    pgvector class that vecorm's type subclasses), with the database's width. Nothing else
+    changes: both render the same SQL.
+    """
+    existing = op.existing_type
+    if not isinstance(existing, TypeEngine) or not type(existing).__module__.startswith("vecorm."):
+        return
+    table = _metadata_table(autogen_context, op.schema, op.table_name)
+    column = None if table is None else table.c.get(op.column_name)
+    if column is None:
+        return
+    declared: Any = type(column.type)
+    if declared.__module__.startswith("vecorm.") or not isinstance(existing, declared):
+        return
+    size = getattr(existing, "dim", getattr(existing, "length", None))
+    try:
+        op.existing_type = declared(size)
+    except TypeError:  # a constructor of another shape: keep the reflected type
+        return
 
 
 def _metadata_uses_pgvector(autogen_context: AutogenContext) -> bool:
