@@ -191,8 +191,8 @@ def main() -> None:
                 ("nearest, all tenants (multi-shard)", model.nearest(query, k=10), everywhere),
                 (
                     "hybrid rrf, tenant filter (router)",
-                    model.hybrid_search(words, vector=query, k=10, method="rrf").where(
-                        model.tenant_id == tenant
+                    model.hybrid_search(
+                        words, vector=query, k=10, method="rrf", where=model.tenant_id == tenant
                     ),
                     None,
                 ),

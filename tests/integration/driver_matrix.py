@@ -89,3 +89,15 @@ def driver_database(driver: str, url: URL) -> Iterator[DriverDatabase]:
 
 def scalars(conn: Connection, statement: Any) -> list[Any]:
     return list(conn.execute(statement).scalars().all())
+
+
+def bits_as_text(value: Any) -> Any:
+    """``value`` with every bit value as its string of 0 and 1, in tuples and lists too.
+
+    pgvector's ``BIT`` (and vecorm's, to the letter) returns what SQLAlchemy gives: a str,
+    except ``asyncpg.BitString`` on asyncpg with SQLAlchemy 2.0 (the lowest-versions run).
+    """
+    if isinstance(value, tuple | list):
+        return type(value)(bits_as_text(item) for item in value)
+    as_string = getattr(value, "as_string", None)
+    return as_string() if callable(as_string) and not isinstance(value, str) else value

@@ -213,16 +213,18 @@ def test_text_and_hybrid_search_with_a_reference_table_join(
             for row in hits
         )
         for method in ("blend", "rrf"):
-            statement = (
-                Doc.hybrid_search("index backup", k=5, method=method)
-                .join(Category, Category.id == Doc.category_id)
-                .where(Doc.tenant_id == 2, Category.name == "ops")
-            )
-            rows = session.execute(statement).all()
-            assert len(rows) == 5 and all(row[0].category_id == 1 for row in rows)
-            assert any(
-                "backup" in row[0].body for row in rows
-            )  # the lexical arm: tenant 2 is all "index"
+            # Filters inside both arms (where=); the reference table joins the fused rows.
+            statement = Doc.hybrid_search(
+                "index backup",
+                k=5,
+                method=method,
+                where=[Doc.tenant_id == 2, Doc.category_id == 1],
+            ).join(Category, Category.id == Doc.category_id)
+            rows = session.execute(statement.add_columns(Category.name)).all()
+            assert len(rows) == 5
+            assert all(row[0].tenant_id == 2 and row.name == "ops" for row in rows)
+            # The lexical arm brings tenant 2's "backup" rows (all its rows say "index").
+            assert any("backup" in row[0].body for row in rows)
 
 
 def test_auto_embedding_on_flush_and_text_queries(cluster: tuple[Engine, np.ndarray]) -> None:

@@ -13,7 +13,12 @@ from sqlalchemy import URL, Column, Integer, MetaData, Table, event, insert, sel
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
-from tests.integration.driver_matrix import DRIVERS, DriverDatabase, driver_database
+from tests.integration.driver_matrix import (
+    DRIVERS,
+    DriverDatabase,
+    bits_as_text,
+    driver_database,
+)
 from vecorm.engine import libpq_conninfo
 from vecorm.schema.drivers import BinaryVectorParam, register_array_types
 from vecorm.types import BIT, HALFVEC, SPARSEVEC, Vector
@@ -64,7 +69,7 @@ def test_scalar_types_need_no_per_connection_setup(db: DriverDatabase) -> None:
         )
         return tuple(conn.execute(select(items).where(items.c.id == 1)).one())
 
-    assert db.run(work) == (
+    assert bits_as_text(db.run(work)) == (
         1,
         [1.0, 2.0, 3.0],
         [1.0, 2.0, 3.0],

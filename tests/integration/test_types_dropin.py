@@ -51,7 +51,12 @@ from sqlalchemy.ext.automap import automap_base
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm.types
-from tests.integration.driver_matrix import DRIVERS, DriverDatabase, driver_database
+from tests.integration.driver_matrix import (
+    DRIVERS,
+    DriverDatabase,
+    bits_as_text,
+    driver_database,
+)
 
 PGVECTOR_NAMES = ("Vector", "VECTOR", "HALFVEC", "BIT", "SPARSEVEC", "avg", "sum")
 
@@ -162,7 +167,13 @@ def test_same_code_same_rows_as_pgvector_sqlalchemy(db: DriverDatabase) -> None:
     for index, (expected, got) in enumerate(zip(stock, ours, strict=True)):
         assert got == expected, f"result {index} differs"
     # Spot-check the shared answer itself so two identical wrong answers cannot pass.
-    assert ours[0][0] == (1, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], "000", SparseVector([1, 1, 1]))
+    assert bits_as_text(ours[0][0]) == (
+        1,
+        [1.0, 1.0, 1.0],
+        [1.0, 1.0, 1.0],
+        "000",
+        SparseVector([1, 1, 1]),
+    )
     assert ours[0][3][1:] == (None, None, None, None)
     mean, total, half_mean, half_total = ours[-2]
     assert mean == [1.3333334, 1.3333334, 2.0] and total == [4.0, 4.0, 6.0]  # NULL row skipped
@@ -585,7 +596,8 @@ def case_bit_as_asyncpg_bit_string(types: ModuleType, Item: Any, session: Sessio
     session.add(Item(id=2, binary_embedding="101"))
     session.flush()
     session.expire_all()
-    return [str(item.binary_embedding) for item in session.scalars(select(Item).order_by(Item.id))]
+    items = session.scalars(select(Item).order_by(Item.id))
+    return [str(bits_as_text(item.binary_embedding)) for item in items]
 
 
 def case_arrays(types: ModuleType, Item: Any, session: Session) -> Any:
@@ -727,11 +739,12 @@ def test_pgvector_sqlalchemy_suite_same_outcome(engine_db: DriverDatabase) -> No
     # pgvector-python's own expectations hold (so two identical wrong answers cannot pass).
     for name, (_, expected) in CASES.items():
         if expected is not NOT_CHECKED:
-            assert stock[name] == ("returned", expected), name
+            assert bits_as_text(stock[name]) == ("returned", expected), name
     for name in names:
         if name.startswith(("bad ", "string ", "None ", "nested", "not a", "a string", "NaN")):
             assert stock[name][0] == "raised", name
-    assert stock["bad dimensions"][3].startswith("expected 3 dimensions, not 2")
+    # SQLAlchemy 2.0's asyncpg adaptor prefixes the driver's exception class.
+    assert "expected 3 dimensions, not 2" in stock["bad dimensions"][3]
     assert stock["bad ndim"][2:] == (ValueError, "expected ndim to be 1")
     assert "could not convert string to float" in stock["bad dtype"][3]
     assert stock["literal binds"][1][0][0].endswith(
@@ -740,7 +753,7 @@ def test_pgvector_sqlalchemy_suite_same_outcome(engine_db: DriverDatabase) -> No
     if "arrays" in names:
         assert stock["arrays"][1][0] == ([[1, 2, 3], [4, 5, 6]], None)
     if "bit as asyncpg.BitString" in names:
-        assert stock["bit as asyncpg.BitString"] == ("returned", ["101", "101"])
+        assert bits_as_text(stock["bit as asyncpg.BitString"]) == ("returned", ["101", "101"])
 
 
 def test_where_vecorm_types_take_more_than_pgvector() -> None:

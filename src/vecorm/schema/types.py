@@ -439,11 +439,13 @@ def to_bit_string(value: object, *, label: str = "bit") -> str:
 
 
 class Bit(_PgBIT):
-    """``bit(n)`` column type for binary vectors; values are strings of 0 and 1.
+    """``bit(n)`` column type for binary vectors.
 
     ``Bit(64)`` (alias ``BIT``), with ``hamming_distance`` / ``jaccard_distance``. Binds take
     what pgvector's do (a ``'0101'`` string, ``asyncpg.BitString`` on asyncpg) and also
-    ``pgvector.Bit``, bytes, lists of bools and numpy bool arrays, on every driver.
+    ``pgvector.Bit``, bytes, lists of bools and numpy bool arrays, on every driver. Values come
+    back exactly as pgvector's ``BIT`` returns them: a string of 0 and 1, except on asyncpg
+    with SQLAlchemy 2.0, which hands back ``asyncpg.BitString`` (SQLAlchemy 2.1 converts it).
     """
 
     cache_ok = True
@@ -466,11 +468,6 @@ class Bit(_PgBIT):
         # pgvector.sqlalchemy's BIT has no literal renderer (CompileError); vecorm's: B'0101'.
         return "B'" + to_bit_string(value) + "'"
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        if value is None or isinstance(value, str):
-            return value  # SQLAlchemy 2.1 hands back BitString, a str subclass
-        text: str = value.as_string()  # asyncpg.BitString on SQLAlchemy 2.0
-        return text
 
 
 # pgvector.sqlalchemy's upper-case names and CamelCase aliases.
