@@ -469,7 +469,6 @@ class Bit(_PgBIT):
         return "B'" + to_bit_string(value) + "'"
 
 
-
 # pgvector.sqlalchemy's upper-case names and CamelCase aliases.
 VECTOR = Vector
 HALFVEC = HalfVector = HalfVec
