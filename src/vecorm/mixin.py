@@ -186,6 +186,32 @@ class Searchable:
             candidates=candidates,
         )
 
+    def similar_to(
+        self,
+        k: int = 10,
+        *,
+        distance: Distance | str | None = None,
+        max_distance: float | None = None,
+        with_score: bool = False,
+        exact: bool = False,
+        candidates: int | None = None,
+    ) -> Select[Any]:
+        """More like this row: ``select(cls, distance)`` of the ``k`` rows nearest to its
+        embedding, itself left out; see :func:`vecorm.search.vector.similar_to`.
+
+        ``session.execute(doc.similar_to(k=5).where(Document.category == doc.category))``
+        """
+        return _query.similar_to(
+            type(self),
+            self,
+            k,
+            distance=distance,
+            max_distance=max_distance,
+            with_score=with_score,
+            exact=exact,
+            candidates=candidates,
+        )
+
     def _distance_to_instance(
         self,
         query: QueryInput,

@@ -60,6 +60,7 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    not_,
     select,
     tuple_,
 )
@@ -455,6 +456,56 @@ def nearest(
     stmt = stmt.order_by(ordering, *primary_key_columns(model)).limit(row_limit(k))
     options = index_search_options(config, depth=depth)
     return stmt.execution_options(**options) if options else stmt
+
+
+def similar_to(
+    model: Any,
+    row: Any,
+    k: int = 10,
+    *,
+    distance: Distance | str | None = None,
+    max_distance: float | None = None,
+    with_score: bool = False,
+    exact: bool = False,
+    candidates: int | None = None,
+) -> Select[Any]:
+    """More like this: :func:`nearest` to ``row``'s embedding, ``row`` itself left out.
+
+    ``row`` is an instance of ``model`` with its embedding (the value the instance holds,
+    loaded or just computed); the statement composes like ``nearest``'s::
+
+        stmt = similar_to(Document, doc, k=5).where(Document.category == doc.category)
+
+    A row without an embedding yet raises :class:`~vecorm.errors.ConfigurationError` (it has
+    no neighbours until it is embedded); a pending row (not flushed) excludes nothing.
+    """
+    if not isinstance(row, model):
+        raise ConfigurationError(
+            f"similar_to takes a {_name(model)} instance, not {type(row).__name__}"
+        )
+    vector = row.embedding
+    key = inspect(row).identity
+    if vector is None:
+        shown = "a new row" if key is None else f"row {key if len(key) > 1 else key[0]!r}"
+        raise ConfigurationError(
+            f"{_name(model)} {shown} has no embedding yet, so no neighbours: flush it with "
+            "vecorm.install's hook, or run the backfill, first"
+        )
+    stmt = nearest(
+        model,
+        vector,
+        k,
+        distance=distance,
+        max_distance=max_distance,
+        with_score=with_score,
+        exact=exact,
+        candidates=candidates,
+    )
+    if key is None:
+        return stmt
+    keys = primary_key_columns(model)
+    itself = keys[0] == key[0] if len(keys) == 1 else tuple_(*keys) == tuple_(*key)
+    return stmt.where(not_(itself))
 
 
 def nearest_candidates(
