@@ -91,13 +91,20 @@ class OpenAIServer:
 
     ``default_dimensions`` is the width returned for models the server does not know when
     the request names no ``dimensions``. With ``required_api_key`` set, requests without
-    ``Authorization: Bearer <that key>`` get a 401 as from OpenAI.
+    ``Authorization: Bearer <that key>`` get a 401 as from OpenAI. ``matryoshka=False``
+    answers a ``dimensions`` for such a model with vLLM's 400, as a self-hosted server does
+    for a model trained without Matryoshka representations.
     """
 
     def __init__(
-        self, *, default_dimensions: int = 1536, required_api_key: str | None = None
+        self,
+        *,
+        default_dimensions: int = 1536,
+        required_api_key: str | None = None,
+        matryoshka: bool = True,
     ) -> None:
         self.default_dimensions = default_dimensions
+        self.matryoshka = matryoshka
         self._required_api_key = required_api_key
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
@@ -282,6 +289,14 @@ class OpenAIServer:
                 "invalid_request_error",
             )
         requested = body.get("dimensions")
+        if requested is not None and model not in _NATIVE_DIMENSIONS and not self.matryoshka:
+            # vLLM's answer for a model without Matryoshka training (Ollama's is alike).
+            return _error(
+                400,
+                f'Model "{model}" does not support matryoshka representation, changing '
+                "output dimensions will lead to poor results.",
+                "BadRequestError",
+            )
         if requested is not None:
             if not model.startswith("text-embedding-3") and model in _NATIVE_DIMENSIONS:
                 return _error(

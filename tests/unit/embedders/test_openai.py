@@ -155,6 +155,32 @@ def test_unknown_model_with_dimensions_is_sent_to_a_compatible_server(
     assert openai_server.requests[0].body["dimensions"] == 64
 
 
+def test_a_self_hosted_server_without_matryoshka_gets_no_dimensions() -> None:
+    """vLLM / Ollama serving a model at its own width refuse ``dimensions``: the error says
+    what to pass, and ``send_dimensions=False`` leaves it out (the width is still checked)."""
+    refused = r"HTTP 400: the server refused dimensions=48; .* pass send_dimensions=False"
+    options: dict[str, Any] = {"model": "nomic-embed-text", "dimensions": 48}
+    with OpenAIServer(default_dimensions=48, matryoshka=False) as server:
+        with (
+            make_embedder(server, **options) as embedder,
+            pytest.raises(EmbeddingError, match=refused),
+        ):
+            embedder.embed(["self-hosted"])
+        server.reset()
+        with make_embedder(server, **options, send_dimensions=False) as embedder:
+            vectors = embedder.embed(["self-hosted", "model"])
+            assert vectors.shape == (2, 48)
+            assert "dimensions" not in server.requests[0].body
+            assert embedder.model_name == "openai:nomic-embed-text:48"
+        wider = {**options, "dimensions": 64, "send_dimensions": False}
+        mismatch = "expects 64 values per vector, the provider returned 48"
+        with (
+            make_embedder(server, **wider) as embedder,
+            pytest.raises(DimensionMismatch, match=mismatch),
+        ):
+            embedder.embed(["wrong width declared"])
+
+
 def test_rate_limit_is_retried_by_the_client(openai_server: OpenAIServer) -> None:
     openai_server.fail_next(status=429, times=2)  # no Retry-After: the client's own backoff
     with make_embedder(openai_server, max_retries=2) as embedder:

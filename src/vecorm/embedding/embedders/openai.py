@@ -82,8 +82,13 @@ class OpenAIEmbedder:
     ``dimensions`` shortens text-embedding-3 vectors on the server (Matryoshka
     truncation); leave it ``None`` for the model's native width (1536 for
     text-embedding-3-small and ada-002, 3072 for text-embedding-3-large). A model vecorm
-    does not know (on an OpenAI-compatible server) needs ``dimensions``, which is then sent
-    to the server as well.
+    does not know (on an OpenAI-compatible server: Ollama, vLLM, LiteLLM, an Azure
+    deployment) needs ``dimensions``, which is then sent to the server as well; pass
+    ``send_dimensions=False`` for a server that serves the model at that width but refuses
+    the parameter (vLLM and Ollama do for models without Matryoshka training)::
+
+        OpenAIEmbedder(model="nomic-embed-text", dimensions=768, send_dimensions=False,
+                       base_url="http://localhost:11434/v1", api_key="ollama")
 
     ``max_retries`` and ``timeout`` (seconds per request) configure the openai client,
     which retries HTTP 408/409/429/5xx, timeouts and connection errors with backoff.
@@ -104,6 +109,7 @@ class OpenAIEmbedder:
         max_retries: int = 5,
         timeout: float = 60.0,
         count_tokens: Callable[[str], int] | None = None,
+        send_dimensions: bool = True,
     ) -> None:
         self._openai = _load_openai()
         if not model:
@@ -111,7 +117,7 @@ class OpenAIEmbedder:
                 "OpenAIEmbedder needs a model name, e.g. 'text-embedding-3-small'"
             )
         self._model = model
-        self._requested_dimensions = dimensions
+        self._requested_dimensions = dimensions if send_dimensions else None
         self._dimensions = _resolve_dimensions(model, dimensions)
         if not 1 <= max_batch_size <= API_MAX_BATCH_SIZE:
             raise ConfigurationError(
@@ -364,6 +370,15 @@ class OpenAIEmbedder:
                 advice = f"rate limit or quota reached {tries}; raise max_retries or slow down"
             elif status >= 500:
                 advice = f"the server kept failing {tries}; try again later"
+            elif (
+                status == 400
+                and self._requested_dimensions is not None
+                and "dimension" in (detail or "").lower()
+            ):
+                advice = (
+                    f"the server refused dimensions={self._requested_dimensions}; if it serves "
+                    "the model at that width, pass send_dimensions=False"
+                )
             else:
                 advice = "the request was rejected"
             message = f"OpenAI embeddings request for {where} failed with HTTP {status}: {advice}"
