@@ -64,6 +64,7 @@ from vecorm.search import hybrid as _hybrid
 from vecorm.search import text as _textsearch
 from vecorm.search import vector as _query
 from vecorm.search.arms import LexicalArm
+from vecorm.search.headline import headline as _headline
 from vecorm.search.hybrid import (
     DEFAULT_DEPTH,
     DEFAULT_MISSING,
@@ -210,6 +211,36 @@ class Searchable:
             with_score=with_score,
             exact=exact,
             candidates=candidates,
+        )
+
+    @classmethod
+    def snippet(
+        cls,
+        text: str,
+        field: str | None = None,
+        *,
+        mode: Mode = "any",
+        max_words: int = 35,
+        min_words: int = 15,
+        max_fragments: int = 0,
+        html: bool = True,
+        label: str = "snippet",
+    ) -> ColumnElement[str]:
+        """An excerpt of ``field`` (default: the searchable fields) with ``text``'s words
+        marked, HTML-safe; see :func:`vecorm.search.headline.headline`.
+
+        ``session.execute(Document.text_search(q).add_columns(Document.snippet(q)))``
+        """
+        return _headline(
+            cls,
+            text,
+            field,
+            mode=mode,
+            max_words=max_words,
+            min_words=min_words,
+            max_fragments=max_fragments,
+            html=html,
+            label=label,
         )
 
     def _distance_to_instance(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import Text, func, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
@@ -70,9 +70,23 @@ class websearch_to_tsquery(_TextSearchCall):
     inherit_cache = True
 
 
+class ts_headline(_TextSearchCall):
+    """``pg_catalog.ts_headline(config, document, query, options)``; the result type is the
+    caller's (``type_=``: vecorm's HTML-safe snippets use their own)."""
+
+    type = Text()
+    name = "ts_headline"
+    inherit_cache = True
+
+    def __init__(self, *arguments: Any, type_: Any = None) -> None:
+        super().__init__(*arguments)
+        if type_ is not None:
+            self.type = type_
+
+
 def _compile_text_search(element: _TextSearchCall, compiler: SQLCompiler, **kw: Any) -> str:
     return f"pg_catalog.{element.name}({compiler.process(element.clause_expr.element, **kw)})"
 
 
-for _call in (to_tsvector, plainto_tsquery, phraseto_tsquery, websearch_to_tsquery):
+for _call in (to_tsvector, plainto_tsquery, phraseto_tsquery, websearch_to_tsquery, ts_headline):
     compiles(_call)(_compile_text_search)
