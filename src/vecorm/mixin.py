@@ -312,6 +312,8 @@ class Searchable:
         embedder: Embedder | None = None,
         normalization: Normalization = DEFAULT_NORMALIZATION,
         missing: Missing = DEFAULT_MISSING,
+        max_distance: float | None = None,
+        min_text_score: float | None = None,
     ) -> Select[Any]:
         """Semantic + full-text fused in one statement; see
         :func:`vecorm.search.hybrid.hybrid_search`.
@@ -333,6 +335,8 @@ class Searchable:
             embedder=embedder,
             normalization=normalization,
             missing=missing,
+            max_distance=max_distance,
+            min_text_score=min_text_score,
         )
 
 

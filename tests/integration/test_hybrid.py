@@ -379,6 +379,36 @@ def test_filters_apply_inside_both_arms(session: Session) -> None:
     assert len(by_team) == 10 and {row[0].team_id for row in by_team} == {2}
 
 
+def test_thresholds_keep_only_what_an_arm_accepts(session: Session) -> None:
+    """Min-max gives the best row 1.0 whatever it is; the arms' raw thresholds can say
+    "nothing relevant": a query matching no lexeme and far from every row returns no rows."""
+    nonsense = "zyzzyva quixotic flummox"
+    assert len(session.execute(Ticket.hybrid_search(nonsense, k=5)).all()) == 5
+    distances = session.scalars(select(Ticket.distance_to(nonsense))).all()
+    assert min(distances) > 0.5  # nothing is close
+    strict = Ticket.hybrid_search(nonsense, k=5, max_distance=0.5, min_text_score=0.1)
+    assert session.execute(strict).all() == []
+    # A row is fused when either arm keeps it; the rest of each arm is dropped.
+    query = "ERR_CONN_RESET"
+    answer = session.scalars(
+        select(Ticket).where(Ticket.body.startswith("Clients saw ERR_CONN_RESET"))
+    ).one()
+    limit = float(answer.distance_to(query)) + 0.01
+    rows = session.execute(
+        Ticket.hybrid_search(query, k=10, max_distance=limit, min_text_score=3.0)
+    ).all()
+    assert answer.id in {row[0].id for row in rows}
+    for row in rows:
+        assert (row.semantic_rank is not None and row.distance <= limit) or (
+            row.text_rank is not None and row.text_score >= 3.0
+        )
+    wider = session.execute(Ticket.hybrid_search(query, k=40)).all()
+    rejected = {
+        row[0].id for row in wider if row.distance > limit and (row.text_score or 0.0) < 3.0
+    }
+    assert rejected and not rejected & {row[0].id for row in rows}
+
+
 def test_result_composes(session: Session) -> None:
     stmt = (
         Ticket.hybrid_search("ERR_SSL_RESET", k=5)
@@ -469,6 +499,10 @@ def test_invalid_arguments() -> None:
         Ticket.hybrid_search("x", method="sum")
     with pytest.raises(vecorm.ConfigurationError):
         Ticket.hybrid_search("x", depth=0)
+    with pytest.raises(vecorm.ConfigurationError, match="max_distance must be a finite number"):
+        Ticket.hybrid_search("x", max_distance=float("nan"))
+    with pytest.raises(vecorm.ConfigurationError, match="min_text_score must be a finite"):
+        Ticket.hybrid_search("x", min_text_score="high")  # type: ignore[arg-type]
 
 
 def test_composite_primary_keys(session: Session) -> None:

@@ -45,6 +45,7 @@ semantic_rank, text_rank)`` ordered by ``score`` then primary key; ``semantic_ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -106,17 +107,37 @@ def semantic_candidates(
     )
 
 
-def _ranked(candidates: Select[Any], value: str, *, lower_is_better: bool, name: str) -> Subquery:
-    """The arm's ``pk_*``, its raw ``value`` and ``rank`` (1 = best)."""
+def _ranked(
+    candidates: Select[Any],
+    value: str,
+    *,
+    lower_is_better: bool,
+    name: str,
+    limit: float | None = None,
+) -> Subquery:
+    """The arm's ``pk_*``, its raw ``value`` and ``rank`` (1 = best); with ``limit``, only the
+    candidates at least that good (``value <= limit``, or ``>=`` when higher is better)."""
     inner = candidates.subquery(f"{name}_candidates")
     keys = [column for column in inner.c if column.key.startswith("pk_")]
     raw = inner.c[value]
     best_first = raw.asc() if lower_is_better else raw.desc()
-    return select(
+    ranked = select(
         *keys,
         raw.label("value"),
         pg.row_number().over(order_by=(best_first, *keys)).label("rank"),
-    ).subquery(name)
+    )
+    if limit is not None:
+        bound = literal(limit, Float)
+        ranked = ranked.where(raw <= bound if lower_is_better else raw >= bound)
+    return ranked.subquery(name)
+
+
+def _threshold(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, not {value!r}")
+    return float(value)
 
 
 def _normalised(
@@ -201,9 +222,17 @@ def hybrid_search(
     embedder: Embedder | None = None,
     normalization: Normalization = DEFAULT_NORMALIZATION,
     missing: Missing = DEFAULT_MISSING,
+    max_distance: float | None = None,
+    min_text_score: float | None = None,
 ) -> Select[Any]:
     """One statement fusing the nearest rows to ``vector`` (default: ``text`` embedded) with
     the full-text matches of ``text``; see the module docstring.
+
+    ``max_distance`` / ``min_text_score`` are thresholds on each arm's raw values: the
+    semantic arm keeps rows at most that far, the lexical arm rows scoring at least that much,
+    and a row is fused when an arm keeps it. Normalized scores cannot be thresholded (min-max
+    gives the best row 1.0 even when nothing matches); these can, and nothing passing them
+    returns no rows.
 
     ``semantic_weight`` is the blend's ``w``; for RRF the arms weigh ``2w`` and ``2(1 - w)``,
     so the default 0.5 is textbook RRF. ``depth`` candidates come from each arm; ``missing``
@@ -228,6 +257,8 @@ def hybrid_search(
         raise ConfigurationError(f"rrf_k must be a non-negative integer, not {rrf_k!r}")
     if missing not in ("score", "worst"):
         raise ConfigurationError(f"missing must be 'score' or 'worst', not {missing!r}")
+    distance_limit = _threshold("max_distance", max_distance)
+    text_limit = _threshold("min_text_score", min_text_score)
     filters = _filters(where)
     depth = max(depth, k)
     # Embedded once: the semantic arm and the completed distances use the same vector. With
@@ -239,6 +270,7 @@ def hybrid_search(
         "distance",
         lower_is_better=True,
         name="semantic",
+        limit=distance_limit,
     )
     arm = lexical_arm(model, lexical) if lexical is None or isinstance(lexical, str) else lexical
     lexical_ranked = _ranked(
@@ -246,6 +278,7 @@ def hybrid_search(
         "score",
         lower_is_better=False,
         name="lexical",
+        limit=text_limit,
     )
     keys = primary_key_columns(model)
     semantic_keys = [semantic.c[f"pk_{i}"] for i in range(len(keys))]
