@@ -14,6 +14,8 @@ from __future__ import annotations
 from sqlalchemy import TableClause, text
 from sqlalchemy.engine import Connection
 
+from vecorm.schema.dbapi import execute_raw
+
 _CITUS_KEY = "vecorm_citus"
 _DETECT = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname = 'citus'"
 _DISTRIBUTION_SQL = text(
@@ -25,18 +27,13 @@ _DISTRIBUTION_SQL = text(
 
 def is_citus(conn: Connection) -> bool:
     """Whether ``conn``'s database has the ``citus`` extension: asked once per DBAPI
-    connection (remembered in its ``info`` while the pool keeps it), on the DBAPI cursor so
-    that it also serves inside SQLAlchemy's execution events."""
+    connection (remembered in its ``info`` while the pool keeps it), on the DBAPI cursor
+    (:func:`~vecorm.schema.dbapi.execute_raw`) so that it also serves inside SQLAlchemy's
+    execution events."""
     info = conn.connection.info
     found = info.get(_CITUS_KEY)
     if found is None:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(_DETECT)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        found = bool(row and row[0])
+        found = bool(execute_raw(conn, _DETECT)[0])
         info[_CITUS_KEY] = found
     return bool(found)
 

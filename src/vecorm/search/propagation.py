@@ -27,29 +27,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.cluster import is_citus
+from vecorm.schema.dbapi import execute_raw
 
 _NAME = re.compile(r"^[a-z_]+(\.[a-z_]+)?$")
-
-
-def execute_raw(conn: Connection, statement: str, arguments: Any = None) -> tuple[Any, ...]:
-    """Run ``statement`` on ``conn``'s DBAPI connection, bypassing SQLAlchemy's events (the
-    settings hook runs inside them); the first row, if any."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if arguments is None:
-            cursor.execute(statement)
-        else:
-            cursor.execute(statement, arguments)
-        row = cursor.fetchone() if cursor.description else None
-    finally:
-        cursor.close()
-    return tuple(row or ())
 
 
 def _literal(value: str) -> str:

@@ -56,7 +56,8 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import HNSW, IVFFlat, SearchConfig
-from vecorm.search.propagation import execute_raw, propagate
+from vecorm.schema.dbapi import execute_raw
+from vecorm.search.propagation import propagate
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPICursor, ExceptionContext, ExecutionContext
