@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import CompileError, DBAPIError
 from sqlalchemy.schema import CreateColumn, CreateIndex
 
-from vecorm.schema.generated import trigger_of
+from vecorm.schema.generated import qualified_name, trigger_of
 
 log = logging.getLogger("vecorm.alembic")
 
@@ -156,6 +156,14 @@ _TABLE_OID_SQL = text(
     """
 )
 
+_COLUMN_TYPE_SQL = text(
+    """
+    SELECT format_type(a.atttypid, a.atttypmod)
+    FROM pg_attribute a
+    WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+    """
+)
+
 _EXTENSION_SQL = text("SELECT extversion FROM pg_extension WHERE extname = :name")
 
 
@@ -169,18 +177,11 @@ def table_oid(connection: Connection, name: str, schema: str | None) -> int | No
     return connection.execute(_TABLE_OID_SQL, {"name": name, "schema": schema}).scalar()
 
 
-def column_exists(connection: Connection, table: str, column: str, schema: str | None) -> bool:
-    """Whether ``column`` exists on table ``table`` (of ``schema``, else the current one)."""
-    found = connection.execute(
-        text(
-            "SELECT 1 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
-            "ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = :table AND a.attname = :column AND NOT a.attisdropped "
-            "AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
-        ),
-        {"table": table, "column": column, "schema": schema},
-    ).first()
-    return found is not None
+def column_type(connection: Connection, table_sql: str, column: str) -> str | None:
+    """``format_type`` of ``column`` on ``table_sql`` (a quoted, maybe qualified name), e.g.
+    ``'vector(384)'``; ``None`` when the table or the column does not exist."""
+    found = connection.execute(_COLUMN_TYPE_SQL, {"table": table_sql, "column": column}).scalar()
+    return None if found is None else str(found)
 
 
 def adopted_online(connection: Connection, table: Table) -> bool:
@@ -194,7 +195,7 @@ def adopted_online(connection: Connection, table: Table) -> bool:
     trigger = trigger_of(table)
     if trigger is None or table_oid(connection, table.name, table.schema) is None:
         return False
-    return not column_exists(connection, table.name, trigger.column, table.schema)
+    return column_type(connection, qualified_name(table.schema, table.name), trigger.column) is None
 
 
 def index_state(

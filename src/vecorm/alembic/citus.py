@@ -31,6 +31,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import MetaData, Select, Table, text
 
+from vecorm.alembic.operations import _qualified as qualified_table
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.errors import ConfigurationError
 from vecorm.scale.citus import (
@@ -199,7 +200,7 @@ _TRIGGERS_SQL = text(
 
 def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) -> bool:
     """Raise what Citus would refuse, in words; whether vecorm's search-vector trigger is there."""
-    qualified = _quoted(operations, operation)
+    qualified = qualified_table(operations, operation.table_name, operation.schema)
     bind = operations.get_bind()
     offending = [
         str(name)
@@ -254,14 +255,6 @@ _IS_CITUS_TABLE_SQL = text(
 )
 
 
-def _quoted(operations: Operations, operation: Any) -> str:
-    preparer = operations.get_context().dialect.identifier_preparer
-    qualified = str(preparer.quote(operation.table_name))
-    if operation.schema:
-        qualified = f"{preparer.quote_schema(operation.schema)}.{qualified}"
-    return qualified
-
-
 @Operations.implementation_for(CreateDistributedTableOp)
 def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
     target = _table(operation.table_name, operation.schema)
@@ -291,7 +284,7 @@ def _undistribute_table(operations: Operations, operation: UndistributeTableOp) 
     cascade = operation.cascade_via_foreign_keys
     if not operations.get_context().as_sql:
         bind = operations.get_bind()
-        quoted = _quoted(operations, operation)
+        quoted = qualified_table(operations, operation.table_name, operation.schema)
         if not bind.execute(_IS_CITUS_TABLE_SQL, {"table": quoted}).scalar():
             log.info("%s is not distributed (any more): nothing to undistribute", quoted)
             return

@@ -51,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex
 
-from vecorm.alembic.catalog import generated_column, index_state, table_oid
+from vecorm.alembic.catalog import column_type, generated_column, index_state, table_oid
 from vecorm.errors import ConfigurationError, VecormError, VecormWarning
 from vecorm.errors import VectorDimensionsError as VectorDimensionsError  # its old home
 from vecorm.objects import import_model, import_object
@@ -553,14 +553,6 @@ def _warn_if_empty(connection: Connection, table_name: str, schema: str | None) 
 
 _VECTOR_TYPE_NAMES = ("vector", "halfvec")
 
-_COLUMN_TYPE_SQL = text(
-    """
-    SELECT format_type(a.atttypid, a.atttypmod)
-    FROM pg_attribute a
-    WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
-    """
-)
-
 
 @Operations.register_operation("alter_vector_dimensions")
 class AlterVectorDimensionsOp(MigrateOperation):
@@ -699,9 +691,7 @@ def _alter_vector_dimensions(operations: Operations, operation: AlterVectorDimen
         )
         return
     connection = operations.get_bind()
-    stored = connection.execute(
-        _COLUMN_TYPE_SQL, {"table": table_sql, "column": operation.column_name}
-    ).scalar()
+    stored = column_type(connection, table_sql, operation.column_name)
     if stored == operation.type_sql:
         return  # already switched (vecorm.embedding.reembed.ModelChange.finish): nothing to alter
     if operation.discard_vectors:
