@@ -25,6 +25,7 @@ from sqlalchemy.orm import (
 import vecorm
 from vecorm.schema.config import Distance
 from vecorm.search.settings import (
+    ByFilter,
     apply_search_settings,
     install_search_settings,
     search_options,
@@ -450,6 +451,8 @@ def test_statement_settings_follow_the_model_config() -> None:
     stmt = Doc.nearest([0.0] * DIMS, k=10)
     assert stmt.get_execution_options()["vecorm_hnsw_iterative_scan"] == "relaxed_order"
     assert stmt.get_execution_options()["vecorm_hnsw_ef_search"] == 200
+    # Decided per execution: an unfiltered search is an index search.
+    assert stmt.get_execution_options()["vecorm_enable_sort"] == ByFilter(None, "off")
     deep = Doc.nearest([0.0] * DIMS, k=300).get_execution_options()
     assert deep["vecorm_hnsw_ef_search"] == 300
     ivf = L2Doc.nearest([0.0] * DIMS).get_execution_options()
@@ -457,6 +460,7 @@ def test_statement_settings_follow_the_model_config() -> None:
         "vecorm_ivfflat_iterative_scan": "relaxed_order",
         "vecorm_ivfflat_probes": 2,
         "vecorm_plan_cache_mode": "force_custom_plan",
+        "vecorm_enable_sort": ByFilter(None, "off"),
     }
 
 

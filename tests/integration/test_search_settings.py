@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import psycopg
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
+from vecorm.search.explain import indexes_used
 from vecorm.search.settings import (
     SEARCH_SETTINGS_OPTION,
     install_search_settings,
@@ -332,3 +333,167 @@ def test_a_first_statement_that_does_not_load_pgvector_breaks_no_later_search(
         # Kept (not set back to an invalid '') until the transaction ends, then gone.
         conn.commit()
         assert _settings(conn) == DEFAULTS
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+class CountingCursor(psycopg.Cursor[Any]):
+    """Every statement a connection runs, the hook's own included (it uses the DBAPI cursor)."""
+
+    sent: ClassVar[list[str]] = []
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        CountingCursor.sent.append(str(query))
+        return super().execute(query, params, **kwargs)
+
+
+@pytest.fixture
+def counted_engine(vecorm_url: URL) -> Iterator[Engine]:
+    engine = sqlalchemy.create_engine(
+        vecorm_url, pool_size=1, max_overflow=0, connect_args={"cursor_factory": CountingCursor}
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _hook_statements() -> list[str]:
+    return [sql for sql in CountingCursor.sent if "set_config" in sql]
+
+
+def test_searches_of_one_transaction_share_one_settings_statement(counted_engine: Engine) -> None:
+    asked = SETTINGS.execution_options(**ASKED)
+    with counted_engine.connect() as conn:
+        _load(conn)
+        conn.commit()
+        CountingCursor.sent.clear()
+        for _ in range(3):
+            assert _settings(conn, asked) == SEEN_WITH_ASKED
+        conn.commit()  # ends SET LOCAL: nothing to put back
+        assert len(_hook_statements()) == 1
+        # Three searches and their one statement (and, once per connection, whether the
+        # database has Citus).
+        assert len([sql for sql in CountingCursor.sent if "pg_extension" not in sql]) == 4
+        CountingCursor.sent.clear()
+        assert _settings(conn) == DEFAULTS  # the next transaction starts clean
+        assert _hook_statements() == []
+        # A statement that is not a search gets the old values back first: one more.
+        assert _settings(conn, asked) == SEEN_WITH_ASKED
+        assert _settings(conn) == DEFAULTS
+        assert len(_hook_statements()) == 2
+        conn.rollback()
+
+
+def test_a_search_with_other_settings_switches_in_one_statement(counted_engine: Engine) -> None:
+    other = SETTINGS.execution_options(**search_options(ef_search=55))
+    with counted_engine.connect() as conn, conn.begin():
+        _load(conn)
+        assert _settings(conn, SETTINGS.execution_options(**ASKED)) == SEEN_WITH_ASKED
+        CountingCursor.sent.clear()
+        # Only ef_search asked: the other two are back at their old values for this one.
+        assert _settings(conn, other) == ("55", "off", "auto")
+        assert len(_hook_statements()) == 1
+        assert _settings(conn) == DEFAULTS
+
+
+def test_savepoints_never_see_a_searchs_settings(plain_engine: Engine) -> None:
+    asked = SETTINGS.execution_options(**ASKED)
+    with plain_engine.connect() as conn, conn.begin():
+        _load(conn)
+        conn.execute(text("SET LOCAL hnsw.ef_search = 77"))
+        assert _settings(conn, asked) == SEEN_WITH_ASKED
+        with conn.begin_nested() as savepoint:  # SAVEPOINT: the old values first
+            assert _settings(conn) == ("77", "off", "auto")
+            assert _settings(conn, asked) == SEEN_WITH_ASKED
+            savepoint.rollback()  # ROLLBACK TO SAVEPOINT
+        assert _settings(conn) == ("77", "off", "auto")
+        with conn.begin_nested():
+            assert _settings(conn, asked) == SEEN_WITH_ASKED
+        assert _settings(conn) == ("77", "off", "auto")  # after RELEASE
+
+
+class Seen(Base):
+    """Each row keeps the ef_search in effect when it was inserted."""
+
+    __tablename__ = "seen_settings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ef_search: Mapped[str] = mapped_column(
+        String(10), server_default=text("current_setting('hnsw.ef_search', true)")
+    )
+
+
+def test_orm_writes_after_a_search_run_with_the_old_values(plain_engine: Engine) -> None:
+    Base.metadata.create_all(plain_engine)
+    with Session(plain_engine) as session, session.begin():
+        session.execute(text(LOAD_PGVECTOR))
+        found = session.execute(Item.nearest([1.0] * DIMS, k=3).execution_options(**ASKED))
+        assert found.all() == []
+        session.add(Seen(id=1))
+        session.flush()  # an INSERT in the same transaction, right after the search
+        assert session.scalar(select(Seen.ef_search)) == "40"
+    with Session(plain_engine) as session:
+        assert session.scalar(select(Seen.ef_search)) == "40"
+
+
+# --------------------------------------------------------------------------- plans
+
+WIDE = 1536
+
+
+class WideDoc(vecorm.Searchable, Base):
+    __tablename__ = "wide_docs"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title",), dimensions=WIDE, index=vecorm.HNSW(), bm25=None
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+    category: Mapped[str] = mapped_column(String(10))
+
+
+@pytest.fixture
+def wide_docs(vecorm_engine: Engine) -> np.ndarray:
+    Base.metadata.create_all(vecorm_engine, tables=[WideDoc.__table__])
+    vectors = np.random.default_rng(5).normal(size=(2000, WIDE)).astype(np.float32)
+    with vecorm_engine.begin() as conn:
+        conn.execute(
+            insert(WideDoc),
+            [
+                {
+                    "id": i,
+                    "title": f"doc {i}",
+                    "category": "even" if i % 2 else "odd",
+                    "embedding": v,
+                }
+                for i, v in enumerate(vectors)
+            ],
+        )
+        conn.execute(text("ANALYZE wide_docs"))
+    return vectors
+
+
+def test_an_unfiltered_search_uses_the_index_on_wide_vectors(
+    vecorm_engine: Engine, wide_docs: np.ndarray
+) -> None:
+    query = wide_docs[7] + 0.01
+    index = "ix_wide_docs_embedding_hnsw"
+    with Session(vecorm_engine) as session, session.begin():
+        stmt = WideDoc.nearest(query, k=10)
+        assert indexes_used(session, stmt) == [index]
+        rows = session.execute(stmt).all()
+        assert rows[0][0].id == 7 and len(rows) == 10
+        # What PostgreSQL picks by its own costs: reading all 2,000 vectors exactly.
+        planners_own = stmt.execution_options(vecorm_enable_sort="on")
+        assert index not in indexes_used(session, planners_own)
+        # The same for the semantic arm of an unfiltered hybrid search, and "more like this".
+        hybrid = WideDoc.hybrid_search("doc", k=5, vector=query)
+        assert index in indexes_used(session, hybrid)
+        assert session.execute(hybrid).all()
+        assert indexes_used(session, WideDoc.similar_to(rows[0][0], k=3)) == [index]
+        # A filter of yours leaves the plan to PostgreSQL, which weighs its selectivity;
+        # either way the rows are the nearest ones under it, in order.
+        filtered = WideDoc.nearest(query, k=10).where(WideDoc.category == "even")
+        found = session.execute(filtered).all()
+        assert [row.id % 2 for row, _ in found] == [1] * 10
+        assert [d for _, d in found] == sorted(d for _, d in found)

@@ -12,9 +12,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import vecorm
 from vecorm.search.settings import (
     SETTINGS,
+    ByFilter,
     index_search_options,
     search_options,
     settings_from_options,
+    stored_out_of_line,
 )
 
 DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -159,15 +161,37 @@ def test_search_options_map_to_pgvector_settings() -> None:
 
 def test_index_defaults_follow_the_config() -> None:
     # Searches are planned with their parameter values, even as prepared statements.
-    assert index_search_options(vecorm.search_config(Doc)) == {
+    # Filtered searches are the planner's to plan; unfiltered ones are index searches (no
+    # exact scan's sort).
+    assert index_search_options(vecorm.search_config(Doc), filtered=True) == {
         "vecorm_hnsw_ef_search": 200,
         "vecorm_hnsw_iterative_scan": "relaxed_order",
         "vecorm_plan_cache_mode": "force_custom_plan",
     }
-    assert (
-        index_search_options(vecorm.search_config(Doc), depth=500)["vecorm_hnsw_ef_search"] == 500
+    assert index_search_options(vecorm.search_config(Doc), filtered=False) == {
+        "vecorm_hnsw_ef_search": 200,
+        "vecorm_hnsw_iterative_scan": "relaxed_order",
+        "vecorm_plan_cache_mode": "force_custom_plan",
+        "vecorm_enable_sort": "off",
+    }
+    # Not known when the statement is built: chosen per execution.
+    assert index_search_options(vecorm.search_config(Doc), depth=500) == {
+        "vecorm_hnsw_ef_search": 500,
+        "vecorm_hnsw_iterative_scan": "relaxed_order",
+        "vecorm_plan_cache_mode": "force_custom_plan",
+        "vecorm_enable_sort": ByFilter(None, "off"),
+    }
+    # Vectors stored out of line: filtered searches at pgvector's ef_search, whose cost
+    # estimate does not push PostgreSQL onto an exact scan it under-costs.
+    wide = vecorm.SearchConfig(fields=("a",), dimensions=1536)
+    assert index_search_options(wide)["vecorm_hnsw_ef_search"] == ByFilter(40, 200)
+    assert index_search_options(wide, depth=300)["vecorm_hnsw_ef_search"] == ByFilter(40, 300)
+    assert not stored_out_of_line(vecorm.SearchConfig(fields=("a",), dimensions=384))
+    assert stored_out_of_line(vecorm.SearchConfig(fields=("a",), dimensions=768))
+    assert not stored_out_of_line(
+        vecorm.SearchConfig(fields=("a",), dimensions=768, storage="halfvec")
     )
-    assert index_search_options(vecorm.search_config(Ivf)) == {
+    assert index_search_options(vecorm.search_config(Ivf), filtered=True) == {
         "vecorm_ivfflat_iterative_scan": "relaxed_order",
         "vecorm_ivfflat_probes": 3,
         "vecorm_ivfflat_max_probes": 5,
@@ -180,7 +204,7 @@ def test_index_defaults_follow_the_config() -> None:
     tuned = vecorm.SearchConfig(
         fields=("a",), index=vecorm.HNSW(ef_search=64, iterative_scan="off", max_scan_tuples=100)
     )
-    assert index_search_options(tuned) == {
+    assert index_search_options(tuned, filtered=True) == {
         "vecorm_hnsw_ef_search": 64,
         "vecorm_hnsw_iterative_scan": "off",
         "vecorm_hnsw_max_scan_tuples": 100,

@@ -27,9 +27,10 @@ between the arms), per-query min-max (Bruch, Gai & Ingber 2023, "An Analysis of 
 Functions for Hybrid Retrieval": a convex combination of normalised scores beats RRF),
 ``rrf_k = 60`` (Cormack, Clarke & Büttcher 2009) and ``depth = 100`` candidates per arm.
 Completing the missing scores is not a tuned knob but the correction of an artefact: a row
-outside one arm's top 100 is not that arm's worst possible match. Unfiltered, the HNSW arm
-searches with ``ef_search = depth`` and iterative scan, so it returns ``depth`` rows;
-measurements are in docs/search-quality.md.
+outside one arm's top 100 is not that arm's worst possible match. The semantic arm searches
+with iterative scan, so it returns ``depth`` rows, and unfiltered it is an index search
+(:func:`~vecorm.search.settings.index_search_options`); measurements are in
+docs/search-quality.md.
 
 ``where`` filters apply inside *both* arms (a filter on the outer query would only thin the
 fused top-k). The result is a composable ``Select`` of ``(Model, score, distance, text_score,
@@ -55,10 +56,10 @@ from sqlalchemy.sql.selectable import Subquery
 
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
-from vecorm.schema.config import HNSW, Distance
+from vecorm.schema.config import Distance
 from vecorm.schema.pgcatalog import pg
 from vecorm.search.arms import LexicalArm
-from vecorm.search.settings import MAX_EF_SEARCH, index_search_options
+from vecorm.search.settings import index_search_options
 from vecorm.search.text import Ranking, lexical_arm
 from vecorm.search.vector import (
     PendingQuery,
@@ -342,16 +343,9 @@ def hybrid_search(
 
     config = search_config(model)
     binary = config.index_precision == "bit"
-    # A binary index hands depth * rerank Hamming candidates to the exact re-rank.
-    options = index_search_options(config, depth=depth * config.rerank if binary else depth)
-    if (
-        isinstance(config.index, HNSW)
-        and config.index.ef_search is None
-        and not filters
-        and not binary
-    ):
-        # Unfiltered, an ef_search equal to the depth returns depth rows (iterative scan
-        # does the rest) and keeps pgvector's cost estimate low enough for the planner to
-        # use the index on small tables; filters keep the query layer's wider default.
-        options["vecorm_hnsw_ef_search"] = min(MAX_EF_SEARCH, depth)
+    # A binary index hands depth * rerank Hamming candidates to the exact re-rank. Without
+    # filters the semantic arm is an index search (see index_search_options).
+    options = index_search_options(
+        config, depth=depth * config.rerank if binary else depth, filtered=bool(filters)
+    )
     return stmt.execution_options(**options) if options else stmt

@@ -5,10 +5,12 @@
 options (``vecorm_hnsw_ef_search`` ...; :func:`search_options` builds them), and a listener on
 SQLAlchemy's :class:`~sqlalchemy.engine.Engine` class applies them with
 ``set_config(name, value, true)`` (``SET LOCAL``) on the same connection, in the same
-transaction, right before the statement, and puts the previous values back right after it (or
-after a failure, from ``handle_error``). Nothing outlives the statement, so nothing reaches the
-pool's next user, and there is nothing to call. On Citus the same values are also carried to
-the workers (:mod:`vecorm.search.propagation`)::
+transaction, right before the statement. The previous values go back right before the
+connection's next statement that is not a search with the same settings (so a run of
+searches in one transaction pays one statement, not two per search), or with the
+transaction, whose end resets ``SET LOCAL``. Nothing reaches the pool's next user or your
+other statements, and there is nothing to call. On Citus the same values are also carried
+to the workers (:mod:`vecorm.search.propagation`)::
 
     engine = sqlalchemy.create_engine(url)        # or Flask-SQLAlchemy's db.engine, an async one
     session.execute(Document.nearest(q, k=100).execution_options(**search_options(ef_search=200)))
@@ -22,19 +24,21 @@ row); a class listener is the only hook that reaches engines the application mad
 set-disjointness test. :func:`uninstall_search_settings` opts an engine out.
 
 :func:`nearest` fills these options from the model's :class:`~vecorm.HNSW` /
-:class:`~vecorm.IVFFlat` declaration: iterative scan ``relaxed_order`` (a filtered query still
-returns ``k`` rows), ``ef_search`` 200 and ``probes`` sqrt(lists) unless set (see
-docs/querying.md for the measurements behind them). :func:`apply_search_settings` runs the
+:class:`~vecorm.IVFFlat` declaration (:func:`index_search_options`): iterative scan
+``relaxed_order`` (a filtered query still returns ``k`` rows), ``ef_search`` 200 and
+``probes`` sqrt(lists) unless set, and for a search without conditions of the caller's,
+decided per execution, ``enable_sort = off``: the index's plan, which PostgreSQL's costs
+would trade for an exact scan of vectors stored out of line (see docs/querying.md for the
+measurements behind them). :func:`apply_search_settings` runs the
 ``SET LOCAL`` itself, for the rest of the session's current transaction.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -51,22 +55,33 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import HNSW, IVFFlat, SearchConfig
 from vecorm.schema.dbapi import execute_raw
+from vecorm.search.explain import Explain
 from vecorm.search.propagation import propagate
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.interfaces import DBAPICursor, ExceptionContext, ExecutionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
 
-#: ``hnsw.ef_search`` of vecorm's statements when the model sets none (pgvector's is 40).
-#: Wider search costs about 2x on unfiltered queries but finds filtered neighbours, and it
-#: makes pgvector's cost estimate honest enough for the planner to pick an exact scan when
-#: a filter is selective (docs/querying.md, benchmarks/filtered_search.py).
+#: ``hnsw.ef_search`` of vecorm's searches when the model sets none (pgvector's is 40): a
+#: wider first pass finds more of the true neighbours (recall@10 0.997 against 0.937 at 40
+#: on 50,000 x 384 clustered rows, benchmarks/filtered_search.py), and for a filtered search
+#: it makes pgvector's cost estimate realistic, so that PostgreSQL reads the rows of a
+#: selective filter exactly (docs/querying.md).
 DEFAULT_EF_SEARCH = 200
+#: ... except filtered searches of vectors stored out of line (see
+#: :func:`stored_out_of_line`): PostgreSQL's cost of an exact scan leaves out reading them,
+#: so pgvector's estimate at 200 made it read every row of a 20,000 x 1536 table for a filter
+#: that kept half of them (110 ms against 2 ms). Iterative scan finds the filtered rows.
+FILTERED_EF_SEARCH = 40
+#: A vector this large (bytes) is stored out of line: pgvector's types have EXTERNAL storage,
+#: and PostgreSQL moves such values to the TOAST table once a row passes ~2 kB.
+OUT_OF_LINE_BYTES = 2000
 #: pgvector refuses ``hnsw.ef_search`` above this.
 MAX_EF_SEARCH = 1000
 
@@ -78,6 +93,22 @@ MAX_EF_SEARCH = 1000
 class _Setting:
     guc: str
     check: Callable[[object], str]
+
+
+@dataclass(frozen=True)
+class ByFilter:
+    """An execution option's default that depends on the search as executed: ``filtered``
+    when it has conditions of the caller's, else ``unfiltered`` (``None``: not set).
+
+    :func:`~vecorm.search.vector.nearest` cannot know when it builds a statement whether a
+    ``.where()`` will follow; a value set with ``execution_options()`` replaces this one.
+    """
+
+    filtered: object
+    unfiltered: object
+
+    def chosen(self, unfiltered: bool) -> object:
+        return self.unfiltered if unfiltered else self.filtered
 
 
 def _integer(low: int, high: int) -> Callable[[object], str]:
@@ -127,6 +158,7 @@ SETTINGS: Mapping[str, _Setting] = {
     "vecorm_plan_cache_mode": _Setting(
         "plan_cache_mode", _choice("auto", "force_custom_plan", "force_generic_plan")
     ),
+    "vecorm_enable_sort": _Setting("enable_sort", _choice("on", "off")),
 }
 #: ``plan_cache_mode`` of vecorm's index searches. psycopg prepares a statement after its
 #: fifth run, and PostgreSQL may then reuse a generic plan, one made without the parameter
@@ -170,13 +202,43 @@ def search_options(
     return options
 
 
-def index_search_options(config: SearchConfig, *, depth: int = 0) -> dict[str, Any]:
-    """The model's query-time defaults as execution options; ``ef_search`` >= ``depth``."""
+def stored_out_of_line(config: SearchConfig) -> bool:
+    """Whether the model's vectors are too big to stay in the table's own pages (1536
+    dimensions are, 384 are not), so that an exact scan reads each from the TOAST table."""
+    element = 2 if config.storage == "halfvec" else 4
+    return 8 + element * config.dimensions > OUT_OF_LINE_BYTES
+
+
+def index_search_options(
+    config: SearchConfig, *, depth: int = 0, filtered: bool | None = None
+) -> dict[str, Any]:
+    """The model's query-time defaults as execution options for a search of ``depth`` rows.
+
+    ``filtered``: whether the search has conditions of the caller's; ``None`` (what
+    :func:`~vecorm.search.vector.nearest` passes) decides it per execution, from the statement
+    as run (:class:`ByFilter` values). An unfiltered search is an index search: PostgreSQL
+    is told to avoid the sort an exact scan needs (``enable_sort = off``), because its cost
+    estimate does not count reading vectors stored out of line, and it gets the wider
+    :data:`DEFAULT_EF_SEARCH`. A filtered one is left to the planner, which weighs the
+    filter's selectivity (at :data:`FILTERED_EF_SEARCH` for vectors stored out of line, whose
+    exact scan PostgreSQL under-costs, left there: iterative scan returns ``depth`` rows).
+    Otherwise ``ef_search`` is at least ``depth`` (up to 1000), as it must be without
+    iterative scan (pgvector returns at most ``ef_search`` rows).
+    """
     index = config.index
     if isinstance(index, HNSW):
-        ef_search = index.ef_search or DEFAULT_EF_SEARCH
+
+        def ef_search(default: int, *, widen: bool = True) -> int:
+            value = index.ef_search or default
+            if widen or index.iterative_scan == "off":
+                value = max(value, depth)
+            return min(MAX_EF_SEARCH, value)
+
+        wide = stored_out_of_line(config)
         options: dict[str, Any] = {
-            "vecorm_hnsw_ef_search": min(MAX_EF_SEARCH, max(ef_search, depth)),
+            "vecorm_hnsw_ef_search": (
+                ef_search(FILTERED_EF_SEARCH, widen=False) if wide else ef_search(DEFAULT_EF_SEARCH)
+            ),
             "vecorm_hnsw_iterative_scan": index.iterative_scan,
             "vecorm_plan_cache_mode": DEFAULT_PLAN_CACHE_MODE,
         }
@@ -184,8 +246,11 @@ def index_search_options(config: SearchConfig, *, depth: int = 0) -> dict[str, A
             options["vecorm_hnsw_max_scan_tuples"] = index.max_scan_tuples
         if index.scan_mem_multiplier is not None:
             options["vecorm_hnsw_scan_mem_multiplier"] = index.scan_mem_multiplier
-        return options
-    if isinstance(index, IVFFlat):
+        unfiltered: dict[str, Any] = {
+            "vecorm_hnsw_ef_search": ef_search(DEFAULT_EF_SEARCH),
+            "vecorm_enable_sort": "off",
+        }
+    elif isinstance(index, IVFFlat):
         options = {
             "vecorm_ivfflat_iterative_scan": index.iterative_scan,
             "vecorm_ivfflat_probes": index.probes or default_probes(index.lists),
@@ -193,8 +258,16 @@ def index_search_options(config: SearchConfig, *, depth: int = 0) -> dict[str, A
         }
         if index.max_probes is not None:
             options["vecorm_ivfflat_max_probes"] = index.max_probes
-        return options
-    return {}
+        unfiltered = {"vecorm_enable_sort": "off"}
+    else:
+        return {}
+    if filtered is None:
+        for key, value in unfiltered.items():
+            if options.get(key) != value:
+                options[key] = ByFilter(options.get(key), value)
+    elif not filtered:
+        options.update(unfiltered)
+    return options
 
 
 def default_probes(lists: int) -> int:
@@ -203,10 +276,16 @@ def default_probes(lists: int) -> int:
     return max(1, math.ceil(math.sqrt(lists)))
 
 
-def settings_from_options(options: Mapping[str, Any]) -> dict[str, str]:
-    """``{"hnsw.ef_search": "100", ...}`` for the vecorm execution options in ``options``."""
+def settings_from_options(
+    options: Mapping[str, Any], *, unfiltered: bool = False
+) -> dict[str, str]:
+    """``{"hnsw.ef_search": "100", ...}`` for the vecorm execution options in ``options``;
+    a :class:`ByFilter` value as chosen for an ``unfiltered`` search or a filtered one."""
     settings: dict[str, str] = {}
-    for key, value in options.items():
+    for key, option in options.items():
+        value = option.chosen(unfiltered) if isinstance(option, ByFilter) else option
+        if value is None and isinstance(option, ByFilter):
+            continue
         setting = SETTINGS.get(key)
         if setting is None:
             if key.startswith("vecorm_hnsw_") or key.startswith("vecorm_ivfflat_"):
@@ -228,73 +307,121 @@ def _setting_value(index: int) -> BindParameter[str]:
     return bindparam(f"vecorm_value_{index}", type_=String)
 
 
-def _set_config_statement(count: int) -> Select[Any]:
-    """``SELECT current_setting(n, true), set_config(n, v, true), ...``: old values, then set."""
-    columns: list[ColumnElement[Any]] = []
-    for index in range(count):
-        columns.append(func.current_setting(_setting_name(index), true()))
-        columns.append(func.set_config(_setting_name(index), _setting_value(index), true()))
-    return select(*columns)
-
-
-def _restore_statement(count: int) -> Select[Any]:
-    """Set each name back; a setting that did not exist yet gets its session value
-    (``pg_settings.reset_val``) if the statement loaded pgvector's library, else keeps the
-    statement's value until the transaction ends: a placeholder set back to ``''`` would make
-    the library's loading (by the next search in this transaction) fail on that value."""
-    columns = []
-    for index in range(count):
-        reset_value = (
-            select(_PG_SETTINGS.c.reset_val)
-            .where(_PG_SETTINGS.c.name == _setting_name(index))
-            .scalar_subquery()
-        )
-        restored = func.coalesce(
-            _setting_value(index), reset_value, func.current_setting(_setting_name(index))
-        )
-        columns.append(func.set_config(_setting_name(index), restored, true()))
-    return select(*columns)
-
-
+#: What the hook's one statement does with each setting: keep its value, then set it
+#: (``capture``); set it, its value before already kept (``set``); put that value back
+#: (``restore``).
+_CAPTURE, _SET, _RESTORE = "capture", "set", "restore"
 _PG_SETTINGS = table("pg_settings", column("name"), column("reset_val"), schema="pg_catalog")
-_BUILDERS = {"set": _set_config_statement, "restore": _restore_statement}
-# Compiled once per dialect and shape: the hook runs around every search statement.
-_compiled: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, int], SQLCompiler]] = (
+
+
+def _restored_value(index: int) -> ColumnElement[Any]:
+    """The value kept for setting ``index``; for a setting that did not exist yet, its session
+    value (``pg_settings.reset_val``) if a statement has loaded pgvector's library since, else
+    the present value until the transaction ends: a placeholder set back to ``''`` would make
+    the library's loading (by the next search in this transaction) fail on that value."""
+    reset_value = (
+        select(_PG_SETTINGS.c.reset_val)
+        .where(_PG_SETTINGS.c.name == _setting_name(index))
+        .scalar_subquery()
+    )
+    return func.coalesce(
+        _setting_value(index), reset_value, func.current_setting(_setting_name(index))
+    )
+
+
+def _settings_statement(kinds: tuple[str, ...]) -> Select[Any]:
+    """One ``SELECT`` doing ``kinds[i]`` to setting ``i`` (left to right): a ``capture`` gives
+    two columns (the old value, the new one), the others one (the new value)."""
+    columns: list[ColumnElement[Any]] = []
+    for index, kind in enumerate(kinds):
+        name = _setting_name(index)
+        if kind == _CAPTURE:
+            columns.append(func.current_setting(name, true()))
+        value = _restored_value(index) if kind == _RESTORE else _setting_value(index)
+        columns.append(func.set_config(name, value, true()))
+    return select(*columns)
+
+
+# Compiled once per dialect and shape: the hook runs around search statements.
+_compiled: weakref.WeakKeyDictionary[Dialect, dict[tuple[str, ...], SQLCompiler]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _statement_for(dialect: Dialect, kind: str, count: int) -> SQLCompiler:
+def _statement_for(dialect: Dialect, kinds: tuple[str, ...]) -> SQLCompiler:
     cache = _compiled.setdefault(dialect, {})
-    compiled = cache.get((kind, count))
+    compiled = cache.get(kinds)
     if compiled is None:
-        compiled = _BUILDERS[kind](count).compile(dialect=dialect)
-        cache[(kind, count)] = compiled
+        compiled = _settings_statement(kinds).compile(dialect=dialect)
+        cache[kinds] = compiled
     return compiled
 
 
-def _run_raw(conn: Connection, kind: str, values: Mapping[str, str | None]) -> tuple[Any, ...]:
-    """Run the ``kind`` statement for ``values`` on ``conn``'s DBAPI connection, bypassing
-    events (we are inside one)."""
-    compiled = _statement_for(conn.dialect, kind, len(values))
+def _run_raw(
+    conn: Connection, steps: list[tuple[str, str, str | None]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Run ``(kind, name, value)`` steps in one statement on ``conn``'s DBAPI connection,
+    bypassing events (we are inside one); the values ``capture`` steps kept, and the value
+    each setting has now, by name. On Citus the new values go to the workers too."""
+    compiled = _statement_for(conn.dialect, tuple(kind for kind, _, _ in steps))
     bound: dict[str, Any] = {}
-    for index, (name, value) in enumerate(values.items()):
+    for index, (_, name, value) in enumerate(steps):
         bound[f"vecorm_name_{index}"] = name
         bound[f"vecorm_value_{index}"] = value
     params = compiled.construct_params(bound)
     arguments: Any = params
     if compiled.positional:
         arguments = tuple(params[key] for key in compiled.positiontup or ())
-    return execute_raw(conn, compiled.string, arguments)
+    row = iter(execute_raw(conn, compiled.string, arguments))
+    captured: dict[str, str] = {}
+    now: dict[str, str] = {}
+    for kind, name, _ in steps:
+        if kind == _CAPTURE:
+            captured[name] = next(row)
+        now[name] = next(row)
+    propagate(conn, now)  # on Citus, to the workers too
+    return captured, now
 
 
 _SETTING_KEYS = frozenset(SETTINGS)
 #: Execution option: ``False`` opts an engine, a connection or a statement out of the hook
 #: (:func:`uninstall_search_settings` sets it on an engine).
 SEARCH_SETTINGS_OPTION = "vecorm_search_settings"
-_RESTORE_KEY = "vecorm_search_settings_restore"
+#: Annotation that marks a ``WHERE`` condition vecorm added itself.
+_OWN = "vecorm_own_condition"
+_STATE_KEY = "vecorm_search_settings"
 #: libpq's ``PQTRANS_INTRANS`` (psycopg 2 and 3): in a transaction that has not failed.
 _IN_TRANSACTION = 2
+
+
+def own_condition(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """``condition``, marked as one of vecorm's own (``embedding IS NOT NULL``, a distance
+    bound, the row left out of "more like this"): it does not make a search *filtered*."""
+    return condition._annotate({_OWN: True})
+
+
+def _unfiltered(context: ExecutionContext) -> bool:
+    """Whether the executed statement is a single-table ``SELECT`` whose ``WHERE`` holds only
+    vecorm's own conditions (a ``.where()``, ``.join()`` or ``select_from()`` of yours makes
+    it filtered)."""
+    statement = getattr(context.compiled, "statement", None)
+    if isinstance(statement, Explain):  # its plan is the statement's
+        statement = statement.statement
+    if not isinstance(statement, Select):
+        return False
+    if statement._setup_joins or statement._from_obj:
+        return False
+    return all(condition._annotations.get(_OWN) for condition in statement._where_criteria)
+
+
+@dataclass
+class _Applied:
+    """The settings vecorm's hook has in effect on a connection, in one transaction."""
+
+    transaction: object  # SQLAlchemy's root transaction they belong to
+    values: dict[str, str] = field(default_factory=dict)
+    previous: dict[str, str | None] = field(default_factory=dict)  # before vecorm set each
+    pinned: bool = False  # a server-side cursor still scans with them: keep to the end
 
 
 def _before_cursor_execute(
@@ -305,15 +432,25 @@ def _before_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
-    if context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
-        return  # not a vecorm search: this test is all that other statements pay
-    options = context.execution_options
-    if executemany or options.get(SEARCH_SETTINGS_OPTION) is False:
+    state: _Applied | None = conn.info.get(_STATE_KEY)
+    searching = context is not None and not _SETTING_KEYS.isdisjoint(context.execution_options)
+    if state is None and not searching:
+        return  # nothing of vecorm's in effect, and not a search: all other statements pay
+    if state is not None and state.transaction is not conn.get_transaction():
+        del conn.info[_STATE_KEY]  # its transaction ended, and SET LOCAL with it
+        state = None
+    if (
+        context is None
+        or not searching
+        or executemany
+        or context.execution_options.get(SEARCH_SETTINGS_OPTION) is False
+    ):
+        if state is not None and not state.pinned:
+            _put_back(conn, state)
         return
-    # A failed statement's leftover (only if handle_error could not run): its transaction
-    # may be over, so it is dropped rather than applied.
-    conn.info.pop(_RESTORE_KEY, None)
-    settings = settings_from_options(options)
+    options = context.execution_options
+    by_filter = any(isinstance(value, ByFilter) for value in options.values())
+    settings = settings_from_options(options, unfiltered=by_filter and _unfiltered(context))
     dbapi_connection = conn.connection.dbapi_connection
     if getattr(dbapi_connection, "autocommit", False):
         raise ConfigurationError(
@@ -321,36 +458,47 @@ def _before_cursor_execute(
             "connection is in AUTOCOMMIT mode; run the statement in a transaction "
             "(the default isolation level) or leave out the vecorm_* execution options"
         )
-    row = _run_raw(conn, "set", settings)
-    propagate(conn, settings)  # on Citus, to the workers too
-    server_side = bool(getattr(context, "_is_server_side", False)) or bool(
-        options.get("stream_results", False)
-    )
-    # A server-side cursor scans while rows are fetched, after this hook: keep the settings
-    # until the transaction ends (COMMIT / ROLLBACK still resets them).
-    if not server_side:
-        conn.info[_RESTORE_KEY] = (id(cursor), dict(zip(settings, row[::2], strict=True)))
+    if state is None:
+        state = _Applied(conn.get_transaction())
+    if settings != state.values:
+        _switch(conn, state, settings)
+    # A server-side cursor scans while rows are fetched, after this hook, maybe between
+    # other statements: keep the settings until the transaction ends.
+    if bool(getattr(context, "_is_server_side", False)) or bool(
+        context.execution_options.get("stream_results", False)
+    ):
+        state.pinned = True
+    conn.info[_STATE_KEY] = state
 
 
-def _after_cursor_execute(
-    conn: Connection,
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> None:
-    if context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
+def _switch(conn: Connection, state: _Applied, settings: Mapping[str, str]) -> None:
+    """Make ``settings`` the ones in effect, in one statement: vecorm's other settings go
+    back to their old values, and each new name's old value is kept."""
+    steps: list[tuple[str, str, str | None]] = [
+        (_RESTORE, name, state.previous[name]) for name in state.values if name not in settings
+    ]
+    for name, value in settings.items():
+        if state.values.get(name) != value:
+            steps.append((_SET if name in state.previous else _CAPTURE, name, value))
+    captured, _ = _run_raw(conn, steps)
+    state.previous.update(captured)
+    for kind, name, _ in steps:
+        if kind == _RESTORE:
+            del state.values[name], state.previous[name]
+    state.values.update(settings)
+
+
+def _put_back(conn: Connection, state: _Applied) -> None:
+    """Set vecorm's settings back before a statement that is not a search with the same
+    settings (nothing to do if the transaction failed: its ROLLBACK resets them)."""
+    del conn.info[_STATE_KEY]
+    status = _transaction_status(conn)
+    if status is not None and status != _IN_TRANSACTION:
         return
-    pending = conn.info.pop(_RESTORE_KEY, None)
-    if pending is None or pending[0] != id(cursor):
-        return
-    _restore(conn, pending[1])
-
-
-def _restore(conn: Connection, previous: Mapping[str, str | None]) -> None:
-    restored = _run_raw(conn, "restore", previous)
-    propagate(conn, dict(zip(previous, restored, strict=True)))
+    steps: list[tuple[str, str, str | None]] = [
+        (_RESTORE, name, state.previous[name]) for name in state.values
+    ]
+    _run_raw(conn, steps)
 
 
 def _transaction_status(conn: Connection) -> int | None:
@@ -360,39 +508,22 @@ def _transaction_status(conn: Connection) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _handle_error(exception: ExceptionContext) -> None:
-    """Put the previous values back when the statement failed between the two hooks (a
-    parameter the driver cannot adapt, another listener's exception ...)."""
-    conn, context = exception.connection, exception.execution_context
-    if conn is None or context is None or _SETTING_KEYS.isdisjoint(context.execution_options):
-        return
-    # Whatever goes wrong here, the caller must see their own error, not ours: a failed
-    # restore leaves the transaction aborted or the connection dead, and either ends the
-    # settings anyway.
-    with contextlib.suppress(Exception):
-        _restore_after_failure(conn, context, is_disconnect=exception.is_disconnect)
+def _forget(conn: Connection) -> None:
+    """COMMIT or ROLLBACK: SET LOCAL ends with the transaction, so does vecorm's record."""
+    conn.info.pop(_STATE_KEY, None)
 
 
-def _restore_after_failure(
-    conn: Connection, context: ExecutionContext, *, is_disconnect: bool
-) -> None:
-    if is_disconnect or conn.invalidated or conn.closed:
-        return  # the connection is discarded, and its settings with it
-    pending = conn.info.pop(_RESTORE_KEY, None)
-    if pending is None or pending[0] != id(context.cursor):
-        return
-    status = _transaction_status(conn)
-    if status is not None and status != _IN_TRANSACTION:
-        return  # the server aborted the transaction: its ROLLBACK resets SET LOCAL
-    _restore(conn, pending[1])
+def _forget_at_checkin(dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info.pop(_STATE_KEY, None)
 
 
 # Every engine, made before or after this import, sync or the sync_engine of an async one
-# (see the module docstring for why this happens on import). handle_error goes first, so no
-# other handler's exception can skip the restore.
+# (see the module docstring for why this happens on import).
 event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
-event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
-event.listen(Engine, "handle_error", _handle_error, insert=True)
+event.listen(Engine, "commit", _forget)
+event.listen(Engine, "rollback", _forget)
+event.listen(Pool, "checkin", _forget_at_checkin)
 
 
 def _target(bind: Engine | AsyncEngine) -> Engine:
@@ -455,6 +586,6 @@ def apply_search_settings(target: Session | Connection, **settings: Any) -> None
     for index, (name, value) in enumerate(resolved.items()):
         parameters[f"vecorm_name_{index}"] = name
         parameters[f"vecorm_value_{index}"] = value
-    target.execute(_set_config_statement(len(resolved)), parameters)
+    target.execute(_settings_statement((_SET,) * len(resolved)), parameters)
     connection = target.connection() if isinstance(target, Session) else target
     propagate(connection, resolved)

@@ -77,7 +77,7 @@ from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import Distance, SearchConfig
 from vecorm.schema.indexes import indexed_expression
 from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
-from vecorm.search.settings import index_search_options
+from vecorm.search.settings import index_search_options, own_condition
 
 if TYPE_CHECKING:
     pass
@@ -442,15 +442,15 @@ def nearest(
     columns: list[Any] = [model, distance_column]
     if with_score:
         columns.append(similarity_expression(expression, metric).label("score"))
-    stmt = select(*columns).where(model.embedding.is_not(None))
+    stmt = select(*columns).where(own_condition(model.embedding.is_not(None)))
     depth = k
     if binary:
         depth = candidates if candidates is not None else k * config.rerank
         keys = primary_key_columns(model)
         order = hamming_expression(model, query)
-        stmt = stmt.where(BinaryCandidates(keys, order, depth))
+        stmt = stmt.where(own_condition(BinaryCandidates(keys, order, depth)))
     if max_distance is not None:
-        stmt = stmt.where(expression <= max_distance)
+        stmt = stmt.where(own_condition(expression <= max_distance))
     # "+ 0" is the same order, but not the index's expression: the planner must scan exactly.
     ordering: ColumnElement[Any] = expression + 0.0 if exact else distance_column
     stmt = stmt.order_by(ordering, *primary_key_columns(model)).limit(row_limit(k))
@@ -505,7 +505,7 @@ def similar_to(
         return stmt
     keys = primary_key_columns(model)
     itself = keys[0] == key[0] if len(keys) == 1 else tuple_(*keys) == tuple_(*key)
-    return stmt.where(not_(itself))
+    return stmt.where(own_condition(not_(itself)))
 
 
 def nearest_candidates(

@@ -58,12 +58,14 @@ def _execute_exact(target: Session | Connection, stmt: Executable) -> list[Row[A
     """Run ``stmt`` with index scans disabled inside a savepoint rolled back afterwards.
 
     pgvector's indexes are only reachable through index scans, so the planner must compute
-    every distance: the exact answer to the same SQL, filters and joins included.
+    every distance: the exact answer to the same SQL, filters and joins included. (A vecorm
+    search may ask for ``enable_sort = off``, which would make the index scan as unwelcome as
+    the exact scan's sort: it is turned back on for this run.)
     """
     nested = target.begin_nested()
     try:
         target.execute(select(func.set_config(literal("enable_indexscan"), "off", true())))
-        return list(target.execute(stmt))
+        return list(target.execute(stmt.execution_options(vecorm_enable_sort="on")))
     finally:
         nested.rollback()  # SET LOCAL survives RELEASE, not ROLLBACK TO SAVEPOINT
 

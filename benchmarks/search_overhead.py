@@ -1,0 +1,312 @@
+"""nearest() and hybrid_search() against raw psycopg, and the plan each gets, same server, same run.
+
+    python benchmarks/search_overhead.py                 # 10,000 x 1536 and 20,000 x 1536
+    python benchmarks/search_overhead.py --rows 5000 --wide-rows 10000 --queries 100
+    VECORM_DATABASE_URL=postgresql://... python benchmarks/search_overhead.py
+
+**Overhead** (``--rows`` x 1536 clustered vectors, HNSW m=16, a title column): a top-10 cosine
+search that loads the row (id, title, embedding), one transaction per query, as an
+application runs it:
+
+* raw psycopg 3 at pgvector's defaults against ``Model.nearest(q, 10)`` on a model declaring
+  ``HNSW(ef_search=40, iterative_scan="off")`` (pgvector's own values);
+* raw psycopg 3 with vecorm's settings (one ``set_config`` statement per transaction, as one
+  would write it) against ``Model.nearest(q, 10)`` at vecorm's defaults.
+
+Each raw query is the statement vecorm sends, typed out; the ratio is median(vecorm) /
+median(raw), interleaved query by query so both see the same machine.
+
+**Plans** (``--wide-rows`` x 1536 rows with a 700-character body and its tsvector beside the
+vector, as a searchable model has: the vectors are stored out of line, which PostgreSQL's
+cost of an exact scan leaves out): what other libraries run at their defaults (a plain ``ORDER
+BY embedding <=> q LIMIT 10`` at ef_search 40) against ``nearest()`` and ``hybrid_search()`` at
+vecorm's defaults, with each plan and recall@10 against numpy's exact top 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from sqlalchemy import String, Text, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import vecorm
+from vecorm.engine import libpq_conninfo
+from vecorm.search.explain import indexes_used
+from vecorm.search.settings import index_search_options, settings_from_options
+
+DIMS = 1536
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(vecorm.Searchable, Base):
+    __tablename__ = "overhead_items"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title",), dimensions=DIMS, index=vecorm.HNSW(), text_index=False, bm25=None
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+
+
+class PgBase(DeclarativeBase):
+    pass
+
+
+class PgItem(vecorm.Searchable, PgBase):
+    """The same table, declared with pgvector's own query-time values."""
+
+    __tablename__ = "overhead_items"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title",),
+        dimensions=DIMS,
+        index=vecorm.HNSW(ef_search=40, iterative_scan="off"),
+        text_index=False,
+        bm25=None,
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(40))
+
+
+class WideBase(DeclarativeBase):
+    pass
+
+
+class Article(vecorm.Searchable, WideBase):
+    __tablename__ = "overhead_articles"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS, bm25=None)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+def clustered(rows: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, DIMS)).astype(np.float32)
+    picked = centres[rng.integers(0, 50, rows)]
+    return picked + 0.5 * rng.normal(size=(rows, DIMS)).astype(np.float32)
+
+
+def load(conninfo: str, table: str, columns: Sequence[str], rows: Any) -> None:
+    """Binary COPY, then the HNSW index (built once, after the rows)."""
+    with psycopg.connect(conninfo) as conn:
+        register_vector(conn)
+        types = ["integer", "text", "vector"]
+        with conn.cursor().copy(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(types[: len(columns)])
+            for row in rows:
+                copy.write_row(row)
+
+
+def build_index(engine: Engine, model: Any) -> None:
+    (index,) = [ix for ix in model.__table__.indexes if ix.name.endswith("_hnsw")]
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+        index.create(conn)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {model.__tablename__}"))
+
+
+def drop_vector_index(engine: Engine, model: Any) -> None:
+    (index,) = [ix for ix in model.__table__.indexes if ix.name.endswith("_hnsw")]
+    with engine.begin() as conn:
+        index.drop(conn)
+
+
+def median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def interleaved(
+    paths: dict[str, Callable[[np.ndarray], object]], queries: np.ndarray
+) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for query in queries[: min(20, len(queries))]:  # warm the caches and the statements
+        for action in paths.values():
+            action(query)
+    for query in queries:
+        for name, action in paths.items():
+            started = time.perf_counter()
+            action(query)
+            times[name].append(time.perf_counter() - started)
+    return {name: median_ms(values) for name, values in times.items()}
+
+
+def overhead(engine: Engine, rows: int, queries: int) -> None:
+    conninfo = libpq_conninfo(engine.url)
+    Base.metadata.create_all(engine)
+    drop_vector_index(engine, Item)
+    vectors = clustered(rows, seed=1)
+    load(
+        conninfo,
+        "overhead_items",
+        ["id", "title", "embedding"],
+        ((i, f"item {i}", v) for i, v in enumerate(vectors)),
+    )
+    build_index(engine, Item)
+    probes = clustered(queries, seed=2)
+    sql = (
+        "SELECT id, title, embedding, embedding <=> %(q)s AS distance FROM overhead_items "
+        "WHERE embedding IS NOT NULL ORDER BY distance, id LIMIT 10"
+    )
+    defaults = settings_from_options(
+        index_search_options(vecorm.search_config(Item), filtered=False)
+    )
+    set_sql = "SELECT " + ", ".join(
+        f"set_config('{name}', '{value}', true)" for name, value in defaults.items()
+    )
+    raw = psycopg.connect(conninfo)
+    register_vector(raw)
+    session = Session(engine)
+
+    def raw_plain(query: np.ndarray) -> object:
+        found = raw.execute(sql, {"q": query}, binary=True).fetchall()
+        raw.commit()
+        return found
+
+    def raw_settings(query: np.ndarray) -> object:
+        raw.execute(set_sql)
+        found = raw.execute(sql, {"q": query}, binary=True).fetchall()
+        raw.commit()
+        return found
+
+    def orm(model: Any) -> Callable[[np.ndarray], object]:
+        def search(query: np.ndarray) -> object:
+            found = session.execute(model.nearest(query, k=10)).all()
+            session.commit()
+            session.expunge_all()
+            return found
+
+        return search
+
+    timed = interleaved(
+        {
+            "raw, pgvector defaults": raw_plain,
+            "vecorm, pgvector defaults": orm(PgItem),
+            "raw, vecorm's settings": raw_settings,
+            "vecorm, its defaults": orm(Item),
+        },
+        probes,
+    )
+    raw.close()
+    session.close()
+    print(f"\nnearest(q, 10), entity loaded: {rows:,} x {DIMS}, median of {queries} queries")
+    print(f"{'path':<30}{'ms':>8}{'ratio':>8}")
+    for label, baseline in (
+        ("raw, pgvector defaults", None),
+        ("vecorm, pgvector defaults", "raw, pgvector defaults"),
+        ("raw, vecorm's settings", None),
+        ("vecorm, its defaults", "raw, vecorm's settings"),
+    ):
+        ratio = f"{timed[label] / timed[baseline]:.2f}x" if baseline else ""
+        print(f"{label:<30}{timed[label]:>8.3f}{ratio:>8}")
+
+
+def plans(engine: Engine, rows: int, queries: int) -> None:
+    conninfo = libpq_conninfo(engine.url)
+    WideBase.metadata.create_all(engine)
+    drop_vector_index(engine, Article)
+    vectors = clustered(rows, seed=3)
+    words = [f"word{n}" for n in range(500)]
+    rng = np.random.default_rng(4)
+    bodies = [" ".join(rng.choice(words, 100)) for _ in range(rows)]
+    load(
+        conninfo,
+        "overhead_articles",
+        ["id", "body", "embedding"],
+        ((i, bodies[i], v) for i, v in enumerate(vectors)),
+    )
+    build_index(engine, Article)
+    probes = clustered(queries, seed=5)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def truth(query: np.ndarray) -> set[int]:
+        return set(np.argsort(1 - unit @ (query / np.linalg.norm(query)))[:10].tolist())
+
+    raw = psycopg.connect(conninfo)
+    register_vector(raw)
+    session = Session(engine)
+    sql = "SELECT id, body FROM overhead_articles ORDER BY embedding <=> %(q)s LIMIT 10"
+    found: dict[str, list[set[int]]] = {"peer": [], "nearest": [], "hybrid": []}
+
+    def peer(query: np.ndarray) -> object:
+        ids = {row[0] for row in raw.execute(sql, {"q": query}).fetchall()}
+        raw.commit()
+        found["peer"].append(ids)
+        return ids
+
+    def nearest(query: np.ndarray) -> object:
+        ids = {row.id for row, _ in session.execute(Article.nearest(query, k=10))}
+        session.commit()
+        session.expunge_all()
+        found["nearest"].append(ids)
+        return ids
+
+    def hybrid(query: np.ndarray) -> object:
+        stmt = Article.hybrid_search(str(rng.choice(words)), k=10, vector=query)
+        ids = {row[0].id for row in session.execute(stmt)}
+        session.commit()
+        session.expunge_all()
+        return ids
+
+    timed = interleaved({"peer": peer, "nearest": nearest, "hybrid": hybrid}, probes)
+    warm = min(20, len(probes))
+    recall = {
+        name: statistics.mean(
+            len(ids & truth(q)) / 10 for ids, q in zip(sets[warm:], probes, strict=True)
+        )
+        for name, sets in found.items()
+        if sets
+    }
+    plan_of = {}
+    raw_plan = raw.execute("EXPLAIN " + sql, {"q": probes[0]}).fetchone()
+    raw.rollback()
+    plan_of["peer"] = "HNSW" if raw_plan and "Index Scan" in raw_plan[0] else "exact"
+    with session.begin():
+        plan_of["nearest"] = (
+            "HNSW" if indexes_used(session, Article.nearest(probes[0], k=10)) else "exact"
+        )
+        hybrid_plan = indexes_used(session, Article.hybrid_search("word1", k=10, vector=probes[0]))
+        plan_of["hybrid"] = "HNSW" if any(n.endswith("_hnsw") for n in hybrid_plan) else "exact"
+    raw.close()
+    session.close()
+    print(f"\nplans on {rows:,} x {DIMS} rows with a body and its tsvector, median of {queries}")
+    print(f"{'path':<46}{'ms':>8}{'recall@10':>11}  plan")
+    labels = {
+        "peer": "plain ORDER BY <=> LIMIT 10, ef_search 40",
+        "nearest": "vecorm nearest(q, 10), defaults",
+        "hybrid": "vecorm hybrid_search(text, 10), defaults",
+    }
+    for name, label in labels.items():
+        shown = f"{recall[name]:.3f}" if name in recall else "-"
+        print(f"{label:<46}{timed[name]:>8.2f}{shown:>11}  {plan_of[name]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--wide-rows", type=int, default=20_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    with vecorm.database() as url:
+        engine = vecorm.create_engine(url)
+        try:
+            overhead(engine, args.rows, args.queries)
+            plans(engine, args.wide_rows, args.queries)
+        finally:
+            engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
