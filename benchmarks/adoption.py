@@ -26,6 +26,7 @@ what vecorm's path costs on top of the bare statements.
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import logging
 import os
@@ -268,23 +269,45 @@ def set_models(root: Path, name: str, source: str) -> Config:
     return Config(str(ini))
 
 
+def _call_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        if isinstance(func, ast.Attribute):
+            return func.attr
+    return None
+
+
 def split_vector_index(config: Config, adoption: Path) -> None:
     """Move the adoption revision's HNSW block into a revision of its own (run after the
     backfill), as docs/adopting.md advises for a table with many rows."""
     source = adoption.read_text(encoding="utf-8")
     lines = source.splitlines()
-    start = next(
-        i
-        for i, line in enumerate(lines)
-        if "autocommit_block" in line and "postgresql_using='hnsw'" in lines[i + 1]
+    functions = {
+        node.name: node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)
+    }
+    block_node = next(
+        node
+        for node in functions["upgrade"].body
+        if isinstance(node, ast.With) and "hnsw" in (ast.get_source_segment(source, node) or "")
     )
-    block = lines[start : start + 2]
-    index_name = block[1].split("'")[1]
-    kept = [
-        line
-        for line in lines[:start] + lines[start + 2 :]
-        if not line.strip().startswith(f"op.drop_index({index_name!r}")
-    ]
+    create = block_node.body[0]
+    assert isinstance(create, ast.Expr) and isinstance(create.value, ast.Call)
+    first = create.value.args[0]
+    assert isinstance(first, ast.Constant)
+    index_name = str(first.value)
+    drop = next(
+        node
+        for node in functions["downgrade"].body
+        if _call_name(node) == "drop_index"
+        and isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.args[0], ast.Constant)
+        and node.value.args[0].value == index_name
+    )
+    removed = set(range(block_node.lineno - 1, block_node.end_lineno or block_node.lineno))
+    removed |= set(range(drop.lineno - 1, drop.end_lineno or drop.lineno))
+    block = lines[block_node.lineno - 1 : block_node.end_lineno]
+    kept = [line for number, line in enumerate(lines) if number not in removed]
     adoption.write_text("\n".join(kept) + "\n", encoding="utf-8")
     script = command.revision(config, message="vector index")
     assert script is not None and not isinstance(script, list)

@@ -147,7 +147,13 @@ def test_trigger_mode_renders_the_online_path(
     assert first < bm25 < fill < min(blocks)
     assert any("rebuild=False" in line for line in lines[bm25:fill])
     assert any("postgresql_concurrently=True" in line for line in lines[blocks[0] :])
-    assert len(blocks) == 2  # GIN and HNSW
+    assert len(blocks) == 3  # GIN, HNSW and the BM25 postings' ranking index
+    # The ranking index is built once the fill has written the postings, not during it.
+    ranking = next(
+        i for i, line in enumerate(lines) if "'ix_documents_bm25_postings_impact'" in line
+    )
+    assert min(blocks) < ranking
+    assert "'ux_documents_bm25_postings_key'" in "\n".join(lines[:first])
     # Many small batches, so that the writers' statements land between and inside them.
     revision.write_text(
         revision.read_text(encoding="utf-8").replace("batch_size=1000", "batch_size=150"),

@@ -748,10 +748,14 @@ def compare_online_adoption(
             table = _metadata_table(autogen_context, operation.schema, operation.table_name)
             trigger = None if table is None else trigger_of(table)
             if trigger is not None and table is not None:
-                counts = bm25_tables_of(table) is not None and not excluded_in_run(
+                bm25_tables = bm25_tables_of(table)
+                counts = bm25_tables is not None and not excluded_in_run(
                     autogen_context, "vecorm.bm25"
                 )
-                tail.extend(_online_adoption(connection, operation, trigger, counts))
+                adopted = _online_adoption(connection, operation, trigger, counts)
+                if adopted and bm25_tables is not None and counts:
+                    adopted.extend(_postings_index_after_fill(upgrade_ops, bm25_tables.postings))
+                tail.extend(adopted)
             elif trigger is None:
                 _note_rewrites(connection, operation)
     upgrade_ops.ops.extend(tail)
@@ -820,6 +824,36 @@ def _online_adoption(
         bm25=counts_bm25,
     )
     return [fill, *(ConcurrentCreateIndexOp.from_op(op) for op in indexes)]
+
+
+def _postings_index_after_fill(
+    upgrade_ops: ops.UpgradeOps, postings: Table
+) -> list[ops.MigrateOperation]:
+    """Take the new postings table's ranking index (term, impact) out of the revision's
+    transaction and build it CONCURRENTLY after the fill. The fill writes a posting per word
+    of every row; into that index they land all over its pages (measured: the BM25 part of a
+    1,000,000-row adoption, 200 s of its 248), while one build after sorts them once. Rows
+    written meanwhile are maintained as before (the key index, in primary-key order, stays);
+    a BM25 search before the build reads the postings without it: slower, the same rows."""
+    moved: list[ops.MigrateOperation] = []
+    names = {index.name for index in postings.indexes if index.name and not index.unique}
+    # A new table's indexes come in a ModifyTableOps of their own, after its CreateTableOp.
+    for container in [upgrade_ops, *upgrade_ops.ops]:
+        if not isinstance(container, ops.UpgradeOps | ops.ModifyTableOps):
+            continue
+        for operation in list(container.ops):
+            if (
+                isinstance(operation, ops.CreateIndexOp)
+                and operation.table_name == postings.name
+                and operation.schema == postings.schema
+                and operation.index_name in names
+            ):
+                container.ops.remove(operation)
+                moved.append(ConcurrentCreateIndexOp.from_op(operation))
+    upgrade_ops.ops = [
+        op for op in upgrade_ops.ops if not (isinstance(op, ops.ModifyTableOps) and op.is_empty())
+    ]
+    return moved
 
 
 _FUNCTION_BODY_SQL = text(
