@@ -52,10 +52,12 @@ from sqlalchemy import (
     ColumnElement,
     String,
     TableClause,
+    Text,
     Update,
     and_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     or_,
@@ -76,6 +78,7 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError,
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig, search_config
+from vecorm.schema.pgcatalog import pg
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
 
@@ -129,10 +132,10 @@ class EmbeddingColumns:
         """The row's text in SQL, composed exactly as :func:`vecorm.embedding.source.source_text`
         does."""
         parts = [
-            case((func.btrim(column, PYTHON_WHITESPACE) == "", None), else_=column)
+            case((pg.btrim(column, PYTHON_WHITESPACE) == _text(""), None), else_=column)
             for column in self.fields
         ]
-        return func.concat_ws("\n", *parts)
+        return pg.concat_ws(_text("\n"), *parts)
 
     @property
     def exact_in_sql(self) -> bool:
@@ -145,13 +148,20 @@ class EmbeddingColumns:
         reasons: list[ColumnElement[bool]] = [
             self.embedding.is_(None),
             self.digest.is_(None),
-            self.model.is_distinct_from(literal(model_name, String)),
+            # as text: an exact `=(varchar, varchar)` elsewhere on the path would beat
+            # pg_catalog's text operator (docs/security.md)
+            cast(self.model, Text).is_distinct_from(_text(model_name)),
         ]
         if self.exact_in_sql:
-            reasons.append(self.digest != func.sha256(func.convert_to(body, "UTF8")))
+            reasons.append(self.digest != pg.sha256(pg.convert_to(body, "UTF8")))
         else:  # e.g. a numeric field: str() and ::text may differ, so Python decides
             reasons.append(literal(True))
-        return and_(body != "", or_(*reasons))
+        return and_(body != _text(""), or_(*reasons))
+
+
+def _text(value: str) -> ColumnElement[str]:
+    """``value`` bound as ``text``, so operators against it resolve to pg_catalog's."""
+    return literal(value, Text)
 
 
 def columns_of(model: type[Any]) -> EmbeddingColumns:
