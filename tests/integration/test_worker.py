@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 import vecorm
@@ -118,6 +119,28 @@ def test_worker_mode_writes_without_the_provider_and_notifies_at_commit(
     with Session(engine) as session:
         assert stale_count(session, Document, embedder=embedder) == 3
     uninstall(maker)
+
+
+async def test_async_sessions_leave_rows_to_workers_too(
+    engine: Engine, vecorm_async_engine: AsyncEngine
+) -> None:
+    factory = async_sessionmaker(vecorm_async_engine)
+    install(factory, mode="worker")
+    listener = psycopg.connect(libpq_conninfo(engine.url), autocommit=True)
+    try:
+        listener.execute(f"LISTEN {CHANNEL}")
+        async with factory() as session:
+            session.add_all(Document(id=i, title=f"async {i}") for i in range(1, 4))
+            await session.commit()
+        notes = list(listener.notifies(timeout=2, stop_after=1))
+    finally:
+        listener.close()
+        uninstall(factory)
+    assert [note.payload for note in notes] == ["documents"]
+    embedder = FakeEmbedder(dimensions=DIMS)
+    assert Worker(engine, [Document], embedder=embedder).run_once().embedded == 3
+    assert embedder.texts == ["async 1", "async 2", "async 3"]
+    assert_current(engine)
 
 
 def test_an_edited_row_keeps_its_vector_until_a_worker_replaces_it(engine: Engine) -> None:
