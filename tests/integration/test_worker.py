@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 import vecorm
-from tests.integration.test_events import DIMS, Base, Document, assert_current, stored
+from tests.integration.test_events import DIMS, Base, Document, Note, assert_current, stored
 from vecorm.embedding.backfill import stale_count
 from vecorm.embedding.embedders import HashingEmbedder
 from vecorm.embedding.events import install, uninstall
@@ -318,6 +318,28 @@ def test_a_failing_provider_is_retried_with_backoff_and_nothing_is_lost(
         "0.2 s",
     ]
     assert_current(engine)
+
+
+def test_a_failing_model_does_not_keep_the_pass_from_the_others(engine: Engine) -> None:
+    insert_plain(engine, range(1, 4))
+    with engine.begin() as conn:
+        conn.execute(insert(Note), [{"book": "b", "page": 1, "body": "refused text"}])
+
+    class RefusesNotes(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> Any:
+            if "refused text" in texts:
+                raise ValueError("input too long")
+            return super().embed(texts)
+
+    worker = Worker(engine, [Note, Document], embedder=RefusesNotes(dimensions=DIMS))
+    with pytest.raises(vecorm.EmbeddingError, match="input too long"):
+        worker.run_once()
+    assert embedded_ids(engine) == {1, 2, 3}
+    with running(worker):
+        wait_for(lambda: worker.health(backlog=False).last_error is not None)
+    health = worker.health()
+    assert health.backlog == {"Note": 1, "Document": 0} and health.caught_up_at is None
+    assert health.last_error == "embedding Note failed: ValueError: input too long"
 
 
 def test_stop_lets_the_batch_in_flight_commit(engine: Engine) -> None:

@@ -179,7 +179,8 @@ class Worker:
 
     def run_once(self) -> BackfillResult:
         """One pass over every model: claim, embed and commit what is stale (rows other
-        transactions hold locked are skipped). Raises what fails. ``worker.run_once().embedded``
+        transactions hold locked are skipped). A model that fails does not stop the others;
+        the first failure is raised at the end. ``worker.run_once().embedded``
         """
         return self._pass(self._targets, full=True)
 
@@ -221,23 +222,29 @@ class Worker:
         counters = self._counters
         before = (counters.embedded, counters.batches, counters.calls)
         started = time.perf_counter()
+        failure: tuple[str, Exception] | None = None
         with Session(self.engine) as session:
             for target in targets:
-                self._current = target.name
-                sweep(
-                    session,
-                    target.columns,
-                    target.embedder,
-                    target.size,
-                    counters,
-                    skip_locked=True,
-                    stop=self._between_batches,
-                )
+                try:
+                    sweep(
+                        session,
+                        target.columns,
+                        target.embedder,
+                        target.size,
+                        counters,
+                        skip_locked=True,
+                        stop=self._between_batches,
+                    )
+                except Exception as exc:  # the other models still get their turn
+                    failure = failure or (target.name, exc)
                 if self._stopping():
                     break
             else:
-                if full:
+                if full and failure is None:
                     self._caught_up_at = _now()
+        if failure is not None:
+            self._current, error = failure
+            raise error
         result = BackfillResult(
             counters.embedded - before[0],
             counters.batches - before[1],
