@@ -18,6 +18,7 @@ from vecorm.embedding.backfill import BackfillResult, backfill, stale_condition,
 from vecorm.embedding.embedders import AsyncEmbedder, Embedder, HashingEmbedder
 from vecorm.embedding.events import install, installed_embedder, is_installed, uninstall
 from vecorm.embedding.reembed import ChangeStatus, ModelChange
+from vecorm.embedding.worker import Worker
 from vecorm.engine import create_async_engine, create_engine, database_url
 from vecorm.errors import (
     ConfigurationError,
@@ -95,6 +96,7 @@ __all__ = [
     "Vector",
     "VectorDimensionsError",
     "VectorElementTypeError",
+    "Worker",
     "apply_search_settings",
     "backfill",
     "bm25",

@@ -7,7 +7,9 @@ Every table lives in one schema of the coordinator's database, dropped before an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,10 +25,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 import vecorm
 import vecorm.alembic
 from vecorm.embedding.backfill import backfill, stale_count
+from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.reembed import ModelChange
+from vecorm.embedding.worker import Worker
 from vecorm.scale.citus import check_distribution, distribute_table, reference_table
 from vecorm.search.settings import apply_search_settings, search_options
 from vecorm.search.vector import python_distance
+from vecorm.testing import RecordingEmbedder
 
 URL = os.environ.get("VECORM_CITUS_URL")
 pytestmark = pytest.mark.skipif(
@@ -436,3 +441,54 @@ def test_reduced_precision_indexes_search_the_cluster(
             found += len(set(ids) & set(_exact(vectors, query, mine, 10)))
             expected += 20
     assert found / expected >= 0.9
+
+
+class Queued(vecorm.Searchable, Base):
+    """Rows a worker-mode application leaves to embedding workers."""
+
+    __tablename__ = "queued"
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS, bm25=None, index=None)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+def test_a_worker_embeds_what_worker_mode_writes_on_a_distributed_table(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    """The hook's NOTIFY goes through the coordinator; the worker claims one tenant at a time."""
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(distribute_table(Queued, "tenant_id", colocate_with="none"))
+    recorder = RecordingEmbedder(EMBEDDER)
+    worker = Worker(engine, [Queued], embedder=recorder, batch_size=8, poll_interval=300)
+    app = sessionmaker(engine)
+    install(app, mode="worker")
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        _until(lambda: worker.health(backlog=False).caught_up_at is not None)
+        with app() as session:
+            session.add_all(
+                Queued(tenant_id=i % 4, id=i, body=f"queued row {i}") for i in range(40)
+            )
+            session.commit()
+        _until(lambda: worker.health().backlog == {"Queued": 0} and len(recorder.texts) == 40)
+    finally:
+        worker.stop()
+        thread.join(30)
+        uninstall(app)
+    assert not thread.is_alive()
+    assert sorted(recorder.texts) == sorted(f"queued row {i}" for i in range(40))
+    with Session(engine) as session:
+        hit = session.execute(
+            Queued.nearest("queued row 17", k=1, embedder=EMBEDDER).where(Queued.tenant_id == 1)
+        ).first()
+        assert hit is not None and hit[0].id == 17
+
+
+def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    started, pause = time.monotonic(), threading.Event()
+    while not condition():
+        assert time.monotonic() - started < timeout, "not true within the time allowed"
+        pause.wait(0.05)

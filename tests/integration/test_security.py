@@ -434,3 +434,68 @@ def test_data_only_dump_restores_through_the_triggers(engine: Engine) -> None:
     with Session(engine) as session:
         assert session.scalar(text("SELECT count(*) FROM docs")) == before
         assert_statistics_exact(session, Doc)
+
+
+#: What the embedding worker's statements and the notify trigger could resolve to on the path:
+#: the stale condition's text functions over ``varchar`` fields, ``pg_notify`` with a ``name``,
+#: and ``varchar`` comparisons (``embedding_model`` is ``varchar``).
+WORKER_TRAPS = [
+    ("btrim", ["character varying", "text"], "text"),
+    ("btrim", ["character varying", "character varying"], "text"),
+    ("concat_ws", ["text", "character varying", "character varying"], "text"),
+    ("concat_ws", ["text", "character varying", "text"], "text"),
+    ("convert_to", ["text", "text"], "bytea"),
+    ("pg_notify", ["name", "text"], "boolean"),
+    ("pg_notify", ["character varying", "character varying"], "boolean"),
+]
+
+
+def _plant_worker_traps(session: Session, attacker: str) -> None:
+    session.execute(text(f'SET LOCAL ROLE "{attacker}"'))
+    for schema in ("attacker", "public"):
+        for name, arguments, returns in WORKER_TRAPS:
+            session.execute(text(_trap(schema, name, arguments, returns, "NULL")))
+        for symbol, label in (("=", "eq"), ("<>", "ne")):
+            function = f"op_{label}_varchar"
+            body = f"a0::text OPERATOR(pg_catalog.{symbol}) a1::text"
+            varchar = "character varying"
+            session.execute(text(_trap(schema, function, [varchar, varchar], "boolean", body)))
+            session.execute(
+                text(
+                    f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {varchar}, "
+                    f"RIGHTARG = {varchar}, FUNCTION = {schema}.{function})"
+                )
+            )
+    session.execute(text("RESET ROLE"))
+
+
+def test_the_worker_and_its_notifications_meet_no_trap(engine: Engine, roles: Roles) -> None:
+    """Worker-mode writes as the application role (the hook's NOTIFY, the optional trigger's),
+    then a worker pass as a superuser: no planted overload runs, and the rows are embedded."""
+    from vecorm.embedding.notify import create_notify_trigger
+    from vecorm.embedding.worker import Worker
+
+    with Session(engine) as session:
+        _plant_traps(session, roles.attacker)
+        _plant_worker_traps(session, roles.attacker)
+        vecorm.grant_access(session, Doc, roles.app)
+        session.commit()
+    with engine.begin() as conn:
+        create_notify_trigger(conn, Doc)
+    with Session(engine) as session:
+        vecorm.install(session, mode="worker")
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        session.add_all(Doc(id=i, title=f"vacuum {i}", body="lock") for i in range(1, 6))
+        session.commit()
+        session.execute(text(f'SET LOCAL ROLE "{roles.app}"'))
+        session.execute(text("UPDATE docs SET title = 'wal' WHERE id = 5"))
+        session.commit()
+        vecorm.uninstall(session)
+    worker = Worker(engine, [Doc])
+    result = worker.run_once()
+    assert worker.run_once().embedded == 0  # current rows: every part of the condition runs
+    with Session(engine) as session:
+        assert calls(session) == []
+        assert not is_superuser(session, roles.attacker)
+        assert session.scalar(text("SELECT count(*) FROM docs WHERE embedding IS NULL")) == 0
+    assert result.embedded == 5

@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -52,10 +52,12 @@ from sqlalchemy import (
     ColumnElement,
     String,
     TableClause,
+    Text,
     Update,
     and_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     or_,
@@ -76,6 +78,7 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError,
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig, search_config
+from vecorm.schema.pgcatalog import pg
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
 
@@ -129,10 +132,10 @@ class EmbeddingColumns:
         """The row's text in SQL, composed exactly as :func:`vecorm.embedding.source.source_text`
         does."""
         parts = [
-            case((func.btrim(column, PYTHON_WHITESPACE) == "", None), else_=column)
+            case((pg.btrim(column, PYTHON_WHITESPACE) == _text(""), None), else_=column)
             for column in self.fields
         ]
-        return func.concat_ws("\n", *parts)
+        return pg.concat_ws(_text("\n"), *parts)
 
     @property
     def exact_in_sql(self) -> bool:
@@ -145,13 +148,20 @@ class EmbeddingColumns:
         reasons: list[ColumnElement[bool]] = [
             self.embedding.is_(None),
             self.digest.is_(None),
-            self.model.is_distinct_from(literal(model_name, String)),
+            # as text: an exact `=(varchar, varchar)` elsewhere on the path would beat
+            # pg_catalog's text operator (docs/security.md)
+            cast(self.model, Text).is_distinct_from(_text(model_name)),
         ]
         if self.exact_in_sql:
-            reasons.append(self.digest != func.sha256(func.convert_to(body, "UTF8")))
+            reasons.append(self.digest != pg.sha256(pg.convert_to(body, "UTF8")))
         else:  # e.g. a numeric field: str() and ::text may differ, so Python decides
             reasons.append(literal(True))
-        return and_(body != "", or_(*reasons))
+        return and_(body != _text(""), or_(*reasons))
+
+
+def _text(value: str) -> ColumnElement[str]:
+    """``value`` bound as ``text``, so operators against it resolve to pg_catalog's."""
+    return literal(value, Text)
 
 
 def columns_of(model: type[Any]) -> EmbeddingColumns:
@@ -267,6 +277,23 @@ def check_no_pending_work(session: Session, owner: str) -> None:
         )
 
 
+def checked_batch_size(
+    columns: EmbeddingColumns, embedder: Embedder, batch_size: int | None
+) -> int:
+    """``batch_size`` (default: the provider's ``max_batch_size``), once it and the provider's
+    width are known to fit ``columns``."""
+    size = batch_size if batch_size is not None else embedder.max_batch_size
+    if size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, not {size}")
+    width = getattr(embedder, "dimensions", None)
+    if width is not None and width != columns.dimensions:
+        raise DimensionMismatch(
+            f"{columns.owner}.{columns.embedding.name} has {columns.dimensions} dimensions but "
+            f"embedder {embedder.model_name!r} returns {width}"
+        )
+    return size
+
+
 def run_backfill(
     session: Session,
     columns: EmbeddingColumns,
@@ -278,22 +305,14 @@ def run_backfill(
     log_every: float | None = LOG_EVERY,
 ) -> BackfillResult:
     """:func:`backfill` on explicit columns (a model's own, or a model change's shadow)."""
-    size = batch_size if batch_size is not None else embedder.max_batch_size
-    if size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, not {size}")
-    width = getattr(embedder, "dimensions", None)
-    if width is not None and width != columns.dimensions:
-        raise DimensionMismatch(
-            f"{columns.owner}.{columns.embedding.name} has {columns.dimensions} dimensions but "
-            f"embedder {embedder.model_name!r} returns {width}"
-        )
+    size = checked_batch_size(columns, embedder, batch_size)
     check_no_pending_work(session, columns.owner)
     if session.in_transaction():
         session.commit()  # a read-only transaction: start from committed state
     started = time.perf_counter()
     total = count_stale(session, columns, embedder.model_name)
     session.commit()
-    counters = _Counters(
+    counters = Counters(
         label=description or f"backfill {columns.owner}",
         total=total,
         log_every=log_every,
@@ -303,14 +322,14 @@ def run_backfill(
     with progress_bar(
         total=total, desc=description or f"backfill {columns.owner}", enabled=progress
     ) as bar:
-        for sweep in range(1, MAX_SWEEPS + 1):
+        for attempt in range(1, MAX_SWEEPS + 1):
             before = counters.embedded
-            _sweep(session, columns, embedder, size, bar, counters, skip_locked=True)
+            sweep(session, columns, embedder, size, counters, skip_locked=True, bar=bar)
             remaining = count_stale(session, columns, embedder.model_name)
             session.commit()
             if remaining == 0:
                 break
-            if sweep == MAX_SWEEPS:
+            if attempt == MAX_SWEEPS:
                 # Writers without the flush hook keep making rows stale: stop instead of
                 # chasing them; stale_count() tells, and a later run picks them up.
                 log.info(
@@ -321,7 +340,7 @@ def run_backfill(
                 break
             if counters.embedded == before:
                 # what is left is locked by other transactions: wait for them, then stop
-                _sweep(session, columns, embedder, size, bar, counters, skip_locked=False)
+                sweep(session, columns, embedder, size, counters, skip_locked=False, bar=bar)
                 break
     if counters.logged > started:  # a long run logged progress: say when it is done
         counters.log("done: ")
@@ -335,24 +354,17 @@ def embed_stale_in_transaction(
 ) -> BackfillResult:
     """Embed every stale row inside the session's current transaction, committing nothing."""
     started = time.perf_counter()
-    counters = _Counters()
-    _sweep(
-        session,
-        columns,
-        embedder,
-        batch_size,
-        SilentBar(),
-        counters,
-        skip_locked=False,
-        commit=False,
-    )
+    counters = Counters()
+    sweep(session, columns, embedder, batch_size, counters, skip_locked=False, commit=False)
     return BackfillResult(
         counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
     )
 
 
 @dataclass
-class _Counters:
+class Counters:
+    """What sweeps did so far, updated after each committed batch (a worker's running totals)."""
+
     embedded: int = 0
     batches: int = 0
     calls: int = 0
@@ -361,6 +373,8 @@ class _Counters:
     log_every: float | None = None
     started: float = 0.0
     logged: float = 0.0
+    #: ``time.time()`` when the last batch was committed (0.0: none yet).
+    last_batch: float = 0.0
 
     def tick(self) -> None:
         """Log progress if ``log_every`` seconds passed since the last line."""
@@ -386,27 +400,35 @@ class _Counters:
         )
 
 
-def _sweep(
+def sweep(
     session: Session,
     columns: EmbeddingColumns,
     embedder: Embedder,
     size: int,
-    bar: Bar,
-    counters: _Counters,
+    counters: Counters,
     *,
     skip_locked: bool,
     commit: bool = True,
+    bar: Bar | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """One pass over the table in primary-key order, a committed transaction per batch.
 
-    With ``commit=False`` everything happens in the caller's transaction (a model change's
-    final catch-up, under a table lock). On a table Citus distributes, one pass per
-    distribution value of the stale rows: Citus runs ``FOR UPDATE`` only in a query routed to
-    one shard, which an equality on that column makes it.
+    Each batch is claimed (``FOR UPDATE``, ``SKIP LOCKED`` if asked), embedded, written and
+    committed; ``counters`` (and ``bar``) then count it. With ``commit=False`` everything
+    happens in the caller's transaction (a model change's final catch-up, under a table
+    lock). ``stop`` is asked after each committed batch: true, the pass ends there (a worker
+    shutting down). A provider's failure rolls the batch in flight back (its rows stay stale)
+    and raises :class:`~vecorm.errors.EmbeddingError`. On a table Citus distributes, one pass
+    per distribution value of the stale rows: Citus runs ``FOR UPDATE`` only in a query
+    routed to one shard, which an equality on that column makes it.
     """
+    shown = bar if bar is not None else SilentBar()
     column = distribution_column(session.connection(), columns.table)
     if column is None:
-        _sweep_rows(session, columns, embedder, size, bar, counters, skip_locked, commit, None)
+        _sweep_rows(
+            session, columns, embedder, size, shown, counters, skip_locked, commit, None, stop
+        )
         return
     routed = columns.table.c[column]
     values = session.execute(
@@ -414,7 +436,11 @@ def _sweep(
     ).scalars()
     for value in list(values):
         only = routed == value
-        _sweep_rows(session, columns, embedder, size, bar, counters, skip_locked, commit, only)
+        _sweep_rows(
+            session, columns, embedder, size, shown, counters, skip_locked, commit, only, stop
+        )
+        if stop is not None and stop():
+            return
 
 
 def _sweep_rows(
@@ -423,12 +449,13 @@ def _sweep_rows(
     embedder: Embedder,
     size: int,
     bar: Bar,
-    counters: _Counters,
+    counters: Counters,
     skip_locked: bool,
     commit: bool,
     only: ColumnElement[bool] | None,
+    stop: Callable[[], bool] | None,
 ) -> None:
-    """The batches of one pass (over the rows ``only`` selects, if given)."""
+    """The batches of one pass (over the rows ``only`` selects, if given), until ``stop()``."""
     after: tuple[Any, ...] | None = None
     width = len(columns.keys)
     while True:
@@ -467,10 +494,13 @@ def _sweep_rows(
             raise
         counters.batches += 1
         counters.embedded += len(work)
+        counters.last_batch = time.time()
         counters.tick()
         if bar.total is not None and bar.n + len(work) > bar.total:
             bar.total = bar.n + len(work)
         bar.update(len(work))
+        if stop is not None and stop():
+            return
 
 
 def _stale_rows(

@@ -30,6 +30,11 @@ Failure modes (``mode=`` here, or ``SearchConfig(embedding_mode=...)`` per model
 ``"deferred"``
     Rows whose batch failed are written with a NULL embedding (and NULL digest and model), which
     makes them stale; :func:`vecorm.embedding.backfill` embeds them later.
+``"worker"``
+    The provider is never called: new rows are written without a vector, edited rows keep
+    their previous one (now stale: its digest is of the old text), and the flush sends
+    ``NOTIFY vecorm_embed, '<table>'``, delivered at COMMIT, to wake a
+    :class:`vecorm.embedding.worker.Worker` (``vecorm worker``). No embedder is needed here.
 
 With an ``AsyncSession`` the flush runs in SQLAlchemy's greenlet; the hook awaits the provider's
 ``aembed`` (or runs ``embed`` in a worker thread) through that bridge, so the event loop is never
@@ -76,15 +81,15 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix, check_embeddings
 from vecorm.embedding.embedders.query import executing_embedder, executing_with
+from vecorm.embedding.notify import notify_tables, vector_table
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
-from vecorm.schema.config import EmbeddingMode, SearchConfig
+from vecorm.schema.config import EMBEDDING_MODES, EmbeddingMode, SearchConfig
 
 __all__ = ["install", "installed_embedder", "is_installed", "uninstall"]
 
 logger = logging.getLogger("vecorm.embedding.events")
 
-_MODES: tuple[EmbeddingMode, ...] = ("strict", "deferred")
 _FLUSH_MARK = "vecorm.embedded"
 #: Primary keys per ``IN (...)`` when loading stored digests.
 _LOAD_CHUNK = 1000
@@ -130,14 +135,15 @@ def install(
     ``target`` is a ``Session``, ``sessionmaker``, ``scoped_session``, ``AsyncSession``,
     ``async_sessionmaker`` or ``async_scoped_session`` (or a ``Session`` subclass). ``embedder``
     serves models whose ``SearchConfig`` has none of its own, on flush and for text queries
-    the sessions execute; ``mode`` is ``"strict"`` or
-    ``"deferred"`` (see the module docs). Calling it again on the same sessions (an app factory
-    run twice) replaces the earlier installation. Example::
+    the sessions execute; ``mode`` is ``"strict"``, ``"deferred"`` or ``"worker"`` (see the
+    module docs). Calling it again on the same sessions (an app factory run twice) replaces
+    the earlier installation. Example::
 
         vecorm.install(async_sessionmaker(engine), embedder=HashingEmbedder(384))
+        vecorm.install(SessionLocal, mode="worker")    # requests leave embedding to workers
     """
-    if mode not in _MODES:
-        raise ConfigurationError(f"mode must be 'strict' or 'deferred', not {mode!r}")
+    if mode not in EMBEDDING_MODES:
+        raise ConfigurationError(f"mode must be 'strict', 'deferred' or 'worker', not {mode!r}")
     if embedder is not None and not callable(getattr(embedder, "embed", None)):
         raise ConfigurationError(
             f"embedder {embedder!r} has no embed(texts) method; pass a vecorm Embedder"
@@ -311,11 +317,21 @@ def _before_flush(
         if not candidates:
             return
         stored = _load_stored(session, candidates)
-        groups = _plan(installation, candidates, stored)
+        groups, left = _plan(installation, candidates, stored)
+        _notify_workers(session, left)
         if not groups:
             return
         vectors = _embed_groups(groups)
         _assign(groups, vectors)
+
+
+def _notify_workers(session: Session, left: set[type[Any]]) -> None:
+    """``NOTIFY`` the tables of the classes whose rows this flush left to workers, on the
+    connection (and so in the transaction) that writes them."""
+    by_table: dict[str, type[Any]] = {vector_table(cls).name: cls for cls in left}
+    for name, cls in sorted(by_table.items()):
+        connection = session.connection(bind_arguments={"mapper": sa_inspect(cls)})
+        notify_tables(connection, [name])
 
 
 @dataclass(eq=False)
@@ -409,9 +425,11 @@ def _plan(
     installation: _Installation,
     candidates: list[_Candidate],
     stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored],
-) -> list[_Group]:
-    """Decide per candidate: keep an assigned vector, clear it, skip it, or embed its text."""
+) -> tuple[list[_Group], set[type[Any]]]:
+    """Decide per candidate: keep an assigned vector, clear it, skip it, embed its text, or
+    leave it to a worker; returns the groups to embed and the classes left to workers."""
     groups: dict[GroupKey, _Group] = {}
+    left: set[type[Any]] = set()
     for candidate in candidates:
         config = candidate.config
         instance = candidate.instance
@@ -429,25 +447,35 @@ def _plan(
             ):
                 _clear(instance)
             continue
+        mode = config.embedding_mode or installation.mode
         if embedder is None:
+            if mode == "worker":  # the worker has the embedder; the request needs none
+                left.add(cls)
+                continue
             raise ConfigurationError(
                 f"{cls.__name__} has text to embed but no embedder: pass "
                 f"vecorm.install(..., embedder=...) or SearchConfig(embedder=...)"
             )
         _check_dimensions(cls.__name__, config, embedder)
-        model_name = embedder.model_name
-        if (
-            row is not None
-            and not row.embedding_is_null
-            and row.digest == digest
-            and row.model == model_name
-        ):
+        if _is_current(row, digest, embedder.model_name):
             continue  # the text was edited back to what is already embedded
-        mode = config.embedding_mode or installation.mode
+        if mode == "worker":
+            left.add(cls)
+            continue
         group = groups.setdefault((id(embedder), mode), _Group(embedder, mode))
         group.jobs.append(_Job(instance, text, digest))
         group.classes.add(cls.__name__)
-    return list(groups.values())
+    return list(groups.values()), left
+
+
+def _is_current(row: _Stored | None, digest: bytes, model_name: str) -> bool:
+    """Whether the stored row already holds ``model_name``'s vector of the text of ``digest``."""
+    return (
+        row is not None
+        and not row.embedding_is_null
+        and row.digest == digest
+        and row.model == model_name
+    )
 
 
 def _field_values(candidate: _Candidate, row: _Stored | None) -> SimpleNamespace:

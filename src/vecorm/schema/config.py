@@ -47,7 +47,8 @@ Storage = Literal["vector", "halfvec"]
 #: binary-quantized ``bit`` string (1/32 of ``vector``), whose candidates are re-ranked exactly.
 Precision = Literal["vector", "halfvec", "bit"]
 PRECISIONS: tuple[Precision, ...] = ("vector", "halfvec", "bit")
-EmbeddingMode = Literal["strict", "deferred"]
+EmbeddingMode = Literal["strict", "deferred", "worker"]
+EMBEDDING_MODES: tuple[EmbeddingMode, ...] = ("strict", "deferred", "worker")
 #: How ``search_vector`` is kept: a ``GENERATED ... STORED`` column, or a plain column that a
 #: row trigger fills (addable to a big table without a rewrite; docs/adopting.md).
 SearchVectorMode = Literal["generated", "trigger"]
@@ -315,9 +316,11 @@ class SearchConfig:
     weights: Mapping[str, str] | None = None
     text_index: bool = True
     embedder: Embedder | None = field(default=None, compare=False)
-    #: What a flush does when the provider fails: ``"strict"`` raises and writes nothing,
-    #: ``"deferred"`` writes the rows with a NULL embedding for :func:`vecorm.embedding.backfill`.
-    #: ``None`` follows the mode given to :func:`vecorm.install`.
+    #: How a flush embeds: ``"strict"`` calls the provider and raises (writing nothing) when it
+    #: fails, ``"deferred"`` writes a failed batch's rows with a NULL embedding for
+    #: :func:`vecorm.embedding.backfill`, ``"worker"`` never calls the provider and leaves
+    #: changed rows to a ``vecorm worker`` (docs/embedding.md). ``None`` follows the mode
+    #: given to :func:`vecorm.install`.
     embedding_mode: EmbeddingMode | None = None
     embedding_column: str = "embedding"
     tsvector_column: str = "search_vector"
@@ -439,9 +442,10 @@ class SearchConfig:
             raise fail(
                 f"search_vector must be 'generated' or 'trigger', not {self.search_vector!r}"
             )
-        if self.embedding_mode not in (None, "strict", "deferred"):
+        if self.embedding_mode is not None and self.embedding_mode not in EMBEDDING_MODES:
             raise fail(
-                f"embedding_mode must be 'strict', 'deferred' or None, not {self.embedding_mode!r}"
+                "embedding_mode must be 'strict', 'deferred', 'worker' or None, not "
+                f"{self.embedding_mode!r}"
             )
         if self.embedder is not None and getattr(self.embedder, "dimensions", None) not in (
             None,

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Text, func, text
+from sqlalchemy import Table, Text, func, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+
+from vecorm.errors import ConfigurationError
 
 pg = func.pg_catalog
 
@@ -35,6 +37,30 @@ def relation_exists(connection: Connection, name: str) -> bool:
     """Whether ``name`` (quoted or plain, optionally schema-qualified) names a relation on
     ``connection``'s search_path."""
     return connection.execute(_REGCLASS, {"name": name}).scalar() is not None
+
+
+# The server quotes the name: a bound value is not escaped for the driver's paramstyle.
+_SCHEMA_OF = text(
+    "SELECT n.nspname FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident(:name))"
+)
+
+
+def table_schema(connection: Connection, table: Table) -> str:
+    """The schema ``table`` lives in on ``connection`` (its own, or the one the connection's
+    ``search_path`` resolves it to, else the connection's current schema)."""
+    if table.schema:
+        return table.schema
+    found = connection.execute(_SCHEMA_OF, {"name": table.name}).scalar()
+    if found is None:
+        found = connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
+    if found is None:
+        raise ConfigurationError(
+            f"table {table.name!r}: no schema to create its functions and triggers in (the "
+            "search_path names no existing schema); give the model a schema"
+        )
+    return str(found)
 
 
 class _TextSearchCall(FunctionElement[Any]):

@@ -2,6 +2,7 @@
 
     vecorm demo             # the README's demo on the embedded server
     vecorm backfill myapp.models:Document   # embed missing or stale rows, resumable
+    vecorm worker myapp.models:Document     # embed what requests leave, until SIGTERM
     vecorm doctor myapp.models:Document     # versions, extension, indexes, stale rows
     vecorm bench --rows 10000               # exact vs IVFFlat vs HNSW, recall vs latency
     vecorm adopt myapp.models:Document   # take over vectors already in the table
@@ -294,6 +295,98 @@ def backfill(
         )
     if left:
         click.echo(f"{name}: {left} rows became stale meanwhile; run the command again")
+
+
+@main.command()
+@click.argument("model_paths", metavar="MODULE:MODEL...", nargs=-1, required=True)
+@click.option(
+    "--embedder",
+    "embedder_name",
+    default=None,
+    metavar="NAME",
+    help=f"{_EMBEDDER_HELP} (default: each model's SearchConfig(embedder=...)).",
+)
+@click.option(
+    "--database-url",
+    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
+    default=None,
+    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per transaction (default: the provider's batch size).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds between passes over every model, for rows written without a notification.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file the worker rewrites with its health (JSON), for --check.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Do not run: print the health of the worker writing --heartbeat and the backlog as "
+    "JSON; exit 1 when it is unhealthy.",
+)
+@click.option(
+    "--max-lag",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="With --check: seconds without a heartbeat, or with rows waiting since the worker "
+    "last caught up, that make it unhealthy (keep it above --poll-interval).",
+)
+def worker(
+    model_paths: tuple[str, ...],
+    embedder_name: str | None,
+    database_url: str | None,
+    batch_size: int | None,
+    poll_interval: float,
+    heartbeat: str | None,
+    check: bool,
+    max_lag: float,
+) -> None:
+    """Embed the rows of MODULE:MODEL... that requests leave (install(mode="worker")), raw SQL
+    or COPY write, as they come, until SIGTERM or SIGINT (see docs/embedding.md).
+
+    Woken by NOTIFY, with a full pass every --poll-interval seconds; run as many as you like.
+    The first signal lets the batch in flight commit, then exits 0.
+    """
+    import json
+
+    from vecorm.tools.clitools import require_url
+    from vecorm.tools.worker_command import check_worker, run_worker
+
+    url = require_url(database_url)
+    if not check:
+        run_worker(
+            url,
+            model_paths,
+            embedder_name=embedder_name,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            heartbeat=heartbeat,
+        )
+        return
+    if heartbeat is None:
+        raise click.UsageError(
+            "--check reads the running worker's heartbeat: pass --heartbeat PATH"
+        )
+    report, healthy = check_worker(
+        url, model_paths, embedder_name=embedder_name, heartbeat=heartbeat, max_lag=max_lag
+    )
+    click.echo(json.dumps(report, indent=2))
+    if not healthy:
+        raise SystemExit(1)
 
 
 @main.command()

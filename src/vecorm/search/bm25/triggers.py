@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import Table
-from sqlalchemy import text as sql_text
-from sqlalchemy.engine import Connection
-
-from vecorm.errors import ConfigurationError
+from vecorm.schema.pgcatalog import table_schema
 from vecorm.search.bm25 import ddl
 from vecorm.search.bm25.ddl import COMMENT_PREFIX, SEARCH_PATH, TRIGGER_EVENTS
 from vecorm.search.bm25.tables import BM25Tables
@@ -29,29 +25,6 @@ __all__ = [
     "trigger_definitions",
     "trigger_names",
 ]
-
-# The server quotes the name: a bound value is not escaped for the driver's paramstyle.
-_SCHEMA_OF = sql_text(
-    "SELECT n.nspname FROM pg_catalog.pg_class c "
-    "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident(:name))"
-)
-
-
-def table_schema(connection: Connection, table: Table) -> str:
-    """The schema ``table`` lives in on ``connection`` (its own, or the one the connection's
-    ``search_path`` resolves it to, else the connection's current schema)."""
-    if table.schema:
-        return table.schema
-    found = connection.execute(_SCHEMA_OF, {"name": table.name}).scalar()
-    if found is None:
-        found = connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
-    if found is None:
-        raise ConfigurationError(
-            f"table {table.name!r}: no schema to create its BM25 functions in (the "
-            "search_path names no existing schema); give the model a schema"
-        )
-    return str(found)
 
 
 def function_definitions(tables: BM25Tables, schema: str) -> dict[str, str]:
