@@ -142,9 +142,12 @@ class _Bodies:
     FROM d CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
 
     def remove(self, source: str) -> str:
-        """Statements removing the documents of ``source`` (as they were stored)."""
+        """Statements removing the documents of ``source`` (as they were stored). A NULL
+        tsvector has no postings: skipping those rows keeps an online fill (every old
+        version NULL) from joining each batch against every posting written before it."""
         return f"""{self.counts(source, "-")}
-    DELETE FROM {self.postings} p USING {source} s WHERE {self.key_match("p", "s")};"""
+    DELETE FROM {self.postings} p USING {source} s
+    WHERE s.{self.vector} IS NOT NULL AND {self.key_match("p", "s")};"""
 
     def fold(self) -> str:
         """Fold the deltas this transaction sees into the terms table (sorted upsert), then
