@@ -497,3 +497,16 @@ def test_an_unfiltered_search_uses_the_index_on_wide_vectors(
         found = session.execute(filtered).all()
         assert [row.id % 2 for row, _ in found] == [1] * 10
         assert [d for _, d in found] == sorted(d for _, d in found)
+
+
+def test_an_invalidated_connection_still_closes(plain_engine: Engine) -> None:
+    """The ROLLBACK listener that forgets the settings must not touch the DBAPI connection an
+    invalidated Connection no longer has (it raised PendingRollbackError from close())."""
+    conn = plain_engine.connect()
+    conn.execute(SETTINGS.execution_options(**ASKED).add_columns(text("'[1]'::vector")))
+    conn.invalidate()
+    conn.close()  # rolls back the transaction it was in
+    assert conn.closed
+    with plain_engine.connect() as fresh:
+        _load(fresh)
+        assert _settings(fresh) == DEFAULTS

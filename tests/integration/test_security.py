@@ -499,3 +499,50 @@ def test_the_worker_and_its_notifications_meet_no_trap(engine: Engine, roles: Ro
         assert not is_superuser(session, roles.attacker)
         assert session.scalar(text("SELECT count(*) FROM docs WHERE embedding IS NULL")) == 0
     assert result.embedded == 5
+
+
+class Slug(vecorm.Searchable, Base):
+    """A text primary key: every statement that addresses rows compares ``varchar`` keys."""
+
+    __tablename__ = "slugs"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title",), dimensions=DIMS, embedder=EMBEDDER, index=None, bm25=None
+    )
+    slug: Mapped[str] = mapped_column(String(40), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+
+
+def _plant_varchar_comparisons(session: Session, attacker: str) -> None:
+    varchar = "character varying"
+    session.execute(text(f'SET LOCAL ROLE "{attacker}"'))
+    for schema in ("attacker", "public"):
+        for symbol, label in (("<", "lt"), (">", "gt"), ("<=", "le"), (">=", "ge")):
+            function = f"op_{label}_varchar"
+            body = f"a0::text OPERATOR(pg_catalog.{symbol}) a1::text"
+            session.execute(text(_trap(schema, function, [varchar, varchar], "boolean", body)))
+            session.execute(
+                text(
+                    f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {varchar}, "
+                    f"RIGHTARG = {varchar}, FUNCTION = {schema}.{function})"
+                )
+            )
+    session.execute(text("RESET ROLE"))
+
+
+def test_a_backfill_of_text_keys_meets_no_trap(engine: Engine, roles: Roles) -> None:
+    """Backfill batches claimed after a text key, written by text key: with ``=``, ``<``,
+    ``>`` ... overloads for ``varchar`` planted, none runs (vecorm writes
+    ``OPERATOR(pg_catalog.=)`` for built-in key types)."""
+    with Session(engine) as session:
+        _plant_worker_traps(session, roles.attacker)
+        _plant_varchar_comparisons(session, roles.attacker)
+        session.commit()
+    with engine.begin() as conn:  # rows written without the hook: every one is stale
+        conn.execute(insert(Slug), [{"slug": f"s{i:03d}", "title": f"wal {i}"} for i in range(7)])
+    with Session(engine) as session:
+        result = vecorm.backfill(session, Slug, batch_size=3)  # three batches, two cursors
+    assert result.embedded == 7
+    with Session(engine) as session:
+        assert calls(session) == []
+        assert not is_superuser(session, roles.attacker)
+        assert session.scalar(text("SELECT count(*) FROM slugs WHERE embedding IS NULL")) == 0

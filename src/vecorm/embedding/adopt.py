@@ -48,6 +48,7 @@ from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch
 from vecorm.progress import ProgressChoice, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
+from vecorm.schema.pgcatalog import compare
 
 __all__ = ["AdoptResult", "adopt", "check_existing_column"]
 
@@ -252,7 +253,7 @@ def _record_in_sql(
         .with_for_update(of=columns.table)
     )
     if after is not None:
-        claim = claim.where(tuple_(*columns.keys) > tuple_(*after))
+        claim = claim.where(compare(tuple_(*columns.keys), ">", tuple_(*after)))
     statement = (
         update(columns.table)
         .where(tuple_(*columns.keys).in_(claim), _pending(columns))
@@ -286,7 +287,7 @@ def _record_in_python(
         .with_for_update(of=columns.table)
     )
     if after is not None:
-        claim = claim.where(tuple_(*columns.keys) > tuple_(*after))
+        claim = claim.where(compare(tuple_(*columns.keys), ">", tuple_(*after)))
     rows = session.execute(claim).all()
     if not rows:
         return 0, None

@@ -78,7 +78,7 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError,
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig, search_config
-from vecorm.schema.pgcatalog import pg
+from vecorm.schema.pgcatalog import catalog_operator, compare, has_catalog_operators, pg
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
 
@@ -435,7 +435,7 @@ def sweep(
         select(routed).where(columns.stale(embedder.model_name)).distinct().order_by(routed)
     ).scalars()
     for value in list(values):
-        only = routed == value
+        only = compare(routed, "=", value)
         _sweep_rows(
             session, columns, embedder, size, shown, counters, skip_locked, commit, only, stop
         )
@@ -475,7 +475,7 @@ def _sweep_rows(
         if only is not None:
             statement = statement.where(only)
         if after is not None:
-            statement = statement.where(tuple_(*columns.keys) > tuple_(*after))
+            statement = statement.where(compare(tuple_(*columns.keys), ">", tuple_(*after)))
         try:
             rows = session.execute(statement).all()
             if not rows:
@@ -611,7 +611,7 @@ def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextC
     table = preparer.format_table(columns.table)
     names = [f"k{n}" for n in range(width)]
     match = " AND ".join(
-        f"{table}.{preparer.quote(key.name)} = vecorm_batch.{name}"
+        f"{table}.{preparer.quote(key.name)} {_equals(key)} vecorm_batch.{name}"
         for key, name in zip(columns.keys, names, strict=True)
     )
     statement = (
@@ -624,6 +624,10 @@ def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextC
     return text(statement).bindparams(*binds)
 
 
+def _equals(key: ColumnElement[Any]) -> str:
+    return catalog_operator("=") if has_catalog_operators(key.type) else "="
+
+
 def keyed_update(columns: EmbeddingColumns, values: Mapping[str, Any]) -> Update:
     """``UPDATE table SET column = :name ... WHERE pk = :vecorm_key_<n>`` for ``executemany``.
 
@@ -634,7 +638,7 @@ def keyed_update(columns: EmbeddingColumns, values: Mapping[str, Any]) -> Update
         update(columns.table)
         .where(
             *(
-                column == bindparam(f"vecorm_key_{n}", type_=column.type)
+                compare(column, "=", bindparam(f"vecorm_key_{n}", type_=column.type))
                 for n, column in enumerate(columns.keys)
             )
         )

@@ -17,14 +17,18 @@ special-cases have their own constructs here (``to_tsvector(config, text)`` ...)
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
-from sqlalchemy import Table, Text, func, text
+from sqlalchemy import Table, Text, TypeDecorator, func, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnElement, Tuple
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeEngine
 
 from vecorm.errors import ConfigurationError
 
@@ -116,3 +120,54 @@ def _compile_text_search(element: _TextSearchCall, compiler: SQLCompiler, **kw: 
 
 for _call in (to_tsvector, plainto_tsquery, phraseto_tsquery, websearch_to_tsquery, ts_headline):
     compiles(_call)(_compile_text_search)
+
+
+# --------------------------------------------------------------------------- operators
+
+#: Column types whose comparison operators are pg_catalog's own (for a type of an extension,
+#: ``citext`` say, they live in the extension's schema: those keep the plain operator).
+_CATALOG_TYPES: tuple[type[TypeEngine[Any]], ...] = (
+    sqltypes.Integer,
+    sqltypes.Numeric,
+    sqltypes.String,
+    sqltypes.Uuid,
+    sqltypes.Date,
+    sqltypes.DateTime,
+    sqltypes.Time,
+    sqltypes.Interval,
+    sqltypes.Boolean,
+    sqltypes.LargeBinary,
+)
+_PYTHON_OPERATORS = {
+    "=": operator.eq,
+    "<>": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def has_catalog_operators(type_: TypeEngine[Any]) -> bool:
+    """Whether ``type_``'s comparisons resolve to pg_catalog's operators (a built-in type)."""
+    return isinstance(type_, _CATALOG_TYPES) and not isinstance(type_, TypeDecorator)
+
+
+def catalog_operator(symbol: str) -> str:
+    """``OPERATOR(pg_catalog.=)``: written so in SQL, an operator resolves in pg_catalog
+    only, where a planted ``=(varchar, varchar)`` on the search_path cannot win."""
+    if symbol not in _PYTHON_OPERATORS:
+        raise ConfigurationError(f"not a comparison operator: {symbol!r}")
+    return f"OPERATOR(pg_catalog.{symbol})"
+
+
+def compare(left: Any, symbol: str, right: Any) -> ColumnElement[bool]:
+    """``left <symbol> right`` with pg_catalog's operator when ``left`` is a column (or a
+    tuple of columns, compared as rows) of built-in types; the plain operator otherwise::
+
+        compare(Document.__table__.c.id, "=", 5)       # id OPERATOR(pg_catalog.=) :id_1
+    """
+    columns = list(left.clauses) if isinstance(left, Tuple) else [left]
+    if all(has_catalog_operators(column.type) for column in columns):
+        return left.op(catalog_operator(symbol), is_comparison=True)(right)  # type: ignore[no-any-return]
+    return _PYTHON_OPERATORS[symbol](left, right)  # type: ignore[no-any-return]

@@ -509,7 +509,10 @@ def _transaction_status(conn: Connection) -> int | None:
 
 
 def _forget(conn: Connection) -> None:
-    """COMMIT or ROLLBACK: SET LOCAL ends with the transaction, so does vecorm's record."""
+    """COMMIT or ROLLBACK: SET LOCAL ends with the transaction, so does vecorm's record. (An
+    invalidated connection has no DBAPI connection left, nor anything to forget.)"""
+    if conn.invalidated or conn.closed:
+        return
     conn.info.pop(_STATE_KEY, None)
 
 
