@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -455,18 +455,24 @@ def _plant_worker_traps(session: Session, attacker: str) -> None:
     for schema in ("attacker", "public"):
         for name, arguments, returns in WORKER_TRAPS:
             session.execute(text(_trap(schema, name, arguments, returns, "NULL")))
-        for symbol, label in (("=", "eq"), ("<>", "ne")):
-            function = f"op_{label}_varchar"
-            body = f"a0::text OPERATOR(pg_catalog.{symbol}) a1::text"
-            varchar = "character varying"
-            session.execute(text(_trap(schema, function, [varchar, varchar], "boolean", body)))
-            session.execute(
-                text(
-                    f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {varchar}, "
-                    f"RIGHTARG = {varchar}, FUNCTION = {schema}.{function})"
-                )
-            )
+        _plant_varchar_operators(session, schema, ("=", "<>"))
     session.execute(text("RESET ROLE"))
+
+
+def _plant_varchar_operators(session: Session, schema: str, symbols: Sequence[str]) -> None:
+    """``symbol(varchar, varchar)`` operators in ``schema`` that record their call and answer
+    as pg_catalog's would (run as the attacker)."""
+    varchar = "character varying"
+    for symbol in symbols:
+        function = f"op_{OPERATORS[symbol]}_varchar"
+        body = f"a0::text OPERATOR(pg_catalog.{symbol}) a1::text"
+        session.execute(text(_trap(schema, function, [varchar, varchar], "boolean", body)))
+        session.execute(
+            text(
+                f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {varchar}, "
+                f"RIGHTARG = {varchar}, FUNCTION = {schema}.{function})"
+            )
+        )
 
 
 def test_the_worker_and_its_notifications_meet_no_trap(engine: Engine, roles: Roles) -> None:
@@ -513,19 +519,9 @@ class Slug(vecorm.Searchable, Base):
 
 
 def _plant_varchar_comparisons(session: Session, attacker: str) -> None:
-    varchar = "character varying"
     session.execute(text(f'SET LOCAL ROLE "{attacker}"'))
     for schema in ("attacker", "public"):
-        for symbol, label in (("<", "lt"), (">", "gt"), ("<=", "le"), (">=", "ge")):
-            function = f"op_{label}_varchar"
-            body = f"a0::text OPERATOR(pg_catalog.{symbol}) a1::text"
-            session.execute(text(_trap(schema, function, [varchar, varchar], "boolean", body)))
-            session.execute(
-                text(
-                    f"CREATE OPERATOR {schema}.{symbol} (LEFTARG = {varchar}, "
-                    f"RIGHTARG = {varchar}, FUNCTION = {schema}.{function})"
-                )
-            )
+        _plant_varchar_operators(session, schema, ("<", ">", "<=", ">="))
     session.execute(text("RESET ROLE"))
 
 

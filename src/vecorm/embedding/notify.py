@@ -30,12 +30,11 @@ from typing import Any
 
 from sqlalchemy import Table, text
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import search_config
-from vecorm.schema.generated import SEARCH_PATH, qualified_name
+from vecorm.schema.generated import qualified_name, trigger_statements
 from vecorm.schema.pgcatalog import table_schema
 
 __all__ = [
@@ -47,8 +46,6 @@ __all__ = [
     "notify_trigger",
     "vector_table",
 ]
-
-_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 #: The channel workers ``LISTEN`` on; each notification's payload is a table's name.
 CHANNEL = "vecorm_embed"
@@ -98,18 +95,15 @@ class NotifyTrigger:
                 f"table {self.table_name!r}: the trigger name {self.name!r} is longer than "
                 f"PostgreSQL's {_MAX_NAME} characters; notify from your own trigger instead"
             )
-        function = qualified_name(schema, self.name)
-        table = qualified_name(schema, self.table_name)
-        trigger = _PREPARER.quote(self.name)
-        watched = ", ".join(_PREPARER.quote(column) for column in self.columns)
-        return [
-            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger\n"
-            f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm${self.function_body()}"
-            "$vecorm$",
-            f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
-            f"CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OF {watched} ON {table} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
-        ]
+        return trigger_statements(
+            schema,
+            self.table_name,
+            self.name,
+            self.name,
+            self.function_body(),
+            "AFTER INSERT OR UPDATE OF {columns} ON {table} FOR EACH STATEMENT",
+            self.columns,
+        )
 
     def drop_statements(self, schema: str) -> list[str]:
         """Drop the function and, with it (``CASCADE``), the trigger."""

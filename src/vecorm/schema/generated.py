@@ -109,22 +109,49 @@ class SearchVectorTrigger:
     def create_statements(self, schema: str) -> list[str]:
         """``CREATE OR REPLACE FUNCTION`` + ``CREATE TRIGGER`` for the table in ``schema``
         (an existing trigger of that name is replaced)."""
-        function = qualified_name(schema, self.function_name)
-        table = qualified_name(schema, self.table_name)
-        trigger = _PREPARER.quote(self.trigger_name)
-        watched = ", ".join(_PREPARER.quote(name) for name in self.columns)
-        return [
-            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger\n"
-            f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm${self.function_body()}"
-            "$vecorm$",
-            f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
-            f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE OF {watched} ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        ]
+        return trigger_statements(
+            schema,
+            self.table_name,
+            self.function_name,
+            self.trigger_name,
+            self.function_body(),
+            "BEFORE INSERT OR UPDATE OF {columns} ON {table} FOR EACH ROW",
+            self.columns,
+        )
 
     def drop_statements(self, schema: str) -> list[str]:
         """Drop the function and, with it (``CASCADE``), the trigger."""
         return [f"DROP FUNCTION IF EXISTS {qualified_name(schema, self.function_name)}() CASCADE"]
+
+
+def trigger_statements(
+    schema: str,
+    table_name: str,
+    function_name: str,
+    trigger_name: str,
+    body: str,
+    when: str,
+    columns: Sequence[str],
+) -> list[str]:
+    """``CREATE OR REPLACE FUNCTION`` (PL/pgSQL ``body``, ``search_path`` pinned) and a
+    ``CREATE TRIGGER`` replacing any of that name; ``when`` is the trigger's timing, events
+    and level, with ``{columns}`` (the quoted ``columns``) and ``{table}`` filled in::
+
+        trigger_statements("public", "docs", "docs_f", "docs_t", body,
+                           "AFTER INSERT OR UPDATE OF {columns} ON {table} FOR EACH STATEMENT",
+                           ["title"])
+    """
+    function = qualified_name(schema, function_name)
+    table = qualified_name(schema, table_name)
+    trigger = _PREPARER.quote(trigger_name)
+    watched = ", ".join(_PREPARER.quote(name) for name in columns)
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger\n"
+        f"LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $vecorm${body}$vecorm$",
+        f"DROP TRIGGER IF EXISTS {trigger} ON {table}",
+        f"CREATE TRIGGER {trigger} {when.format(columns=watched, table=table)} "
+        f"EXECUTE FUNCTION {function}()",
+    ]
 
 
 # Tables whose tsvector column a trigger keeps; kept off Table.info so Alembic never renders it.

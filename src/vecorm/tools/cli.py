@@ -14,6 +14,9 @@ User mistakes end in one clear line and a hint, never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from vecorm.progress import ProgressChoice
@@ -28,6 +31,30 @@ class _Group(click.Group):
             raise
         except Exception as exc:  # a user's mistake becomes one line and a hint, never a traceback
             raise_user_error(exc)
+
+
+_DATABASE_URL = click.option(
+    "--database-url",
+    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
+    default=None,
+    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
+)
+_BATCH_SIZE = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per transaction (default: the provider's batch size).",
+)
+
+
+def _embedder_option(whose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--embedder",
+        "embedder_name",
+        default=None,
+        metavar="NAME",
+        help=f"{_EMBEDDER_HELP} (default: {whose} SearchConfig(embedder=...)).",
+    )
 
 
 @click.group(cls=_Group)
@@ -108,12 +135,7 @@ def init(directory: str, use_async: bool, ini_path: str, target_metadata: str) -
     help="The provider (default: the model's SearchConfig(embedder=...)). Without "
     "--re-embed only its model_name and dimensions are read.",
 )
-@click.option(
-    "--database-url",
-    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
-    default=None,
-    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
-)
+@_DATABASE_URL
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Rows per transaction."
 )
@@ -198,25 +220,9 @@ def adopt(
 
 @main.command()
 @click.argument("model_path", metavar="MODULE:MODEL")
-@click.option(
-    "--embedder",
-    "embedder_name",
-    default=None,
-    metavar="NAME",
-    help=f"{_EMBEDDER_HELP} (default: the model's SearchConfig(embedder=...)).",
-)
-@click.option(
-    "--database-url",
-    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
-    default=None,
-    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rows per transaction (default: the provider's batch size).",
-)
+@_embedder_option("the model's")
+@_DATABASE_URL
+@_BATCH_SIZE
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -299,25 +305,9 @@ def backfill(
 
 @main.command()
 @click.argument("model_paths", metavar="MODULE:MODEL...", nargs=-1, required=True)
-@click.option(
-    "--embedder",
-    "embedder_name",
-    default=None,
-    metavar="NAME",
-    help=f"{_EMBEDDER_HELP} (default: each model's SearchConfig(embedder=...)).",
-)
-@click.option(
-    "--database-url",
-    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
-    default=None,
-    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rows per transaction (default: the provider's batch size).",
-)
+@_embedder_option("each model's")
+@_DATABASE_URL
+@_BATCH_SIZE
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
@@ -521,12 +511,7 @@ def bench(
 
 @main.command("build-index")
 @click.argument("model_path", metavar="MODULE:MODEL")
-@click.option(
-    "--database-url",
-    envvar=["VECORM_DATABASE_URL", "DATABASE_URL"],
-    default=None,
-    help="The database (default: $VECORM_DATABASE_URL, then $DATABASE_URL).",
-)
+@_DATABASE_URL
 @click.option("--memory", default=None, metavar="SIZE", help="maintenance_work_mem, e.g. 4GB.")
 @click.option("--workers", type=click.IntRange(0, 1024), default=None, help="Parallel workers.")
 @click.option("--rebuild", is_flag=True, help="REINDEX CONCURRENTLY an existing index.")
