@@ -20,6 +20,7 @@ from vecorm.embedding.events import install, installed_embedder, is_installed, u
 from vecorm.embedding.reembed import ChangeStatus, ModelChange
 from vecorm.engine import create_async_engine, create_engine, database_url
 from vecorm.errors import (
+    BulkInsertError,
     ConfigurationError,
     DimensionMismatch,
     EmbeddingError,
@@ -33,6 +34,7 @@ from vecorm.errors import (
     VectorElementTypeError,
 )
 from vecorm.mixin import Searchable
+from vecorm.scale.bulk_insert import BulkInsertResult, bulk_insert
 from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
 from vecorm.scale.partitioning import (
     check_partition_indexes,
@@ -67,6 +69,8 @@ __all__ = [
     "BM25Arm",
     "BackfillResult",
     "Bit",
+    "BulkInsertError",
+    "BulkInsertResult",
     "ChangeStatus",
     "ConfigurationError",
     "DimensionMismatch",
@@ -99,6 +103,7 @@ __all__ = [
     "backfill",
     "bm25",
     "build_model_index",
+    "bulk_insert",
     "check_partition_indexes",
     "create_async_engine",
     "create_engine",
