@@ -44,7 +44,10 @@ _VECTOR_INDEXES = text(
     "AND a.amname OPERATOR(pg_catalog.=) ANY (ARRAY['hnsw', 'ivfflat']) "
     "ORDER BY i.relname"
 )
-_COMMENT = text("SELECT pg_catalog.format('COMMENT ON INDEX %I.%I IS %L', :schema, :name, :text)")
+_COMMENT = text(
+    "SELECT pg_catalog.format('COMMENT ON INDEX %I.%I IS %L', CAST(:schema AS pg_catalog.text), "
+    "CAST(:name AS pg_catalog.text), CAST(:text AS pg_catalog.text))"
+)
 #: Run catalog text as it is: ``%`` in an index predicate is not a parameter marker.
 _AS_IS = {"no_parameters": True}
 
