@@ -7,13 +7,14 @@ import enum
 import io
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import redirect_stderr
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import pytest
 from alembic.autogenerate import produce_migrations
 from alembic.migration import MigrationContext
-from sqlalchemy import CHAR, Enum, Integer, String, func, select, text
+from sqlalchemy import CHAR, REAL, Enum, Integer, Numeric, String, func, select, text
 from sqlalchemy import Sequence as SqlSequence
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Engine
@@ -71,6 +72,8 @@ class Page(vecorm.Searchable, Base):
     kind: Mapped[Kind] = mapped_column(Enum(Kind, schema=SCHEMA), default=Kind.draft)
     code: Mapped[str] = mapped_column(CHAR(3), default="ab")
     meta: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    weight: Mapped[float | None] = mapped_column(REAL)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
 
 
 class Flags(vecorm.Searchable, Base):
@@ -265,7 +268,7 @@ def test_a_generator_is_read_batch_by_batch(engine: Engine, embedder: FakeEmbedd
 
 def test_defaults_composite_key_and_schema(engine: Engine, embedder: FakeEmbedder) -> None:
     rows = [
-        {"book": "a", "number": 1, "body": "vacuum full"},
+        {"book": "a", "number": 1, "body": "vacuum full", "price": 0.1 + 0.2, "weight": 2.5},
         {"book": "a", "number": 2, "body": "index bloat", "label": "given", "kind": Kind.final},
         {
             "book": "b",
@@ -287,6 +290,7 @@ def test_defaults_composite_key_and_schema(engine: Engine, embedder: FakeEmbedde
         extra = session.execute(
             select(Page.kind, Page.code, Page.meta).order_by(Page.book, Page.number)
         ).all()
+        numbers = session.execute(select(Page.price, Page.weight).where(Page.number == 1)).all()
         assert vecorm.stale_count(session, Page, embedder=embedder) == 0
         indexes = index_definitions(session, f"{SCHEMA}.pages")
     assert [tuple(row) for row in got] == [
@@ -299,9 +303,34 @@ def test_defaults_composite_key_and_schema(engine: Engine, embedder: FakeEmbedde
         (Kind.final, "ab ", {}),
         (Kind.draft, "ab ", {"a": 1}),
     ]
+    assert numbers == [(Decimal("0.30"), 2.5), (None, None)]
     assert (result.embedded, result.method) == (2, "copy")
     assert result.rebuilt_indexes == ("ix_pages_embedding_ivfflat",)
     assert "USING ivfflat" in indexes["ix_pages_embedding_ivfflat"][1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": 5}, r"rows\[1\]: Page.kind cannot take 5: LookupError"),
+        ({"kind": "nope"}, r"rows\[1\]: invalid input value for enum bulk_schema.kind"),
+        ({"meta": {"a": {1, 2}}}, r"rows\[1\]: Page.meta cannot be written .*TypeError"),
+        # psycopg's binary int4 and real dumpers would store 0 and infinity here
+        ({"serial": 2**40}, r"rows\[1\]: Page.serial cannot take .* out of range for type integer"),
+        ({"weight": 1e39}, r"rows\[1\]: Page.weight cannot take .* out of range for type real"),
+    ],
+    ids=["bind processing", "the server", "psycopg's dumper", "integer range", "real range"],
+)
+def test_a_value_its_column_refuses_names_row_and_column(
+    engine: Engine, change: dict[str, Any], message: str
+) -> None:
+    rows = [{"book": "a", "number": n, "body": None} for n in range(3)]
+    rows[1].update(change)
+    with Session(engine) as session:
+        with pytest.raises(vecorm.BulkInsertError, match=message) as raised:
+            vecorm.bulk_insert(session, Page, rows, embed=False)
+        assert raised.value.row == 1
+        assert count(session, Page) == 0
 
 
 def test_a_connection_and_a_column_copy_cannot_write(engine: Engine) -> None:
@@ -621,16 +650,16 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
 def test_rows_of_other_mapping_types(engine: Engine, embedder: FakeEmbedder) -> None:
     class Row(Mapping[str, Any]):
         def __init__(self, **values: Any) -> None:
-            self.values = values
+            self.items_ = values
 
         def __getitem__(self, key: str) -> Any:
-            return self.values[key]
+            return self.items_[key]
 
         def __iter__(self) -> Iterator[str]:
-            return iter(self.values)
+            return iter(self.items_)
 
         def __len__(self) -> int:
-            return len(self.values)
+            return len(self.items_)
 
     with Session(engine) as session:
         # Column names work as well as attribute names.

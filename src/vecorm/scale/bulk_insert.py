@@ -58,9 +58,9 @@ from vecorm.scale.bulk_rows import (
     BulkModel,
     Embedding,
     PreparedRow,
+    RowPreparer,
     bulk_model,
     fill_sql_defaults,
-    prepare_rows,
 )
 from vecorm.scale.bulk_writers import CopyWriter, InsertWriter
 from vecorm.scale.index_build import format_memory, parse_memory
@@ -188,6 +188,7 @@ class _Load:
         self.batch_size = batch_size
         self.memory = memory
         self.progress = progress
+        self.preparer = RowPreparer(bulk, embedding)
         self.copy = CopyWriter(connection, bulk) if CopyWriter.available(connection) else None
         self.insert = InsertWriter(connection, bulk)
         self.written = 0
@@ -211,9 +212,22 @@ class _Load:
         with progress_bar(
             total=total, desc=f"bulk_insert {bulk.owner}", enabled=self.progress
         ) as bar:
-            for batch in _batches(rows, self.batch_size):
-                self._write(prepare_rows(bulk, batch, self.embedding))
-                bar.update(len(batch))
+            # With BM25 triggers (deferred or not) PostgreSQL keeps each statement's rows in
+            # a transition table: one COPY per batch bounds it. Without, one COPY streams on,
+            # and the server stores a batch while the next one is prepared.
+            per_batch = tables_of(bulk.table) is not None
+            try:
+                for batch in _batches(rows, self.batch_size):
+                    prepared = self.preparer.prepare(batch)
+                    if per_batch:  # the previous batch's, while the server had it to store
+                        self._finish_copy()
+                    self._write(prepared)
+                    bar.update(len(batch))
+                self._finish_copy()
+            except BaseException as exc:
+                if self.copy is not None:
+                    self.copy.abort(exc)
+                raise
             if self.deferred_statistics:
                 bar.set_postfix_str("BM25 statistics")
                 _defer_statistics(connection, False)
@@ -226,18 +240,26 @@ class _Load:
                 )
 
     def _write(self, prepared: list[PreparedRow]) -> None:
-        fill_sql_defaults(self.connection, self.bulk, prepared)
-        for columns, group in _groups(self.bulk, prepared):
+        bulk = self.bulk
+        if any(column not in row.values for row in prepared for column, _ in bulk.sql_defaults):
+            self._finish_copy()  # the defaults are queried on the same connection
+            fill_sql_defaults(self.connection, bulk, prepared)
+        for columns, group in _groups(bulk, prepared):
             if self.copy is not None:
                 refused = self.copy.refusal(columns)
                 if refused is None:
                     self.copy.write(columns, group)
                     self.written += len(group)
                     continue
-                log.info("vecorm: bulk_insert(%s): INSERT, not COPY: %s", self.bulk.owner, refused)
+                log.info("vecorm: bulk_insert(%s): INSERT, not COPY: %s", bulk.owner, refused)
+            self._finish_copy()
             self.insert.write(columns, group)
             self.written += len(group)
             self.inserted += len(group)
+
+    def _finish_copy(self) -> None:
+        if self.copy is not None:
+            self.copy.finish()
 
 
 def _refuse_autocommit(connection: Connection, bulk: BulkModel) -> None:

@@ -15,7 +15,8 @@ receive, the way ``session.execute(insert(Model), rows)`` plus the flush hook wo
 ::
 
     model = bulk_model(Document)
-    prepared = prepare_rows(model, [(0, {"title": "Intro", "content": "..."})], embedding)
+    preparer = RowPreparer(model, Embedding(HashingEmbedder(384)))
+    prepared = preparer.prepare([(0, {"title": "Intro", "content": "..."})])
     prepared[0].values[model.embedding]     # a float32 array from the embedder
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from vecorm.embedding.embedders.base import Embedder, check_embeddings
 from vecorm.embedding.events import call_embedder
-from vecorm.embedding.source import source_text, text_digest
+from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import (
     BulkInsertError,
     ConfigurationError,
@@ -45,15 +45,15 @@ from vecorm.errors import (
     VecormError,
 )
 from vecorm.schema.config import SearchConfig, search_config
-from vecorm.schema.types import to_float_array
+from vecorm.schema.types import FloatArray, to_float_array
 
 __all__ = [
     "BulkModel",
     "Embedding",
     "PreparedRow",
+    "RowPreparer",
     "bulk_model",
     "fill_sql_defaults",
-    "prepare_rows",
 ]
 
 
@@ -162,10 +162,6 @@ class PreparedRow:
     index: int
     values: dict[Column[Any], Any]
 
-    @property
-    def columns(self) -> frozenset[Column[Any]]:
-        return frozenset(self.values)
-
 
 @dataclass
 class _Pending:
@@ -175,43 +171,66 @@ class _Pending:
     rows: list[PreparedRow] = field(default_factory=list)
 
 
-def prepare_rows(
-    model: BulkModel, batch: Sequence[tuple[int, object]], embedding: Embedding
-) -> list[PreparedRow]:
-    """Column values of each ``(index, mapping)`` in ``batch``, vectors included."""
-    prepared: list[PreparedRow] = []
-    pending: dict[str, _Pending] = {}
-    for index, row in batch:
-        values = _mapped(model, index, row)
-        for column, default in model.python_defaults:
-            if column not in values:
-                values[column] = _default_value(model, index, column, default, values)
-        if model.discriminator is not None and model.discriminator[0] not in values:
-            values[model.discriminator[0]] = model.discriminator[1]
-        item = PreparedRow(index, values)
-        text = _text(model, values)
-        if _vector_given(model, item, text, embedding):
-            pass
-        elif text is None or not embedding.enabled:
-            values[model.embedding] = values[model.digest] = values[model.model] = None
-        else:
-            values[model.digest] = text_digest(text)
-            pending.setdefault(text, _Pending(text)).rows.append(item)
-        prepared.append(item)
-    if pending:
-        _embed(model, list(pending.values()), embedding)
-    return prepared
+class RowPreparer:
+    """Prepares the batches of one load (it remembers the columns of each key order seen)."""
+
+    def __init__(self, model: BulkModel, embedding: Embedding) -> None:
+        self.model = model
+        self.embedding = embedding
+        self._shapes: dict[tuple[Any, ...], tuple[Column[Any], ...]] = {}
+        self._field_columns = [column for _, column in model.fields if column is not None]
+
+    def prepare(self, batch: Sequence[tuple[int, object]]) -> list[PreparedRow]:
+        """Column values of each ``(index, mapping)`` in ``batch``, vectors included."""
+        model, embedding = self.model, self.embedding
+        vector, digest, model_column = model.embedding, model.digest, model.model
+        prepared: list[PreparedRow] = []
+        pending: dict[str, _Pending] = {}
+        for index, row in batch:
+            values = self._mapped(index, row)
+            for column, default in model.python_defaults:
+                if column not in values:
+                    values[column] = _default_value(model, index, column, default, values)
+            if model.discriminator is not None and model.discriminator[0] not in values:
+                values[model.discriminator[0]] = model.discriminator[1]
+            item = PreparedRow(index, values)
+            text = join_text([values.get(column) for column in self._field_columns])
+            if values.get(vector) is not None:
+                values[vector] = _checked_vector(model, index, values[vector])
+                # A vector of the row's own: recorded as the flush hook records one.
+                if digest not in values:
+                    values[digest] = text_digest(text) if text is not None else None
+                if model_column not in values:
+                    values[model_column] = embedding.model_name
+            elif text is None or not embedding.enabled:
+                values[vector] = values[digest] = values[model_column] = None
+            else:
+                values[digest] = text_digest(text)
+                pending.setdefault(text, _Pending(text)).rows.append(item)
+            prepared.append(item)
+        if pending:
+            _embed(model, list(pending.values()), embedding)
+        return prepared
+
+    def _mapped(self, index: int, row: object) -> dict[Column[Any], Any]:
+        if not isinstance(row, Mapping):
+            raise BulkInsertError(
+                f"{self.model.label(index)} is a {type(row).__name__}; each row must be a "
+                "mapping of attribute or column names to values",
+                row=index,
+            )
+        keys = tuple(row)
+        columns = self._shapes.get(keys)
+        if columns is None:
+            columns = self._shapes[keys] = _columns(self.model, index, keys)
+        values = row.values() if type(row) is dict else [row[key] for key in keys]
+        return dict(zip(columns, values, strict=True))
 
 
-def _mapped(model: BulkModel, index: int, row: object) -> dict[Column[Any], Any]:
-    if not isinstance(row, Mapping):
-        raise BulkInsertError(
-            f"{model.label(index)} is a {type(row).__name__}; each row must be a mapping of "
-            "attribute or column names to values",
-            row=index,
-        )
-    values: dict[Column[Any], Any] = {}
-    for key, value in row.items():
+def _columns(model: BulkModel, index: int, keys: tuple[Any, ...]) -> tuple[Column[Any], ...]:
+    """The columns that ``keys`` (a row's, in its order) name; refuses unknown and generated."""
+    columns = []
+    for key in keys:
         column = model.by_key.get(key) if isinstance(key, str) else None
         if column is None:
             raise BulkInsertError(
@@ -225,8 +244,31 @@ def _mapped(model: BulkModel, index: int, row: object) -> dict[Column[Any], Any]
                 "leave it out of the rows",
                 row=index,
             )
-        values[column] = value
-    return values
+        columns.append(column)
+    if len(set(columns)) < len(columns):
+        raise BulkInsertError(
+            f"{model.label(index)} names a column twice (an attribute and its column name)",
+            row=index,
+        )
+    return tuple(columns)
+
+
+def _checked_vector(model: BulkModel, index: int, value: Any) -> FloatArray:
+    """``value`` as a finite float32 vector of the model's width; vecorm's error otherwise."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        array = None
+    # The sum is finite exactly when every value is (barring overflow, checked in full below).
+    if (
+        array is not None
+        and array.ndim == 1
+        and array.shape[0] == model.config.dimensions
+        and np.isfinite(array.sum())
+    ):
+        return array
+    label = f"{model.label(index)}: {model.owner}.embedding"
+    return to_float_array(value, model.config.dimensions, label=label)
 
 
 class _DefaultContext:
@@ -256,34 +298,6 @@ def _default_value(
             f"{type(exc).__name__}: {exc}; give the column a value in the rows",
             row=index,
         ) from exc
-
-
-def _text(model: BulkModel, values: Mapping[Column[Any], Any]) -> str | None:
-    present = {
-        name: values.get(column) if column is not None else None for name, column in model.fields
-    }
-    return source_text(SimpleNamespace(**present), model.config.fields)
-
-
-def _vector_given(
-    model: BulkModel, item: PreparedRow, text: str | None, embedding: Embedding
-) -> bool:
-    """Validate a vector the row gives and record its digest and model as the flush hook
-    would; ``False`` when the row has none."""
-    values = item.values
-    vector = values.get(model.embedding)
-    if vector is None:
-        return False
-    values[model.embedding] = to_float_array(
-        vector,
-        model.config.dimensions,
-        label=f"{model.label(item.index)}: {model.owner}.embedding",
-    )
-    if model.digest not in values:
-        values[model.digest] = text_digest(text) if text is not None else None
-    if model.model not in values:
-        values[model.model] = embedding.model_name
-    return True
 
 
 def _embed(model: BulkModel, pending: list[_Pending], embedding: Embedding) -> None:

@@ -21,31 +21,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import suppress
 from typing import Any
 
 import psycopg
 import sqlalchemy.util
-from psycopg.adapt import Dumper
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.pq import Format
-from psycopg.types.string import StrBinaryDumper
-from sqlalchemy import Column, Table, insert, text
+from sqlalchemy import Column, Table, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from vecorm.errors import BulkInsertError
 from vecorm.scale.bulk_rows import BulkModel, PreparedRow
-from vecorm.schema.drivers import copy_dumper
+from vecorm.scale.copy_types import CopyType, copy_types
+from vecorm.schema.drivers import BinaryVectorParam
 from vecorm.schema.types import HalfVec, SparseVec, Vector
 
 __all__ = ["MAX_PARAMETERS", "CopyWriter", "InsertWriter", "database_error"]
 
 #: Bound values per fallback INSERT statement (asyncpg takes at most 32,767).
 MAX_PARAMETERS = 30_000
-#: Extension types written with :func:`~vecorm.schema.drivers.copy_dumper`.
-VECTOR_TYPES = frozenset({"vector", "halfvec", "sparsevec"})
-#: A type whose binary form is its text, like an enum's.
-_TEXT_LIKE = "bpchar"
 _LINE = re.compile(r"\bline (\d+)")
 
 # SQLAlchemy 2.1 renamed await_only to await_; accept both.
@@ -53,33 +49,79 @@ _await: Callable[[Any], Any] = (
     getattr(sqlalchemy.util, "await_", None) or sqlalchemy.util.await_only
 )
 
-_COLUMN_TYPES = text(
-    "SELECT a.attname, t.oid, t.typname, t.typtype, b.oid, b.typname, b.typtype "
-    "FROM pg_catalog.pg_attribute a "
-    "JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid "
-    "LEFT JOIN pg_catalog.pg_type b ON b.oid OPERATOR(pg_catalog.=) t.typbasetype "
-    "WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
-    "AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped"
-)
-
-
-@dataclass(frozen=True)
-class _CopyType:
-    """How one column travels in a binary COPY: the type OID given to ``set_types`` and the
-    dumper to register for it (``None``: psycopg has one), or why it cannot."""
-
-    oid: int
-    dumper: type[Dumper] | None = None
-    refused: str | None = None
-
 
 def qualified_name(connection: Connection, table: Table) -> str:
     """``"schema"."table"`` (or ``"table"``) quoted by the connection's dialect."""
     return connection.dialect.identifier_preparer.format_table(table)
 
 
+class _Stream:
+    """An open ``COPY ... FROM STDIN`` on one cursor, and the rows sent so far (by line)."""
+
+    def __init__(
+        self,
+        driver: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+        statement: str,
+        columns: tuple[Column[Any], ...],
+        copy_types: list[CopyType],
+    ) -> None:
+        self.driver = driver
+        self.columns = columns
+        self.copy_types = copy_types
+        self.lines: list[int] = []  # the caller's row index of each line written
+        self.cursor = driver.cursor()
+        for copy_type in copy_types:
+            if copy_type.dumper is not None:
+                self.cursor.adapters.register_dumper(None, copy_type.dumper)
+        manager: Any
+        if isinstance(self.cursor, psycopg.AsyncCursor):
+            manager = self.cursor.copy(statement)
+            self.copy: Any = _await(manager.__aenter__())
+        else:
+            # A worker thread sends the data: preparing the next rows overlaps the sending.
+            manager = self.cursor.copy(statement, writer=QueuedLibpqWriter(self.cursor))
+            self.copy = manager.__enter__()
+        self.manager = manager
+        self.copy.set_types([copy_type.oid for copy_type in copy_types])
+
+    def send(self, indexes: Sequence[int], records: Sequence[Sequence[Any]]) -> None:
+        if isinstance(self.cursor, psycopg.AsyncCursor):
+            _await(_write_async(self.copy, indexes, records, self.lines))
+            return
+        write_row, lines = self.copy.write_row, self.lines
+        for index, record in zip(indexes, records, strict=True):
+            lines.append(index)
+            write_row(record)
+
+    def end(self, failure: BaseException | None = None) -> None:
+        """Finish the COPY (the server reports its errors here), or abandon it on ``failure``."""
+        kind = type(failure) if failure is not None else None
+        try:
+            if isinstance(self.cursor, psycopg.AsyncCursor):
+                _await(self.manager.__aexit__(kind, failure, None))
+                _await(self.cursor.close())
+            else:
+                self.manager.__exit__(kind, failure, None)
+                self.cursor.close()
+        finally:
+            self.lines = []
+
+
+async def _write_async(
+    copy: psycopg.AsyncCopy, indexes: Sequence[int], records: Sequence[Any], lines: list[int]
+) -> None:
+    for index, record in zip(indexes, records, strict=True):
+        lines.append(index)
+        await copy.write_row(record)
+
+
 class CopyWriter:
-    """Binary COPY into ``model``'s table on a psycopg 3 connection (sync or async)."""
+    """Binary COPY into ``model``'s table on a psycopg 3 connection (sync or async).
+
+    Batches with the same columns stream into one open COPY, so the server stores a batch while
+    the next is prepared (and embedded); :meth:`finish` ends it, before any other statement
+    runs on the connection. :meth:`abort` abandons it after an error.
+    """
 
     def __init__(self, connection: Connection, model: BulkModel) -> None:
         self.connection = connection
@@ -89,8 +131,10 @@ class CopyWriter:
             raise TypeError("CopyWriter needs a psycopg 3 connection")
         self.driver: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] = driver
         self.table = qualified_name(connection, model.table)
-        self._types: dict[str, _CopyType] | None = None
+        self.copies = 0
+        self._types: dict[str, CopyType] | None = None
         self._processors: dict[Column[Any], Callable[[Any], Any] | None] = {}
+        self._stream: _Stream | None = None
 
     @staticmethod
     def available(connection: Connection) -> bool:
@@ -111,44 +155,118 @@ class CopyWriter:
                 return f"column {column.name}'s type binds through a SQL expression"
         return None
 
-    def write(self, columns: Sequence[Column[Any]], rows: Sequence[PreparedRow]) -> None:
-        """One COPY of ``rows`` (each holding a value for every one of ``columns``)."""
-        types = self._column_types()
-        copy_types = [types[column.name] for column in columns]
-        processors = [self._processor(column) for column in columns]
-        records = [self._record(columns, processors, row) for row in rows]
-        names = ", ".join(
-            self.connection.dialect.identifier_preparer.quote(column.name) for column in columns
-        )
-        statement = f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)"
-        oids = [copy_type.oid for copy_type in copy_types]
-        dumpers = [copy_type.dumper for copy_type in copy_types if copy_type.dumper is not None]
-        written = [0]
+    def write(self, columns: tuple[Column[Any], ...], rows: Sequence[PreparedRow]) -> None:
+        """Send ``rows`` (each holding a value for every one of ``columns``) to the COPY of
+        these columns, opening it (and finishing another) if needed."""
+        if self._stream is not None and self._stream.columns != columns:
+            self.finish()
+        records = self._records(columns, rows)
+        if self._stream is None:
+            types = self._column_types()
+            preparer = self.connection.dialect.identifier_preparer
+            names = ", ".join(preparer.quote(column.name) for column in columns)
+            statement = f"COPY {self.table} ({names}) FROM STDIN (FORMAT BINARY)"
+            self._stream = _Stream(
+                self.driver, statement, columns, [types[column.name] for column in columns]
+            )
+            self.copies += 1
+        stream = self._stream
+        before = len(stream.lines)
         try:
-            if isinstance(self.driver, psycopg.AsyncConnection):
-                _await(_copy_async(self.driver, statement, oids, dumpers, records, written))
-            else:
-                _copy(self.driver, statement, oids, dumpers, records, written)
+            stream.send([row.index for row in rows], records)
         except psycopg.Error as exc:
-            if exc.sqlstate is None and written[0] < len(rows):  # psycopg's, not the server's
-                raise self._dump_error(exc, columns, copy_types, rows, records, written[0]) from exc
-            raise self._copy_error(exc, rows) from exc
+            if exc.sqlstate is not None:  # the server's, reported early
+                raise self._server_error(exc) from exc
+            # a line is counted before it is written: the last one is the row refused
+            position = len(stream.lines) - before - 1
+            raise self._dump_error(exc, rows, records, position) from exc
         except (TypeError, ValueError, OverflowError) as exc:
-            raise self._dump_error(exc, columns, copy_types, rows, records, written[0]) from exc
+            position = len(stream.lines) - before - 1
+            raise self._dump_error(exc, rows, records, position) from exc
+
+    def finish(self) -> None:
+        """End the open COPY, if any; the server's errors about its rows surface here."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        lines = stream.lines
+        try:
+            stream.end()
+        except psycopg.Error as exc:
+            raise self._server_error(exc, lines) from exc
+
+    def abort(self, failure: BaseException) -> None:
+        """Abandon the open COPY after ``failure`` (the savepoint's rollback undoes it)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with suppress(Exception):
+                stream.end(failure)
+
+    def _records(
+        self, columns: tuple[Column[Any], ...], rows: Sequence[PreparedRow]
+    ) -> list[list[Any]]:
+        """The rows' values as bind processing makes them (vectors: pgvector's binary)."""
+        types = self._column_types()
+        processors = [
+            _chain(self._processor(column), types[column.name].guard) for column in columns
+        ]
+        processed = [(n, p) for n, p in enumerate(processors) if p is not None]
+        records = []
+        try:
+            for row in rows:
+                values = row.values
+                record = [values[column] for column in columns]
+                for n, process in processed:
+                    if record[n] is not None:
+                        record[n] = process(record[n])
+                records.append(record)
+            return records
+        except Exception:
+            for row in rows:  # name the row and the column
+                for n, bind in processed:
+                    column, value = columns[n], row.values[columns[n]]
+                    if value is None:
+                        continue
+                    try:
+                        bind(value)
+                    except Exception as exc:
+                        raise BulkInsertError(
+                            f"{self.model.label(row.index)}: {self.model.owner}.{column.key} "
+                            f"cannot take {value!r:.80}: {type(exc).__name__}: {exc}",
+                            row=row.index,
+                        ) from exc
+            raise
+
+    def _processor(self, column: Column[Any]) -> Callable[[Any], Any] | None:
+        if column not in self._processors:
+            if column is self.model.digest or column is self.model.model:
+                self._processors[column] = None  # bytes and str that bulk_rows made
+            elif column is self.model.embedding:
+                # Validated float32 arrays (bulk_rows): straight to pgvector's binary format.
+                param = getattr(column.type, "binary_param", BinaryVectorParam)
+                self._processors[column] = param
+            else:
+                dialect = self.connection.dialect
+                impl = column.type.dialect_impl(dialect)
+                self._processors[column] = impl.bind_processor(dialect)
+        return self._processors[column]
+
+    def _column_types(self) -> dict[str, CopyType]:
+        if self._types is None:
+            self._types = copy_types(self.connection, self.driver, self.table)
+        return self._types
 
     def _dump_error(
         self,
         exc: Exception,
-        columns: Sequence[Column[Any]],
-        copy_types: Sequence[_CopyType],
         rows: Sequence[PreparedRow],
         records: Sequence[Sequence[Any]],
         position: int,
     ) -> BulkInsertError:
         """psycopg refused a value of ``rows[position]``: name the row and its column."""
-        position = min(position, len(rows) - 1)
+        position = min(max(position, 0), len(rows) - 1)
         index = rows[position].index
-        column = self._culprit(columns, copy_types, records[position])
+        column = self._culprit(records[position])
         where = f" {self.model.owner}.{column.key}" if column is not None else ""
         return BulkInsertError(
             f"{self.model.label(index)}:{where} cannot be written as its column's type: "
@@ -156,14 +274,15 @@ class CopyWriter:
             row=index,
         )
 
-    def _culprit(
-        self,
-        columns: Sequence[Column[Any]],
-        copy_types: Sequence[_CopyType],
-        record: Sequence[Any],
-    ) -> Column[Any] | None:
+    def _lines(self) -> list[int]:
+        return self._stream.lines if self._stream is not None else []
+
+    def _culprit(self, record: Sequence[Any]) -> Column[Any] | None:
         """The first column whose value the dumper of its type refuses."""
-        for column, copy_type, value in zip(columns, copy_types, record, strict=True):
+        stream = self._stream
+        if stream is None:
+            return None
+        for column, copy_type, value in zip(stream.columns, stream.copy_types, record, strict=True):
             if value is None:
                 continue
             dumper = copy_type.dumper or self.driver.adapters.get_dumper_by_oid(
@@ -175,108 +294,33 @@ class CopyWriter:
                 return column
         return None
 
-    def _record(
-        self,
-        columns: Sequence[Column[Any]],
-        processors: Sequence[Callable[[Any], Any] | None],
-        row: PreparedRow,
-    ) -> list[Any]:
-        values = row.values
-        record = []
-        for column, process in zip(columns, processors, strict=True):
-            value = values[column]
-            if process is not None and value is not None:
-                try:
-                    value = process(value)
-                except Exception as exc:
-                    raise BulkInsertError(
-                        f"{self.model.label(row.index)}: {self.model.owner}.{column.key} "
-                        f"cannot take {value!r:.80}: {type(exc).__name__}: {exc}",
-                        row=row.index,
-                    ) from exc
-            record.append(value)
-        return record
-
-    def _processor(self, column: Column[Any]) -> Callable[[Any], Any] | None:
-        if column not in self._processors:
-            dialect = self.connection.dialect
-            self._processors[column] = column.type.dialect_impl(dialect).bind_processor(dialect)
-        return self._processors[column]
-
-    def _column_types(self) -> dict[str, _CopyType]:
-        if self._types is None:
-            rows = self.connection.execute(_COLUMN_TYPES, {"table": self.table}).all()
-            self._types = {str(row[0]): self._copy_type(*row[1:]) for row in rows}
-        return self._types
-
-    def _copy_type(
-        self,
-        oid: int,
-        name: str,
-        kind: str,
-        base_oid: int | None,
-        base_name: str | None,
-        base_kind: str | None,
-    ) -> _CopyType:
-        if kind == "d" and base_oid is not None:  # a domain travels as its base type
-            oid, name, kind = base_oid, str(base_name), str(base_kind)
-        if name in VECTOR_TYPES:
-            return _CopyType(oid, copy_dumper(oid))
-        if kind == "e" or name == _TEXT_LIKE:
-            return _CopyType(oid, type("TextLikeDumper", (StrBinaryDumper,), {"oid": oid}))
-        try:
-            self.driver.adapters.get_dumper_by_oid(oid, Format.BINARY)
-        except psycopg.ProgrammingError:
-            return _CopyType(oid, refused=f"psycopg cannot write type {name} in binary")
-        return _CopyType(oid)
-
-    def _copy_error(self, exc: psycopg.Error, rows: Sequence[PreparedRow]) -> BulkInsertError:
-        """A server error during the COPY: the row its ``COPY t, line n`` context names."""
+    def _server_error(
+        self, exc: psycopg.Error, lines: Sequence[int] | None = None
+    ) -> BulkInsertError:
+        """A server error about the COPY: the row its ``COPY t, line n`` context names."""
+        lines = self._lines() if lines is None else lines
         context = getattr(exc.diag, "context", None) or ""
         line = _LINE.search(context) if context.startswith("COPY") else None
-        if line is not None and 1 <= int(line.group(1)) <= len(rows):
-            index = rows[int(line.group(1)) - 1].index
+        if line is not None and 1 <= int(line.group(1)) <= len(lines):
+            index = lines[int(line.group(1)) - 1]
             return BulkInsertError(
                 f"{self.model.label(index)}: {_server_message(exc)}; nothing was written",
                 row=index,
             )
-        return database_error(self.model, rows, exc)
+        where = f"rows[{lines[0]}] to rows[{lines[-1]}]" if lines else "the rows"
+        return BulkInsertError(
+            f"bulk_insert({self.model.owner}): {where} could not be written: "
+            f"{_server_message(exc)}; nothing was written"
+        )
 
 
-def _copy(
-    driver: psycopg.Connection[Any],
-    statement: str,
-    oids: list[int],
-    dumpers: list[type[Dumper]],
-    records: list[list[Any]],
-    written: list[int],
-) -> None:
-    with driver.cursor() as cursor:
-        for dumper in dumpers:
-            cursor.adapters.register_dumper(None, dumper)
-        with cursor.copy(statement) as copy:
-            copy.set_types(oids)
-            for record in records:
-                copy.write_row(record)
-                written[0] += 1
-
-
-async def _copy_async(
-    driver: psycopg.AsyncConnection[Any],
-    statement: str,
-    oids: list[int],
-    dumpers: list[type[Dumper]],
-    records: list[list[Any]],
-    written: list[int],
-) -> None:
-    async with driver.cursor() as cursor:
-        for dumper in dumpers:
-            cursor.adapters.register_dumper(None, dumper)
-        async with cursor.copy(statement) as copy:
-            copy.set_types(oids)
-            for record in records:
-                await copy.write_row(record)
-                written[0] += 1
+def _chain(
+    first: Callable[[Any], Any] | None, then: Callable[[Any], Any] | None
+) -> Callable[[Any], Any] | None:
+    """``then(first(value))``, either of them possibly absent."""
+    if first is None or then is None:
+        return first or then
+    return lambda value: then(first(value))
 
 
 def _binds_through_sql(column: Column[Any]) -> bool:
