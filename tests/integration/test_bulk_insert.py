@@ -76,6 +76,17 @@ class Page(vecorm.Searchable, Base):
     price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
 
 
+class Plain(vecorm.Searchable, Base):
+    """No BM25 statistics: the batches stream into one COPY."""
+
+    __tablename__ = "plain"
+    __vecorm__ = vecorm.SearchConfig(fields=("title", "content"), dimensions=DIMS, bm25=None)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str | None] = mapped_column(String(40))
+    content: Mapped[str | None]
+
+
 class Flags(vecorm.Searchable, Base):
     """A ``bit`` column, which psycopg has no binary dumper for."""
 
@@ -548,6 +559,27 @@ def test_a_failure_in_the_third_batch_writes_nothing(engine: Engine, failure: st
         session.commit()
         assert result.rows == count(session, Article) == 40
         assert_statistics_exact(session, Article)
+
+
+@pytest.mark.parametrize("shapes", [1, 2], ids=["one column set", "two column sets"])
+def test_a_streamed_copy_names_the_row_of_a_late_error(engine: Engine, shapes: int) -> None:
+    rows = article_rows(40)
+    for row in rows[::3] if shapes == 2 else ():
+        del row["content"]  # these go into COPYs of their own columns
+    rows[35]["id"] = 3
+    with Session(engine) as session:
+        with pytest.raises(vecorm.BulkInsertError, match=r"rows\[35\]: duplicate key") as raised:
+            vecorm.bulk_insert(session, Plain, rows, embedder=FakeEmbedder(DIMS), batch_size=10)
+        assert raised.value.row == 35
+        assert count(session, Plain) == 0
+        assert "ix_plain_embedding_hnsw" in index_definitions(session, "plain")
+        rows[35]["id"] = 1000
+        result = vecorm.bulk_insert(
+            session, Plain, rows, embedder=FakeEmbedder(DIMS), batch_size=10
+        )
+        session.commit()
+        assert result.rows == count(session, Plain) == 40
+        assert vecorm.stale_count(session, Plain, embedder=FakeEmbedder(DIMS)) == 0
 
 
 def test_a_failure_keeps_the_sessions_earlier_work(engine: Engine) -> None:

@@ -64,7 +64,12 @@ from vecorm.scale.bulk_rows import (
 )
 from vecorm.scale.bulk_writers import CopyWriter, InsertWriter
 from vecorm.scale.index_build import format_memory, parse_memory
-from vecorm.scale.index_deferral import drop_indexes, recreate_indexes, vector_indexes
+from vecorm.scale.index_deferral import (
+    SavedIndex,
+    drop_indexes,
+    recreate_indexes,
+    vector_indexes,
+)
 from vecorm.search.bm25.maintenance import rebuild
 from vecorm.search.bm25.tables import tables_of
 
@@ -193,7 +198,8 @@ class _Load:
         self.insert = InsertWriter(connection, bulk)
         self.written = 0
         self.inserted = 0
-        self.deferred_indexes: list[Any] = []
+        self.deferred_indexes: list[SavedIndex] = []
+        self.refusals: set[str] = set()
         self.deferred_statistics = False
 
     def run(self, rows: Iterable[Mapping[str, Any]], defer_index: bool | None) -> None:
@@ -251,7 +257,9 @@ class _Load:
                     self.copy.write(columns, group)
                     self.written += len(group)
                     continue
-                log.info("vecorm: bulk_insert(%s): INSERT, not COPY: %s", bulk.owner, refused)
+                if refused not in self.refusals:
+                    self.refusals.add(refused)
+                    log.info("vecorm: bulk_insert(%s): INSERT, not COPY: %s", bulk.owner, refused)
             self._finish_copy()
             self.insert.write(columns, group)
             self.written += len(group)

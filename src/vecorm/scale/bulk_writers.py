@@ -1,12 +1,15 @@
 """Writing prepared rows: binary ``COPY`` on psycopg 3, a multi-row ``INSERT`` elsewhere.
 
-:class:`CopyWriter` sends one ``COPY table (columns) FROM STDIN (FORMAT BINARY)`` per group of
-rows, through psycopg's ``cursor.copy`` with ``set_types`` (the column types read from the
+:class:`CopyWriter` sends rows to a ``COPY table (columns) FROM STDIN (FORMAT BINARY)``
+through psycopg's ``cursor.copy`` with ``set_types`` (the column types read from the
 catalog, so an ``int4`` column gets 4 bytes whatever Python int arrives). Values go through
 their column type's SQLAlchemy bind processing first, as in an INSERT, and vectors travel in
 pgvector's binary format (:func:`vecorm.schema.drivers.copy_dumper`, registered on that cursor
-only). On psycopg's async connection (an ``AsyncSession`` through ``run_sync``) the same COPY
-is awaited from SQLAlchemy's greenlet.
+only). Batches of the same columns stream into one open COPY, sent by psycopg's
+``QueuedLibpqWriter`` thread while the next batch is prepared; the caller ends it (per batch
+when statement triggers would keep every row in a transition table). On psycopg's async
+connection (an ``AsyncSession`` through ``run_sync``) the same COPY is awaited from
+SQLAlchemy's greenlet.
 
 :class:`InsertWriter` is the fallback, for psycopg2, asyncpg and pg8000 and for columns COPY
 cannot write faithfully (a type psycopg has no binary dumper for, a type whose binding is a SQL
@@ -19,6 +22,7 @@ server tells which (``COPY ..., line n``), else the rows of the statement.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -38,7 +42,7 @@ from vecorm.scale.copy_types import CopyType, copy_types
 from vecorm.schema.drivers import BinaryVectorParam
 from vecorm.schema.types import HalfVec, SparseVec, Vector
 
-__all__ = ["MAX_PARAMETERS", "CopyWriter", "InsertWriter", "database_error"]
+__all__ = ["MAX_PARAMETERS", "CopyWriter", "InsertWriter", "Lines", "database_error"]
 
 #: Bound values per fallback INSERT statement (asyncpg takes at most 32,767).
 MAX_PARAMETERS = 30_000
@@ -55,6 +59,46 @@ def qualified_name(connection: Connection, table: Table) -> str:
     return connection.dialect.identifier_preparer.format_table(table)
 
 
+class Lines:
+    """The caller's row index of each line of a COPY, kept as runs of consecutive indexes
+    (a stream of millions of rows holds a few numbers per batch, not one per row):
+
+    >>> lines = Lines(); lines.extend([7, 8, 9, 20]); (lines[2], lines[3], len(lines))
+    (9, 20, 4)
+    """
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []  # the line each run starts at (0-based)
+        self._firsts: list[int] = []  # the row index of that line
+        self._length = 0
+
+    def extend(self, indexes: Sequence[int]) -> None:
+        """Add lines for rows ``indexes`` (increasing, as a batch is written)."""
+        if indexes and indexes[-1] - indexes[0] == len(indexes) - 1:
+            self._run(indexes[0], len(indexes))  # consecutive rows: one run (the usual case)
+            return
+        for index in indexes:
+            self._run(index, 1)
+
+    def _run(self, first: int, count: int) -> None:
+        joins = bool(self._starts) and first == self._firsts[-1] + self._length - self._starts[-1]
+        if not joins:
+            self._starts.append(self._length)
+            self._firsts.append(first)
+        self._length += count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, line: int) -> int:
+        if line < 0:
+            line += self._length
+        if not 0 <= line < self._length:
+            raise IndexError(line)
+        run = bisect.bisect_right(self._starts, line) - 1
+        return self._firsts[run] + line - self._starts[run]
+
+
 class _Stream:
     """An open ``COPY ... FROM STDIN`` on one cursor, and the rows sent so far (by line)."""
 
@@ -68,7 +112,9 @@ class _Stream:
         self.driver = driver
         self.columns = columns
         self.copy_types = copy_types
-        self.lines: list[int] = []  # the caller's row index of each line written
+        self.lines = Lines()
+        #: Rows of the last :meth:`send` handed to psycopg (the one it refused, on an error).
+        self.sent = 0
         self.cursor = driver.cursor()
         for copy_type in copy_types:
             if copy_type.dumper is not None:
@@ -85,34 +131,34 @@ class _Stream:
         self.copy.set_types([copy_type.oid for copy_type in copy_types])
 
     def send(self, indexes: Sequence[int], records: Sequence[Sequence[Any]]) -> None:
-        if isinstance(self.cursor, psycopg.AsyncCursor):
-            _await(_write_async(self.copy, indexes, records, self.lines))
-            return
-        write_row, lines = self.copy.write_row, self.lines
-        for index, record in zip(indexes, records, strict=True):
-            lines.append(index)
-            write_row(record)
+        """Write ``records`` (the rows ``indexes``); on an error, :attr:`sent` tells which."""
+        self.sent = 0
+        try:
+            if isinstance(self.cursor, psycopg.AsyncCursor):
+                _await(_write_async(self, records))
+            else:
+                write_row = self.copy.write_row
+                for record in records:
+                    self.sent += 1
+                    write_row(record)
+        finally:
+            self.lines.extend(indexes[: self.sent])
 
     def end(self, failure: BaseException | None = None) -> None:
         """Finish the COPY (the server reports its errors here), or abandon it on ``failure``."""
         kind = type(failure) if failure is not None else None
-        try:
-            if isinstance(self.cursor, psycopg.AsyncCursor):
-                _await(self.manager.__aexit__(kind, failure, None))
-                _await(self.cursor.close())
-            else:
-                self.manager.__exit__(kind, failure, None)
-                self.cursor.close()
-        finally:
-            self.lines = []
+        if isinstance(self.cursor, psycopg.AsyncCursor):
+            _await(self.manager.__aexit__(kind, failure, None))
+            _await(self.cursor.close())
+        else:
+            self.manager.__exit__(kind, failure, None)
+            self.cursor.close()
 
 
-async def _write_async(
-    copy: psycopg.AsyncCopy, indexes: Sequence[int], records: Sequence[Any], lines: list[int]
-) -> None:
-    for index, record in zip(indexes, records, strict=True):
-        lines.append(index)
-        await copy.write_row(record)
+async def _write_async(stream: _Stream, records: Sequence[Sequence[Any]]) -> None:
+    for record in records:
+        stream.sent += 1
+        await stream.copy.write_row(record)
 
 
 class CopyWriter:
@@ -171,18 +217,14 @@ class CopyWriter:
             )
             self.copies += 1
         stream = self._stream
-        before = len(stream.lines)
         try:
             stream.send([row.index for row in rows], records)
         except psycopg.Error as exc:
             if exc.sqlstate is not None:  # the server's, reported early
                 raise self._server_error(exc) from exc
-            # a line is counted before it is written: the last one is the row refused
-            position = len(stream.lines) - before - 1
-            raise self._dump_error(exc, rows, records, position) from exc
+            raise self._dump_error(exc, rows, records, stream.sent - 1) from exc
         except (TypeError, ValueError, OverflowError) as exc:
-            position = len(stream.lines) - before - 1
-            raise self._dump_error(exc, rows, records, position) from exc
+            raise self._dump_error(exc, rows, records, stream.sent - 1) from exc
 
     def finish(self) -> None:
         """End the open COPY, if any; the server's errors about its rows surface here."""
@@ -274,8 +316,8 @@ class CopyWriter:
             row=index,
         )
 
-    def _lines(self) -> list[int]:
-        return self._stream.lines if self._stream is not None else []
+    def _lines(self) -> Lines:
+        return self._stream.lines if self._stream is not None else Lines()
 
     def _culprit(self, record: Sequence[Any]) -> Column[Any] | None:
         """The first column whose value the dumper of its type refuses."""
@@ -294,9 +336,7 @@ class CopyWriter:
                 return column
         return None
 
-    def _server_error(
-        self, exc: psycopg.Error, lines: Sequence[int] | None = None
-    ) -> BulkInsertError:
+    def _server_error(self, exc: psycopg.Error, lines: Lines | None = None) -> BulkInsertError:
         """A server error about the COPY: the row its ``COPY t, line n`` context names."""
         lines = self._lines() if lines is None else lines
         context = getattr(exc.diag, "context", None) or ""
