@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import io
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import redirect_stderr
 from decimal import Decimal
@@ -465,6 +466,27 @@ def test_a_tables_index_with_rows_is_kept(engine: Engine, embedder: FakeEmbedder
     assert forced.rebuilt_indexes == ("ix_articles_embedding_hnsw",)
     assert after["articles_pkey"] == before["articles_pkey"]
     assert after["ix_articles_embedding_hnsw"][1] == before["ix_articles_embedding_hnsw"][1]
+
+
+def test_a_role_that_does_not_own_the_table_keeps_the_index(
+    engine: Engine, embedder: FakeEmbedder
+) -> None:
+    role = f"vecorm_loader_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" NOSUPERUSER'))
+    try:
+        with Session(engine) as session:
+            vecorm.grant_access(session, Article, role)
+            session.commit()
+            session.execute(text(f'SET LOCAL ROLE "{role}"'))
+            result = vecorm.bulk_insert(session, Article, article_rows(30), embedder=embedder)
+            assert_statistics_exact(session, Article)
+            session.commit()
+        assert (result.rows, result.rebuilt_indexes, result.rebuilt_statistics) == (30, (), True)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP OWNED BY "{role}"'))
+            conn.execute(text(f'DROP ROLE "{role}"'))
 
 
 # ----------------------------------------------------------------- all or nothing

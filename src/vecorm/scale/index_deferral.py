@@ -15,7 +15,8 @@ sees no difference); a rollback brings the old one back instead::
 
 Dropping an index takes an ACCESS EXCLUSIVE lock on the table until the transaction ends:
 readers of the table wait for the load. Partitioned tables keep their indexes (a partitioned
-index's definition names only the parent).
+index's definition names only the parent), and so does a role that does not own the table
+(only an owner may drop an index).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _VECTOR_INDEXES = text(
     "LEFT JOIN pg_catalog.pg_tablespace s ON s.oid OPERATOR(pg_catalog.=) i.reltablespace "
     "WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
     "AND c.relkind OPERATOR(pg_catalog.=) 'r' AND x.indisvalid "
+    "AND pg_catalog.pg_has_role(c.relowner, 'USAGE') "
     "AND a.amname OPERATOR(pg_catalog.=) ANY (ARRAY['hnsw', 'ivfflat']) "
     "ORDER BY i.relname"
 )
@@ -64,7 +66,8 @@ class SavedIndex:
 
 
 def vector_indexes(connection: Connection, table: Table) -> list[SavedIndex]:
-    """The valid HNSW and IVFFlat indexes of ``table`` (none on a partitioned table)."""
+    """The valid HNSW and IVFFlat indexes of ``table`` that the current role may drop (it
+    acts as the table's owner); none on a partitioned table."""
     qualified = connection.dialect.identifier_preparer.format_table(table)
     rows = connection.execute(_VECTOR_INDEXES, {"table": qualified}).all()
     return [
