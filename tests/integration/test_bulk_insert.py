@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
+from tests.integration import test_mixin as inheritance
 from tests.integration.driver_matrix import driver_database
 from tests.integration.test_bm25 import assert_statistics_exact
 from vecorm.embedding.embedders import HashingEmbedder
@@ -319,6 +320,20 @@ def test_defaults_composite_key_and_schema(engine: Engine, embedder: FakeEmbedde
     assert (result.embedded, result.method) == (2, "copy")
     assert result.rebuilt_indexes == ("ix_pages_embedding_ivfflat",)
     assert "USING ivfflat" in indexes["ix_pages_embedding_ivfflat"][1]
+
+
+def test_inheritance(vecorm_engine: Engine) -> None:
+    tables = [inheritance.Page.__table__, inheritance.WikiPage.__table__]
+    inheritance.Base.metadata.create_all(vecorm_engine, tables=tables)
+    with Session(vecorm_engine) as session:
+        # Single-table inheritance: the subclass's discriminator is filled in.
+        vecorm.bulk_insert(session, inheritance.BlogPage, [{"heading": "a"}], embed=False)
+        vecorm.bulk_insert(session, inheritance.Page, [{"heading": "b"}], embed=False)
+        page = inheritance.Page
+        found = session.execute(select(page.heading, page.kind).order_by(page.heading)).all()
+        assert [tuple(row) for row in found] == [("a", "blog"), ("b", "page")]
+        with pytest.raises(vecorm.ConfigurationError, match="joined inheritance"):
+            vecorm.bulk_insert(session, inheritance.WikiPage, [{"heading": "c"}])
 
 
 @pytest.mark.parametrize(

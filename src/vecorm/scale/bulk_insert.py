@@ -86,7 +86,10 @@ DEFAULT_BATCH_SIZE = 5000
 class BulkInsertResult:
     """What :func:`bulk_insert` wrote: rows, of which ``embedded`` got their vector from the
     embedder; the seconds it took; ``"copy"`` or ``"insert"``; the indexes it built after the
-    load; whether the BM25 statistics were rebuilt once instead of kept per batch."""
+    load; whether the BM25 statistics were rebuilt once instead of kept per batch::
+
+        result.rows, result.embedded, result.rows_per_second   # (20000, 20000, 204.1)
+    """
 
     rows: int
     embedded: int
