@@ -21,6 +21,7 @@ from vecorm.embedding.reembed import ChangeStatus, ModelChange
 from vecorm.embedding.worker import Worker
 from vecorm.engine import create_async_engine, create_engine, database_url
 from vecorm.errors import (
+    BulkInsertError,
     ConfigurationError,
     DimensionMismatch,
     EmbeddingError,
@@ -34,6 +35,7 @@ from vecorm.errors import (
     VectorElementTypeError,
 )
 from vecorm.mixin import Searchable
+from vecorm.scale.bulk_insert import BulkInsertResult, bulk_insert
 from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
 from vecorm.scale.partitioning import (
     check_partition_indexes,
@@ -68,6 +70,8 @@ __all__ = [
     "BM25Arm",
     "BackfillResult",
     "Bit",
+    "BulkInsertError",
+    "BulkInsertResult",
     "ChangeStatus",
     "ConfigurationError",
     "DimensionMismatch",
@@ -101,6 +105,7 @@ __all__ = [
     "backfill",
     "bm25",
     "build_model_index",
+    "bulk_insert",
     "check_partition_indexes",
     "create_async_engine",
     "create_engine",

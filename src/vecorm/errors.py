@@ -63,6 +63,20 @@ class EmbeddingError(VecormError):
     """An embedding provider failed (after its retries) or answered something unusable."""
 
 
+class BulkInsertError(VecormError):
+    """:func:`vecorm.bulk_insert` refused or could not write a row; nothing of that call was
+    written. ``row`` is the position of the row to blame in the rows given (``None`` when no
+    single row is)::
+
+        except vecorm.BulkInsertError as exc:
+            print(exc.row, exc)   # 2500 bulk_insert(Document): rows[2500]: duplicate key ...
+    """
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 class ServerError(VecormError):
     """The embedded PostgreSQL server could not be started or reached."""
 

@@ -11,14 +11,22 @@ when the stored digest and model name equal the row's present ones::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def source_text(instance: object, fields: Sequence[str]) -> str | None:
     """The text ``instance`` embeds, or ``None`` when every field is NULL or blank."""
+    return join_text(getattr(instance, name, None) for name in fields)
+
+
+def join_text(values: Iterable[object]) -> str | None:
+    """The text of the fields' ``values`` in order (``None`` when all are NULL or blank).
+
+    >>> join_text(["Intro", None, "  ", 42])
+    'Intro\\n42'
+    """
     parts = []
-    for name in fields:
-        value = getattr(instance, name, None)
+    for value in values:
         if value is None:
             continue
         text = str(value)

@@ -1,1 +1,1 @@
-"""The scale layer: partitioning, Citus, read replicas and large index builds."""
+"""The scale layer: partitioning, Citus, read replicas, large index builds and bulk loading."""

@@ -46,6 +46,7 @@ __all__ = [
     "BinaryHalfVecParam",
     "BinarySparseVecParam",
     "BinaryVectorParam",
+    "copy_dumper",
     "register_array_types",
     "uses_binary_binds",
 ]
@@ -117,6 +118,16 @@ class _TextParamDumper(Dumper):
 
     def dump(self, obj: BinaryVectorParam | BinarySparseVecParam) -> bytes:
         return obj.text().encode()
+
+
+def copy_dumper(oid: int) -> type[Dumper]:
+    """A binary dumper of vecorm's vector parameters to the type ``oid`` (this database's
+    ``vector``, ``halfvec`` or ``sparsevec``), for a binary ``COPY`` whose column types are
+    given with ``Copy.set_types``; register it on the cursor only::
+
+        cursor.adapters.register_dumper(None, copy_dumper(vector_oid))
+    """
+    return type("VectorCopyDumper", (_BinaryParamDumper,), {"oid": oid})
 
 
 # Registry entries for vecorm's own parameter classes only. The binary dumper is registered
