@@ -542,3 +542,51 @@ def test_a_backfill_of_text_keys_meets_no_trap(engine: Engine, roles: Roles) -> 
         assert calls(session) == []
         assert not is_superuser(session, roles.attacker)
         assert session.scalar(text("SELECT count(*) FROM slugs WHERE embedding IS NULL")) == 0
+
+
+def test_a_model_change_meets_no_trap(engine: Engine, roles: Roles) -> None:
+    """ModelChange's statements (the shadow's text test, the catalog checks of its columns and
+    index) as the migrating superuser, with varchar, oid = regclass and name = text overloads
+    planted: none runs."""
+    from vecorm.testing import FakeEmbedder
+
+    with Session(engine) as session:
+        _plant_worker_traps(session, roles.attacker)
+        _plant_varchar_comparisons(session, roles.attacker)
+        session.execute(text(f'SET LOCAL ROLE "{roles.attacker}"'))
+        for schema in ("attacker", "public"):
+            for left, right in (
+                ("oid", "regclass"),
+                ("name", "text"),
+                ("name", "character varying"),
+            ):
+                function = f"op_eq_{left}_{right}".replace(" ", "_")
+                body = "a0::text OPERATOR(pg_catalog.=) a1::text"
+                session.execute(text(_trap(schema, function, [left, right], "boolean", body)))
+                session.execute(
+                    text(
+                        f"CREATE OPERATOR {schema}.= (LEFTARG = {left}, RIGHTARG = {right}, "
+                        f"FUNCTION = {schema}.{function})"
+                    )
+                )
+        session.execute(text("RESET ROLE"))
+        session.add_all(Doc(id=i, title=f"wal {i}", body="lock") for i in range(1, 4))
+        session.commit()
+    change = vecorm.ModelChange(Doc, FakeEmbedder(dimensions=DIMS * 2))
+    change.start(engine)
+    with Session(engine) as session:
+        change.backfill(session, progress=False)
+        assert change.status(session).remaining == 0
+    change.create_index(engine)
+    with Session(engine) as session:
+        change.finish(session)
+    with Session(engine) as session:
+        assert calls(session) == []
+        assert not is_superuser(session, roles.attacker)
+        column_type = session.scalar(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid "
+                "OPERATOR(pg_catalog.=) 'docs'::regclass AND attname = 'embedding'::name"
+            )
+        )
+        assert column_type == f"vector({DIMS * 2})"

@@ -78,7 +78,13 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError,
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig, search_config
-from vecorm.schema.pgcatalog import catalog_operator, compare, has_catalog_operators, pg
+from vecorm.schema.pgcatalog import (
+    catalog_operator,
+    compare,
+    has_catalog_operators,
+    pg,
+    text_value,
+)
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
 
@@ -160,8 +166,8 @@ class EmbeddingColumns:
 
 
 def _text(value: str) -> ColumnElement[str]:
-    """``value`` bound as ``text``, so operators against it resolve to pg_catalog's."""
-    return literal(value, Text)
+    """``value`` as ``text``, so operators against it resolve to pg_catalog's."""
+    return text_value(value)
 
 
 def columns_of(model: type[Any]) -> EmbeddingColumns:

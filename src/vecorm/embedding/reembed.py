@@ -35,8 +35,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Index, LargeBinary, MetaData, String, Table, column, select, table
-from sqlalchemy import func as sql_func
+from sqlalchemy import (
+    Column,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    any_,
+    column,
+    literal_column,
+    select,
+    table,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateIndex
@@ -62,6 +75,7 @@ from vecorm.schema.indexes import (
     indexed_expression,
     vector_index_name,
 )
+from vecorm.schema.pgcatalog import catalog_operator, pg, text_value
 from vecorm.schema.types import HalfVec, Vector
 
 __all__ = ["ChangeStatus", "ModelChange"]
@@ -200,9 +214,9 @@ class ModelChange:
         began = not session.in_transaction()
         try:
             rows = session.execute(
-                select(sql_func.count())
+                select(pg.count(literal_column("*")))
                 .select_from(self.shadow.table)
-                .where(self.shadow.text != "")
+                .where(self.shadow.text != text_value(""))
             ).scalar_one()
             remaining = count_stale(session, self.shadow, self.embedder.model_name)
         finally:
@@ -272,7 +286,7 @@ class ModelChange:
             conn = session.connection()
             preparer = conn.dialect.identifier_preparer
             target = preparer.format_table(self._table)
-            conn.execute(select(sql_func.set_config("lock_timeout", lock_timeout, True)))
+            conn.execute(select(pg.set_config("lock_timeout", lock_timeout, True)))
             conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
             self._require_shadow(conn)
             caught_up = embed_stale_in_transaction(
@@ -338,19 +352,27 @@ class ModelChange:
         """``True`` valid, ``False`` left invalid by a failed build, ``None`` absent."""
         qualified = self._qualified(conn, name)
         valid = conn.execute(
-            select(sql_func.bool_and(column("indisvalid")))
-            .select_from(table("pg_index", column("indexrelid"), column("indisvalid")))
-            .where(column("indexrelid") == sql_func.to_regclass(qualified))
+            select(pg.bool_and(column("indisvalid")))
+            .select_from(
+                table("pg_index", column("indexrelid"), column("indisvalid"), schema="pg_catalog")
+            )
+            .where(column("indexrelid").op(catalog_operator("="))(pg.to_regclass(qualified)))
         ).scalar_one_or_none()
         return None if valid is None else bool(valid)
 
     def _require_shadow(self, conn: Connection) -> None:
         present = conn.execute(
-            select(sql_func.count())
-            .select_from(table("pg_attribute", column("attrelid"), column("attname")))
+            select(pg.count(literal_column("*")))
+            .select_from(
+                table("pg_attribute", column("attrelid"), column("attname"), schema="pg_catalog")
+            )
             .where(
-                column("attrelid") == sql_func.to_regclass(self._qualified_table(conn)),
-                column("attname").in_(list(self.shadow_names.values())),
+                column("attrelid").op(catalog_operator("="))(
+                    pg.to_regclass(self._qualified_table(conn))
+                ),
+                column("attname").op(catalog_operator("="))(
+                    any_(postgresql.array(list(self.shadow_names.values()), type_=Text))
+                ),
             )
         ).scalar_one()
         if present != len(self.shadow_names):

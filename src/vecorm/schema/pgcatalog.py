@@ -20,7 +20,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-from sqlalchemy import Table, Text, TypeDecorator, func, text
+from sqlalchemy import Table, Text, TypeDecorator, cast, func, literal, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
@@ -146,6 +146,14 @@ _PYTHON_OPERATORS = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+
+
+def text_value(value: str) -> ColumnElement[str]:
+    """``value`` as a ``text`` expression (``CAST(:param AS TEXT)``: SQLAlchemy binds strings
+    as ``varchar``). Compared with another ``text``, an operator has an exact match in
+    pg_catalog, searched before any schema on the path, so no planted ``=(text, varchar)``
+    can win."""
+    return cast(literal(value, Text), Text)
 
 
 def has_catalog_operators(type_: TypeEngine[Any]) -> bool:
