@@ -55,7 +55,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import Pool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
@@ -418,7 +417,9 @@ def _unfiltered(context: ExecutionContext) -> bool:
 class _Applied:
     """The settings vecorm's hook has in effect on a connection, in one transaction."""
 
-    transaction: object  # SQLAlchemy's root transaction they belong to
+    # SQLAlchemy's root transaction they belong to; once it has ended (COMMIT, ROLLBACK, the
+    # pool's reset) nothing refers to it, and SET LOCAL ended with it.
+    transaction: weakref.ref[Any]
     values: dict[str, str] = field(default_factory=dict)
     previous: dict[str, str | None] = field(default_factory=dict)  # before vecorm set each
     pinned: bool = False  # a server-side cursor still scans with them: keep to the end
@@ -436,7 +437,7 @@ def _before_cursor_execute(
     searching = context is not None and not _SETTING_KEYS.isdisjoint(context.execution_options)
     if state is None and not searching:
         return  # nothing of vecorm's in effect, and not a search: all other statements pay
-    if state is not None and state.transaction is not conn.get_transaction():
+    if state is not None and state.transaction() is not conn.get_transaction():
         del conn.info[_STATE_KEY]  # its transaction ended, and SET LOCAL with it
         state = None
     if (
@@ -459,7 +460,9 @@ def _before_cursor_execute(
             "(the default isolation level) or leave out the vecorm_* execution options"
         )
     if state is None:
-        state = _Applied(conn.get_transaction())
+        transaction = conn.get_transaction()
+        assert transaction is not None  # SQLAlchemy 2 begins one before it executes
+        state = _Applied(weakref.ref(transaction))
     if settings != state.values:
         _switch(conn, state, settings)
     # A server-side cursor scans while rows are fetched, after this hook, maybe between
@@ -508,25 +511,9 @@ def _transaction_status(conn: Connection) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _forget(conn: Connection) -> None:
-    """COMMIT or ROLLBACK: SET LOCAL ends with the transaction, so does vecorm's record. (An
-    invalidated connection has no DBAPI connection left, nor anything to forget.)"""
-    if conn.invalidated or conn.closed:
-        return
-    conn.info.pop(_STATE_KEY, None)
-
-
-def _forget_at_checkin(dbapi_connection: Any, record: Any) -> None:
-    if record is not None:
-        record.info.pop(_STATE_KEY, None)
-
-
 # Every engine, made before or after this import, sync or the sync_engine of an async one
 # (see the module docstring for why this happens on import).
 event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
-event.listen(Engine, "commit", _forget)
-event.listen(Engine, "rollback", _forget)
-event.listen(Pool, "checkin", _forget_at_checkin)
 
 
 def _target(bind: Engine | AsyncEngine) -> Engine:
