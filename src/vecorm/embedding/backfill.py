@@ -138,10 +138,10 @@ class EmbeddingColumns:
         """The row's text in SQL, composed exactly as :func:`vecorm.embedding.source.source_text`
         does."""
         parts = [
-            case((pg.btrim(column, PYTHON_WHITESPACE) == _text(""), None), else_=column)
+            case((pg.btrim(column, PYTHON_WHITESPACE) == text_value(""), None), else_=column)
             for column in self.fields
         ]
-        return pg.concat_ws(_text("\n"), *parts)
+        return pg.concat_ws(text_value("\n"), *parts)
 
     @property
     def exact_in_sql(self) -> bool:
@@ -156,18 +156,13 @@ class EmbeddingColumns:
             self.digest.is_(None),
             # as text: an exact `=(varchar, varchar)` elsewhere on the path would beat
             # pg_catalog's text operator (docs/security.md)
-            cast(self.model, Text).is_distinct_from(_text(model_name)),
+            cast(self.model, Text).is_distinct_from(text_value(model_name)),
         ]
         if self.exact_in_sql:
             reasons.append(self.digest != pg.sha256(pg.convert_to(body, "UTF8")))
         else:  # e.g. a numeric field: str() and ::text may differ, so Python decides
             reasons.append(literal(True))
-        return and_(body != _text(""), or_(*reasons))
-
-
-def _text(value: str) -> ColumnElement[str]:
-    """``value`` as ``text``, so operators against it resolve to pg_catalog's."""
-    return text_value(value)
+        return and_(body != text_value(""), or_(*reasons))
 
 
 def columns_of(model: type[Any]) -> EmbeddingColumns:
