@@ -500,8 +500,8 @@ def test_an_unfiltered_search_uses_the_index_on_wide_vectors(
 
 
 def test_an_invalidated_connection_still_closes(plain_engine: Engine) -> None:
-    """The ROLLBACK listener that forgets the settings must not touch the DBAPI connection an
-    invalidated Connection no longer has (it raised PendingRollbackError from close())."""
+    """Nothing of the settings hook touches the DBAPI connection an invalidated Connection no
+    longer has (a ROLLBACK listener once raised PendingRollbackError from close())."""
     conn = plain_engine.connect()
     conn.execute(SETTINGS.execution_options(**ASKED).add_columns(text("'[1]'::vector")))
     conn.invalidate()
