@@ -461,7 +461,11 @@ def test_statement_settings_follow_the_model_config() -> None:
         "vecorm_ivfflat_probes": 2,
         "vecorm_plan_cache_mode": "force_custom_plan",
         "vecorm_enable_sort": ByFilter(None, "off"),
+        "vecorm_exact_fallback": True,
     }
+    assert (
+        "vecorm_exact_fallback" not in Doc.nearest([0.0] * DIMS, exact=True).get_execution_options()
+    )
 
 
 # --------------------------------------------------------------------------- filtered search
@@ -523,7 +527,9 @@ def test_filtered_search_keeps_its_promise(vecorm_engine: Engine) -> None:
     with Session(vecorm_engine) as session, session.begin():
         # pgvector's defaults (ef_search 40, no iterative scan) lose most filtered rows.
         plain_recall, plain_counts = search(
-            session, **search_options(ef_search=40, iterative_scan="off")
+            session,
+            **search_options(ef_search=40, iterative_scan="off"),
+            vecorm_exact_fallback=False,
         )
         assert max(plain_counts) < 10 and plain_recall < 0.5
         # vecorm's defaults: every query gets its 10 rows, at high recall.
@@ -540,7 +546,7 @@ def test_filtered_search_keeps_its_promise(vecorm_engine: Engine) -> None:
         # still returns every row; recall measured 0.94-0.97 on this data (1.0 at 50k x 64).
         session.execute(text("SET LOCAL enable_seqscan = off"))
         assert "ix_filtered_embedding_hnsw" in assert_index_used(session, stmt)
-        recall, counts = search(session)
+        recall, counts = search(session, vecorm_exact_fallback=False)
         assert counts == [10] * len(queries)
         assert recall >= 0.9, recall
         rows = session.execute(stmt).all()

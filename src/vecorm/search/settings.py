@@ -158,6 +158,7 @@ SETTINGS: Mapping[str, _Setting] = {
         "plan_cache_mode", _choice("auto", "force_custom_plan", "force_generic_plan")
     ),
     "vecorm_enable_sort": _Setting("enable_sort", _choice("on", "off")),
+    "vecorm_enable_indexscan": _Setting("enable_indexscan", _choice("on", "off")),
 }
 #: ``plan_cache_mode`` of vecorm's index searches. psycopg prepares a statement after its
 #: fifth run, and PostgreSQL may then reuse a generic plan, one made without the parameter
@@ -399,11 +400,10 @@ def own_condition(condition: ColumnElement[bool]) -> ColumnElement[bool]:
     return condition._annotate({_OWN: True})
 
 
-def _unfiltered(context: ExecutionContext) -> bool:
-    """Whether the executed statement is a single-table ``SELECT`` whose ``WHERE`` holds only
-    vecorm's own conditions (a ``.where()``, ``.join()`` or ``select_from()`` of yours makes
-    it filtered)."""
-    statement = getattr(context.compiled, "statement", None)
+def unfiltered(statement: object) -> bool:
+    """Whether ``statement`` is a single-table ``SELECT`` whose ``WHERE`` holds only vecorm's
+    own conditions (a ``.where()``, ``.join()`` or ``select_from()`` of yours makes it
+    filtered); an :class:`~vecorm.search.explain.Explain` is judged by its statement."""
     if isinstance(statement, Explain):  # its plan is the statement's
         statement = statement.statement
     if not isinstance(statement, Select):
@@ -411,6 +411,10 @@ def _unfiltered(context: ExecutionContext) -> bool:
     if statement._setup_joins or statement._from_obj:
         return False
     return all(condition._annotations.get(_OWN) for condition in statement._where_criteria)
+
+
+def _unfiltered(context: ExecutionContext) -> bool:
+    return unfiltered(getattr(context.compiled, "statement", None))
 
 
 @dataclass

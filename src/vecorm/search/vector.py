@@ -77,6 +77,7 @@ from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import Distance, SearchConfig
 from vecorm.schema.indexes import indexed_expression
 from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
+from vecorm.search.exact_fallback import FALLBACK_OPTION
 from vecorm.search.settings import index_search_options, own_condition
 
 if TYPE_CHECKING:
@@ -422,6 +423,9 @@ def nearest(
 
         stmt = nearest(Document, [0.1, 0.2, 0.3], k=5).where(Document.category == "ml")
 
+    Run in a session, a statement with conditions of yours that comes back with fewer than
+    ``k`` rows is run again exactly (:mod:`vecorm.search.exact_fallback`).
+
     On a ``precision="halfvec"`` index the distance is computed in half precision (the
     index's own expression); on a ``precision="bit"`` index the statement takes
     ``candidates`` rows (default ``k * rerank``) by Hamming distance through the index, with
@@ -455,6 +459,8 @@ def nearest(
     ordering: ColumnElement[Any] = expression + 0.0 if exact else distance_column
     stmt = stmt.order_by(ordering, *primary_key_columns(model)).limit(row_limit(k))
     options = index_search_options(config, depth=depth)
+    if options and not exact:
+        options[FALLBACK_OPTION] = True  # short under a filter of yours: run exactly
     return stmt.execution_options(**options) if options else stmt
 
 
