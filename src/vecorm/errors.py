@@ -15,6 +15,7 @@ all: ``warnings.simplefilter("error", vecorm.VecormWarning)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class VecormError(Exception):
@@ -60,7 +61,27 @@ class VectorDimensionsError(VecormError):
 
 
 class EmbeddingError(VecormError):
-    """An embedding provider failed (after its retries) or answered something unusable."""
+    """An embedding provider failed (after its retries) or answered something unusable.
+
+    ``rejected_input`` is true when the texts themselves were refused (too long, empty, an
+    HTTP 400 from the provider): the same texts would fail again, unlike a rate limit, a
+    timeout or a server error. A backfill or worker then finds the texts to blame and carries
+    on with the others::
+
+        except vecorm.EmbeddingError as exc:
+            if exc.rejected_input: ...
+    """
+
+    def __init__(self, message: str = "", *, rejected_input: bool = False) -> None:
+        super().__init__(message)
+        self.rejected_input = rejected_input
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_embedding_error, (str(self), self.rejected_input))
+
+
+def _embedding_error(message: str, rejected_input: bool) -> EmbeddingError:
+    return EmbeddingError(message, rejected_input=rejected_input)
 
 
 class BulkInsertError(VecormError):

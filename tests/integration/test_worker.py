@@ -19,15 +19,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 import vecorm
-from tests.integration.test_events import DIMS, Base, Document, Note, assert_current, stored
+from tests.integration.test_events import (
+    DIMS,
+    Base,
+    Document,
+    Note,
+    assert_current,
+    openai_embedder,
+    stored,
+)
 from vecorm.embedding.backfill import stale_count
 from vecorm.embedding.embedders import HashingEmbedder
 from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.health import read_heartbeat
 from vecorm.embedding.notify import CHANNEL, create_notify_trigger, drop_notify_trigger
+from vecorm.embedding.source import text_digest
 from vecorm.embedding.worker import Worker
 from vecorm.engine import libpq_conninfo
 from vecorm.testing import FakeEmbedder
+from vecorm.testing.openai_server import OpenAIServer
 
 #: A poll interval no test waits for: what a test sees sooner came from a NOTIFY.
 NEVER = 300.0
@@ -455,3 +465,44 @@ def test_run_once_embeds_what_is_stale_and_skips_locked_rows(engine: Engine) -> 
     assert embedded_ids(engine) == {1, 2, 3, 5, 6, 7}
     assert worker.run_once().embedded == 1
     assert_current(engine)
+
+
+def test_a_refused_text_does_not_hold_back_its_table(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider refuses two texts (HTTP 400): the worker splits their batches until they
+    are alone, embeds every other row, and leaves those two until their text changes."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Document),
+            [
+                {"id": i, "title": f"doc {i}", "content": "POISON" if i in (5, 13) else "fine"}
+                for i in range(1, 21)
+            ],
+        )
+    with OpenAIServer() as server:
+        server.refuse_texts_containing("POISON")
+        provider = openai_embedder(server)  # 4 texts per request
+        worker = Worker(engine, [Document], embedder=provider, batch_size=8, poll_interval=NEVER)
+        with caplog.at_level("WARNING", logger="vecorm.backfill"):
+            result = worker.run_once()
+        assert result.embedded == 18
+        assert embedded_ids(engine) == set(range(1, 21)) - {5, 13}
+        refused = [r.getMessage() for r in caplog.records if "refused its text" in r.getMessage()]
+        assert len(refused) == 2 and "HTTP 400" in refused[0] and "row 5" in refused[0]
+        health = worker.health()
+        assert health.rows_rejected == 2 and health.backlog == {"Document": 2}
+        # Each bad text was found by halving its request: 4 -> 2 -> 1 (and the good halves).
+        poisoned = [r.body["input"] for r in server.requests if "POISON" in str(r.body["input"])]
+        assert sorted(map(len, poisoned)) == [1, 1, 2, 2, 4, 4]
+        # The next pass leaves them alone: no request, no error.
+        server.reset()
+        assert worker.run_once().embedded == 0 and server.requests == []
+        # Until the text changes.
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE documents SET content = 'mended' WHERE id = 5"))
+        assert worker.run_once().embedded == 1
+        assert embedded_ids(engine) == set(range(1, 21)) - {13}
+    row_text, vector, digest, _ = stored(engine)[5]
+    assert row_text == "doc 5\nmended" and vector is not None
+    assert digest == text_digest(row_text)

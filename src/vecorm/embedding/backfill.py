@@ -44,7 +44,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -103,12 +103,15 @@ PYTHON_WHITESPACE = (
 
 @dataclass(frozen=True)
 class BackfillResult:
-    """What a backfill did: rows embedded, batches committed, provider calls, seconds taken."""
+    """What a backfill did: rows embedded, batches committed, provider calls, seconds taken,
+    and the primary keys of the rows whose text the provider refused (``rejected``: too long,
+    empty, an HTTP 400), which stay stale until their text changes."""
 
     embedded: int
     batches: int
     calls: int
     seconds: float
+    rejected: tuple[tuple[Any, ...], ...] = ()
 
     @property
     def rows_per_second(self) -> float:
@@ -345,8 +348,21 @@ def run_backfill(
                 break
     if counters.logged > started:  # a long run logged progress: say when it is done
         counters.log("done: ")
+    rejected = counters.rejected_keys(columns.owner)
+    if rejected:
+        log.warning(
+            "vecorm: %s: the provider refused the text of %d rows (first keys: %s); they stay "
+            "stale until their text changes",
+            counters.label,
+            len(rejected),
+            ", ".join(map(repr, rejected[:5])),
+        )
     return BackfillResult(
-        counters.embedded, counters.batches, counters.calls, time.perf_counter() - started
+        counters.embedded,
+        counters.batches,
+        counters.calls,
+        time.perf_counter() - started,
+        rejected,
     )
 
 
@@ -376,6 +392,17 @@ class Counters:
     logged: float = 0.0
     #: ``time.time()`` when the last batch was committed (0.0: none yet).
     last_batch: float = 0.0
+    #: (owner, primary key) -> digest of the text the provider refused, and why: such a row
+    #: is left alone until its text changes (see :func:`_embed_texts`).
+    rejected: dict[tuple[str, tuple[Any, ...]], tuple[bytes, str]] = field(default_factory=dict)
+
+    def refused(self, owner: str, key: tuple[Any, ...], digest: bytes) -> bool:
+        """Whether this row's present text was refused before."""
+        found = self.rejected.get((owner, key))
+        return found is not None and found[0] == digest
+
+    def rejected_keys(self, owner: str) -> tuple[tuple[Any, ...], ...]:
+        return tuple(key for name, key in self.rejected if name == owner)
 
     def tick(self) -> None:
         """Log progress if ``log_every`` seconds passed since the last line."""
@@ -484,9 +511,11 @@ def _sweep_rows(
                     session.commit()
                 return
             after = tuple(rows[-1][:width])
-            work = _stale_rows(columns, embedder.model_name, rows)
+            work = _stale_rows(columns, embedder.model_name, rows, counters)
+            written = 0
             if work:
-                counters.calls += _embed_and_write(session, columns, embedder, work)
+                calls, written = _embed_and_write(session, columns, embedder, work, counters)
+                counters.calls += calls
             if commit:
                 session.commit()
         except BaseException:
@@ -494,20 +523,21 @@ def _sweep_rows(
                 session.rollback()
             raise
         counters.batches += 1
-        counters.embedded += len(work)
+        counters.embedded += written
         counters.last_batch = time.time()
         counters.tick()
-        if bar.total is not None and bar.n + len(work) > bar.total:
-            bar.total = bar.n + len(work)
-        bar.update(len(work))
+        if bar.total is not None and bar.n + written > bar.total:
+            bar.total = bar.n + written
+        bar.update(written)
         if stop is not None and stop():
             return
 
 
 def _stale_rows(
-    columns: EmbeddingColumns, model_name: str, rows: Sequence[Any]
+    columns: EmbeddingColumns, model_name: str, rows: Sequence[Any], counters: Counters
 ) -> list[tuple[tuple[Any, ...], str, bytes]]:
-    """(key, text, digest) of the claimed rows that Python also finds stale."""
+    """(key, text, digest) of the claimed rows that Python also finds stale (and whose
+    present text the provider has not refused already)."""
     width = len(columns.keys)
     work = []
     for row in rows:
@@ -520,6 +550,8 @@ def _stale_rows(
         digest = text_digest(body)
         if not is_null and stored_digest == digest and stored_model == model_name:
             continue
+        if counters.refused(columns.owner, values[:width], digest):
+            continue
         work.append((values[:width], body, digest))
     return work
 
@@ -529,28 +561,25 @@ def _embed_and_write(
     columns: EmbeddingColumns,
     embedder: Embedder,
     work: list[tuple[tuple[Any, ...], str, bytes]],
-) -> int:
+    counters: Counters,
+) -> tuple[int, int]:
+    """Embed ``work``'s texts and write their rows in one statement: (provider calls, rows
+    written). Rows whose text the provider refused are recorded in ``counters`` and left."""
     texts = list(dict.fromkeys(body for _, body, _ in work))
-    vectors: dict[str, Any] = {}
-    calls = 0
-    step = max(1, embedder.max_batch_size)
-    for start in range(0, len(texts), step):
-        batch = texts[start : start + step]
-        calls += 1
-        try:
-            matrix = check_embeddings(
-                embedder, batch, call_embedder(embedder, batch), columns.dimensions
+    vectors, refused, calls = _embed_texts(columns, embedder, texts)
+    for key, body, digest in work:
+        if body in refused:
+            counters.rejected[(columns.owner, key)] = (digest, refused[body])
+            log.warning(
+                "vecorm: %s row %r: the provider refused its text (%s); it stays stale until "
+                "its text changes",
+                columns.owner,
+                key if len(key) > 1 else key[0],
+                refused[body],
             )
-        except DimensionMismatch:
-            raise
-        except Exception as exc:
-            detail = str(exc) if isinstance(exc, VecormError) else f"{type(exc).__name__}: {exc}"
-            raise EmbeddingError(
-                f"backfill of {columns.owner} failed: {embedder.model_name!r} could not embed "
-                f"{len(batch)} texts: {detail}. Batches already committed are kept; run the "
-                "backfill again to carry on"
-            ) from exc
-        vectors.update(zip(batch, matrix, strict=True))
+    work = [item for item in work if item[1] not in refused]
+    if not work:
+        return calls, 0
     rows = [(*key, vectors[body], digest, embedder.model_name) for key, body, digest in work]
     connection = session.connection()
     statement, parameters = batch_update(columns, rows, connection.dialect)
@@ -559,7 +588,58 @@ def _embed_and_write(
     connection.execute(_BM25_TRIGGERS, {"value": "on"})
     connection.execute(statement, parameters)
     connection.execute(_BM25_TRIGGERS, {"value": "off"})
-    return calls
+    return calls, len(work)
+
+
+def _embed_texts(
+    columns: EmbeddingColumns, embedder: Embedder, texts: list[str]
+) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Vectors by text, the texts the provider refused with its reason, provider calls.
+
+    A batch refused for its texts (:attr:`~vecorm.errors.EmbeddingError.rejected_input`: one
+    too long, one empty, an HTTP 400) is split in halves until the texts to blame are alone,
+    so that one bad row does not hold back the rest of its table (a worker would otherwise
+    retry the same batch for ever); a few calls more, only when that happens. Any other
+    failure (rate limit, timeout, server error) raises at once, and the batch rolls back.
+    """
+    vectors: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    calls = 0
+    step = max(1, embedder.max_batch_size)
+    pending = [texts[start : start + step] for start in range(0, len(texts), step)]
+    while pending:
+        batch = pending.pop(0)
+        calls += 1
+        try:
+            matrix = check_embeddings(
+                embedder, batch, call_embedder(embedder, batch), columns.dimensions
+            )
+        except DimensionMismatch:
+            raise
+        except EmbeddingError as exc:
+            if not exc.rejected_input:
+                raise _batch_failed(columns, embedder, batch, exc) from exc
+            if len(batch) == 1:
+                refused[batch[0]] = str(exc)
+            else:
+                middle = len(batch) // 2
+                pending[:0] = [batch[:middle], batch[middle:]]
+            continue
+        except Exception as exc:
+            raise _batch_failed(columns, embedder, batch, exc) from exc
+        vectors.update(zip(batch, matrix, strict=True))
+    return vectors, refused, calls
+
+
+def _batch_failed(
+    columns: EmbeddingColumns, embedder: Embedder, batch: list[str], exc: Exception
+) -> EmbeddingError:
+    detail = str(exc) if isinstance(exc, VecormError) else f"{type(exc).__name__}: {exc}"
+    return EmbeddingError(
+        f"backfill of {columns.owner} failed: {embedder.model_name!r} could not embed "
+        f"{len(batch)} texts: {detail}. Batches already committed are kept; run the "
+        "backfill again to carry on"
+    )
 
 
 _BM25_TRIGGERS = text("SELECT pg_catalog.set_config('vecorm.bm25_deferred', :value, true)")

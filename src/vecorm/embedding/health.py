@@ -49,6 +49,8 @@ class WorkerHealth:
     last_error: str | None = None
     last_error_at: datetime | None = None
     backlog: Mapping[str, int] | None = field(default=None)
+    #: Rows whose text the provider refused: left stale until their text changes.
+    rows_rejected: int = 0
 
     @property
     def waiting(self) -> int | None:

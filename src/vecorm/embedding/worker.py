@@ -20,6 +20,9 @@ UPDATE SKIP LOCKED``, embed, one UPDATE, COMMIT per batch), then waits again. So
   trigger of :mod:`vecorm.embedding.notify`;
 * a provider failure rolls back the batch in flight, whose rows stay stale; the worker logs it
   and retries after ``retry_delay`` seconds, doubling up to ``max_retry_delay``;
+* a text the provider refuses (too long, empty, an HTTP 400) is found by splitting its batch
+  and left stale, logged, until it changes, while the rest of its table is embedded
+  (``health().rows_rejected``); one bad row never holds back the others;
 * a lost connection is logged and reopened (and the poll covers what was missed meanwhile);
 * :meth:`Worker.stop` (or SIGTERM/SIGINT under ``vecorm worker``) lets the batch in flight
   commit, then :meth:`Worker.run` returns.
@@ -334,6 +337,7 @@ class Worker:
             last_error=self._last_error,
             last_error_at=self._last_error_at,
             backlog=self.backlog() if backlog else None,
+            rows_rejected=len(counters.rejected),
         )
 
     def backlog(self) -> dict[str, int]:

@@ -110,6 +110,7 @@ class OpenAIServer:
         self._requests: list[RecordedRequest] = []
         self._script = _Script()
         self._stopping = threading.Event()
+        self._refused: tuple[str, ...] = ()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -226,6 +227,13 @@ class OpenAIServer:
             position = len(self._requests) + k - 1
             self._script.scheduled[position] = _Fault(status=status, message=message)
 
+    def refuse_texts_containing(self, *markers: str) -> None:
+        """From now on, answer any request with a text containing one of ``markers`` with
+        HTTP 400, as OpenAI answers an input it will not embed (a content filter, a text over
+        the model's limit); ``refuse_texts_containing()`` stops it."""
+        with self._lock:
+            self._refused = markers
+
     def _queue(self, fault: _Fault, times: int) -> None:
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
@@ -288,6 +296,13 @@ class OpenAIServer:
                 "'$.input' is invalid. Please check the API reference.",
                 "invalid_request_error",
             )
+        for index, text in enumerate(texts):
+            if any(marker in text for marker in self._refused):
+                return _error(
+                    400,
+                    f"'$.input[{index}]' was refused: the text cannot be embedded.",
+                    "invalid_request_error",
+                )
         requested = body.get("dimensions")
         if requested is not None and model not in _NATIVE_DIMENSIONS and not self.matryoshka:
             # vLLM's answer for a model without Matryoshka training (Ollama's is alike).

@@ -289,16 +289,28 @@ def backfill(
             "seconds": round(result.seconds, 3),
             "rows_per_second": round(result.rows_per_second, 1),
             "left": left,
+            "rejected": [list(key) for key in result.rejected],
         }
-        click.echo(json.dumps(document))
+        click.echo(json.dumps(document, default=str))
+        if result.rejected:
+            sys.exit(1)
         return
-    if result.embedded == 0:
+    if result.embedded == 0 and not result.rejected:
         click.echo(f"{name}: nothing to embed, every row is up to date")
     else:
         click.echo(
             f"{name}: embedded {result.embedded} rows in {result.batches} batches "
             f"({result.calls} provider calls, {result.rows_per_second:.0f} rows/s)"
         )
+    if result.rejected:
+        keys = ", ".join(repr(key if len(key) > 1 else key[0]) for key in result.rejected[:10])
+        more = "" if len(result.rejected) <= 10 else f" and {len(result.rejected) - 10} more"
+        click.echo(
+            f"{name}: the provider refused the text of {len(result.rejected)} rows ({keys}"
+            f"{more}): they stay unembedded until their text changes; the log says why",
+            err=True,
+        )
+        sys.exit(1)
     if left:
         click.echo(f"{name}: {left} rows became stale meanwhile; run the command again")
 

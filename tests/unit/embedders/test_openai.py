@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from typing import Any
 
 import numpy as np
@@ -409,3 +410,25 @@ def test_server_schedules_a_failure_for_a_later_request(openai_server: OpenAISer
 
     assert caught.value.status_code == 418
     assert len(openai_server.requests) == 3
+
+
+def test_a_refused_input_is_told_from_a_failing_service(openai_server: OpenAIServer) -> None:
+    """What a backfill splits (the texts were refused) and what it retries (the service)."""
+    openai_server.refuse_texts_containing("forbidden")
+    with make_embedder(openai_server, max_retries=0) as embedder:
+        with pytest.raises(EmbeddingError, match="HTTP 400") as refused:
+            embedder.embed(["fine", "a forbidden text"])
+        assert refused.value.rejected_input
+        with pytest.raises(EmbeddingError, match="input limit") as too_long:
+            embedder.embed(["word " * 40_000])
+        assert too_long.value.rejected_input
+        openai_server.fail_next(429)
+        with pytest.raises(EmbeddingError, match="HTTP 429") as limited:
+            embedder.embed(["fine"])
+        assert not limited.value.rejected_input
+        openai_server.fail_next(503)
+        with pytest.raises(EmbeddingError, match="HTTP 503") as down:
+            embedder.embed(["fine"])
+        assert not down.value.rejected_input
+    copied = pickle.loads(pickle.dumps(refused.value))
+    assert copied.rejected_input and str(copied) == str(refused.value)

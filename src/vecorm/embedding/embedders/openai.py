@@ -293,14 +293,16 @@ class OpenAIEmbedder:
             if not text:
                 raise EmbeddingError(
                     f"text {index} is empty, and the OpenAI API rejects empty input; "
-                    "skip empty texts or give them placeholder content"
+                    "skip empty texts or give them placeholder content",
+                    rejected_input=True,
                 )
             tokens = self._count_tokens(text)
             if tokens > MAX_INPUT_TOKENS:
                 raise EmbeddingError(
                     f"text {index} is about {tokens} tokens ({len(text)} characters), over the "
                     f"{MAX_INPUT_TOKENS}-token input limit of {self._model}; split it into "
-                    "smaller passages (or pass count_tokens= to count exactly)"
+                    "smaller passages (or pass count_tokens= to count exactly)",
+                    rejected_input=True,
                 )
             if batch and (
                 len(batch) >= self._max_batch_size
@@ -347,6 +349,7 @@ class OpenAIEmbedder:
         api = self._openai
         where = f"model {self._model!r}"
         tries = f"after {self._max_retries} {'retry' if self._max_retries == 1 else 'retries'}"
+        rejected = False
         if isinstance(exc, api.APITimeoutError):
             message = (
                 f"OpenAI embeddings request for {where} timed out ({self._timeout:g} s per try, "
@@ -359,6 +362,7 @@ class OpenAIEmbedder:
             )
         elif isinstance(exc, api.APIStatusError):
             status = exc.status_code
+            rejected = status in (400, 413, 422)  # the texts, not the service
             detail = _error_detail(exc)
             if status == 401:
                 advice = "check the API key (api_key= or OPENAI_API_KEY)"
@@ -375,6 +379,7 @@ class OpenAIEmbedder:
                 and self._requested_dimensions is not None
                 and "dimension" in (detail or "").lower()
             ):
+                rejected = False  # every text would fail alike
                 advice = (
                     f"the server refused dimensions={self._requested_dimensions}; if it serves "
                     "the model at that width, pass send_dimensions=False"
@@ -386,7 +391,7 @@ class OpenAIEmbedder:
                 message += f" ({detail})"
         else:
             message = f"OpenAI embeddings request for {where} failed: {exc}"
-        return EmbeddingError(self._redact(message))
+        return EmbeddingError(self._redact(message), rejected_input=rejected)
 
     def _redact(self, message: str) -> str:
         for secret in (self._api_key, os.environ.get("OPENAI_API_KEY")):
