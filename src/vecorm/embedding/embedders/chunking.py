@@ -142,12 +142,21 @@ def _pack(text: str, weigh: Callable[[str], int], size: int, overlap: int) -> li
         chunks.append(Chunk(text[start:end], start, end))
         if last == len(units) - 1:
             break
-        following, carried = last + 1, 0
-        while following - 1 > first and carried + units[following - 1].weight <= overlap:
-            following -= 1
-            carried += units[following].weight
-        first, previous = following, last
+        first, previous = _overlap_start(units, first, last, overlap), last
     return chunks
+
+
+def _overlap_start(units: list[_Unit], first: int, last: int, overlap: int) -> int:
+    """Where the passage after ``units[first..last]`` starts: as far back as ``overlap``
+    allows, at the start of a sentence when one begins in that stretch."""
+    following, carried = last + 1, 0
+    sentence_start = None
+    while following - 1 > first and carried + units[following - 1].weight <= overlap:
+        following -= 1
+        carried += units[following].weight
+        if units[following - 1].strength >= _SENTENCE:
+            sentence_start = following
+    return sentence_start if sentence_start is not None else following
 
 
 def _last_fitting(
