@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import String, event, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import vecorm
@@ -339,6 +340,69 @@ def test_a_29k_character_document_commits_in_strict_mode_through_openai(
     assert sorted(sent) == sorted({row[1] for row in rows})  # each distinct passage sent once
     assert all(provider.count_tokens(text) <= provider.max_input_tokens for text in sent)
     assert all(row[4] is not None for row in rows)
+
+
+async def test_an_async_session_writes_and_replaces_passages(
+    engine: Engine, vecorm_async_engine: AsyncEngine, embedder: FakeEmbedder
+) -> None:
+    maker = async_sessionmaker(vecorm_async_engine, expire_on_commit=False)
+    install(maker, embedder=embedder)
+    try:
+        async with maker() as session:
+            session.add(Doc(id=1, body=paragraphs("vacuum", "index")))
+            await session.commit()
+            doc = await session.get(Doc, 1)
+            assert doc is not None
+            doc.body = paragraphs("vacuum", "replica", "backup")
+            await session.commit()
+    finally:
+        uninstall(maker)
+    assert_current(engine, 1, paragraphs("vacuum", "replica", "backup"))
+    # the first commit embeds both passages; the edit only the two new ones
+    assert embedder.texts == [paragraph(word) for word in ("vacuum", "index", "replica", "backup")]
+
+
+class Article(vecorm.Searchable, Base):
+    """A parent that is searchable itself: its own vector and its passages', one flush."""
+
+    __tablename__ = "articles"
+    __vecorm__ = vecorm.SearchConfig(fields=("title",), dimensions=DIMS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    body: Mapped[str]
+
+
+class ArticlePassage(vecorm.Passage, Base):
+    __tablename__ = "article_passages"
+    __vecorm__ = vecorm.PassageConfig(
+        parent=Article,
+        source=("title", "body"),
+        chunker=vecorm.chunk_tokens(size=40, overlap=5),
+        dimensions=DIMS,
+        bm25=None,
+    )
+
+
+def test_a_searchable_parent_and_its_passages_embed_in_one_flush(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    body = paragraphs("vacuum", "index", "replica")
+    with factory() as session:
+        session.add(Article(id=1, title="Maintenance", body=body))
+        session.commit()
+        article = session.get(Article, 1)
+        assert article is not None
+        assert article.embedding is not None
+        passages = session.scalars(select(ArticlePassage).order_by(ArticlePassage.ordinal)).all()
+        assert all(p.embedding is not None for p in passages)
+    joined = "Maintenance\n" + body  # the source fields joined as an embedded row's are
+    assert [(p.char_start, p.char_end) for p in passages] == [
+        (chunk.start, chunk.end) for chunk in vecorm.chunk_tokens(size=40, overlap=5)(joined)
+    ]
+    assert all(joined[p.char_start : p.char_end] == p.text for p in passages)
+    assert len(embedder.calls) == 1  # the article's text and its passages: one batch
+    assert "Maintenance" in embedder.texts
 
 
 # --- searching passages for their parents -------------------------------------------------

@@ -193,7 +193,9 @@ def _compile_nearest(element: _NearestHits, compiler: SQLCompiler, **kw: Any) ->
     best_passages = (
         _scan(element, needs_parent, parent_key.label("parent_id"), ordinal.label("ordinal"))
         .where(*criteria, parent_key == chosen.c.parent_id)
-        .order_by(distance, ordinal)
+        # "+ 0": not the index's expression, so a parent's few passages are fetched by its
+        # key and sorted, never searched for in the whole graph
+        .order_by(distance + 0.0, ordinal)
         .limit(element.per_parent)
         .correlate_except(parent_key.table, *_parent_tables(element))
         .lateral("passage_best")
