@@ -447,10 +447,16 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     if table in _completed_tables:
         return  # the event can fire again for the same table
     _completed_tables.add(table)
-    _check_fields(cls, mapper, config)
     if isinstance(config, PassageConfig):
+        if not issubclass(cls, Passage):
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__ is a PassageConfig: declare the class with "
+                f"vecorm.Passage (class {cls.__name__}(vecorm.Passage, Base)), which adds "
+                "its parent_id, ordinal, text and offset columns"
+            )
         _check_source(cls, config)
         register_passage_model(cls)
+    _check_fields(cls, mapper, config)
     event.listen(table, "before_create", ensure_vector_extension)
     # Index() on a table's columns attaches itself to that table.
     vector_index(embedding, config)

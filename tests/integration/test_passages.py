@@ -564,6 +564,13 @@ def test_mistakes_are_reported_when_the_class_is_created() -> None:
             __tablename__ = "note_sizes"
             __vecorm__ = vecorm.PassageConfig(parent=Note, source=("size",), dimensions=3)
 
+    with pytest.raises(ConfigurationError, match="NoteChunks.__vecorm__ is a PassageConfig"):
+
+        class NoteChunks(vecorm.Searchable, Other):
+            __tablename__ = "note_chunks"
+            __vecorm__ = vecorm.PassageConfig(parent=Note, source=("body",), dimensions=3)
+            id: Mapped[int] = mapped_column(primary_key=True)
+
     with pytest.raises(ConfigurationError, match="Note is not a passage model"):
         vecorm.passage_search(Note, [1.0, 0.0, 0.0])
 

@@ -291,16 +291,20 @@ def passage_search(
     :func:`~vecorm.search.vector.nearest`), each with its ``passages_per_parent`` nearest
     passages; see the module docstring.
 
-    ``depth`` passages (default ``max(100, 5 * k * passages_per_parent)``) are taken from the
-    index before grouping; ``max_distance`` keeps passages at most that far::
+    ``depth`` passages (default ``max(100, 5 * k * passages_per_parent)``, at least
+    ``k * passages_per_parent``) are taken from the index before grouping; ``max_distance``
+    keeps passages at most that far::
 
         stmt = passage_search(DocPassage, vector, k=5, passages_per_parent=2)
         session.execute(stmt.where(Doc.category == "postgres")).all()
     """
     k = _count("k", k)
     per_parent = _count("passages_per_parent", passages_per_parent)
-    depth = _count("depth", depth) if depth is not None else None
-    depth = max(depth or 0, MIN_DEPTH if depth is None else 0, DEPTH_PER_PARENT * k * per_parent)
+    wanted = k * per_parent
+    if depth is None:
+        depth = max(MIN_DEPTH, DEPTH_PER_PARENT * wanted)
+    else:
+        depth = max(_count("depth", depth), wanted)
     config = passage_config(model)
     parent, parent_key, parent_join = _models(model)
     metric = metric_of(model, distance)
