@@ -479,6 +479,30 @@ def test_k_parents_although_the_nearest_passages_share_one_parent(
         assert sorted(doc.id for doc, _, _ in everyone) == list(range(1, 9))
 
 
+def exact_ranking_ran(session: Session, stmt: Any) -> bool:
+    """Whether the statement's exact ranking of the parents ran (EXPLAIN ANALYZE): the branch
+    under the one-time filter ``found < k``."""
+    from vecorm.search.explain import explain, plan_nodes
+
+    gates = [
+        node
+        for node in plan_nodes(explain(session, stmt, analyze=True))
+        if " < " in node.get("One-Time Filter", "")
+    ]
+    assert len(gates) == 1, gates
+    return bool(any(child["Actual Loops"] for child in gates[0].get("Plans", ())))
+
+
+def test_the_exact_ranking_runs_only_when_the_index_found_too_few_parents(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    with factory() as session:
+        assert not exact_ranking_ran(session, vecorm.passage_search(DocPassage, "vacuum", k=3))
+        assert exact_ranking_ran(
+            session, vecorm.passage_search(DocPassage, "vacuum", k=3, depth=15)
+        )
+
+
 def test_parent_filters_apply_inside_the_search(
     factory: sessionmaker[Session], corpus: dict[int, str]
 ) -> None:
