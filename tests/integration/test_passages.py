@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -273,6 +275,52 @@ def test_a_failing_provider_writes_nothing_and_keeps_the_pending_work(
         assert_current(engine, 2, paragraphs("new"))
     finally:
         uninstall(maker)
+
+
+def test_two_transactions_editing_one_document_take_turns(
+    engine: Engine, factory: sessionmaker[Session]
+) -> None:
+    with factory() as session:
+        session.add(Doc(id=1, body=paragraphs("vacuum", "index")))
+        session.commit()
+    first, second = factory(), factory()
+    try:
+        doc = first.get(Doc, 1)
+        assert doc is not None
+        doc.body = paragraphs("replica", "backup", "restore")
+        first.flush()  # holds the document's lock until it commits
+        other = second.get(Doc, 1)
+        assert other is not None
+        other.body = paragraphs("checkpoint", "wal")
+        failures: list[BaseException] = []
+
+        def commit_second() -> None:
+            try:
+                second.commit()
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+
+        waiting = threading.Thread(target=commit_second)
+        waiting.start()
+        deadline = time.monotonic() + 20
+        with engine.connect() as conn:  # until the second transaction waits for the first
+            while not conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one():
+                assert time.monotonic() < deadline, "the second commit never waited"
+                waiting.join(0.01)
+                conn.rollback()
+        first.commit()
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert failures == []
+    finally:
+        first.close()
+        second.close()
+    assert_current(engine, 1, paragraphs("checkpoint", "wal"))
 
 
 def test_worker_mode_writes_passages_without_vectors(engine: Engine) -> None:

@@ -158,7 +158,9 @@ def _replace(
 ) -> None:
     config = passage_config(model)
     keys = [_key_of(parent) for parent in parents]
-    stored = _load_stored(session, model, [key for key in keys if key is not None])
+    persistent = [key for key in keys if key is not None]
+    _lock_parents(session, config.parent, persistent)
+    stored = _load_stored(session, model, persistent)
     reuse: dict[tuple[Any, int], list[Any]] = {}  # stored passage -> new passages taking its vector
     models: dict[tuple[Any, int], str | None] = {}
     for parent, key in zip(parents, keys, strict=True):
@@ -200,6 +202,21 @@ def _replace(
                 reuse.setdefault((key, source), []).append(passage)
                 models[(key, source)] = old[source].model
     _reuse_vectors(session, model, reuse, models)
+
+
+def _lock_parents(session: Session, parent: type[Any], keys: list[Any]) -> None:
+    """``SELECT ... FOR UPDATE`` the parents about to be cut (in key order), so that two
+    transactions re-cutting one parent take turns: the second then reads the passages the
+    first wrote instead of inserting ordinals it already holds. The flush's own ``UPDATE``
+    of the parent would take the same lock a moment later."""
+    if not keys:
+        return
+    mapper = sa_inspect(parent)
+    (key_column,) = mapper.primary_key
+    key = getattr(parent, mapper.get_property_by_column(key_column).key)
+    for start in range(0, len(keys), _LOAD_CHUNK):
+        chunk = keys[start : start + _LOAD_CHUNK]
+        session.execute(select(key).where(key.in_(chunk)).order_by(key).with_for_update())
 
 
 def _key_of(parent: Any) -> Any:
