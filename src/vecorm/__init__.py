@@ -16,7 +16,9 @@ named here.
 from vecorm import _moved
 from vecorm.embedding.backfill import BackfillResult, backfill, stale_condition, stale_count
 from vecorm.embedding.embedders import AsyncEmbedder, Embedder, HashingEmbedder
+from vecorm.embedding.embedders.chunking import Chunk, Chunker, chunk_characters, chunk_tokens
 from vecorm.embedding.events import install, installed_embedder, is_installed, uninstall
+from vecorm.embedding.passages import rechunk
 from vecorm.embedding.reembed import ChangeStatus, ModelChange
 from vecorm.embedding.worker import Worker
 from vecorm.engine import create_async_engine, create_engine, database_url
@@ -34,7 +36,7 @@ from vecorm.errors import (
     VectorDimensionsError,
     VectorElementTypeError,
 )
-from vecorm.mixin import Searchable
+from vecorm.mixin import Passage, Searchable
 from vecorm.scale.bulk_insert import BulkInsertResult, bulk_insert
 from vecorm.scale.index_build import IndexBuildMemoryWarning, build_model_index
 from vecorm.scale.partitioning import (
@@ -45,11 +47,13 @@ from vecorm.scale.partitioning import (
 from vecorm.scale.routing import RoutingSession, wait_for_replay
 from vecorm.schema.config import BM25, HNSW, Distance, IVFFlat, SearchConfig, search_config
 from vecorm.schema.drivers import register_array_types
+from vecorm.schema.passages import PassageConfig
 from vecorm.schema.types import Bit, HalfVec, HalfVector, SparseVec, Vector
 from vecorm.search import bm25
 from vecorm.search.bm25 import BM25Arm
 from vecorm.search.grants import grant_access
 from vecorm.search.hybrid import hybrid_search
+from vecorm.search.passages import passage_search, passage_text_search
 from vecorm.search.settings import (
     apply_search_settings,
     install_search_settings,
@@ -73,6 +77,8 @@ __all__ = [
     "BulkInsertError",
     "BulkInsertResult",
     "ChangeStatus",
+    "Chunk",
+    "Chunker",
     "ConfigurationError",
     "DimensionMismatch",
     "Distance",
@@ -88,6 +94,8 @@ __all__ = [
     "IndexBuildMemoryWarning",
     "InvalidVector",
     "ModelChange",
+    "Passage",
+    "PassageConfig",
     "ReplicaLagError",
     "RoutingSession",
     "SearchConfig",
@@ -107,6 +115,8 @@ __all__ = [
     "build_model_index",
     "bulk_insert",
     "check_partition_indexes",
+    "chunk_characters",
+    "chunk_tokens",
     "create_async_engine",
     "create_engine",
     "create_hash_partitions",
@@ -120,6 +130,9 @@ __all__ = [
     "install_search_settings",
     "installed_embedder",
     "is_installed",
+    "passage_search",
+    "passage_text_search",
+    "rechunk",
     "register_array_types",
     "search_config",
     "search_options",

@@ -38,11 +38,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Column, Computed, FetchedValue, LargeBinary, Select, String, Table, event
+from sqlalchemy import (
+    Column,
+    Computed,
+    FetchedValue,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Select,
+    String,
+    Table,
+    Text,
+    event,
+)
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.hybrid import hybrid_method
-from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column
+from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column, relationship
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -58,6 +70,7 @@ from vecorm.schema.generated import (
     tsvector_expression,
 )
 from vecorm.schema.indexes import text_index, vector_index
+from vecorm.schema.passages import PassageConfig, passage_config, register_passage_model
 from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
 from vecorm.search import bm25 as _bm25
 from vecorm.search import hybrid as _hybrid
@@ -340,6 +353,64 @@ class Searchable:
         )
 
 
+class Passage(Searchable):
+    """Declarative mixin for the passages of a long text: a searchable model of its own,
+    written by the flush hook from its parent's text (docs/passages.md).
+
+    Set ``__vecorm__ = PassageConfig(parent=Doc, source=("body",), ...)``; the model gains,
+    besides :class:`Searchable`'s columns and indexes:
+
+    * ``parent_id``: the parent's primary key, ``REFERENCES parent ON DELETE CASCADE``;
+    * ``ordinal``: the passage's place in the text (0, 1, ...); ``(parent_id, ordinal)`` is the
+      primary key;
+    * ``text``: the passage, embedded and full-text indexed;
+    * ``char_start`` / ``char_end``: where it lies in the parent's text
+      (``text == source[char_start:char_end]``; NULL when a chunker of yours returned a
+      string that is not verbatim in the source);
+    * ``parent``: the relationship to the parent row.
+
+    ``vecorm.passage_search(DocPassage, q, k=10)`` returns ``(Doc, DocPassage, distance)``
+    rows, one per parent with its nearest passage; ``vecorm.passage_text_search`` the same by
+    BM25. The inherited helpers (``DocPassage.nearest``, ``.text_search``, ``.hybrid_search``)
+    search the passages themselves.
+    """
+
+    __vecorm__: ClassVar[PassageConfig]
+
+    @declared_attr
+    def parent_id(cls) -> Mapped[Any]:
+        config = passage_config(cls)
+        parent_table = getattr(config.parent, "__table__", None)
+        keys = list(parent_table.primary_key.columns) if parent_table is not None else []
+        if len(keys) != 1:
+            raise ConfigurationError(
+                f"{getattr(cls, '__name__', cls)}.__vecorm__: the parent "
+                f"{config.parent.__name__} must be a mapped class with a one-column primary "
+                f"key (found {len(keys)} columns)"
+            )
+        return mapped_column("parent_id", ForeignKey(keys[0], ondelete="CASCADE"), primary_key=True)
+
+    @declared_attr
+    def ordinal(cls) -> Mapped[int]:
+        return mapped_column("ordinal", Integer, primary_key=True, autoincrement=False)
+
+    @declared_attr
+    def text(cls) -> Mapped[str]:
+        return mapped_column("text", Text, nullable=False)
+
+    @declared_attr
+    def char_start(cls) -> Mapped[int | None]:
+        return mapped_column("char_start", Integer, nullable=True)
+
+    @declared_attr
+    def char_end(cls) -> Mapped[int | None]:
+        return mapped_column("char_end", Integer, nullable=True)
+
+    @declared_attr
+    def parent(cls) -> Mapped[Any]:
+        return relationship(passage_config(cls).parent, lazy="select")
+
+
 def _column_name(cls: Any, attribute: str) -> str:
     """Database column name of ``attribute``, read from the class body before mapping."""
     for klass in cls.__mro__:
@@ -376,6 +447,15 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     if table in _completed_tables:
         return  # the event can fire again for the same table
     _completed_tables.add(table)
+    if isinstance(config, PassageConfig):
+        if not issubclass(cls, Passage):
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__ is a PassageConfig: declare the class with "
+                f"vecorm.Passage (class {cls.__name__}(vecorm.Passage, Base)), which adds "
+                "its parent_id, ordinal, text and offset columns"
+            )
+        _check_source(cls, config)
+        register_passage_model(cls)
     _check_fields(cls, mapper, config)
     event.listen(table, "before_create", ensure_vector_extension)
     # Index() on a table's columns attaches itself to that table.
@@ -443,6 +523,19 @@ def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> 
             raise ConfigurationError(
                 f"{cls.__name__}.__vecorm__: field {name!r} is a {columns[0].type} column; "
                 "fields must be text (String/Text) columns"
+            )
+
+
+def _check_source(cls: type[Any], config: PassageConfig) -> None:
+    """The parent's ``source`` attributes are text columns of its table."""
+    parent = config.parent
+    table = getattr(parent, "__table__", None)
+    for name in config.source:
+        column = table.c.get(_column_name(parent, name)) if table is not None else None
+        if column is None or not _is_text(column):
+            raise ConfigurationError(
+                f"{cls.__name__}.__vecorm__: source {name!r} is not a text (String/Text) "
+                f"column of {parent.__name__}"
             )
 
 

@@ -259,3 +259,65 @@ def test_new_searchable_table_and_ivfflat_rebuild(
             "lists=4",
         )
     assert "notes" in inspect(project.engine).get_table_names(schema="kb")
+
+
+PASSAGE_MODELS = """
+    from sqlalchemy import String
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+    import vecorm
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Doc(Base):
+        __tablename__ = "docs"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        body: Mapped[str]
+        category: Mapped[str] = mapped_column(String(20))
+
+    class DocPassage(vecorm.Passage, Base):
+        __tablename__ = "doc_passages"
+        __vecorm__ = vecorm.PassageConfig(
+            parent=Doc, source=("body",), chunker=vecorm.chunk_tokens(256, 32), dimensions=3
+        )
+"""
+
+
+def test_a_passage_model_migrates_with_its_foreign_key_and_indexes(
+    project_factory: Callable[..., Project],
+) -> None:
+    project = project_factory()
+    project.set_models(PASSAGE_MODELS)
+    revision = project.autogenerate("docs and passages")
+    upgrade = body(revision, "upgrade")
+    assert undefined_names(revision) == ""
+    assert upgrade.index("op.create_table('docs'") < upgrade.index("op.create_table('doc_passages'")
+    assert "sa.ForeignKeyConstraint(['parent_id'], ['docs.id'], ondelete='CASCADE')" in upgrade
+    assert "sa.PrimaryKeyConstraint('parent_id', 'ordinal')" in upgrade
+    assert "op.create_index('ix_doc_passages_embedding_hnsw', 'doc_passages'" in upgrade
+    assert "op.create_bm25_statistics(" in upgrade
+    project.upgrade()
+    with project.engine.connect() as conn:
+        assert column_types(conn, "doc_passages") == {
+            "parent_id": "integer",
+            "ordinal": "integer",
+            "text": "text",
+            "char_start": "integer",
+            "char_end": "integer",
+            "embedding": "vector(3)",
+            "search_vector": "tsvector",
+            "embedding_digest": "bytea",
+            "embedding_model": "character varying(200)",
+        }
+        assert {"ix_doc_passages_embedding_hnsw", "ix_doc_passages_search_vector_gin"} <= set(
+            indexes(conn, "doc_passages")
+        )
+        conn.execute(text("INSERT INTO docs VALUES (1, 'a long text', 'ops')"))
+        conn.execute(text("INSERT INTO doc_passages (parent_id, ordinal, text) VALUES (1, 0, 'a')"))
+        conn.execute(text("DELETE FROM docs"))  # the passages go with their parent
+        assert conn.execute(text("SELECT count(*) FROM doc_passages")).scalar_one() == 0
+    _assert_empty(project)
+    project.downgrade("base")
+    with project.engine.connect() as conn:
+        assert not inspect(conn).has_table("doc_passages")

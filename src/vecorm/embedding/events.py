@@ -82,6 +82,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix, check_embeddings
 from vecorm.embedding.embedders.query import executing_embedder, executing_with
 from vecorm.embedding.notify import notify_tables, vector_table
+from vecorm.embedding.passages import write_passages
 from vecorm.embedding.source import source_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.schema.config import EMBEDDING_MODES, EmbeddingMode, SearchConfig
@@ -313,16 +314,27 @@ def _before_flush(
         return
     flush_context.attributes[_FLUSH_MARK] = True
     with session.no_autoflush:
-        candidates = _changed_instances(session)
-        if not candidates:
-            return
-        stored = _load_stored(session, candidates)
-        groups, left = _plan(installation, candidates, stored)
-        _notify_workers(session, left)
-        if not groups:
-            return
-        vectors = _embed_groups(groups)
+        # New and changed parents of passage models: their new passages join this flush.
+        passages = write_passages(session, partial(_embedder_for, installation))
+        try:
+            candidates = _changed_instances(session)
+            stored = _load_stored(session, candidates) if candidates else {}
+            groups, left = _plan(installation, candidates, stored)
+            _notify_workers(session, left)
+            vectors = _embed_groups(groups) if groups else {}
+        except BaseException:
+            if passages is not None:
+                passages.undo(session)  # nothing of the flush is written, nothing added
+            raise
+        if passages is not None:
+            passages.apply(session)  # the replaced passages go, now that nothing can fail
         _assign(groups, vectors)
+
+
+def _embedder_for(installation: _Installation, cls: type[Any]) -> Embedder | None:
+    config = getattr(cls, "__vecorm__", None)
+    own = config.embedder if isinstance(config, SearchConfig) else None
+    return own if own is not None else installation.embedder
 
 
 def _notify_workers(session: Session, left: set[type[Any]]) -> None:

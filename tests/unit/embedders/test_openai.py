@@ -103,6 +103,33 @@ def test_text_over_the_input_limit_fails_before_any_request(
     assert openai_server.requests == []
 
 
+def test_truncate_embeds_the_start_that_fits_the_input_limit(
+    openai_server: OpenAIServer,
+) -> None:
+    words = " ".join(f"word{index:05d}" for index in range(3_000))  # 29,999 characters
+    with make_embedder(openai_server, truncate=True) as embedder:
+        vectors = embedder.embed(["short", words])
+        assert embedder.count_tokens(words) > embedder.max_input_tokens == 8191
+
+    [request] = openai_server.requests
+    sent = request.inputs[1]
+    assert request.inputs[0] == "short"
+    assert words.startswith(sent) and words[len(sent)] == " "  # cut between two words
+    assert 8191 - 4 <= embedder.count_tokens(sent) <= 8191  # as long as the limit allows
+    np.testing.assert_array_equal(vectors, expected(["short", sent]))
+
+
+def test_truncate_follows_a_custom_token_counter(openai_server: OpenAIServer) -> None:
+    text = " ".join(["token"] * 10_000)
+    with make_embedder(
+        openai_server, truncate=True, count_tokens=lambda text: len(text.split())
+    ) as embedder:
+        embedder.embed([text])
+
+    [request] = openai_server.requests
+    assert len(request.inputs[0].split()) == 8191
+
+
 def test_empty_text_fails_before_any_request(openai_server: OpenAIServer) -> None:
     with make_embedder(openai_server) as embedder, pytest.raises(EmbeddingError, match="text 1"):
         embedder.embed(["fine", ""])

@@ -17,6 +17,13 @@ Token counts are estimated (3 characters per token, one per non-ASCII character)
 overestimates English text: requests stay under the API's budget at the cost of a few more
 of them. tiktoken is not used by default because it downloads its vocabulary on first use;
 pass ``count_tokens=`` to count exactly, e.g. with a tiktoken encoding you have cached.
+
+A text over the 8191-token input limit raises :class:`~vecorm.errors.EmbeddingError` (split
+long documents into passages: :class:`vecorm.PassageConfig`); ``truncate=True`` embeds the
+longest start of it that fits instead, cut at a space when one is near, so the end of a
+long text is silently left out of its vector::
+
+    OpenAIEmbedder(truncate=True).embed([thirty_thousand_characters])   # its first ~24k
 """
 
 from __future__ import annotations
@@ -92,6 +99,8 @@ class OpenAIEmbedder:
 
     ``max_retries`` and ``timeout`` (seconds per request) configure the openai client,
     which retries HTTP 408/409/429/5xx, timeouts and connection errors with backoff.
+    ``truncate=True`` embeds the start of a text over the 8191-token input limit (by
+    ``count_tokens``) instead of raising.
 
         embedder = OpenAIEmbedder(dimensions=256, max_batch_size=512)
         embedder.model_name  # 'openai:text-embedding-3-small:256'
@@ -110,6 +119,7 @@ class OpenAIEmbedder:
         timeout: float = 60.0,
         count_tokens: Callable[[str], int] | None = None,
         send_dimensions: bool = True,
+        truncate: bool = False,
     ) -> None:
         self._openai = _load_openai()
         if not model:
@@ -139,6 +149,7 @@ class OpenAIEmbedder:
         self._max_retries = max_retries
         self._timeout = float(timeout)
         self._count_tokens = count_tokens or estimate_tokens
+        self._truncate = bool(truncate)
         self._client_lock = threading.Lock()
         self._client: openai.OpenAI | None = None
         self._async_client: openai.AsyncOpenAI | None = None
@@ -165,6 +176,16 @@ class OpenAIEmbedder:
     def model(self) -> str:
         """The OpenAI model id sent with each request."""
         return self._model
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Most tokens one text may hold (the API refuses longer input)."""
+        return MAX_INPUT_TOKENS
+
+    def count_tokens(self, text: str) -> int:
+        """``text``'s token count as this provider counts it against its limits (the
+        estimate, or ``count_tokens=``); ``chunk_tokens(count_tokens=embedder.count_tokens)``."""
+        return self._count_tokens(text)
 
     def __repr__(self) -> str:
         base_url = f", base_url={_without_userinfo(self._base_url)!r}" if self._base_url else ""
@@ -297,11 +318,15 @@ class OpenAIEmbedder:
                     rejected_input=True,
                 )
             tokens = self._count_tokens(text)
+            if tokens > MAX_INPUT_TOKENS and self._truncate:
+                text = self._truncated(text)
+                tokens = self._count_tokens(text)
             if tokens > MAX_INPUT_TOKENS:
                 raise EmbeddingError(
                     f"text {index} is about {tokens} tokens ({len(text)} characters), over the "
                     f"{MAX_INPUT_TOKENS}-token input limit of {self._model}; split it into "
-                    "smaller passages (or pass count_tokens= to count exactly)",
+                    "smaller passages (vecorm.PassageConfig), pass truncate=True to embed its "
+                    "start, or count_tokens= to count exactly",
                     rejected_input=True,
                 )
             if batch and (
@@ -315,6 +340,19 @@ class OpenAIEmbedder:
         if batch:
             batches.append(batch)
         return batches
+
+    def _truncated(self, text: str) -> str:
+        """The longest start of ``text`` within the input limit, cut at a space when one
+        lies in its last tenth."""
+        low, high = 1, len(text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._count_tokens(text[:middle]) <= MAX_INPUT_TOKENS:
+                low = middle
+            else:
+                high = middle - 1
+        space = max(text.rfind(" ", 0, low + 1), text.rfind("\n", 0, low + 1))
+        return text[:space] if space > low * 9 // 10 else text[:low]
 
     def _request(self, batch: list[str]) -> dict[str, Any]:
         request: dict[str, Any] = {
