@@ -63,6 +63,18 @@ class WithBM25(vecorm.Searchable, Base):
     body: Mapped[str]
 
 
+class PerTenant(vecorm.Searchable, Base):
+    """BM25 statistics per tenant: the side tables distribute and co-locate with the table."""
+
+    __tablename__ = "per_tenant"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=DIMS, bm25=vecorm.BM25(distributed_by="tenant_id")
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
 class KeptByTrigger(vecorm.Searchable, Base):
     """The tsvector kept by vecorm's row trigger: distributed with unsafe triggers allowed."""
 
@@ -150,15 +162,63 @@ def test_alembic_operations_offline() -> None:
     [
         (GlobalKey, r"primary key \(id\) must include the distribution column 'tenant_id'"),
         (UniqueSlug, "unique constraint uq_unique_slugs_slug must include 'tenant_id'"),
-        (WithBM25, r"BM25 statistics .* Declare SearchConfig\(bm25=None\)"),
+        (
+            WithBM25,
+            r"BM25 statistics .* SearchConfig\(bm25=vecorm.BM25\(distributed_by='tenant_id'\)\)",
+        ),
+        (PerTenant, r"kept per 'tenant_id' .* distribute it by 'tenant_id'"),
     ],
 )
 def test_constraints_citus_imposes(model: type, message: str) -> None:
+    column = "id" if model is PerTenant else "tenant_id"
     with pytest.raises(vecorm.ConfigurationError, match=message):
-        check_distribution(model, "tenant_id")
+        check_distribution(model, column)
     with pytest.raises(vecorm.ConfigurationError, match=message):
-        distribute_table(model, "tenant_id")
+        distribute_table(model, column)
     check_distribution(Passage, "tenant_id")
+    check_distribution(PerTenant, "tenant_id")
+
+
+def test_bm25_per_tenant_needs_the_column_in_the_primary_key() -> None:
+    with pytest.raises(vecorm.ConfigurationError, match=r"distributed_by='org_id'.*primary-key"):
+
+        class Wrong(vecorm.Searchable, Base):
+            __tablename__ = "wrong_keys"
+            __vecorm__ = vecorm.SearchConfig(
+                fields=("body",), dimensions=DIMS, bm25=vecorm.BM25(distributed_by="org_id")
+            )
+            id: Mapped[int] = mapped_column(primary_key=True)
+            org_id: Mapped[int]
+            body: Mapped[str]
+
+
+def test_a_model_with_statistics_per_tenant_distributes_with_them() -> None:
+    """One DO block: the side tables co-located with the table, the statistics' triggers
+    dropped for Citus's copy of the rows and made again after it, unsafe triggers on."""
+    sql = _sql(distribute_table(PerTenant, "tenant_id", colocate_with="none", shard_count=8))
+    lines = [line.strip() for line in sql.splitlines()]
+    assert lines[0] == "DO $vecorm$" and lines[-1] == "$vecorm$"
+    calls = [line for line in lines if "create_distributed_table" in line]
+    assert calls == [
+        "PERFORM pg_catalog.create_distributed_table('per_tenant', 'tenant_id', "
+        "colocate_with => 'none', shard_count => 8);",
+        *(
+            f"PERFORM pg_catalog.create_distributed_table('per_tenant_bm25_{side}', "
+            "'tenant_id', colocate_with => 'per_tenant');"
+            for side in ("postings", "terms", "deltas")
+        ),
+    ]
+    first_call = lines.index(calls[0])
+    drops = [i for i, line in enumerate(lines) if line.startswith("DROP TRIGGER")]
+    creates = [i for i, line in enumerate(lines) if line.startswith("CREATE TRIGGER")]
+    assert len(drops) == len(creates) == 4
+    assert max(drops) < first_call < min(creates)
+    assert lines[4] == (
+        "PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);"
+    )
+    assert lines[-3] == (
+        "PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', previous, true);"
+    )
 
 
 @pytest.fixture
@@ -195,7 +255,7 @@ def test_operation_checks_the_catalog_then_calls_citus(shards: tuple[Engine, np.
         op = Operations(MigrationContext.configure(conn))
         with pytest.raises(vecorm.ConfigurationError, match="unique index global_keys_pkey lacks"):
             op.create_distributed_table("global_keys", "tenant_id")  # type: ignore[attr-defined]
-        with pytest.raises(vecorm.ConfigurationError, match=r"bm25=None\).*drop_bm25_statistics"):
+        with pytest.raises(vecorm.ConfigurationError, match=r"distributed_by='tenant_id'"):
             op.create_distributed_table("with_bm25", "tenant_id")  # type: ignore[attr-defined]
         conn.execute(
             text(

@@ -15,10 +15,12 @@
 Before it runs, ``create_distributed_table`` checks in the catalog that every unique index of
 the table (the primary key included) contains the distribution column, which Citus requires,
 and says which index does not; and that the table has no triggers Citus refuses: BM25
-statistics' statement triggers (declare ``SearchConfig(bm25=None)``) or triggers of yours. The
-row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call then runs with
-``citus.enable_unsafe_triggers`` on (see :func:`vecorm.scale.citus.distribute_table`).
-``alembic upgrade --sql`` prints the calls.
+statistics kept for the whole table (declare ``BM25(distributed_by=...)``) or triggers of
+yours. The row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call then
+runs with ``citus.enable_unsafe_triggers`` on (see :func:`vecorm.scale.citus.distribute_table`).
+BM25 statistics kept per the distribution column (their terms table has it) are distributed
+with the table, co-located (:class:`vecorm.scale.citus.DistributeWithStatistics`).
+``alembic upgrade --sql`` prints the calls (without the catalog, a plain call).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from vecorm.alembic.operations import _qualified as qualified_table
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.errors import ConfigurationError
 from vecorm.scale.citus import (
-    BM25_REFUSAL,
+    DistributeWithStatistics,
+    bm25_refusal,
     distribute_table,
     reference_table,
     undistribute_table,
@@ -49,7 +52,7 @@ def _table(name: str, schema: str | None) -> Table:
     return Table(name, MetaData(), schema=schema)
 
 
-def _run(operations: Operations, statement: Select[Any]) -> None:
+def _run(operations: Operations, statement: Select[Any] | DistributeWithStatistics) -> None:
     """Execute ``statement``; in ``--sql`` mode print it with its values inlined."""
     context = operations.get_context()
     if context.as_sql:
@@ -198,8 +201,18 @@ _TRIGGERS_SQL = text(
 )
 
 
-def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) -> bool:
-    """Raise what Citus would refuse, in words; whether vecorm's search-vector trigger is there."""
+# Whether a table's BM25 terms table has the column: statistics kept per its values.
+_KEYED_SQL = text(
+    "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_attribute "
+    "WHERE attrelid = pg_catalog.to_regclass(:terms) AND attname = :column AND NOT attisdropped"
+)
+
+
+def _check_catalog(
+    operations: Operations, operation: CreateDistributedTableOp
+) -> tuple[bool, bool]:
+    """Raise what Citus would refuse, in words; whether the table has triggers vecorm keeps
+    (its search-vector trigger), and whether it has BM25 statistics kept per the column."""
     qualified = qualified_table(operations, operation.table_name, operation.schema)
     bind = operations.get_bind()
     offending = [
@@ -218,12 +231,22 @@ def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) 
         str(name): bool(ours) for name, ours in bind.execute(_TRIGGERS_SQL, {"table": qualified})
     }
     bm25 = {object_name(operation.table_name, event) for event in TRIGGER_EVENTS}
+    keyed = False
     if bm25 & triggers.keys():
-        raise ConfigurationError(
-            f"Citus cannot distribute {operation.table_name}: {BM25_REFUSAL}; then "
-            f"op.drop_bm25_statistics({operation.table_name!r}) before this operation"
+        terms = qualified_table(
+            operations, object_name(operation.table_name, "terms"), operation.schema
         )
-    others = sorted(name for name, ours in triggers.items() if not ours)
+        keyed = bool(
+            bind.execute(_KEYED_SQL, {"terms": terms, "column": operation.column}).scalar()
+        )
+        if not keyed:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: "
+                f"{bm25_refusal(operation.column)}. Migrate to it first: a revision that "
+                "drops the side tables and makes them again keyed (autogenerate renders it), "
+                "or op.drop_bm25_statistics for bm25=None"
+            )
+    others = sorted(name for name, ours in triggers.items() if not ours and name not in bm25)
     if others:
         raise ConfigurationError(
             f"Citus cannot distribute {operation.table_name}: it refuses tables with triggers "
@@ -231,7 +254,7 @@ def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) 
             'run op.execute("SET LOCAL citus.enable_unsafe_triggers = on") before this '
             "operation (Citus leaves that to you)"
         )
-    return bool(triggers)
+    return bool(triggers), keyed
 
 
 # Other Citus tables joined to the table by a foreign key, either way.
@@ -259,7 +282,18 @@ _IS_CITUS_TABLE_SQL = text(
 def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
     target = _table(operation.table_name, operation.schema)
     context = operations.get_context()
-    search_vector_trigger = False if context.as_sql else _check_catalog(operations, operation)
+    triggers, keyed = (False, False) if context.as_sql else _check_catalog(operations, operation)
+    if keyed:
+        operations.execute(
+            DistributeWithStatistics(
+                operation.table_name,
+                operation.schema,
+                operation.column,
+                colocate_with=operation.colocate_with,
+                shard_count=operation.shard_count,
+            )
+        )
+        return
     _run(
         operations,
         distribute_table(
@@ -268,7 +302,7 @@ def _create_distributed_table(operations: Operations, operation: CreateDistribut
             colocate_with=operation.colocate_with,
             shard_count=operation.shard_count,
             check=False,
-            search_vector_trigger=search_vector_trigger,
+            search_vector_trigger=triggers,
         ),
     )
 
