@@ -4,12 +4,23 @@ PostgreSQL with HASH partitions standing in for shards (top-k per partition, the
 from __future__ import annotations
 
 import io
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import ForeignKey, String, UniqueConstraint, insert, text
+from sqlalchemy import (
+    ForeignKey,
+    String,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -24,6 +35,7 @@ from vecorm.scale.citus import (
     undistribute_table,
 )
 from vecorm.scale.partitioning import create_hash_partitions
+from vecorm.search.bm25 import BM25Arm
 from vecorm.search.vector import python_distance
 from vecorm.testing.assertions import explain, plan_nodes
 
@@ -219,6 +231,86 @@ def test_a_model_with_statistics_per_tenant_distributes_with_them() -> None:
     assert lines[-3] == (
         "PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', previous, true);"
     )
+
+
+def _bm25(
+    docs: dict[tuple[int, int], Counter[str]], terms: Counter[str], tenant: int | None
+) -> dict[tuple[int, int], float]:
+    """Lucene's BM25 (k1 0.9, b 0.4) from the rows: the tenant's statistics, or everyone's."""
+    scope = {key: counts for key, counts in docs.items() if tenant in (None, key[0])}
+    lengths = {key: sum(counts.values()) for key, counts in scope.items()}
+    avgdl = sum(lengths.values()) / len(scope)
+    df = Counter(term for counts in scope.values() for term in counts)
+    scores: dict[tuple[int, int], float] = {}
+    for term, qtf in terms.items():
+        idf = math.log(1 + (len(scope) - df[term] + 0.5) / (df[term] + 0.5))
+        for key, counts in scope.items():
+            if counts[term]:
+                part = (
+                    counts[term] * 1.9 / (counts[term] + 0.9 * (0.6 + 0.4 * lengths[key] / avgdl))
+                )
+                scores[key] = scores.get(key, 0.0) + qtf * idf * part
+    return scores
+
+
+def test_statistics_per_tenant_on_plain_postgresql(vecorm_engine: Engine) -> None:
+    """Without Citus the same triggers keep the statistics per tenant: a search filtered on a
+    tenant ranks with its statistics, any other with everyone's (equal to BM25 from the rows)."""
+    PerTenant.__table__.create(vecorm_engine)  # type: ignore[attr-defined]
+    words = ["vacuum", "index", "replica", "shard", "backup"]
+    with Session(vecorm_engine) as session:
+        session.execute(
+            insert(PerTenant),
+            [
+                {"tenant_id": i % 3, "id": i, "body": f"{words[i % 5]} {words[i * 7 % 5]} {i}"}
+                for i in range(90)
+            ],
+        )
+        session.execute(
+            update(PerTenant).where(PerTenant.id < 20).values(body=PerTenant.body + " vacuum")
+        )
+        session.execute(delete(PerTenant).where(PerTenant.id > 80))
+        session.commit()
+        docs: dict[tuple[int, int], Counter[str]] = {
+            key: Counter() for key in session.execute(select(PerTenant.tenant_id, PerTenant.id))
+        }
+        lexemes = text(
+            "SELECT tenant_id, id, u.lexeme, coalesce(array_length(u.positions, 1), 1) "
+            "FROM per_tenant, unnest(search_vector) u"
+        )
+        for tenant, row_id, lexeme, count in session.execute(lexemes):
+            docs[(tenant, row_id)][lexeme] = count
+        for tenant in (None, 1):
+            where = [] if tenant is None else [PerTenant.tenant_id == tenant]
+            expected = _bm25(docs, Counter(["vacuum", "replica"]), tenant)
+            rows = session.execute(PerTenant.text_search("vacuum replica", k=100, where=where))
+            got = {(row[0].tenant_id, row[0].id): row.score for row in rows}
+            assert got.keys() == expected.keys()
+            for key, score in got.items():
+                assert score == pytest.approx(expected[key], abs=1e-6)
+        # Hybrid search: the lexical score of each row is the tenant's BM25.
+        expected = _bm25(docs, Counter(["index", "shard"]), 2)
+        rows = session.execute(
+            PerTenant.hybrid_search(
+                "index shard",
+                k=5,
+                where=PerTenant.tenant_id == 2,
+                embedder=vecorm.HashingEmbedder(DIMS),
+            )
+        ).all()
+        assert len(rows) == 5 and all(row[0].tenant_id == 2 for row in rows)
+        for row in rows:
+            key = (row[0].tenant_id, row[0].id)
+            assert row.text_score == pytest.approx(expected.get(key, 0.0), abs=1e-6)
+        # ... and so is the score it completes for rows only the semantic arm found.
+        tenant_rows = select(PerTenant.tenant_id, PerTenant.id).where(PerTenant.tenant_id == 2)
+        completed = BM25Arm().scores_of(
+            PerTenant, "index shard", keys=tenant_rows, where=[PerTenant.tenant_id == 2]
+        )
+        got = {(row.pk_0, row.pk_1): row.score for row in session.execute(completed)}
+        assert got.keys() == expected.keys()
+        for key, score in got.items():
+            assert score == pytest.approx(expected[key], abs=1e-6)
 
 
 @pytest.fixture

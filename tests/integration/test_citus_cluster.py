@@ -36,6 +36,7 @@ from vecorm.scale.citus import (
     distribute_table,
     reference_table,
 )
+from vecorm.search import bm25
 from vecorm.search.explain import explain
 from vecorm.search.settings import apply_search_settings, search_options
 from vecorm.search.vector import python_distance
@@ -531,6 +532,24 @@ def test_a_tenant_text_search_is_one_router_query(cluster: tuple[Engine, np.ndar
         assert _task_counts(routed) == [1]
         everywhere = explain(session, Ranked.text_search("vacuum replica", k=5))
         assert SHARDS in _task_counts(everywhere)
+
+
+def test_maintenance_of_distributed_statistics(cluster: tuple[Engine, np.ndarray]) -> None:
+    """rebuild, compact, bulk_load and TRUNCATE on the cluster keep the statistics exact."""
+    engine, _ = cluster
+    with Session(engine) as session:
+        bm25.rebuild(session, Ranked)
+        bm25.compact(session, Ranked)
+        session.commit()
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {SCHEMA}.ranked"))
+        assert _statistics(conn, "ranked") == {}
+    with Session(engine) as session, session.begin(), bm25.bulk_load(session, Ranked):
+        session.execute(
+            insert(Ranked), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(240)]
+        )
+    _assert_searches_rank_like_the_reference(engine, Ranked)
 
 
 def test_op_create_distributed_table_distributes_the_statistics(
