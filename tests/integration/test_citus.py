@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import (
     ForeignKey,
+    ForeignKeyConstraint,
     String,
     UniqueConstraint,
     delete,
@@ -73,6 +74,29 @@ class WithBM25(vecorm.Searchable, Base):
     tenant_id: Mapped[int] = mapped_column(primary_key=True)
     id: Mapped[int] = mapped_column(primary_key=True)
     body: Mapped[str]
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Task(Base):
+    """A key to a table distributed by tenant_id too, that does not pair the two tenant_ids."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["owner_tenant", "project_id"],
+            ["projects.tenant_id", "projects.id"],
+            name="fk_tasks_project",
+        ),
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_tenant: Mapped[int]
+    project_id: Mapped[int]
 
 
 class PerTenant(vecorm.Searchable, Base):
@@ -179,6 +203,7 @@ def test_alembic_operations_offline() -> None:
             r"BM25 statistics .* SearchConfig\(bm25=vecorm.BM25\(distributed_by='tenant_id'\)\)",
         ),
         (PerTenant, r"kept per 'tenant_id' .* distribute it by 'tenant_id'"),
+        (Task, r"foreign key fk_tasks_project to projects must pair tenant_id with tenant_id"),
     ],
 )
 def test_constraints_citus_imposes(model: type, message: str) -> None:

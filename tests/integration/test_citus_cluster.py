@@ -484,6 +484,8 @@ def test_bm25_statistics_per_tenant_are_distributed_and_rank_like_a_reference(
         session.execute(
             update(Ranked).where(Ranked.tenant_id == 5).values(body=Ranked.body + " note note")
         )
+        # Statements that change no text: each shard's trigger gets no changed row.
+        session.execute(update(Ranked).values(body=Ranked.body))
         session.execute(delete(Ranked).where(Ranked.id.between(100, 130)))
         gone = session.get(Ranked, (5, 5))
         assert gone is not None
@@ -550,6 +552,31 @@ def test_maintenance_of_distributed_statistics(cluster: tuple[Engine, np.ndarray
             insert(Ranked), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(240)]
         )
     _assert_searches_rank_like_the_reference(engine, Ranked)
+
+
+def test_the_operation_refuses_a_foreign_key_citus_refuses(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {SCHEMA}.lookup (id int PRIMARY KEY)"))
+        conn.execute(
+            text(
+                f"CREATE TABLE {SCHEMA}.linked (tenant_id int, id int, "
+                f"lookup_id int REFERENCES {SCHEMA}.lookup, PRIMARY KEY (tenant_id, id))"
+            )
+        )
+    with engine.connect() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        with pytest.raises(
+            vecorm.ConfigurationError, match=r"lookup, a local table.*create_reference_table"
+        ):
+            op.create_distributed_table("linked", "tenant_id", schema=SCHEMA)  # type: ignore[attr-defined]
+        # The premise: Citus refuses it too.
+        with pytest.raises(DBAPIError, match="must be a distributed table or a reference table"):
+            conn.execute(text(f"SELECT create_distributed_table('{SCHEMA}.linked', 'tenant_id')"))
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {SCHEMA}.linked, {SCHEMA}.lookup"))
 
 
 def test_op_create_distributed_table_distributes_the_statistics(

@@ -43,6 +43,7 @@ from vecorm.scale.citus import (
     reference_table,
     undistribute_table,
 )
+from vecorm.schema.cluster import is_citus
 from vecorm.search.bm25.ddl import TRIGGER_EVENTS, object_name
 
 log = logging.getLogger("vecorm.alembic")
@@ -201,6 +202,30 @@ _TRIGGERS_SQL = text(
 )
 
 
+# Each foreign key of the table: the table it refers to, how Citus keeps that table ('h'
+# distributed, 'n' reference, NULL local), and whether the key pairs the column with that
+# table's distribution column.
+_FOREIGN_KEYS_SQL = text(
+    """
+    SELECT k.conname, k.confrelid::pg_catalog.regclass::text, p.partmethod,
+           EXISTS (
+             SELECT 1
+             FROM ROWS FROM (pg_catalog.unnest(k.conkey), pg_catalog.unnest(k.confkey))
+               AS pair(mine, theirs)
+             JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = k.conrelid AND a.attnum = pair.mine AND a.attname = :column
+             WHERE p.partkey IS NOT NULL AND pg_catalog.column_to_column_name(
+                     k.confrelid, p.partkey) = (
+                       SELECT b.attname FROM pg_catalog.pg_attribute b
+                       WHERE b.attrelid = k.confrelid AND b.attnum = pair.theirs)
+           ) AS paired
+    FROM pg_catalog.pg_constraint k
+    LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = k.confrelid
+    WHERE k.contype = 'f' AND k.conrelid = pg_catalog.to_regclass(:table)
+      AND k.confrelid <> k.conrelid
+    ORDER BY k.conname
+    """
+)
 # Whether a table's BM25 terms table has the column: statistics kept per its values.
 _KEYED_SQL = text(
     "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_attribute "
@@ -227,6 +252,24 @@ def _check_catalog(
             f"index {', '.join(offending)} lacks it. Add {operation.column} to the primary "
             "key and unique constraints first"
         )
+    foreign_keys = (
+        bind.execute(_FOREIGN_KEYS_SQL, {"table": qualified, "column": operation.column}).all()
+        if is_citus(bind)
+        else []
+    )
+    for key, referred, kind, paired in foreign_keys:
+        if kind is None:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: its foreign key {key} refers "
+                f"to {referred}, a local table. Run op.create_reference_table({referred!r}) "
+                f"first (or op.create_distributed_table by {operation.column!r} if it has it)"
+            )
+        if kind == "h" and not paired:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: its foreign key {key} to the "
+                f"distributed table {referred} must pair {operation.column} with that table's "
+                "distribution column (Citus keeps keys between co-located tables only)"
+            )
     triggers = {
         str(name): bool(ours) for name, ours in bind.execute(_TRIGGERS_SQL, {"table": qualified})
     }

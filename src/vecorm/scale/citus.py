@@ -90,7 +90,9 @@ def check_distribution(target: Any, column: str) -> None:
     """Raise :class:`ConfigurationError` unless Citus can distribute ``target`` by ``column``.
 
     Citus requires the distribution column in the primary key and in every unique constraint
-    and unique index (uniqueness is enforced per shard), and never NULL; and it refuses a
+    and unique index (uniqueness is enforced per shard), and never NULL; a foreign key to a
+    table that has the column too (distributed by it as well) must pair the two columns; and
+    it refuses a
     table with triggers writing other shards, so a model keeping BM25 statistics for the
     whole table is refused too (``BM25(distributed_by=column)`` keeps them per value).
     """
@@ -117,6 +119,19 @@ def check_distribution(target: Any, column: str) -> None:
     for index in table.indexes:
         if index.unique and column not in [c.name for c in index.columns]:
             raise ConfigurationError(f"{name}: unique index {index.name} must include {column!r}")
+    for key in table.foreign_key_constraints:
+        referred = key.referred_table
+        pairs = {(element.parent.name, element.column.name) for element in key.elements}
+        # A table with the column is distributed by it too (distribution_plan): Citus accepts
+        # a key between two distributed tables only when it pairs their distribution columns.
+        if column in referred.c and (column, column) not in pairs:
+            raise ConfigurationError(
+                f"{name}: foreign key {key.name or sorted(pairs)} to "
+                f"{_qualified_name(referred)} must pair {column} with {column} (Citus keeps "
+                "foreign keys between distributed tables only on co-located tables, by their "
+                f"distribution column); add {column} to the key, or make "
+                f"{_qualified_name(referred)} a reference table without {column}"
+            )
     statistics = bm25_tables_of(table)
     if statistics is not None and statistics.distributed_by != column:
         if statistics.distributed_by is None:

@@ -267,9 +267,15 @@ class _Keyed:
     tuplestore"). So each function first copies its transition table into arrays (a statement
     with no distributed table, which PostgreSQL plans alone), then writes the side tables
     from the arrays (Citus routes each row by its value, to the co-located shard on the same
-    node) or filtered on one value at a time (a router statement). No sequence: a sequence
-    lives on one node only. Each writing statement folds the deltas of its values into the
-    terms table, unless another transaction holds that value's advisory lock (nobody waits).
+    node) or filtered on ``<column> = ANY(<the values>)`` (Citus prunes that to the shard
+    when it runs). All the values of one trigger call hash to the shard it fires on, so every
+    statement runs on that node, locally.
+
+    No sequence of vecorm's: Citus creates a plain sequence on the coordinator only. The
+    cadence of compaction comes from the deltas' own identity, which Citus gives every node:
+    a statement whose delta ids cross a multiple of 64 folds its values' deltas into the terms
+    table (about every 64 delta rows written on a node), each value unless another
+    transaction holds its advisory lock (nobody waits).
     """
 
     def __init__(self, sql: _Bodies, dialect: Any) -> None:
@@ -297,6 +303,8 @@ class _Keyed:
                 *arrays,
                 "vecorm_vectors pg_catalog.tsvector[]",
                 f"vecorm_touched {self.value_type}[]",
+                f"vecorm_locked {self.value_type}[]",
+                "vecorm_first bigint",
                 value,
                 "avgdl float8",
                 "batch_documents bigint",
@@ -331,12 +339,13 @@ class _Keyed:
     def counts(self, sign: str) -> str:
         sql = self.sql
         column = self.column
+        # One statement: each is a distributed INSERT ... SELECT that Citus plans.
         return f"""
     INSERT INTO {sql.deltas} ({column}, term, df, length)
     SELECT x.{column}, '', {sign}pg_catalog.count(*), {sign}coalesce(pg_catalog.sum(x.dl), 0)
     FROM (SELECT s.{column}, {sql.doc_length("s")} AS dl FROM {self.rows()}) x
-    GROUP BY x.{column};
-    INSERT INTO {sql.deltas} ({column}, term, df, length)
+    GROUP BY x.{column}
+    UNION ALL
     SELECT s.{column}, u.lexeme, {sign}pg_catalog.count(*), 0
     FROM {self.rows()}, pg_catalog.unnest(s.{sql.vector}) u
     GROUP BY s.{column}, u.lexeme;"""
@@ -357,34 +366,45 @@ class _Keyed:
     CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
 
     def remove(self) -> str:
-        """Remove the arrays' documents (as they were stored), one value at a time."""
+        """Remove the arrays' documents (as they were stored)."""
         sql = self.sql
         keys = ", ".join(f"p.{key}" for key in sql.keys)
         return f"""{self.counts("-")}
-    FOR vecorm_value IN SELECT DISTINCT v FROM pg_catalog.unnest({self.value_array}) v LOOP
-      DELETE FROM {sql.postings} p
-      WHERE p.{self.column} = vecorm_value AND ({keys}) IN (
-        SELECT {sql.key_list("s")} FROM {self.rows()}
-        WHERE s.{self.column} = vecorm_value AND s.{sql.vector} IS NOT NULL);
-    END LOOP;"""
+    DELETE FROM {sql.postings} p
+    WHERE p.{self.column} = ANY({self.value_array}) AND ({keys}) IN (
+      SELECT {sql.key_list("s")} FROM {self.rows()} WHERE s.{sql.vector} IS NOT NULL);"""
 
     def touch(self) -> str:
         return f"""
     vecorm_touched := pg_catalog.array_cat(vecorm_touched, {self.value_array});"""
 
-    def fold_value(self) -> str:
-        """Fold the deltas of ``vecorm_value`` into the terms table (sorted upsert)."""
+    def fold(self, values: str) -> str:
+        """Fold the deltas of the values in array ``values`` into the terms table (sorted
+        upsert)."""
         sql = self.sql
         column = self.column
         return f"""
-        WITH moved AS (DELETE FROM {sql.deltas} WHERE {column} = vecorm_value
-                       RETURNING term, df, length)
+        WITH moved AS (DELETE FROM {sql.deltas} WHERE {column} = ANY({values})
+                       RETURNING {column}, term, df, length)
         INSERT INTO {sql.terms} AS t ({column}, term, df, length)
-        SELECT vecorm_value, term, pg_catalog.sum(df), pg_catalog.sum(length) FROM moved
-        GROUP BY term ORDER BY term
+        SELECT {column}, term, pg_catalog.sum(df), pg_catalog.sum(length) FROM moved
+        GROUP BY {column}, term ORDER BY {column}, term
         ON CONFLICT ({column}, term) DO UPDATE
           SET df = t.df + excluded.df, length = t.length + excluded.length;
-        DELETE FROM {sql.terms} WHERE {column} = vecorm_value AND df = 0 AND term <> '';"""
+        DELETE FROM {sql.terms}
+        WHERE {column} = ANY({values}) AND df = 0 AND term <> '';"""
+
+    def delta_id(self) -> str:
+        """The next id of the deltas' identity (a sequence on every node)."""
+        deltas = _regclass(self.sql.deltas).replace("::pg_catalog.regclass", "")
+        return (
+            "pg_catalog.nextval(pg_catalog.pg_get_serial_sequence("
+            f"{deltas}, 'id')::pg_catalog.regclass)"
+        )
+
+    def first_id(self) -> str:
+        return f"""
+    vecorm_first := {self.delta_id()};"""
 
     def value_lock(self, function: str) -> str:
         return (
@@ -393,17 +413,25 @@ class _Keyed:
         )
 
     def compaction(self) -> str:
-        """Fold each value this statement wrote unless another transaction is folding it."""
+        """When this statement's delta ids crossed a multiple of COMPACT_EVERY, fold the
+        values it wrote, each unless another transaction is folding it (nobody waits). At
+        REPEATABLE READ / SERIALIZABLE a fold that meets a newer one rolls back alone."""
         return f"""
-    FOR vecorm_value IN SELECT DISTINCT v FROM pg_catalog.unnest(vecorm_touched) v ORDER BY 1
-    LOOP
-      IF {self.value_lock("pg_try_advisory_xact_lock")} THEN
-        BEGIN{self.fold_value()}
+    IF vecorm_first / {COMPACT_EVERY} <> {self.delta_id()} / {COMPACT_EVERY} THEN
+      FOR vecorm_value IN
+        SELECT DISTINCT v FROM pg_catalog.unnest(vecorm_touched) v ORDER BY 1
+      LOOP
+        IF {self.value_lock("pg_try_advisory_xact_lock")} THEN
+          vecorm_locked := pg_catalog.array_append(vecorm_locked, vecorm_value);
+        END IF;
+      END LOOP;
+      IF vecorm_locked IS NOT NULL THEN
+        BEGIN{self.fold("vecorm_locked")}
         EXCEPTION WHEN serialization_failure THEN
           NULL;
         END;
       END IF;
-    END LOOP;"""
+    END IF;"""
 
     def changed(self, rows: str, other: str) -> str:
         return self.sql.changed(rows, other)
@@ -439,22 +467,28 @@ class _Keyed:
             return (
                 self.load("new_rows")
                 + self.skip_empty()
+                + self.first_id()
                 + self.add()
                 + self.touch()
-                + (self.compaction())
+                + self.compaction()
             )
         if event == "delete":
             return (
-                self.load("old_rows") + self.skip_empty() + self.remove() + self.touch()
-            ) + self.compaction()
-        if event == "update":
-            return (
-                self.load(self.changed("old_rows", "new_rows"))
+                self.load("old_rows")
+                + self.skip_empty()
+                + self.first_id()
                 + self.remove()
                 + self.touch()
+                + self.compaction()
+            )
+        if event == "update":
+            # An empty array would name no value, and Citus could not prune the statements.
+            return (
+                self.first_id()
+                + self.load(self.changed("old_rows", "new_rows"))
+                + self.when_rows(self.remove() + self.touch())
                 + self.load(self.changed("new_rows", "old_rows"))
-                + self.add()
-                + self.touch()
+                + self.when_rows(self.add() + self.touch())
                 + self.compaction()
             )
         if event == "rebuild":
@@ -464,11 +498,18 @@ class _Keyed:
     FOR vecorm_value IN SELECT DISTINCT d.{self.column} FROM {self.sql.deltas} d ORDER BY 1
     LOOP
       PERFORM {self.value_lock("pg_advisory_xact_lock")};
-      BEGIN{self.fold_value()}
+      BEGIN{self.fold("ARRAY[vecorm_value]")}
       EXCEPTION WHEN serialization_failure THEN
         NULL;  -- bm25.compact() reports it: the deltas this transaction sees are still there
       END;
     END LOOP;"""
+
+    @staticmethod
+    def when_rows(statements: str) -> str:
+        indented = statements.replace("\n    ", "\n      ")
+        return f"""
+    IF batch_documents > 0 THEN{indented}
+    END IF;"""
 
     @staticmethod
     def skip_empty() -> str:
