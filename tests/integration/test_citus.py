@@ -278,6 +278,39 @@ def _bm25(
     return scores
 
 
+def test_a_role_granted_access_writes_statistics_per_tenant(vecorm_engine: Engine) -> None:
+    """A role given grant_access (no owner) writes and folds the statistics per tenant."""
+    PerTenant.__table__.create(vecorm_engine)  # type: ignore[attr-defined]
+    with vecorm_engine.begin() as conn:
+        conn.execute(text("CREATE ROLE per_tenant_writer"))
+        try:
+            vecorm.grant_access(conn, PerTenant, "per_tenant_writer")
+            conn.execute(text("SET LOCAL ROLE per_tenant_writer"))
+            for tenant in (0, 1):  # 70 new lexemes a statement: 71 delta rows, always a fold
+                conn.execute(
+                    insert(PerTenant).values(
+                        [
+                            {"tenant_id": tenant, "id": i, "body": f"vacuum word{i}"}
+                            for i in range(tenant * 100, tenant * 100 + 70)
+                        ]
+                    )
+                )
+            conn.execute(delete(PerTenant).where(PerTenant.id.in_([1, 2, 101])))
+            conn.execute(text("RESET ROLE"))
+            counted = text(
+                "SELECT tenant_id, sum(df) FROM (SELECT tenant_id, df FROM per_tenant_bm25_terms "
+                "WHERE term = '' UNION ALL SELECT tenant_id, df FROM per_tenant_bm25_deltas "
+                "WHERE term = '') c GROUP BY 1 ORDER BY 1"
+            )
+            assert [tuple(row) for row in conn.execute(counted)] == [(0, 68), (1, 69)]
+            folded = text("SELECT count(*) FROM per_tenant_bm25_terms WHERE term = ''")
+            assert conn.execute(folded).scalar() == 2
+        finally:
+            conn.execute(text("RESET ROLE"))
+            conn.execute(text("DROP OWNED BY per_tenant_writer"))
+            conn.execute(text("DROP ROLE per_tenant_writer"))
+
+
 def test_statistics_per_tenant_on_plain_postgresql(vecorm_engine: Engine) -> None:
     """Without Citus the same triggers keep the statistics per tenant: a search filtered on a
     tenant ranks with its statistics, any other with everyone's (equal to BM25 from the rows)."""
@@ -305,8 +338,11 @@ def test_statistics_per_tenant_on_plain_postgresql(vecorm_engine: Engine) -> Non
         )
         for tenant, row_id, lexeme, count in session.execute(lexemes):
             docs[(tenant, row_id)][lexeme] = count
-        for tenant in (None, 1):
-            where = [] if tenant is None else [PerTenant.tenant_id == tenant]
+        for tenant, where in (
+            (None, []),
+            (1, [PerTenant.tenant_id == 1]),
+            (1, [PerTenant.tenant_id.in_([1])]),
+        ):
             expected = _bm25(docs, Counter(["vacuum", "replica"]), tenant)
             rows = session.execute(PerTenant.text_search("vacuum replica", k=100, where=where))
             got = {(row[0].tenant_id, row[0].id): row.score for row in rows}

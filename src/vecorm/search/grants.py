@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from vecorm.errors import ConfigurationError
+from vecorm.schema.pgcatalog import relation_exists
 from vecorm.search import bm25
 
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
@@ -51,10 +52,12 @@ def grant_statements(
     write: bool = True,
     truncate: bool = False,
     owned_sequences: tuple[str, ...] = (),
+    bm25_sequences: bool = True,
 ) -> list[str]:
     """``GRANT`` statements giving ``role`` search (and ``write``) access to ``table_name``
     in ``schema`` and, with ``bm25_statistics``, to its side tables and sequences.
-    ``owned_sequences`` are qualified names of the table's serial sequences."""
+    ``owned_sequences`` are qualified names of the table's serial sequences;
+    ``bm25_sequences=False``: the statistics have none (kept per distribution value)."""
     if not role or not isinstance(role, str):
         raise ConfigurationError(f"role must be a role name, not {role!r}")
     grantee = _PREPARER.quote(role)
@@ -77,7 +80,7 @@ def grant_statements(
             f"GRANT {', '.join(granted)} ON TABLE "
             f"{_qualified(schema, f'{table_name}_bm25_{side}')} TO {grantee}"
         )
-    if write:
+    if write and bm25_sequences:
         # nextval counts statements; the average-length hint is read, and set by compaction.
         statements.append(
             f"GRANT USAGE ON SEQUENCE {_qualified(schema, f'{table_name}_bm25_statements')} "
@@ -115,6 +118,7 @@ def table_grants(
         _qualified(row[0], row[1])
         for row in connection.execute(_OWNED_SEQUENCES, {"table": _qualified(schema, table.name)})
     )
+    counter = _qualified(schema, f"{table.name}_bm25_statements")
     return grant_statements(
         table.name,
         role,
@@ -123,6 +127,8 @@ def table_grants(
         write=write,
         truncate=truncate,
         owned_sequences=owned,
+        # Statistics kept per distribution value have no sequences.
+        bm25_sequences=bm25_statistics and relation_exists(connection, counter),
     )
 
 

@@ -271,11 +271,12 @@ class _Keyed:
     when it runs). All the values of one trigger call hash to the shard it fires on, so every
     statement runs on that node, locally.
 
-    No sequence of vecorm's: Citus creates a plain sequence on the coordinator only. The
-    cadence of compaction comes from the deltas' own identity, which Citus gives every node:
-    a statement whose delta ids cross a multiple of 64 folds its values' deltas into the terms
-    table (about every 64 delta rows written on a node), each value unless another
-    transaction holds its advisory lock (nobody waits).
+    No sequence: Citus creates a plain sequence on the coordinator only, so nothing counts
+    statements across a node. A statement that wrote ``n`` delta rows folds its values'
+    deltas into the terms table with probability ``n / 64`` (always from 64 rows): about
+    once per 64 delta rows of a value, whatever the pattern of the writes (a deterministic
+    cadence can keep missing one value), each value unless another transaction holds its
+    advisory lock (nobody waits). The scores never depend on it: searches add the deltas.
     """
 
     def __init__(self, sql: _Bodies, dialect: Any) -> None:
@@ -304,7 +305,8 @@ class _Keyed:
                 "vecorm_vectors pg_catalog.tsvector[]",
                 f"vecorm_touched {self.value_type}[]",
                 f"vecorm_locked {self.value_type}[]",
-                "vecorm_first bigint",
+                "vecorm_written bigint := 0",
+                "vecorm_rows bigint",
                 value,
                 "avgdl float8",
                 "batch_documents bigint",
@@ -348,7 +350,9 @@ class _Keyed:
     UNION ALL
     SELECT s.{column}, u.lexeme, {sign}pg_catalog.count(*), 0
     FROM {self.rows()}, pg_catalog.unnest(s.{sql.vector}) u
-    GROUP BY s.{column}, u.lexeme;"""
+    GROUP BY s.{column}, u.lexeme;
+    GET DIAGNOSTICS vecorm_rows = ROW_COUNT;
+    vecorm_written := vecorm_written + vecorm_rows;"""
 
     def add(self) -> str:
         """Append the arrays' documents: the average length of the postings' impact (which
@@ -394,18 +398,6 @@ class _Keyed:
         DELETE FROM {sql.terms}
         WHERE {column} = ANY({values}) AND df = 0 AND term <> '';"""
 
-    def delta_id(self) -> str:
-        """The next id of the deltas' identity (a sequence on every node)."""
-        deltas = _regclass(self.sql.deltas).replace("::pg_catalog.regclass", "")
-        return (
-            "pg_catalog.nextval(pg_catalog.pg_get_serial_sequence("
-            f"{deltas}, 'id')::pg_catalog.regclass)"
-        )
-
-    def first_id(self) -> str:
-        return f"""
-    vecorm_first := {self.delta_id()};"""
-
     def value_lock(self, function: str) -> str:
         return (
             f"pg_catalog.{function}({self.sql.t.lock_class}, "
@@ -413,11 +405,11 @@ class _Keyed:
         )
 
     def compaction(self) -> str:
-        """When this statement's delta ids crossed a multiple of COMPACT_EVERY, fold the
-        values it wrote, each unless another transaction is folding it (nobody waits). At
+        """With probability (delta rows written) / COMPACT_EVERY, fold the values this
+        statement wrote, each unless another transaction is folding it (nobody waits). At
         REPEATABLE READ / SERIALIZABLE a fold that meets a newer one rolls back alone."""
         return f"""
-    IF vecorm_first / {COMPACT_EVERY} <> {self.delta_id()} / {COMPACT_EVERY} THEN
+    IF pg_catalog.random() * {COMPACT_EVERY} < vecorm_written THEN
       FOR vecorm_value IN
         SELECT DISTINCT v FROM pg_catalog.unnest(vecorm_touched) v ORDER BY 1
       LOOP
@@ -467,7 +459,6 @@ class _Keyed:
             return (
                 self.load("new_rows")
                 + self.skip_empty()
-                + self.first_id()
                 + self.add()
                 + self.touch()
                 + self.compaction()
@@ -476,7 +467,6 @@ class _Keyed:
             return (
                 self.load("old_rows")
                 + self.skip_empty()
-                + self.first_id()
                 + self.remove()
                 + self.touch()
                 + self.compaction()
@@ -484,8 +474,7 @@ class _Keyed:
         if event == "update":
             # An empty array would name no value, and Citus could not prune the statements.
             return (
-                self.first_id()
-                + self.load(self.changed("old_rows", "new_rows"))
+                self.load(self.changed("old_rows", "new_rows"))
                 + self.when_rows(self.remove() + self.touch())
                 + self.load(self.changed("new_rows", "old_rows"))
                 + self.when_rows(self.add() + self.touch())
