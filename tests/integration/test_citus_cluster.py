@@ -537,7 +537,8 @@ def test_a_tenant_text_search_is_one_router_query(cluster: tuple[Engine, np.ndar
 
 
 def test_maintenance_of_distributed_statistics(cluster: tuple[Engine, np.ndarray]) -> None:
-    """rebuild, compact, bulk_load and TRUNCATE on the cluster keep the statistics exact."""
+    """rebuild, compact, bulk_load, TRUNCATE and COPY on the cluster keep the statistics
+    exact."""
     engine, _ = cluster
     with engine.begin() as conn:
         # 70 new lexemes in one statement: 71 delta rows, so the trigger folds them (on the
@@ -561,6 +562,12 @@ def test_maintenance_of_distributed_statistics(cluster: tuple[Engine, np.ndarray
         session.execute(
             insert(Ranked), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(240)]
         )
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with engine.begin() as conn:  # COPY: Citus copies each shard's rows, one batch a shard
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {SCHEMA}.ranked (tenant_id, id, body) FROM STDIN") as copy:
+            for i in range(240, 400):
+                copy.write_row((i % 8, i, _body(i) + " copied"))
     _assert_searches_rank_like_the_reference(engine, Ranked)
 
 
