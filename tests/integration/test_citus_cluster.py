@@ -618,6 +618,20 @@ def test_op_create_distributed_table_distributes_the_statistics(
             insert(Migrated), [{"tenant_id": 3, "id": i, "body": _body(i)} for i in range(120, 140)]
         )
     _assert_searches_rank_like_the_reference(engine, Migrated)
+    # The downgrade: the table and its statistics come back to the coordinator, still exact.
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        op.undistribute_table("migrated", schema=SCHEMA)  # type: ignore[attr-defined]
+        left = conn.execute(
+            text("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE :name"),
+            {"name": f"{SCHEMA}.migrated%"},
+        )
+        assert left.scalar() == 0
+        conn.execute(
+            insert(Migrated), [{"tenant_id": 5, "id": i, "body": _body(i)} for i in range(140, 150)]
+        )
+        assert _diffs(conn) == []
+    _assert_searches_rank_like_the_reference(engine, Migrated)
 
 
 class Deferred(vecorm.Searchable, Base):

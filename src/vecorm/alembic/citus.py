@@ -372,7 +372,41 @@ def _undistribute_table(operations: Operations, operation: UndistributeTableOp) 
                 f"to {', '.join(linked)}. Pass cascade_via_foreign_keys=True to bring them back "
                 "together (a later undistribute_table of those then does nothing)"
             )
+    if operations.get_context().as_sql:
+        _run(operations, undistribute_table(target, cascade_via_foreign_keys=cascade))
+        return
+    bind = operations.get_bind()
+    # Citus makes the table again without its comment: put it back, as autogenerate knows it.
+    comment = _comment_restored(bind, operation.table_name, operation.schema, operations)
     _run(operations, undistribute_table(target, cascade_via_foreign_keys=cascade))
+    if comment:
+        bind.exec_driver_sql(comment)
+    # BM25 statistics per distribution value were distributed with the table: back with it.
+    for side in ("postings", "terms", "deltas"):
+        name = object_name(operation.table_name, side)
+        quoted = qualified_table(operations, name, operation.schema)
+        if bind.execute(_IS_CITUS_TABLE_SQL, {"table": quoted}).scalar():
+            comment = _comment_restored(bind, name, operation.schema, operations)
+            _run(operations, undistribute_table(_table(name, operation.schema)))
+            if comment:
+                bind.exec_driver_sql(comment)
+
+
+# ``COMMENT ON TABLE ... IS ...`` putting back a table's comment, written by the server.
+_COMMENT_SQL = text(
+    "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', c.oid::pg_catalog.regclass, "
+    "pg_catalog.obj_description(c.oid, 'pg_class')) FROM pg_catalog.pg_class c "
+    "WHERE c.oid = pg_catalog.to_regclass(:table) "
+    "AND pg_catalog.obj_description(c.oid, 'pg_class') IS NOT NULL"
+)
+
+
+def _comment_restored(
+    bind: Any, table_name: str, schema: str | None, operations: Operations
+) -> str | None:
+    quoted = qualified_table(operations, table_name, schema)
+    found = bind.execute(_COMMENT_SQL, {"table": quoted}).scalar()
+    return None if found is None else str(found)
 
 
 def _schema(schema: str | None) -> str:

@@ -327,9 +327,19 @@ def undistribute_table(target: Any, *, cascade_via_foreign_keys: bool = False) -
     """``SELECT undistribute_table('table')``: back to a local table (the reverse of both).
 
     ``cascade_via_foreign_keys=True`` brings back the tables foreign keys join it to as well,
-    which Citus requires (``cascade_via_foreign_keys => true``)."""
+    which Citus requires (``cascade_via_foreign_keys => true``). A model keeping BM25
+    statistics per distribution value brings back its side tables too."""
     options = {"cascade_via_foreign_keys": True} if cascade_via_foreign_keys else {}
-    return select(CitusCall("undistribute_table", _qualified_name(_table_of(target)), **options))
+    table = _table_of(target)
+    calls = [CitusCall("undistribute_table", _qualified_name(table), **options)]
+    statistics = bm25_tables_of(table)
+    if statistics is not None and statistics.distributed_by is not None:
+        # Statistics per distribution value were distributed with the table: back with it.
+        calls += [
+            CitusCall("undistribute_table", _qualified_name(side))
+            for side in (statistics.postings, statistics.terms, statistics.deltas)
+        ]
+    return select(*calls)
 
 
 def distribution_plan(models: Mapping[str, Any], column: str) -> dict[str, str]:

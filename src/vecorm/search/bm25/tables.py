@@ -217,7 +217,10 @@ def declare(table: Table, config: SearchConfig) -> BM25Tables:
         f"{name}_bm25_deltas",
         metadata,
         *distribution_column(primary_key=True),
-        Column("id", BigInteger, Identity(), primary_key=True),
+        # Per distribution value, a bigserial: Citus cannot undistribute an identity column.
+        Column("id", BigInteger, primary_key=True, autoincrement=True)
+        if distributed_by
+        else Column("id", BigInteger, Identity(), primary_key=True),
         Column("term", Text, nullable=False),
         Column("df", BigInteger, nullable=False),
         Column("length", BigInteger, nullable=False),
