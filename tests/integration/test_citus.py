@@ -256,6 +256,12 @@ def test_a_model_with_statistics_per_tenant_distributes_with_them() -> None:
     assert lines[-3] == (
         "PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', previous, true);"
     )
+    assert _sql(undistribute_table(PerTenant)) == (
+        "SELECT undistribute_table('per_tenant'), "
+        "undistribute_table('per_tenant_bm25_postings') AS undistribute_table_1, "
+        "undistribute_table('per_tenant_bm25_terms') AS undistribute_table_2, "
+        "undistribute_table('per_tenant_bm25_deltas') AS undistribute_table_3"
+    )
 
 
 def _bm25(
