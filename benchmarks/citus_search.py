@@ -4,7 +4,8 @@
     VECORM_CITUS_URL=postgresql://postgres@127.0.0.1:5600/postgres \\
         python benchmarks/citus_search.py --rows 200000
 
-A searchable model (``bm25=None``: Citus refuses BM25's statement triggers) distributed by
+A searchable model (``bm25=None``, ranked with ts_rank; ``benchmarks/citus_bm25.py`` compares
+``BM25(distributed_by="tenant_id")``) distributed by
 ``tenant_id`` over ``--shards`` shards, ``--tenants`` tenants, clustered Gaussian vectors
 loaded with COPY, then the HNSW index built on every shard (m=16, ef_construction=64). For
 ``--queries`` queries near cluster centres, each statement runs once to warm up, then

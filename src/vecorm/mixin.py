@@ -291,6 +291,7 @@ class Searchable:
         weights: Mapping[str, float] | Sequence[float] | None = None,
         k1: float | None = None,
         b: float | None = None,
+        where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
     ) -> Select[Any]:
         """``select(cls, score)`` of full-text matches; see :func:`vecorm.search.text.text_search`.
 
@@ -306,6 +307,7 @@ class Searchable:
             weights=weights,
             k1=k1,
             b=b,
+            where=where,
         )
 
     @classmethod

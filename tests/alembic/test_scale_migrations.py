@@ -184,3 +184,52 @@ def test_partitioned_model_and_partitions_as_revisions(
     project.downgrade(initial.name.split("_")[0])
     with project.engine.connect() as conn:
         assert indexes(conn, "documents_t1") == {}
+
+
+PER_TENANT = """
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+import vecorm
+
+class Base(DeclarativeBase):
+    pass
+
+class Note(vecorm.Searchable, Base):
+    __tablename__ = "notes"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=3, index=None, bm25=vecorm.BM25(distributed_by="tenant_id")
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+"""
+
+
+def test_bm25_statistics_per_tenant_as_revisions(project_factory: Callable[[], Project]) -> None:
+    """The keyed side tables and their functions in a revision that runs as written; rows
+    written then are counted per tenant; a second autogenerate is empty; it downgrades."""
+    from sqlalchemy import text
+
+    project = project_factory()
+    project.set_models(PER_TENANT)
+    source = project.autogenerate("notes").read_text()
+    assert "op.create_bm25_statistics(" in source and "ROWS FROM" in source
+    assert "CREATE SEQUENCE" not in source  # statistics per tenant use no sequence
+    project.upgrade()
+    with project.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO notes (tenant_id, id, body) VALUES "
+                "(1, 1, 'vacuum'), (1, 2, 'lock wait'), (2, 3, 'vacuum vacuum full')"
+            )
+        )
+    count = text(
+        "SELECT tenant_id, sum(df), sum(length) FROM (SELECT tenant_id, term, df, length "
+        "FROM notes_bm25_terms UNION ALL SELECT tenant_id, term, df, length "
+        "FROM notes_bm25_deltas) c WHERE term = '' GROUP BY 1 ORDER BY 1"
+    )
+    with project.engine.connect() as conn:
+        assert [tuple(row) for row in conn.execute(count)] == [(1, 2, 3), (2, 1, 3)]
+    revision = project.autogenerate("nothing").read_text()
+    assert "op." not in revision.split("def upgrade")[1].split("def downgrade")[0], revision
+    project.downgrade("base")
+    project.upgrade()

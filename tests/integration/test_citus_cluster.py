@@ -6,9 +6,11 @@ Every table lives in one schema of the coordinator's database, dropped before an
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from alembic.autogenerate import produce_migrations
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import ForeignKey, MetaData, String, insert, select, text
+from sqlalchemy import ForeignKey, MetaData, String, delete, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -28,7 +30,14 @@ from vecorm.embedding.backfill import backfill, stale_count
 from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.reembed import ModelChange
 from vecorm.embedding.worker import Worker
-from vecorm.scale.citus import check_distribution, distribute_table, reference_table
+from vecorm.scale.citus import (
+    DistributeWithStatistics,
+    check_distribution,
+    distribute_table,
+    reference_table,
+)
+from vecorm.search import bm25
+from vecorm.search.explain import explain
 from vecorm.search.settings import apply_search_settings, search_options
 from vecorm.search.vector import python_distance
 from vecorm.testing import RecordingEmbedder
@@ -70,10 +79,40 @@ class Doc(vecorm.Searchable, Base):
 
 
 class WithBM25(vecorm.Searchable, Base):
-    """The default SearchConfig (BM25 statistics): what Citus refuses."""
+    """The default SearchConfig (BM25 statistics for the whole table): what Citus refuses."""
 
     __tablename__ = "with_bm25"
     __vecorm__ = vecorm.SearchConfig(fields=("body",), dimensions=DIMS)
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+class Ranked(vecorm.Searchable, Base):
+    """BM25 statistics per tenant: distributed with the table, co-located."""
+
+    __tablename__ = "ranked"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",),
+        dimensions=DIMS,
+        embedder=EMBEDDER,
+        bm25=vecorm.BM25(distributed_by="tenant_id"),
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+
+
+class Migrated(vecorm.Searchable, Base):
+    """The same, distributed by the migration operation."""
+
+    __tablename__ = "migrated"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",),
+        dimensions=DIMS,
+        embedder=EMBEDDER,
+        bm25=vecorm.BM25(distributed_by="tenant_id"),
+    )
     tenant_id: Mapped[int] = mapped_column(primary_key=True)
     id: Mapped[int] = mapped_column(primary_key=True)
     body: Mapped[str]
@@ -145,16 +184,19 @@ def test_the_default_model_is_refused_in_words_before_citus_refuses_it(
     cluster: tuple[Engine, np.ndarray],
 ) -> None:
     engine, _ = cluster
-    with pytest.raises(vecorm.ConfigurationError, match=r"BM25 statistics.*bm25=None"):
+    fix = r"BM25 statistics.*BM25\(distributed_by='tenant_id'\)"
+    with pytest.raises(vecorm.ConfigurationError, match=fix):
         check_distribution(WithBM25, "tenant_id")
-    with pytest.raises(vecorm.ConfigurationError, match=r"BM25 statistics.*bm25=None"):
+    with pytest.raises(vecorm.ConfigurationError, match=fix):
         distribute_table(WithBM25, "tenant_id")
+    with pytest.raises(vecorm.ConfigurationError, match=r"kept per 'tenant_id'"):
+        check_distribution(Ranked, "id")
     # The premise, on the real cluster: Citus refuses the table for its triggers.
     with engine.connect() as conn, pytest.raises(DBAPIError, match="because it has triggers"):
         conn.execute(distribute_table(WithBM25, "tenant_id", check=False))
     with engine.connect() as conn:
         op = Operations(MigrationContext.configure(conn))
-        with pytest.raises(vecorm.ConfigurationError, match="drop_bm25_statistics"):
+        with pytest.raises(vecorm.ConfigurationError, match=r"distributed_by='tenant_id'"):
             op.create_distributed_table("with_bm25", "tenant_id", schema=SCHEMA)  # type: ignore[attr-defined]
 
 
@@ -283,6 +325,313 @@ def test_a_trigger_kept_tsvector_distributes_and_keeps_working(
         session.commit()
         hits = session.execute(KeptByTrigger.text_search("sharded", k=5)).all()
         assert sorted(row[0].id for row in hits) == [1, 2]
+
+
+def _documents(conn: Connection, table: str) -> dict[tuple[int, int], Counter[str]]:
+    """Lexeme counts per row, read from each row's tsvector (not from vecorm's statistics)."""
+    found: dict[tuple[int, int], Counter[str]] = {
+        (tenant, row_id): Counter()
+        for tenant, row_id in conn.execute(text(f"SELECT tenant_id, id FROM {SCHEMA}.{table}"))
+    }
+    lexemes = text(
+        "SELECT tenant_id, id, u.lexeme, coalesce(array_length(u.positions, 1), 1) "
+        f"FROM {SCHEMA}.{table}, unnest(search_vector) u"
+    )
+    for tenant, row_id, lexeme, count in conn.execute(lexemes):
+        found[(tenant, row_id)][lexeme] = count
+    return found
+
+
+def _query(conn: Connection, query: str) -> Counter[str]:
+    """The query's lexemes and their counts, as PostgreSQL's English configuration makes them."""
+    found = conn.execute(
+        text(
+            "SELECT u.lexeme, array_length(u.positions, 1) "
+            "FROM unnest(to_tsvector('english', :q)) u"
+        ),
+        {"q": query},
+    )
+    return Counter({lexeme: count for lexeme, count in found})
+
+
+def _reference(
+    docs: dict[tuple[int, int], Counter[str]], terms: Counter[str], tenant: int | None
+) -> dict[tuple[int, int], float]:
+    """Lucene's BM25 with the model's k1 0.9, b 0.4, computed here from the rows: the
+    statistics of the tenant when the search names one, of every row otherwise."""
+    scope = {key: counts for key, counts in docs.items() if tenant in (None, key[0])}
+    n = len(scope)
+    lengths = {key: sum(counts.values()) for key, counts in scope.items()}
+    avgdl = sum(lengths.values()) / n
+    df = Counter(term for counts in scope.values() for term in counts)
+    scores: dict[tuple[int, int], float] = {}
+    for term, qtf in terms.items():
+        if not df[term]:
+            continue
+        idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
+        for key, counts in scope.items():
+            if counts[term]:
+                tf = counts[term]
+                part = tf * 1.9 / (tf + 0.9 * (0.6 + 0.4 * lengths[key] / avgdl))
+                scores[key] = scores.get(key, 0.0) + qtf * idf * part
+    return scores
+
+
+def _assert_ranked_like(
+    got: list[tuple[tuple[int, int], float]], expected: dict[Any, float]
+) -> None:
+    """``got`` (key, score), best first, is the top of ``expected`` to 1e-6."""
+    best = sorted(expected.values(), reverse=True)[: len(got)]
+    assert len(got) == min(len(expected), len(got)) and got
+    for (key, score), rank_score in zip(got, best, strict=True):
+        assert score == pytest.approx(expected[key], abs=1e-6)
+        assert score == pytest.approx(rank_score, abs=1e-6)
+
+
+def _statistics(conn: Connection, table: str) -> dict[tuple[int, str], tuple[int, int]]:
+    """``{(tenant, term): (df, length)}`` as vecorm keeps them (compacted plus pending)."""
+    rows = conn.execute(
+        text(
+            "SELECT tenant_id, term, sum(df), sum(length) FROM ("
+            f"SELECT tenant_id, term, df, length FROM {SCHEMA}.{table}_bm25_terms UNION ALL "
+            f"SELECT tenant_id, term, df, length FROM {SCHEMA}.{table}_bm25_deltas) x "
+            "GROUP BY 1, 2 HAVING sum(df) <> 0 OR term = ''"
+        )
+    )
+    return {(tenant, term): (int(df), int(length)) for tenant, term, df, length in rows}
+
+
+def _expected_statistics(
+    docs: dict[tuple[int, int], Counter[str]],
+) -> dict[tuple[int, str], tuple[int, int]]:
+    expected: dict[tuple[int, str], tuple[int, int]] = {}
+    for (tenant, _), counts in docs.items():
+        documents, length = expected.get((tenant, ""), (0, 0))
+        expected[(tenant, "")] = (documents + 1, length + sum(counts.values()))
+        for term in counts:
+            expected[(tenant, term)] = (expected.get((tenant, term), (0, 0))[0] + 1, 0)
+    return expected
+
+
+def _colocation(conn: Connection, table: str) -> set[int]:
+    names = [f"{SCHEMA}.{table}"] + [
+        f"{SCHEMA}.{table}_bm25_{side}" for side in ("postings", "terms", "deltas")
+    ]
+    found = conn.execute(
+        text(
+            "SELECT logicalrelid::text, colocationid FROM pg_dist_partition "
+            "WHERE logicalrelid::text = ANY(:names) AND partmethod = 'h'"
+        ),
+        {"names": names},
+    ).all()
+    assert sorted(name for name, _ in found) == sorted(names)
+    return {colocation for _, colocation in found}
+
+
+RANKED_QUERIES = ["vacuum replica", "shard shard note", "tenant backup query postgres"]
+
+
+def _assert_searches_rank_like_the_reference(engine: Engine, model: Any) -> None:
+    table = model.__tablename__
+    with Session(engine) as session:
+        docs = _documents(session.connection(), table)
+        assert _statistics(session.connection(), table) == _expected_statistics(docs)
+        for query in RANKED_QUERIES:
+            for tenant in (None, 3, 5):
+                where = [] if tenant is None else [model.tenant_id == tenant]
+                rows = session.execute(model.text_search(query, k=10, where=where)).all()
+                assert all(tenant in (None, row[0].tenant_id) for row in rows)
+                got = [((row[0].tenant_id, row[0].id), row.score) for row in rows]
+                _assert_ranked_like(
+                    got, _reference(docs, _query(session.connection(), query), tenant)
+                )
+
+
+def test_bm25_statistics_per_tenant_are_distributed_and_rank_like_a_reference(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    """Rows written before and after the distribution, by every kind of write; the scores
+    equal BM25 computed here from the rows, with each tenant's statistics or everyone's."""
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Ranked), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(160)]
+        )
+        statement = distribute_table(Ranked, "tenant_id", shard_count=SHARDS, colocate_with="none")
+        assert isinstance(statement, DistributeWithStatistics)
+        conn.execute(statement)
+        assert conn.execute(text("SHOW citus.enable_unsafe_triggers")).scalar() == "off"
+        assert len(_colocation(conn, "ranked")) == 1
+    # The rows Citus copied into the shards were not counted again.
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with Session(engine) as session:
+        session.add_all(
+            Ranked(tenant_id=i % 8, id=i, body=_body(i) + " replica") for i in range(160, 200)
+        )
+        session.commit()
+        session.execute(  # one multi-row INSERT: one statement per shard
+            insert(Ranked).values(
+                [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(200, 260)]
+            )
+        )
+        session.execute(  # executemany: one statement per row
+            insert(Ranked),
+            [{"tenant_id": 3, "id": i, "body": "shard " * (i % 4 + 1)} for i in range(260, 280)],
+        )
+        row = session.get(Ranked, (3, 3))
+        assert row is not None
+        row.body = "vacuum vacuum vacuum replica"
+        session.execute(
+            update(Ranked).where(Ranked.tenant_id == 5).values(body=Ranked.body + " note note")
+        )
+        # Statements that change no text: each shard's trigger gets no changed row.
+        session.execute(update(Ranked).values(body=Ranked.body))
+        session.execute(delete(Ranked).where(Ranked.id.between(100, 130)))
+        gone = session.get(Ranked, (5, 5))
+        assert gone is not None
+        session.delete(gone)
+        session.commit()
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with Session(engine) as session:
+        # Hybrid search: the lexical scores of the tenant's rows are the tenant's BM25.
+        docs = _documents(session.connection(), "ranked")
+        expected = _reference(docs, _query(session.connection(), "vacuum replica"), 3)
+        rows = session.execute(
+            Ranked.hybrid_search("vacuum replica", k=8, where=[Ranked.tenant_id == 3])
+        ).all()
+        assert len(rows) == 8 and all(row[0].tenant_id == 3 for row in rows)
+        for row in rows:
+            key = (row[0].tenant_id, row[0].id)
+            assert row.text_score == pytest.approx(expected.get(key, 0.0), abs=1e-6)
+
+
+def _task_counts(plan: Any) -> list[int]:
+    counts: list[int] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            job = node.get("Distributed Query", {}).get("Job")
+            if job is not None:
+                counts.append(job["Task Count"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(plan)
+    return counts
+
+
+def test_a_tenant_text_search_is_one_router_query(cluster: tuple[Engine, np.ndarray]) -> None:
+    engine, _ = cluster
+    with Session(engine) as session:
+        routed = explain(
+            session, Ranked.text_search("vacuum replica", k=5, where=[Ranked.tenant_id == 3])
+        )
+        # The whole statement, statistics included, runs on the tenant's shard.
+        assert routed["Plan"]["Custom Plan Provider"] == "Citus Adaptive"
+        assert _task_counts(routed) == [1]
+        everywhere = explain(session, Ranked.text_search("vacuum replica", k=5))
+        assert SHARDS in _task_counts(everywhere)
+
+
+def test_maintenance_of_distributed_statistics(cluster: tuple[Engine, np.ndarray]) -> None:
+    """rebuild, compact, bulk_load, TRUNCATE and COPY on the cluster keep the statistics
+    exact."""
+    engine, _ = cluster
+    with engine.begin() as conn:
+        # 70 new lexemes in one statement: 71 delta rows, so the trigger folds them (on the
+        # tenant's worker) into the terms table.
+        conn.execute(
+            insert(Ranked).values(
+                [{"tenant_id": 4, "id": 10_000 + i, "body": f"unique{i}"} for i in range(70)]
+            )
+        )
+        pending = text(f"SELECT count(*) FROM {SCHEMA}.ranked_bm25_deltas WHERE tenant_id = 4")
+        assert conn.execute(pending).scalar() == 0
+    with Session(engine) as session:
+        bm25.rebuild(session, Ranked)
+        bm25.compact(session, Ranked)
+        session.commit()
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {SCHEMA}.ranked"))
+        assert _statistics(conn, "ranked") == {}
+    with Session(engine) as session, session.begin(), bm25.bulk_load(session, Ranked):
+        session.execute(
+            insert(Ranked), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(240)]
+        )
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+    with engine.begin() as conn:  # COPY: Citus copies each shard's rows, one batch a shard
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {SCHEMA}.ranked (tenant_id, id, body) FROM STDIN") as copy:
+            for i in range(240, 400):
+                copy.write_row((i % 8, i, _body(i) + " copied"))
+    _assert_searches_rank_like_the_reference(engine, Ranked)
+
+
+def test_the_operation_refuses_a_foreign_key_citus_refuses(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {SCHEMA}.lookup (id int PRIMARY KEY)"))
+        conn.execute(
+            text(
+                f"CREATE TABLE {SCHEMA}.linked (tenant_id int, id int, "
+                f"lookup_id int REFERENCES {SCHEMA}.lookup, PRIMARY KEY (tenant_id, id))"
+            )
+        )
+    with engine.connect() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        with pytest.raises(
+            vecorm.ConfigurationError, match=r"lookup, a local table.*create_reference_table"
+        ):
+            op.create_distributed_table("linked", "tenant_id", schema=SCHEMA)  # type: ignore[attr-defined]
+        # The premise: Citus refuses it too.
+        with pytest.raises(DBAPIError, match="must be a distributed table or a reference table"):
+            conn.execute(text(f"SELECT create_distributed_table('{SCHEMA}.linked', 'tenant_id')"))
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {SCHEMA}.linked, {SCHEMA}.lookup"))
+
+
+def test_op_create_distributed_table_distributes_the_statistics(
+    cluster: tuple[Engine, np.ndarray],
+) -> None:
+    """The migration path: op.create_distributed_table on a table with statistics per
+    tenant; autogenerate then finds nothing to do, and the scores are right."""
+    engine, _ = cluster
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Migrated), [{"tenant_id": i % 8, "id": i, "body": _body(i)} for i in range(120)]
+        )
+        op = Operations(MigrationContext.configure(conn))
+        op.create_distributed_table(
+            "migrated", "tenant_id", schema=SCHEMA, colocate_with=f"{SCHEMA}.ranked"
+        )  # type: ignore[attr-defined]
+        assert _colocation(conn, "migrated") == _colocation(conn, "ranked")
+    with engine.connect() as conn:
+        assert _diffs(conn) == []
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Migrated), [{"tenant_id": 3, "id": i, "body": _body(i)} for i in range(120, 140)]
+        )
+    _assert_searches_rank_like_the_reference(engine, Migrated)
+    # The downgrade: the table and its statistics come back to the coordinator, still exact.
+    with engine.begin() as conn:
+        op = Operations(MigrationContext.configure(conn))
+        op.undistribute_table("migrated", schema=SCHEMA)  # type: ignore[attr-defined]
+        left = conn.execute(
+            text("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE :name"),
+            {"name": f"{SCHEMA}.migrated%"},
+        )
+        assert left.scalar() == 0
+        conn.execute(
+            insert(Migrated), [{"tenant_id": 5, "id": i, "body": _body(i)} for i in range(140, 150)]
+        )
+        assert _diffs(conn) == []
+    _assert_searches_rank_like_the_reference(engine, Migrated)
 
 
 class Deferred(vecorm.Searchable, Base):

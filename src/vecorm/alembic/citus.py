@@ -15,10 +15,12 @@
 Before it runs, ``create_distributed_table`` checks in the catalog that every unique index of
 the table (the primary key included) contains the distribution column, which Citus requires,
 and says which index does not; and that the table has no triggers Citus refuses: BM25
-statistics' statement triggers (declare ``SearchConfig(bm25=None)``) or triggers of yours. The
-row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call then runs with
-``citus.enable_unsafe_triggers`` on (see :func:`vecorm.scale.citus.distribute_table`).
-``alembic upgrade --sql`` prints the calls.
+statistics kept for the whole table (declare ``BM25(distributed_by=...)``) or triggers of
+yours. The row trigger of ``SearchConfig(search_vector="trigger")`` is accepted: the call then
+runs with ``citus.enable_unsafe_triggers`` on (see :func:`vecorm.scale.citus.distribute_table`).
+BM25 statistics kept per the distribution column (their terms table has it) are distributed
+with the table, co-located (:class:`vecorm.scale.citus.DistributeWithStatistics`).
+``alembic upgrade --sql`` prints the calls (without the catalog, a plain call).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from vecorm.alembic.operations import _qualified as qualified_table
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.errors import ConfigurationError
 from vecorm.scale.citus import (
-    BM25_REFUSAL,
+    DistributeWithStatistics,
+    bm25_refusal,
     distribute_table,
     reference_table,
     undistribute_table,
 )
+from vecorm.schema.cluster import is_citus
 from vecorm.search.bm25.ddl import TRIGGER_EVENTS, object_name
 
 log = logging.getLogger("vecorm.alembic")
@@ -49,7 +53,7 @@ def _table(name: str, schema: str | None) -> Table:
     return Table(name, MetaData(), schema=schema)
 
 
-def _run(operations: Operations, statement: Select[Any]) -> None:
+def _run(operations: Operations, statement: Select[Any] | DistributeWithStatistics) -> None:
     """Execute ``statement``; in ``--sql`` mode print it with its values inlined."""
     context = operations.get_context()
     if context.as_sql:
@@ -198,8 +202,42 @@ _TRIGGERS_SQL = text(
 )
 
 
-def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) -> bool:
-    """Raise what Citus would refuse, in words; whether vecorm's search-vector trigger is there."""
+# Each foreign key of the table: the table it refers to, how Citus keeps that table ('h'
+# distributed, 'n' reference, NULL local), and whether the key pairs the column with that
+# table's distribution column.
+_FOREIGN_KEYS_SQL = text(
+    """
+    SELECT k.conname, k.confrelid::pg_catalog.regclass::text, p.partmethod,
+           EXISTS (
+             SELECT 1
+             FROM ROWS FROM (pg_catalog.unnest(k.conkey), pg_catalog.unnest(k.confkey))
+               AS pair(mine, theirs)
+             JOIN pg_catalog.pg_attribute a
+               ON a.attrelid = k.conrelid AND a.attnum = pair.mine AND a.attname = :column
+             WHERE p.partkey IS NOT NULL AND pg_catalog.column_to_column_name(
+                     k.confrelid, p.partkey) = (
+                       SELECT b.attname FROM pg_catalog.pg_attribute b
+                       WHERE b.attrelid = k.confrelid AND b.attnum = pair.theirs)
+           ) AS paired
+    FROM pg_catalog.pg_constraint k
+    LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = k.confrelid
+    WHERE k.contype = 'f' AND k.conrelid = pg_catalog.to_regclass(:table)
+      AND k.confrelid <> k.conrelid
+    ORDER BY k.conname
+    """
+)
+# Whether a table's BM25 terms table has the column: statistics kept per its values.
+_KEYED_SQL = text(
+    "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_attribute "
+    "WHERE attrelid = pg_catalog.to_regclass(:terms) AND attname = :column AND NOT attisdropped"
+)
+
+
+def _check_catalog(
+    operations: Operations, operation: CreateDistributedTableOp
+) -> tuple[bool, bool]:
+    """Raise what Citus would refuse, in words; whether the table has triggers vecorm keeps
+    (its search-vector trigger), and whether it has BM25 statistics kept per the column."""
     qualified = qualified_table(operations, operation.table_name, operation.schema)
     bind = operations.get_bind()
     offending = [
@@ -214,16 +252,44 @@ def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) 
             f"index {', '.join(offending)} lacks it. Add {operation.column} to the primary "
             "key and unique constraints first"
         )
+    foreign_keys = (
+        bind.execute(_FOREIGN_KEYS_SQL, {"table": qualified, "column": operation.column}).all()
+        if is_citus(bind)
+        else []
+    )
+    for key, referred, kind, paired in foreign_keys:
+        if kind is None:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: its foreign key {key} refers "
+                f"to {referred}, a local table. Run op.create_reference_table({referred!r}) "
+                f"first (or op.create_distributed_table by {operation.column!r} if it has it)"
+            )
+        if kind == "h" and not paired:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: its foreign key {key} to the "
+                f"distributed table {referred} must pair {operation.column} with that table's "
+                "distribution column (Citus keeps keys between co-located tables only)"
+            )
     triggers = {
         str(name): bool(ours) for name, ours in bind.execute(_TRIGGERS_SQL, {"table": qualified})
     }
     bm25 = {object_name(operation.table_name, event) for event in TRIGGER_EVENTS}
+    keyed = False
     if bm25 & triggers.keys():
-        raise ConfigurationError(
-            f"Citus cannot distribute {operation.table_name}: {BM25_REFUSAL}; then "
-            f"op.drop_bm25_statistics({operation.table_name!r}) before this operation"
+        terms = qualified_table(
+            operations, object_name(operation.table_name, "terms"), operation.schema
         )
-    others = sorted(name for name, ours in triggers.items() if not ours)
+        keyed = bool(
+            bind.execute(_KEYED_SQL, {"terms": terms, "column": operation.column}).scalar()
+        )
+        if not keyed:
+            raise ConfigurationError(
+                f"Citus cannot distribute {operation.table_name}: "
+                f"{bm25_refusal(operation.column)}. Migrate to it first: a revision that "
+                "drops the side tables and makes them again keyed (autogenerate renders it), "
+                "or op.drop_bm25_statistics for bm25=None"
+            )
+    others = sorted(name for name, ours in triggers.items() if not ours and name not in bm25)
     if others:
         raise ConfigurationError(
             f"Citus cannot distribute {operation.table_name}: it refuses tables with triggers "
@@ -231,7 +297,7 @@ def _check_catalog(operations: Operations, operation: CreateDistributedTableOp) 
             'run op.execute("SET LOCAL citus.enable_unsafe_triggers = on") before this '
             "operation (Citus leaves that to you)"
         )
-    return bool(triggers)
+    return bool(triggers), keyed
 
 
 # Other Citus tables joined to the table by a foreign key, either way.
@@ -259,7 +325,18 @@ _IS_CITUS_TABLE_SQL = text(
 def _create_distributed_table(operations: Operations, operation: CreateDistributedTableOp) -> None:
     target = _table(operation.table_name, operation.schema)
     context = operations.get_context()
-    search_vector_trigger = False if context.as_sql else _check_catalog(operations, operation)
+    triggers, keyed = (False, False) if context.as_sql else _check_catalog(operations, operation)
+    if keyed:
+        operations.execute(
+            DistributeWithStatistics(
+                operation.table_name,
+                operation.schema,
+                operation.column,
+                colocate_with=operation.colocate_with,
+                shard_count=operation.shard_count,
+            )
+        )
+        return
     _run(
         operations,
         distribute_table(
@@ -268,7 +345,7 @@ def _create_distributed_table(operations: Operations, operation: CreateDistribut
             colocate_with=operation.colocate_with,
             shard_count=operation.shard_count,
             check=False,
-            search_vector_trigger=search_vector_trigger,
+            search_vector_trigger=triggers,
         ),
     )
 
@@ -295,7 +372,41 @@ def _undistribute_table(operations: Operations, operation: UndistributeTableOp) 
                 f"to {', '.join(linked)}. Pass cascade_via_foreign_keys=True to bring them back "
                 "together (a later undistribute_table of those then does nothing)"
             )
+    if operations.get_context().as_sql:
+        _run(operations, undistribute_table(target, cascade_via_foreign_keys=cascade))
+        return
+    bind = operations.get_bind()
+    # Citus makes the table again without its comment: put it back, as autogenerate knows it.
+    comment = _comment_restored(bind, operation.table_name, operation.schema, operations)
     _run(operations, undistribute_table(target, cascade_via_foreign_keys=cascade))
+    if comment:
+        bind.exec_driver_sql(comment)
+    # BM25 statistics per distribution value were distributed with the table: back with it.
+    for side in ("postings", "terms", "deltas"):
+        name = object_name(operation.table_name, side)
+        quoted = qualified_table(operations, name, operation.schema)
+        if bind.execute(_IS_CITUS_TABLE_SQL, {"table": quoted}).scalar():
+            comment = _comment_restored(bind, name, operation.schema, operations)
+            _run(operations, undistribute_table(_table(name, operation.schema)))
+            if comment:
+                bind.exec_driver_sql(comment)
+
+
+# ``COMMENT ON TABLE ... IS ...`` putting back a table's comment, written by the server.
+_COMMENT_SQL = text(
+    "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', c.oid::pg_catalog.regclass, "
+    "pg_catalog.obj_description(c.oid, 'pg_class')) FROM pg_catalog.pg_class c "
+    "WHERE c.oid = pg_catalog.to_regclass(:table) "
+    "AND pg_catalog.obj_description(c.oid, 'pg_class') IS NOT NULL"
+)
+
+
+def _comment_restored(
+    bind: Any, table_name: str, schema: str | None, operations: Operations
+) -> str | None:
+    quoted = qualified_table(operations, table_name, schema)
+    found = bind.execute(_COMMENT_SQL, {"table": quoted}).scalar()
+    return None if found is None else str(found)
 
 
 def _schema(schema: str | None) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select, true
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import ExecutableDDLElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.selectable import Select
@@ -31,15 +32,20 @@ from sqlalchemy.types import NullType
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema.generated import trigger_of
+from vecorm.search.bm25 import ddl as bm25_ddl
 from vecorm.search.bm25.tables import tables_of as bm25_tables_of
 
-#: Why a model with BM25 statistics cannot be distributed (check_distribution, the operation).
-BM25_REFUSAL = (
-    "its BM25 statistics (SearchConfig's default bm25) are kept by statement triggers that read "
-    "transition tables, which Citus cannot run on a distributed table (it refuses to "
-    "distribute a table with triggers). Declare SearchConfig(bm25=None) on a model you "
-    "distribute: text and hybrid search then rank with ts_rank (docs/scaling.md)"
-)
+
+def bm25_refusal(column: str) -> str:
+    """Why a model whose BM25 statistics are kept for the whole table cannot be distributed
+    by ``column`` (check_distribution, the operation), and what to declare instead."""
+    return (
+        "its BM25 statistics are kept for the whole table, in side tables that Citus cannot "
+        "co-locate with it, by triggers that would write other shards. Declare "
+        f"SearchConfig(bm25=vecorm.BM25(distributed_by={column!r})): the statistics are then "
+        f"kept per {column}, distributed and co-located with the table (docs/scaling.md); or "
+        "SearchConfig(bm25=None) to rank with ts_rank"
+    )
 
 
 class CitusCall(ColumnElement[Any]):
@@ -84,8 +90,11 @@ def check_distribution(target: Any, column: str) -> None:
     """Raise :class:`ConfigurationError` unless Citus can distribute ``target`` by ``column``.
 
     Citus requires the distribution column in the primary key and in every unique constraint
-    and unique index (uniqueness is enforced per shard), and never NULL; and it refuses a
-    table with statement triggers, so a model keeping BM25 statistics is refused too.
+    and unique index (uniqueness is enforced per shard), and never NULL; a foreign key to a
+    table that has the column too (distributed by it as well) must pair the two columns; and
+    it refuses a
+    table with triggers writing other shards, so a model keeping BM25 statistics for the
+    whole table is refused too (``BM25(distributed_by=column)`` keeps them per value).
     """
     table = _table_of(target)
     name = _qualified_name(table)
@@ -110,8 +119,28 @@ def check_distribution(target: Any, column: str) -> None:
     for index in table.indexes:
         if index.unique and column not in [c.name for c in index.columns]:
             raise ConfigurationError(f"{name}: unique index {index.name} must include {column!r}")
-    if bm25_tables_of(table) is not None:
-        raise ConfigurationError(f"Citus cannot distribute {name}: {BM25_REFUSAL}")
+    for key in table.foreign_key_constraints:
+        referred = key.referred_table
+        pairs = {(element.parent.name, element.column.name) for element in key.elements}
+        # A table with the column is distributed by it too (distribution_plan): Citus accepts
+        # a key between two distributed tables only when it pairs their distribution columns.
+        if column in referred.c and (column, column) not in pairs:
+            raise ConfigurationError(
+                f"{name}: foreign key {key.name or sorted(pairs)} to "
+                f"{_qualified_name(referred)} must pair {column} with {column} (Citus keeps "
+                "foreign keys between distributed tables only on co-located tables, by their "
+                f"distribution column); add {column} to the key, or make "
+                f"{_qualified_name(referred)} a reference table without {column}"
+            )
+    statistics = bm25_tables_of(table)
+    if statistics is not None and statistics.distributed_by != column:
+        if statistics.distributed_by is None:
+            raise ConfigurationError(f"Citus cannot distribute {name}: {bm25_refusal(column)}")
+        raise ConfigurationError(
+            f"Citus cannot distribute {name} by {column!r}: its BM25 statistics are kept per "
+            f"{statistics.distributed_by!r} (BM25(distributed_by=...)); distribute it by "
+            f"{statistics.distributed_by!r} or declare BM25(distributed_by={column!r})"
+        )
 
 
 def distribute_table(
@@ -122,7 +151,7 @@ def distribute_table(
     shard_count: int | None = None,
     check: bool = True,
     search_vector_trigger: bool | None = None,
-) -> Select[Any]:
+) -> Select[Any] | DistributeWithStatistics:
     """``SELECT create_distributed_table('table', 'column', colocate_with => ..., ...)``.
 
     Tables distributed by the same column and ``colocate_with`` each other keep matching rows on
@@ -134,12 +163,23 @@ def distribute_table(
     table with triggers unless it is, and leaves to the user that a trigger touches only its
     own row's shard, which this trigger does (it sets a column of the row being written).
     The statement turns the setting on before the call and back to its previous value after.
+
+    A model keeping BM25 statistics per ``column`` (``BM25(distributed_by=column)``)
+    distributes with them: one ``DO`` block (:class:`DistributeWithStatistics`) that also
+    distributes its three side tables co-located with it, their rows as they are, and makes
+    the statistics' triggers again around the calls, so that Citus's copy of the rows already
+    there does not count them twice.
     """
     table = _table_of(target)
     if check:
         check_distribution(table, column)
     if shard_count is not None and not 1 <= shard_count <= 64000:
         raise ConfigurationError(f"shard_count must be between 1 and 64000, not {shard_count}")
+    statistics = bm25_tables_of(table)
+    if statistics is not None and statistics.distributed_by == column:
+        return DistributeWithStatistics(
+            table.name, table.schema, column, colocate_with=colocate_with, shard_count=shard_count
+        )
     call = CitusCall(
         "create_distributed_table",
         _qualified_name(table),
@@ -155,6 +195,7 @@ def distribute_table(
 
 
 _UNSAFE_TRIGGERS = "citus.enable_unsafe_triggers"
+_UNSAFE = "'citus.enable_unsafe_triggers'"
 
 
 def _with_unsafe_triggers(call: CitusCall) -> Select[Any]:
@@ -175,6 +216,108 @@ def _with_unsafe_triggers(call: CitusCall) -> Select[Any]:
     return select(call, restore.label("restored")).select_from(switch)
 
 
+class DistributeWithStatistics(ExecutableDDLElement):
+    """``DO $vecorm$ ... $vecorm$``: distribute a table whose BM25 statistics are kept per
+    ``column`` and its side tables, co-located, in one statement::
+
+        DO $vecorm$
+        DECLARE previous text := coalesce(current_setting('citus.enable_unsafe_triggers', true),
+                                          'off');
+        BEGIN
+          PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+          DROP TRIGGER IF EXISTS docs_bm25_insert ON docs; ...
+          PERFORM create_distributed_table('docs', 'tenant_id', colocate_with => 'none');
+          PERFORM create_distributed_table('docs_bm25_postings', 'tenant_id',
+                                           colocate_with => 'docs');
+          ... (_terms, _deltas)
+          CREATE TRIGGER docs_bm25_insert AFTER INSERT ON docs ...; ...
+          PERFORM set_config('citus.enable_unsafe_triggers', previous, true);
+        END $vecorm$
+
+    Citus runs a table's triggers on each shard once it is distributed, and they fire for the
+    rows ``create_distributed_table`` copies into the shards: the triggers are dropped for the
+    copy (the side tables bring the statistics of those rows with them) and made again after
+    it, with ``citus.enable_unsafe_triggers`` on for the block (Citus leaves to the user that a
+    trigger writes only co-located shards; these write only the side tables' rows of the
+    distribution values they were given). Every name is quoted and every value a literal.
+    """
+
+    inherit_cache = False
+
+    def __init__(
+        self,
+        table_name: str,
+        schema: str | None,
+        column: str,
+        *,
+        colocate_with: str | None = None,
+        shard_count: int | None = None,
+    ) -> None:
+        self.table_name = table_name
+        self.schema = schema
+        self.column = column
+        self.colocate_with = colocate_with
+        self.shard_count = shard_count
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@compiles(DistributeWithStatistics)
+def _compile_distribute_with_statistics(
+    element: DistributeWithStatistics, compiler: Any, **_: Any
+) -> str:
+    preparer = compiler.preparer
+    dialect = compiler.dialect
+
+    def name(table: str) -> str:
+        quoted = preparer.quote(table)
+        return f"{preparer.quote_schema(element.schema)}.{quoted}" if element.schema else quoted
+
+    def distribute(table: str, **options: object) -> str:
+        named = "".join(
+            f", {key} => {value if isinstance(value, int) else _literal(str(value))}"
+            for key, value in options.items()
+            if value is not None
+        )
+        return (
+            f"  PERFORM pg_catalog.create_distributed_table({_literal(name(table))}, "
+            f"{_literal(element.column)}{named});\n"
+        )
+
+    table = element.table_name
+    events = bm25_ddl.TRIGGER_EVENTS
+    drops = "".join(
+        f"  {bm25_ddl.DropTrigger(table, element.schema, event).sql(dialect)};\n"
+        for event in events
+    )
+    creates = "".join(
+        f"  {bm25_ddl.CreateTrigger(table, element.schema, event).sql(dialect)};\n"
+        for event in events
+    )
+    sides = "".join(
+        distribute(bm25_ddl.object_name(table, side), colocate_with=name(table))
+        for side in ("postings", "terms", "deltas")
+    )
+    body = (
+        "DECLARE\n"
+        f"  previous text := coalesce(pg_catalog.current_setting({_UNSAFE}, true), "
+        "'off');\n"
+        "BEGIN\n"
+        f"  PERFORM pg_catalog.set_config({_UNSAFE}, 'on', true);\n"
+        f"{drops}"
+        f"{distribute(table, colocate_with=element.colocate_with, shard_count=element.shard_count)}"
+        f"{sides}"
+        f"{creates}"
+        f"  PERFORM pg_catalog.set_config({_UNSAFE}, previous, true);\n"
+        "END"
+    )
+    if "$vecorm$" in body:
+        raise ConfigurationError(f"cannot distribute {table!r}: a name contains '$vecorm$'")
+    return f"DO $vecorm$\n{body}\n$vecorm$"
+
+
 def reference_table(target: Any) -> Select[Any]:
     """``SELECT create_reference_table('table')``: a full copy on every node (small tables)."""
     return select(CitusCall("create_reference_table", _qualified_name(_table_of(target))))
@@ -184,9 +327,19 @@ def undistribute_table(target: Any, *, cascade_via_foreign_keys: bool = False) -
     """``SELECT undistribute_table('table')``: back to a local table (the reverse of both).
 
     ``cascade_via_foreign_keys=True`` brings back the tables foreign keys join it to as well,
-    which Citus requires (``cascade_via_foreign_keys => true``)."""
+    which Citus requires (``cascade_via_foreign_keys => true``). A model keeping BM25
+    statistics per distribution value brings back its side tables too."""
     options = {"cascade_via_foreign_keys": True} if cascade_via_foreign_keys else {}
-    return select(CitusCall("undistribute_table", _qualified_name(_table_of(target)), **options))
+    table = _table_of(target)
+    calls = [CitusCall("undistribute_table", _qualified_name(table), **options)]
+    statistics = bm25_tables_of(table)
+    if statistics is not None and statistics.distributed_by is not None:
+        # Statistics per distribution value were distributed with the table: back with it.
+        calls += [
+            CitusCall("undistribute_table", _qualified_name(side))
+            for side in (statistics.postings, statistics.terms, statistics.deltas)
+        ]
+    return select(*calls)
 
 
 def distribution_plan(models: Mapping[str, Any], column: str) -> dict[str, str]:

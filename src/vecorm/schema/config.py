@@ -271,12 +271,20 @@ class BM25:
 
         SearchConfig(fields=("body",), bm25=BM25(k1=1.2, b=0.75))
         SearchConfig(fields=("body",), bm25=None)     # no statistics tables; ts_rank ranking
+
+    ``distributed_by`` (a primary-key column, such as ``tenant_id``) keeps the statistics per
+    value of that column, in side tables keyed by it, so that Citus can distribute them with
+    the table and co-locate them (docs/scaling.md, "Citus"): a search filtered on one value
+    ranks with that value's statistics, any other with their sum over every value::
+
+        SearchConfig(fields=("body",), bm25=BM25(distributed_by="tenant_id"))
     """
 
     k1: float = 0.9
     b: float = 0.4
     prune_above: int | None = None
     seed: int = 100
+    distributed_by: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.k1, bool) or not isinstance(self.k1, int | float) or not self.k1 >= 0:
@@ -292,6 +300,12 @@ class BM25:
                     f"BM25 {name} must be a positive integer"
                     f"{' or None' if name == 'prune_above' else ''}, not {value!r}"
                 )
+        if self.distributed_by is not None and (
+            not isinstance(self.distributed_by, str) or not self.distributed_by
+        ):
+            raise ConfigurationError(
+                f"BM25 distributed_by must be a column name or None, not {self.distributed_by!r}"
+            )
 
 
 VectorIndex = HNSW | IVFFlat

@@ -18,7 +18,8 @@ class LexicalArm(Protocol):
     An arm may also define ``scores_of(model, text, *, keys)``: ``pk_0 .., score`` of the rows
     of the ``keys`` select that match (:class:`~vecorm.search.bm25.BM25Arm` and
     :class:`~vecorm.search.text.TsRankArm` do); without it a row that only the semantic arm
-    found gets the lexical score 0.
+    found gets the lexical score 0. A ``scores_of`` that also takes ``where`` is given the
+    search's filters (BM25Arm's statistics per distribution value depend on them).
     """
 
     def candidates(

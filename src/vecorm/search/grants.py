@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from vecorm.errors import ConfigurationError
+from vecorm.schema.pgcatalog import relation_exists
 from vecorm.search import bm25
 
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
@@ -51,10 +52,13 @@ def grant_statements(
     write: bool = True,
     truncate: bool = False,
     owned_sequences: tuple[str, ...] = (),
+    bm25_sequences: bool | tuple[str, ...] = True,
 ) -> list[str]:
     """``GRANT`` statements giving ``role`` search (and ``write``) access to ``table_name``
     in ``schema`` and, with ``bm25_statistics``, to its side tables and sequences.
-    ``owned_sequences`` are qualified names of the table's serial sequences."""
+    ``owned_sequences`` are qualified names of the table's serial sequences;
+    ``bm25_sequences``: ``True`` for the statistics' own two sequences, or the qualified
+    names of those they use instead (kept per distribution value: the deltas' serial)."""
     if not role or not isinstance(role, str):
         raise ConfigurationError(f"role must be a role name, not {role!r}")
     grantee = _PREPARER.quote(role)
@@ -77,7 +81,9 @@ def grant_statements(
             f"GRANT {', '.join(granted)} ON TABLE "
             f"{_qualified(schema, f'{table_name}_bm25_{side}')} TO {grantee}"
         )
-    if write:
+    if write and not isinstance(bm25_sequences, bool):
+        statements += [f"GRANT USAGE ON SEQUENCE {name} TO {grantee}" for name in bm25_sequences]
+    elif write and bm25_sequences:
         # nextval counts statements; the average-length hint is read, and set by compaction.
         statements.append(
             f"GRANT USAGE ON SEQUENCE {_qualified(schema, f'{table_name}_bm25_statements')} "
@@ -111,10 +117,17 @@ def table_grants(
     """:func:`grant_statements` for ``table`` as it is on ``connection`` (its schema and its
     serial sequences read from the catalog)."""
     schema = bm25.table_schema(connection, table)
-    owned = tuple(
-        _qualified(row[0], row[1])
-        for row in connection.execute(_OWNED_SEQUENCES, {"table": _qualified(schema, table.name)})
-    )
+
+    def owned_by(name: str) -> tuple[str, ...]:
+        found = connection.execute(_OWNED_SEQUENCES, {"table": _qualified(schema, name)})
+        return tuple(_qualified(row[0], row[1]) for row in found)
+
+    owned = owned_by(table.name)
+    counter = _qualified(schema, f"{table.name}_bm25_statements")
+    sequences: bool | tuple[str, ...] = True
+    if bm25_statistics and not relation_exists(connection, counter):
+        # Statistics kept per distribution value: no sequence but the deltas' serial.
+        sequences = owned_by(f"{table.name}_bm25_deltas")
     return grant_statements(
         table.name,
         role,
@@ -123,6 +136,7 @@ def table_grants(
         write=write,
         truncate=truncate,
         owned_sequences=owned,
+        bm25_sequences=sequences,
     )
 
 

@@ -46,6 +46,7 @@ semantic_rank, text_rank)`` ordered by ``score`` then primary key; ``semantic_ra
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -174,6 +175,7 @@ def _completed(
     text: str,
     query: QueryInput | PendingQuery,
     distance: Distance | str | None,
+    where: Sequence[ColumnElement[bool]],
 ) -> Subquery:
     """The fused candidates with both scores for every row: the distance of a row that only
     the lexical arm found, computed on its stored vector; the lexical score of a row that only
@@ -187,7 +189,10 @@ def _completed(
     scores_of = getattr(arm, "scores_of", None)
     if scores_of is not None:
         lacking = select(*fused_keys).where(fused.c.text_score.is_(None))
-        found = scores_of(model, text, keys=lacking).subquery("lexical_completion")
+        # An arm whose scores depend on the filter (BM25 statistics per distribution value)
+        # takes it as ``where``.
+        scoped = {"where": where} if "where" in inspect.signature(scores_of).parameters else {}
+        found = scores_of(model, text, keys=lacking, **scoped).subquery("lexical_completion")
         source = source.outerjoin(
             found, keys_equal(fused_keys, [found.c[f"pk_{i}"] for i in range(count)])
         )
@@ -295,7 +300,7 @@ def hybrid_search(
         lexical_ranked.c.rank.label("text_rank"),
     ).select_from(semantic.join(lexical_ranked, keys_equal(semantic_keys, lexical_keys), full=True))
     candidates = (
-        _completed(model, joined, arm, text, query, distance)
+        _completed(model, joined, arm, text, query, distance, filters)
         if missing == "score"
         else joined.subquery("fused")
     )

@@ -169,6 +169,7 @@ def text_search(
     weights: Mapping[str, float] | Sequence[float] | None = None,
     k1: float | None = None,
     b: float | None = None,
+    where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None = None,
 ) -> Select[Any]:
     """``SELECT model, score WHERE <matches> ORDER BY score DESC, pk LIMIT k``.
 
@@ -178,7 +179,15 @@ def text_search(
     no row::
 
         session.execute(text_search(Document, "error 0x80070057", k=5)).all()
+
+    ``where`` filters the rows before the ``k`` best are kept (``.where()`` on the result
+    would filter BM25's ``k`` best after): ``text_search(Document, "vacuum",
+    where=Document.tenant_id == 7)``. With statistics kept per tenant
+    (``BM25(distributed_by="tenant_id")``) that tenant's statistics rank the rows.
     """
+    filters: tuple[ColumnElement[bool], ...] = (
+        () if where is None else (where,) if isinstance(where, ColumnElement) else tuple(where)
+    )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigurationError(f"k must be a positive integer, not {k!r}")
     chosen = default_ranking(model) if ranking is None else ranking
@@ -191,11 +200,14 @@ def text_search(
             )
         from vecorm.search.bm25 import scores
 
-        ranked = scores(model, text, mode=mode, depth=k, k1=k1, b=b).subquery("bm25")
+        ranked = scores(model, text, mode=mode, where=filters, depth=k, k1=k1, b=b).subquery("bm25")
         keys = primary_key_columns(model)
+        # The filters again outside: the rows meet them already, and Citus needs them on every
+        # reference to a distributed table to route the statement to one shard.
         return (
             select(model, ranked.c.score)
             .join(ranked, keys_equal(keys, [ranked.c[f"pk_{i}"] for i in range(len(keys))]))
+            .where(*filters)
             .order_by(ranked.c.score.desc(), *keys)
             .limit(row_limit(k))
         )
@@ -211,7 +223,7 @@ def text_search(
     ).label("score")
     return (
         select(model, score)
-        .where(matches(model, query))
+        .where(matches(model, query), *filters)
         .order_by(score.desc(), *primary_key_columns(model))
         .limit(row_limit(k))
     )

@@ -36,6 +36,14 @@ rows that existed before, or after :func:`bulk_load`)::
     with vecorm.search.bm25.bulk_load(session, Document):      # statistics rebuilt once at the end
         session.execute(insert(Document), rows)
 
+``BM25(distributed_by="tenant_id")`` keeps the statistics per value of that column instead
+(the terms and deltas tables keyed by it, no sequence), for Citus to distribute the side
+tables with the table and run the triggers on its shards: a search whose ``where`` names one
+tenant ranks with that tenant's statistics, any other with their sum (docs/scaling.md)::
+
+    __vecorm__ = vecorm.SearchConfig(fields=("body",), bm25=vecorm.BM25(distributed_by="tenant_id"))
+    Document.text_search("statin", k=10, where=Document.tenant_id == 7)   # the tenant's BM25
+
 The functions, triggers and sequences are DDL elements (:mod:`vecorm.search.bm25.ddl`), one
 named object per statement, compiled with the connection's dialect; ``create_statements`` /
 ``drop_statements`` give their text as migrations render it.

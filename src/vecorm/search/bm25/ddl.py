@@ -65,7 +65,13 @@ class _Bodies:
     """Text of one table's function bodies: identifiers quoted by ``preparer`` and
     schema-qualified, functions qualified, constants literal."""
 
-    def __init__(self, tables: BM25Tables, schema: str, preparer: IdentifierPreparer) -> None:
+    def __init__(
+        self,
+        tables: BM25Tables,
+        schema: str,
+        preparer: IdentifierPreparer,
+        dialect: Any = None,
+    ) -> None:
         self.t = tables
         self.schema = schema
         self.preparer = preparer
@@ -79,6 +85,7 @@ class _Bodies:
         self.vector = preparer.quote(tables.config.tsvector_column)
         self.k1 = _number(tables.settings.k1)
         self.b = _number(tables.settings.b)
+        self.keyed = _Keyed(self, dialect or DIALECT) if tables.distributed_by else None
 
     def qualified(self, name: str) -> str:
         return _Names(self.schema, self.preparer).of(name)
@@ -186,8 +193,9 @@ class _Bodies:
         columns = ", ".join(self.keys) + f", {self.vector}"
         return f"(SELECT {columns} FROM {rows} EXCEPT ALL SELECT {columns} FROM {other})"
 
-    def rebuild(self) -> str:
-        return f"""
+    @staticmethod
+    def read_committed_check() -> str:
+        return """
     IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
       RAISE EXCEPTION USING
         ERRCODE = 'object_not_in_prerequisite_state',
@@ -195,7 +203,10 @@ class _Bodies:
         HINT = 'at ' || pg_catalog.current_setting('transaction_isolation')
           || ' the rebuild cannot see rows committed after the transaction began';
     END IF;
-    LOCK TABLE {self.table} IN SHARE MODE;
+"""
+
+    def rebuild(self) -> str:
+        return f"""{self.read_committed_check()}    LOCK TABLE {self.table} IN SHARE MODE;
     DELETE FROM {self.postings};
     DELETE FROM {self.deltas};
     DELETE FROM {self.terms};
@@ -217,6 +228,8 @@ class _Bodies:
     IF pg_catalog.current_setting('vecorm.bm25_deferred', true) = 'on' THEN
         RETURN NULL;
     END IF;"""
+        if self.keyed is not None and event != "truncate":
+            return (defer_check if event in TRIGGER_EVENTS else "") + self.keyed.body(event)
         if event == "insert":
             return defer_check + self.add("new_rows") + self.compaction()
         if event == "update":
@@ -242,6 +255,257 @@ class _Bodies:
     EXCEPTION WHEN serialization_failure THEN
       NULL;  -- bm25.compact() reports it: the deltas this transaction sees are still there
     END;"""
+
+
+class _Keyed:
+    """The bodies of statistics kept per value of the distribution column
+    (``BM25(distributed_by=...)``), written so that Citus can run them on a shard.
+
+    A trigger on a shard may only touch the co-located shards of the rows it was given (the
+    case Citus leaves to ``citus.enable_unsafe_triggers``), and a statement that reads a
+    transition table and writes a distributed table fails there ("could not find named
+    tuplestore"). So each function first copies its transition table into arrays (a statement
+    with no distributed table, which PostgreSQL plans alone), then writes the side tables
+    from the arrays (Citus routes each row by its value, to the co-located shard on the same
+    node) or filtered on ``<column> = ANY(<the values>)`` (Citus prunes that to the shard
+    when it runs). All the values of one trigger call hash to the shard it fires on, so every
+    statement runs on that node, locally.
+
+    No sequence: Citus creates a plain sequence on the coordinator only, so nothing counts
+    statements across a node. A statement that wrote ``n`` delta rows folds its values'
+    deltas into the terms table with probability ``n / 64`` (always from 64 rows): about
+    once per 64 delta rows of a value, whatever the pattern of the writes (a deterministic
+    cadence can keep missing one value), each value unless another transaction holds its
+    advisory lock (nobody waits). The scores never depend on it: searches add the deltas.
+    """
+
+    def __init__(self, sql: _Bodies, dialect: Any) -> None:
+        self.sql = sql
+        tables = sql.t
+        assert tables.distributed_by is not None
+        preparer = sql.preparer
+        self.column = preparer.quote(tables.distributed_by)
+        self.types = {
+            key: dialect.type_compiler_instance.process(tables.table.c[key].type)
+            for key in tables.keys
+        }
+        self.value_type = self.types[tables.distributed_by]
+        self.arrays = [f"vecorm_key_{i}" for i in range(len(tables.keys))]
+        self.value_array = self.arrays[tables.keys.index(tables.distributed_by)]
+
+    def variables(self, event: str) -> list[str]:
+        arrays = [
+            f"{array} {self.types[key]}[]"
+            for array, key in zip(self.arrays, self.sql.t.keys, strict=True)
+        ]
+        value = f"vecorm_value {self.value_type}"
+        if event in ("insert", "update", "delete"):
+            return [
+                *arrays,
+                "vecorm_vectors pg_catalog.tsvector[]",
+                f"vecorm_touched {self.value_type}[]",
+                f"vecorm_locked {self.value_type}[]",
+                "vecorm_written bigint := 0",
+                "vecorm_rows bigint",
+                value,
+                "avgdl float8",
+                "batch_documents bigint",
+                "batch_length bigint",
+            ]
+        if event == "rebuild":
+            return ["avgdl float8"]
+        if event == "compact":
+            return [value]
+        return []
+
+    def rows(self) -> str:
+        """The arrays as rows ``s(<keys>, <tsvector>)``, like the table's."""
+        unnested = ", ".join(
+            f"pg_catalog.unnest({array})" for array in [*self.arrays, "vecorm_vectors"]
+        )
+        columns = ", ".join([*self.sql.keys, self.sql.vector])
+        return f"ROWS FROM ({unnested}) AS s({columns})"
+
+    def load(self, source: str) -> str:
+        """Copy the keys and tsvectors of ``source`` (a transition table) into the arrays."""
+        sql = self.sql
+        aggregated = ", ".join(
+            f"pg_catalog.array_agg(s.{column})" for column in [*sql.keys, sql.vector]
+        )
+        targets = ", ".join([*self.arrays, "vecorm_vectors"])
+        return f"""
+    SELECT {aggregated}, pg_catalog.count(*), coalesce(pg_catalog.sum({sql.doc_length("s")}), 0)
+      INTO {targets}, batch_documents, batch_length
+    FROM {source} s;"""
+
+    def counts(self, sign: str) -> str:
+        sql = self.sql
+        column = self.column
+        # One statement: each is a distributed INSERT ... SELECT that Citus plans.
+        return f"""
+    INSERT INTO {sql.deltas} ({column}, term, df, length)
+    SELECT x.{column}, '', {sign}pg_catalog.count(*), {sign}coalesce(pg_catalog.sum(x.dl), 0)
+    FROM (SELECT s.{column}, {sql.doc_length("s")} AS dl FROM {self.rows()}) x
+    GROUP BY x.{column}
+    UNION ALL
+    SELECT s.{column}, u.lexeme, {sign}pg_catalog.count(*), 0
+    FROM {self.rows()}, pg_catalog.unnest(s.{sql.vector}) u
+    GROUP BY s.{column}, u.lexeme;
+    GET DIAGNOSTICS vecorm_rows = ROW_COUNT;
+    vecorm_written := vecorm_written + vecorm_rows;"""
+
+    def add(self) -> str:
+        """Append the arrays' documents: the average length of the postings' impact (which
+        only steers pruning) is this batch's."""
+        sql = self.sql
+        return f"""{self.counts("")}
+    avgdl := CASE WHEN batch_length > 0 THEN batch_length::float8 / batch_documents
+                  ELSE 1.0 END;
+    INSERT INTO {sql.postings} ({", ".join(sql.keys)}, term, tf, dl, impact)
+    SELECT {sql.key_list("d")}, u.lexeme, {sql.tf("u")}, d.dl,
+           ({sql.tf("u")} * ({sql.k1} + 1.0)) / ({sql.tf("u")}
+             + {sql.k1} * (1.0 - {sql.b} + {sql.b} * d.dl / avgdl))
+    FROM (SELECT {sql.key_list("s")}, s.{sql.vector} AS vector, {sql.doc_length("s")} AS dl
+          FROM {self.rows()} OFFSET 0) d
+    CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
+
+    def remove(self) -> str:
+        """Remove the arrays' documents (as they were stored)."""
+        sql = self.sql
+        keys = ", ".join(f"p.{key}" for key in sql.keys)
+        return f"""{self.counts("-")}
+    DELETE FROM {sql.postings} p
+    WHERE p.{self.column} = ANY({self.value_array}) AND ({keys}) IN (
+      SELECT {sql.key_list("s")} FROM {self.rows()} WHERE s.{sql.vector} IS NOT NULL);"""
+
+    def touch(self) -> str:
+        return f"""
+    vecorm_touched := pg_catalog.array_cat(vecorm_touched, {self.value_array});"""
+
+    def fold(self, values: str) -> str:
+        """Fold the deltas of the values in array ``values`` into the terms table (sorted
+        upsert)."""
+        sql = self.sql
+        column = self.column
+        return f"""
+        WITH moved AS (DELETE FROM {sql.deltas} WHERE {column} = ANY({values})
+                       RETURNING {column}, term, df, length)
+        INSERT INTO {sql.terms} AS t ({column}, term, df, length)
+        SELECT {column}, term, pg_catalog.sum(df), pg_catalog.sum(length) FROM moved
+        GROUP BY {column}, term ORDER BY {column}, term
+        ON CONFLICT ({column}, term) DO UPDATE
+          SET df = t.df + excluded.df, length = t.length + excluded.length;
+        DELETE FROM {sql.terms}
+        WHERE {column} = ANY({values}) AND df = 0 AND term <> '';"""
+
+    def value_lock(self, function: str) -> str:
+        return (
+            f"pg_catalog.{function}({self.sql.t.lock_class}, "
+            "pg_catalog.hashtext(vecorm_value::text))"
+        )
+
+    def compaction(self) -> str:
+        """With probability (delta rows written) / COMPACT_EVERY, fold the values this
+        statement wrote, each unless another transaction is folding it (nobody waits). At
+        REPEATABLE READ / SERIALIZABLE a fold that meets a newer one rolls back alone."""
+        return f"""
+    IF pg_catalog.random() * {COMPACT_EVERY} < vecorm_written THEN
+      FOR vecorm_value IN
+        SELECT DISTINCT v FROM pg_catalog.unnest(vecorm_touched) v ORDER BY 1
+      LOOP
+        IF {self.value_lock("pg_try_advisory_xact_lock")} THEN
+          vecorm_locked := pg_catalog.array_append(vecorm_locked, vecorm_value);
+        END IF;
+      END LOOP;
+      IF vecorm_locked IS NOT NULL THEN
+        BEGIN{self.fold("vecorm_locked")}
+        EXCEPTION WHEN serialization_failure THEN
+          NULL;
+        END;
+      END IF;
+    END IF;"""
+
+    def changed(self, rows: str, other: str) -> str:
+        return self.sql.changed(rows, other)
+
+    def rebuild(self) -> str:
+        sql = self.sql
+        column = self.column
+        return f"""{sql.read_committed_check()}    LOCK TABLE {sql.table} IN SHARE MODE;
+    DELETE FROM {sql.postings};
+    DELETE FROM {sql.deltas};
+    DELETE FROM {sql.terms};
+    INSERT INTO {sql.terms} ({column}, term, df, length)
+    SELECT x.{column}, '', pg_catalog.count(*), coalesce(pg_catalog.sum(x.dl), 0)
+    FROM (SELECT s.{column}, {sql.doc_length("s")} AS dl FROM {sql.table} s) x
+    GROUP BY x.{column};
+    INSERT INTO {sql.terms} ({column}, term, df, length)
+    SELECT s.{column}, u.lexeme, pg_catalog.count(*), 0
+    FROM {sql.table} s, pg_catalog.unnest(s.{sql.vector}) u
+    GROUP BY s.{column}, u.lexeme;
+    SELECT CASE WHEN pg_catalog.sum(length) > 0
+                THEN pg_catalog.sum(length)::float8 / pg_catalog.sum(df) ELSE 1.0 END
+      INTO avgdl FROM {sql.terms} WHERE term = '';
+    INSERT INTO {sql.postings} ({", ".join(sql.keys)}, term, tf, dl, impact)
+    SELECT {sql.key_list("d")}, u.lexeme, {sql.tf("u")}, d.dl,
+           ({sql.tf("u")} * ({sql.k1} + 1.0)) / ({sql.tf("u")}
+             + {sql.k1} * (1.0 - {sql.b} + {sql.b} * d.dl / avgdl))
+    FROM (SELECT {sql.key_list("s")}, s.{sql.vector} AS vector, {sql.doc_length("s")} AS dl
+          FROM {sql.table} s) d
+    CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
+
+    def body(self, event: str) -> str:
+        if event == "insert":
+            return (
+                self.load("new_rows")
+                + self.skip_empty()
+                + self.add()
+                + self.touch()
+                + self.compaction()
+            )
+        if event == "delete":
+            return (
+                self.load("old_rows")
+                + self.skip_empty()
+                + self.remove()
+                + self.touch()
+                + self.compaction()
+            )
+        if event == "update":
+            # An empty array would name no value, and Citus could not prune the statements.
+            return (
+                self.load(self.changed("old_rows", "new_rows"))
+                + self.when_rows(self.remove() + self.touch())
+                + self.load(self.changed("new_rows", "old_rows"))
+                + self.when_rows(self.add() + self.touch())
+                + self.compaction()
+            )
+        if event == "rebuild":
+            return self.rebuild()
+        assert event == "compact"
+        return f"""
+    FOR vecorm_value IN SELECT DISTINCT d.{self.column} FROM {self.sql.deltas} d ORDER BY 1
+    LOOP
+      PERFORM {self.value_lock("pg_advisory_xact_lock")};
+      BEGIN{self.fold("ARRAY[vecorm_value]")}
+      EXCEPTION WHEN serialization_failure THEN
+        NULL;  -- bm25.compact() reports it: the deltas this transaction sees are still there
+      END;
+    END LOOP;"""
+
+    @staticmethod
+    def when_rows(statements: str) -> str:
+        indented = statements.replace("\n    ", "\n      ")
+        return f"""
+    IF batch_documents > 0 THEN{indented}
+    END IF;"""
+
+    @staticmethod
+    def skip_empty() -> str:
+        return """
+    IF batch_documents = 0 THEN
+      RETURN NULL;
+    END IF;"""
 
 
 _WRITER_VARIABLES = ("avgdl float8", "batch_documents bigint", "batch_length bigint")
@@ -428,9 +692,13 @@ def _reset_sequence(element: ResetSequence, compiler: DDLCompiler, **_: Any) -> 
 @compiles(CreateFunction)
 def _create_function(element: CreateFunction, compiler: DDLCompiler, **_: Any) -> str:
     assert element.schema is not None  # bodies qualify every name
-    sql = _Bodies(element.tables, element.schema, compiler.preparer)
+    sql = _Bodies(element.tables, element.schema, compiler.preparer, compiler.dialect)
     returns = "trigger" if element.event in TRIGGER_EVENTS else "void"
-    variables = _VARIABLES.get(element.event, ())
+    variables: Sequence[str] = (
+        _VARIABLES.get(element.event, ())
+        if sql.keyed is None
+        else sql.keyed.variables(element.event)
+    )
     declare = "".join(f"    {variable};\n" for variable in variables)
     return_line = "    RETURN NULL;\n" if returns == "trigger" else ""
     return (
@@ -506,8 +774,10 @@ def create_elements(
     """The sequences, (the postings' replica identity,) the functions, the triggers (dropped
     and made again) and the insert function's ``signature`` comment, in that order."""
     name = tables.base_name
+    # Statistics kept per distribution value use no sequence (Citus keeps one on one node).
+    sequences = SEQUENCES if tables.distributed_by is None else ()
     return [
-        *(CreateSequence(name, schema, which) for which in SEQUENCES),
+        *(CreateSequence(name, schema, which) for which in sequences),
         *([SetReplicaIdentity(name, schema)] if with_replica_identity else []),
         *function_elements(tables, schema),
         *(DropTrigger(name, schema, event) for event in TRIGGER_EVENTS),

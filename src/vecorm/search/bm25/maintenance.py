@@ -69,7 +69,8 @@ def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
     for side_table in _not_in_this_run(tables, kw):
         side_table.create(connection, checkfirst=True)
     ddl.run(connection, create_elements(tables, schema, with_replica_identity=False))
-    ddl.run(connection, [ddl.ResetSequence(name, schema, "avgdl")])
+    if tables.distributed_by is None:
+        ddl.run(connection, [ddl.ResetSequence(name, schema, "avgdl")])
 
 
 def _qualified(connection: Connection, schema: str, name: str) -> str:

@@ -24,7 +24,14 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import REGCONFIG
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ColumnClause,
+    ColumnElement,
+)
 from sqlalchemy.sql.selectable import CompoundSelect
 
 from vecorm.errors import ConfigurationError
@@ -69,6 +76,38 @@ def query_terms(text: str, language: str) -> Select[Any]:
     return select(lexemes.c.lexeme.label("term"), qtf.label("qtf"))
 
 
+def _scope(
+    table: Table, column: str | None, where: Sequence[ColumnElement[bool]]
+) -> Callable[[ColumnElement[Any]], ColumnElement[bool]] | None:
+    """The values of ``column`` that ``where`` restricts ``table`` to (``column == value`` or
+    ``column.in_(values)`` among its conditions), as a condition to put on another table's
+    column of the same name; ``None`` when ``where`` names no such value (or ``column`` is
+    ``None``)."""
+    if column is None:
+        return None
+    for condition in where:
+        for term in _conjuncts(condition):
+            if not isinstance(term, BinaryExpression):
+                continue
+            left = term.left
+            if (
+                term.operator in (operators.eq, operators.in_op)
+                and isinstance(left, ColumnClause)
+                and getattr(left, "table", None) is table
+                and left.name == column
+                and isinstance(term.right, BindParameter)
+            ):
+                operator, right = term.operator, term.right
+                return lambda other: operator(other, right)
+    return None
+
+
+def _conjuncts(condition: ColumnElement[bool]) -> list[ColumnElement[Any]]:
+    if isinstance(condition, BooleanClauseList) and condition.operator is operators.and_:
+        return [term for clause in condition.clauses for term in _conjuncts(clause)]
+    return [condition]
+
+
 def scores(
     model: Any,
     text: str,
@@ -107,11 +146,24 @@ def scores(
     language = tables.config.language
     names = tables.keys
 
+    # Statistics kept per distribution value: those of the values ``where`` names (one value
+    # makes the statement a Citus router query), else their sum over every value.
+    scope = _scope(tables.table, tables.distributed_by, where)
+
+    def scoped(side: Table) -> list[ColumnElement[bool]]:
+        if scope is None or tables.distributed_by is None:
+            return []
+        return [scope(side.c[tables.distributed_by])]
+
     query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
     wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
     counts = union_all(
-        select(terms.c.term, terms.c.df, terms.c.length).where(terms.c.term.in_(wanted)),
-        select(deltas.c.term, deltas.c.df, deltas.c.length).where(deltas.c.term.in_(wanted)),
+        select(terms.c.term, terms.c.df, terms.c.length).where(
+            terms.c.term.in_(wanted), *scoped(terms)
+        ),
+        select(deltas.c.term, deltas.c.df, deltas.c.length).where(
+            deltas.c.term.in_(wanted), *scoped(deltas)
+        ),
     ).subquery(f"{prefix}_counts")
     totals = (
         select(
@@ -170,6 +222,7 @@ def scores(
     exhaustive = (
         select(*key_columns, pg.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .where(*scoped(postings))
         .group_by(*key_columns)
     )
     if only is not None:
@@ -245,10 +298,26 @@ class BM25Arm:
             seed=self.seed,
         )
 
-    def scores_of(self, model: Any, text: str, *, keys: Select[Any]) -> Select[Any]:
-        """``pk_0 .., score`` of the rows in ``keys`` that match ``text`` (the others score 0)."""
+    def scores_of(
+        self,
+        model: Any,
+        text: str,
+        *,
+        keys: Select[Any],
+        where: Sequence[ColumnElement[bool]] = (),
+    ) -> Select[Any]:
+        """``pk_0 .., score`` of the rows in ``keys`` that match ``text`` (the others score 0),
+        with the statistics :meth:`candidates` used under the same ``where`` (which matters
+        only to statistics kept per distribution value: the rows in ``keys`` meet it)."""
         return scores(
-            model, text, mode=self.mode, k1=self.k1, b=self.b, only=keys, prefix="bm25_fill"
+            model,
+            text,
+            mode=self.mode,
+            where=where if side_tables(model).distributed_by else (),
+            k1=self.k1,
+            b=self.b,
+            only=keys,
+            prefix="bm25_fill",
         )
 
 

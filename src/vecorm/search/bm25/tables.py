@@ -54,6 +54,11 @@ class BM25Tables:
         """Primary-key column names (shared by the table and the postings)."""
         return tuple(column.name for column in self.table.primary_key.columns)
 
+    @property
+    def distributed_by(self) -> str | None:
+        """The column the statistics are kept per value of (``BM25(distributed_by=...)``)."""
+        return self.settings.distributed_by
+
     def qualified(self, name: str) -> str:
         """``"schema"."name"`` (quoted) of an object in the table's schema."""
         if self.table.schema:
@@ -75,6 +80,12 @@ class BM25Tables:
         """Advisory-lock key for compaction: stable across processes."""
         name = f"vecorm.bm25:{self.table.schema or ''}.{self.table.name}".encode()
         return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+
+    @property
+    def lock_class(self) -> int:
+        """The first half (int4) of the two-key advisory lock a writer takes to compact one
+        value's statistics (``distributed_by``): the second half hashes the value."""
+        return self.lock_key >> 32
 
 
 # Side tables per searchable table; kept off Table.info so Alembic never renders it.
@@ -132,18 +143,36 @@ def _check_names(table: Table) -> None:
         raise ConfigurationError(f"table {table.name!r} needs a primary key for BM25")
 
 
+def _check_distributed_by(table: Table, column: str) -> None:
+    keys = [key.name for key in table.primary_key.columns]
+    if column not in keys:
+        raise ConfigurationError(
+            f"table {table.name!r}: BM25(distributed_by={column!r}) must name a primary-key "
+            f"column ({', '.join(keys)}); declare {column} with mapped_column(primary_key=True)"
+        )
+
+
 def declare(table: Table, config: SearchConfig) -> BM25Tables:
     """Declare the side tables in ``table``'s metadata (idempotent); returns them."""
     existing = tables_of(table)
     if existing is not None:
         return existing
     _check_names(table)
+    assert config.bm25 is not None
+    distributed_by = config.bm25.distributed_by
+    if distributed_by is not None:
+        _check_distributed_by(table, distributed_by)
     metadata: MetaData = table.metadata
     schema = table.schema
     keys = list(table.primary_key.columns)
 
     def key_columns() -> list[SchemaItem]:
         return [Column(key.name, key.type, nullable=False) for key in keys]
+
+    def distribution_column(**options: Any) -> list[SchemaItem]:
+        if distributed_by is None:
+            return []
+        return [Column(distributed_by, table.c[distributed_by].type, nullable=False, **options)]
 
     name = table.name
     postings = Table(
@@ -166,15 +195,18 @@ def declare(table: Table, config: SearchConfig) -> BM25Tables:
         schema=schema,
         comment="vecorm BM25 postings, maintained by triggers",
     )
+    # Keyed by the distribution value first: a search filtered on one value reads its own.
     Index(
         f"ix_{name}_bm25_postings_impact",
+        *([postings.c[distributed_by]] if distributed_by else []),
         postings.c.term,
         postings.c.impact.desc(),
-        postgresql_include=[key.name for key in keys] + ["tf", "dl"],
+        postgresql_include=[key.name for key in keys if key.name != distributed_by] + ["tf", "dl"],
     )
     terms = Table(
         f"{name}_bm25_terms",
         metadata,
+        *distribution_column(primary_key=True),
         Column("term", Text, primary_key=True),
         Column("df", BigInteger, nullable=False),
         Column("length", BigInteger, nullable=False),
@@ -184,11 +216,15 @@ def declare(table: Table, config: SearchConfig) -> BM25Tables:
     deltas = Table(
         f"{name}_bm25_deltas",
         metadata,
-        Column("id", BigInteger, Identity(), primary_key=True),
+        *distribution_column(primary_key=True),
+        # Per distribution value, a bigserial: Citus cannot undistribute an identity column.
+        Column("id", BigInteger, primary_key=True, autoincrement=True)
+        if distributed_by
+        else Column("id", BigInteger, Identity(), primary_key=True),
         Column("term", Text, nullable=False),
         Column("df", BigInteger, nullable=False),
         Column("length", BigInteger, nullable=False),
-        Index(f"ix_{name}_bm25_deltas_term", "term"),
+        Index(f"ix_{name}_bm25_deltas_term", *([distributed_by] if distributed_by else []), "term"),
         schema=schema,
         comment="vecorm BM25 pending frequency changes, compacted into the terms table",
     )
