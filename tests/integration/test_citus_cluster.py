@@ -217,7 +217,10 @@ def test_query_settings_reach_the_workers_and_end_with_the_statement(
             == SHARDS
         )
         tenant = Doc.nearest(query, k=10).where(Doc.tenant_id == 3).execution_options(**narrow)
-        assert len(session.execute(tenant).all()) <= 1
+        walked = tenant.execution_options(vecorm_exact_fallback=False)
+        assert len(session.execute(walked).all()) <= 1
+        # The session runs a short filtered search again exactly, on the cluster too.
+        assert len(session.execute(tenant).all()) == 10
         # vecorm's defaults (ef_search 200, relaxed iterative scan) on the workers: 10 rows.
         assert len(session.execute(Doc.nearest(query, k=10)).all()) == 10
         # After each statement the workers are back to pgvector's defaults (ef_search 40) ...
