@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from tests.alembic.conftest import Project
+from tests.alembic.conftest import Project, body
 
 MODELS = """
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -204,3 +204,85 @@ def test_functions_of_an_earlier_release_are_replaced(project_factory: object) -
             text("SELECT proconfig FROM pg_proc WHERE proname = 'notes_bm25_insert'")
         )
     assert config is None
+
+
+TENANT_MODELS = """
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+import vecorm
+
+class Base(DeclarativeBase):
+    pass
+
+class Note(vecorm.Searchable, Base):
+    __tablename__ = "notes"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=3, index=None, bm25=vecorm.BM25({options})
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+"""
+
+
+def _documents_by_tenant(project: Project) -> dict[int | None, int]:
+    """Documents counted by the statistics, per tenant (``None``: kept for the whole table)."""
+    with project.engine.connect() as conn:
+        columns = set(
+            conn.scalars(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'notes_bm25_terms'"
+                )
+            )
+        )
+        tenant = "tenant_id" if "tenant_id" in columns else "NULL::int"
+        rows = conn.execute(
+            text(
+                f"SELECT {tenant}, sum(df) FROM (SELECT {tenant}, df FROM notes_bm25_terms "
+                f"WHERE term = '' UNION ALL SELECT {tenant}, df FROM notes_bm25_deltas "
+                f"WHERE term = '') c GROUP BY 1"
+            )
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+
+def test_statistics_per_tenant_and_back_through_migrations(project_factory: object) -> None:
+    """BM25() -> BM25(distributed_by="tenant_id") on a table with rows: Alembic alone would
+    add a NOT NULL column to the terms table (failing on its first row) and could not change
+    its key; the revision recreates the side tables in the new shape and refills them."""
+    project: Project = project_factory()  # type: ignore[operator]
+    project.set_models(TENANT_MODELS.format(options=""))
+    first = project.autogenerate("notes")
+    project.upgrade()
+    with project.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO notes (tenant_id, id, body) VALUES "
+                "(1, 1, 'vacuum'), (1, 2, 'lock wait'), (2, 3, 'vacuum freeze')"
+            )
+        )
+    assert _documents_by_tenant(project) == {None: 3}
+
+    project.set_models(TENANT_MODELS.format(options='distributed_by="tenant_id"'))
+    change = project.autogenerate("per tenant")
+    upgrade = change.read_text()
+    assert "add_column" not in upgrade and "op.drop_table('notes_bm25_terms')" in upgrade
+    project.upgrade()
+    assert _documents_by_tenant(project) == {1: 2, 2: 1}
+    with project.engine.begin() as conn:  # the new triggers keep them
+        conn.execute(text("INSERT INTO notes (tenant_id, id, body) VALUES (2, 4, 'wait')"))
+    assert _documents_by_tenant(project) == {1: 2, 2: 2}
+    empty = project.autogenerate("nothing")
+    assert body(empty, "upgrade") == "pass", empty.read_text()
+    empty.unlink()
+
+    project.downgrade(first.name.split("_")[0])
+    assert _documents_by_tenant(project) == {None: 4}
+    with project.engine.begin() as conn:  # the old triggers, and their sequences, work again
+        conn.execute(text("INSERT INTO notes (tenant_id, id, body) VALUES (3, 5, 'vacuum')"))
+    assert _documents_by_tenant(project) == {None: 5}
+    # The old shape exactly as vecorm declares it: with the old models, nothing to do.
+    change.unlink()
+    project.set_models(TENANT_MODELS.format(options=""))
+    again = project.autogenerate("again nothing")
+    assert body(again, "upgrade") == "pass", again.read_text()

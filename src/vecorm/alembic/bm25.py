@@ -16,13 +16,14 @@ autogenerate against an up-to-date database renders nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations, ops
 from alembic.util import DispatchPriority, PriorityDispatchResult
-from sqlalchemy import DDL, text
+from sqlalchemy import DDL, Index, MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -31,6 +32,7 @@ from vecorm.alembic.operations import AlterColumnExpressionOp
 from vecorm.alembic.plugin import comparator
 from vecorm.search import bm25
 from vecorm.search.bm25 import ddl
+from vecorm.search.bm25.tables import declare
 
 _OPERATIONS_IMPORT = (
     "import vecorm.alembic  # noqa: F401  (registers op.create_vector_extension & co.)"
@@ -260,6 +262,10 @@ def compare_bm25(
     for key, tables in declared.items():
         if key[0] not in schemas and not (key[0] is None and None in schemas):
             continue
+        stored = _stored_distribution(connection, tables)
+        if stored is not _MISSING and stored != tables.distributed_by:
+            _reshape(upgrade_ops, connection, tables, stored)
+            continue
         found = installed.get(key)
         if found == bm25.signature(tables):
             continue
@@ -293,6 +299,85 @@ def compare_bm25(
             )
         )
     return PriorityDispatchResult.CONTINUE
+
+
+_MISSING = object()
+_COLUMNS = text(
+    "SELECT a.attname FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
+    "AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped"
+)
+_TERMS_COLUMNS = frozenset({"term", "df", "length"})
+
+
+def _stored_distribution(connection: Connection, tables: bm25.BM25Tables) -> object:
+    """The column the stored statistics are kept per value of (``None``: the whole table), or
+    :data:`_MISSING` when the database has no terms table yet."""
+    terms = tables.terms
+    name = connection.dialect.identifier_preparer.format_table(terms)
+    columns = set(connection.execute(_COLUMNS, {"table": name}).scalars())
+    if not columns:
+        return _MISSING
+    extra = sorted(columns - _TERMS_COLUMNS)
+    return extra[0] if len(extra) == 1 else None
+
+
+def _variant(tables: bm25.BM25Tables, distributed_by: str | None) -> bm25.BM25Tables:
+    """The side tables ``tables.table`` would have with statistics kept per value of
+    ``distributed_by`` (declared on a copy of the table, in metadata of their own)."""
+    copy = tables.table.to_metadata(MetaData())
+    settings = replace(tables.settings, distributed_by=distributed_by)
+    return declare(copy, replace(tables.config, bm25=settings))
+
+
+def _reshape(
+    upgrade_ops: ops.UpgradeOps,
+    connection: Connection,
+    tables: bm25.BM25Tables,
+    stored: object,
+) -> None:
+    """The statistics change shape (kept for the whole table <-> per value of a column): the
+    side tables are dropped and created in the new shape, and filled from the rows.
+
+    Alembic alone renders ``add_column(..., nullable=False)`` on the terms table, which fails
+    on its first row, and cannot change its primary key; so its operations on the three side
+    tables are replaced by: the old functions dropped, the old side tables dropped (indexes
+    first, so that the downgrade rebuilds them), the new ones created, the new functions
+    created and the statistics rebuilt. The downgrade does the reverse, old shape included.
+    """
+    table = tables.table
+    schema = bm25.table_schema(connection, table)
+    old = _variant(tables, stored if isinstance(stored, str) else None)
+    sides = {(side.schema, side.name) for side in (tables.postings, tables.terms, tables.deltas)}
+    upgrade_ops.ops[:] = [
+        each
+        for each in upgrade_ops.ops
+        if not (isinstance(each, ops.ModifyTableOps) and (each.schema, each.table_name) in sides)
+    ]
+    steps: list[MigrateOperation] = [
+        DropBM25StatisticsOp(
+            table.name,
+            _drops_for(table.name, table.schema),
+            schema=table.schema,
+            previous=bm25.create_statements(old, schema),
+        )
+    ]
+    for side in (old.postings, old.terms, old.deltas):
+        steps.extend(ops.DropIndexOp.from_index(index) for index in _sorted(side.indexes))
+        steps.append(ops.DropTableOp.from_table(side))
+    for side in (tables.postings, tables.terms, tables.deltas):
+        steps.append(ops.CreateTableOp.from_table(side))
+        steps.extend(ops.CreateIndexOp.from_index(index) for index in _sorted(side.indexes))
+    steps.append(
+        CreateBM25StatisticsOp(
+            table.name, bm25.create_statements(tables, schema), schema=table.schema
+        )
+    )
+    upgrade_ops.ops.extend(steps)
+
+
+def _sorted(indexes: set[Index]) -> list[Index]:
+    return sorted(indexes, key=lambda index: str(index.name))
 
 
 # --------------------------------------------------------------------------- rendering
