@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import URL, Integer, String, event, insert, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import vecorm
 from vecorm.search import exact_fallback
@@ -253,3 +253,16 @@ def test_a_filtered_walk_is_capped_by_the_table_size(
             assert str(ROWS // 20) not in settings[0].values()
     finally:
         recording.dispose()
+
+
+def test_a_session_class_of_the_app_gets_the_exact_rows(engine: Engine) -> None:
+    """Flask-SQLAlchemy and others subclass Session, and make it with a sessionmaker."""
+
+    class AppSession(Session):
+        pass
+
+    make = sessionmaker(engine, class_=AppSession)
+    with make() as session, session.begin():
+        _forced(session)
+        stmt = Note.nearest(FAR[0], k=K).where(Note.tenant == 1)
+        assert [note.id for note, _ in session.execute(stmt)] == _exact(FAR[0])
