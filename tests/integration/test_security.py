@@ -590,3 +590,35 @@ def test_a_model_change_meets_no_trap(engine: Engine, roles: Roles) -> None:
             )
         )
         assert column_type == f"vector({DIMS * 2})"
+
+
+def test_a_filtered_search_meets_no_trap(engine: Engine, roles: Roles) -> None:
+    """A filtered nearest() reads the table's row estimate from the catalog to cap its walk:
+    with an oid = regclass overload planted, the search (run by a superuser) calls none."""
+    with Session(engine) as session:
+        session.execute(text(f'SET LOCAL ROLE "{roles.attacker}"'))
+        for schema in ("attacker", "public"):
+            function = "op_eq_oid_regclass"
+            body = "a0::text OPERATOR(pg_catalog.=) a1::text"
+            session.execute(text(_trap(schema, function, ["oid", "regclass"], "boolean", body)))
+            session.execute(
+                text(
+                    f"CREATE OPERATOR {schema}.= (LEFTARG = oid, RIGHTARG = regclass, "
+                    f"FUNCTION = {schema}.{function})"
+                )
+            )
+        session.execute(text("RESET ROLE"))
+        session.add_all(
+            Doc(id=i, title=f"wal {i}", body="lock", embedding=EMBEDDER.embed([str(i)])[0])
+            for i in range(1, 30)
+        )
+        session.commit()
+        session.execute(text("ANALYZE docs"))
+        session.commit()
+    engine.dispose()  # a fresh connection: the estimate is asked once per connection
+    with Session(engine) as session:
+        query = EMBEDDER.embed(["wal"])[0]
+        found = session.execute(Doc.nearest(query, k=5).where(Doc.title != "none")).all()
+        assert len(found) == 5
+        assert calls(session) == []
+        assert not is_superuser(session, roles.attacker)

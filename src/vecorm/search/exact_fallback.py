@@ -71,7 +71,10 @@ PGVECTOR_MAX_SCAN_TUPLES = 20_000
 #: Seconds a connection keeps a table's row estimate.
 ROWS_MAX_AGE = 300.0
 _ROWS_KEY = "vecorm_table_rows"
-_ROWS_SQL = "SELECT reltuples FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass({})"
+_ROWS_SQL = (
+    "SELECT c.reltuples FROM pg_catalog.pg_class c "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({}::pg_catalog.text)"
+)
 #: What the second run also sets: no index scans (bitmap scans stay), for the candidates of a
 #: binary-quantised index, which a subquery takes through it whatever the outer ordering.
 EXACT_OPTIONS = {"vecorm_enable_indexscan": "off"}
