@@ -121,7 +121,7 @@ _INDEX_SQL = """
     FROM pg_index x
     JOIN pg_class i ON i.oid = x.indexrelid
     JOIN pg_am am ON am.oid = i.relam
-    WHERE x.indexrelid = :oid
+    WHERE x.indexrelid OPERATOR(pg_catalog.=) :oid
     """
 
 _INDEX_OID_SQL = text(
@@ -131,12 +131,14 @@ _INDEX_OID_SQL = text(
     FROM pg_class i
     JOIN pg_index x ON x.indexrelid = i.oid
     JOIN pg_namespace n ON n.oid = i.relnamespace
-    WHERE i.relname = :name AND n.nspname = coalesce(:schema, current_schema())
+    WHERE i.relname OPERATOR(pg_catalog.=) :name
+      AND n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema())
     """
 )
 
 _TEMP_INDEX_OID_SQL = text(
-    "SELECT i.oid FROM pg_class i WHERE i.relname = :name AND i.relnamespace = pg_my_temp_schema()"
+    "SELECT i.oid FROM pg_catalog.pg_class i WHERE i.relname OPERATOR(pg_catalog.=) :name "
+    "AND i.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()"
 )
 
 _GENERATED_SQL = text(
@@ -144,7 +146,8 @@ _GENERATED_SQL = text(
     SELECT a.attgenerated, pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod)
     FROM pg_attribute a
     JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    WHERE a.attrelid = :relid AND a.attname = :column AND a.attgenerated <> ''
+    WHERE a.attrelid OPERATOR(pg_catalog.=) :relid AND a.attname OPERATOR(pg_catalog.=) :column
+      AND a.attgenerated OPERATOR(pg_catalog.<>) ''
       AND NOT a.attisdropped
     """
 )
@@ -152,7 +155,8 @@ _GENERATED_SQL = text(
 _TABLE_OID_SQL = text(
     """
     SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relname = :name AND n.nspname = coalesce(:schema, current_schema())
+    WHERE c.relname OPERATOR(pg_catalog.=) :name
+      AND n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema())
     """
 )
 
@@ -160,11 +164,14 @@ _COLUMN_TYPE_SQL = text(
     """
     SELECT format_type(a.atttypid, a.atttypmod)
     FROM pg_attribute a
-    WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+    WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
+      AND a.attname OPERATOR(pg_catalog.=) :column AND NOT a.attisdropped
     """
 )
 
-_EXTENSION_SQL = text("SELECT extversion FROM pg_extension WHERE extname = :name")
+_EXTENSION_SQL = text(
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) :name"
+)
 
 
 def extension_version(connection: Connection, name: str = "vector") -> str | None:

@@ -173,11 +173,13 @@ class UndistributeTableOp(MigrateOperation):
 
 _UNIQUE_WITHOUT_SQL = text(
     """
-    SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-    WHERE x.indrelid = to_regclass(:table) AND x.indisunique
-      AND NOT EXISTS (SELECT 1 FROM pg_attribute a
-                      WHERE a.attrelid = x.indrelid AND a.attname = :column
-                        AND a.attnum = ANY(x.indkey::int2[]))
+    SELECT i.relname FROM pg_catalog.pg_index x
+    JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) x.indexrelid
+    WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) AND x.indisunique
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) x.indrelid
+                        AND a.attname OPERATOR(pg_catalog.=) :column
+                        AND a.attnum OPERATOR(pg_catalog.=) ANY(x.indkey::int2[]))
     ORDER BY i.relname
     """
 )
@@ -188,15 +190,18 @@ _UNIQUE_WITHOUT_SQL = text(
 _TRIGGERS_SQL = text(
     """
     SELECT t.tgname,
-           p.proname = t.tgname AND (t.tgtype::int & 1) = 1 AND EXISTS (
+           p.proname OPERATOR(pg_catalog.=) t.tgname
+           AND (t.tgtype::int & 1) OPERATOR(pg_catalog.=) 1 AND EXISTS (
              SELECT 1 FROM pg_catalog.pg_attribute a
-             WHERE a.attrelid = t.tgrelid AND NOT a.attisdropped
-               AND a.atttypid = 'pg_catalog.tsvector'::pg_catalog.regtype
-               AND t.tgname = c.relname || '_' || a.attname) AS search_vector
+             WHERE a.attrelid OPERATOR(pg_catalog.=) t.tgrelid AND NOT a.attisdropped
+               AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.tsvector'::pg_catalog.regtype
+               AND t.tgname OPERATOR(pg_catalog.=) (c.relname::pg_catalog.text
+                   OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) a.attname::pg_catalog.text)
+           ) AS search_vector
     FROM pg_catalog.pg_trigger t
-    JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-    JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-    WHERE t.tgrelid = pg_catalog.to_regclass(:table) AND NOT t.tgisinternal
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid
+    JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) t.tgfoid
+    WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) AND NOT t.tgisinternal
     ORDER BY t.tgname
     """
 )
@@ -213,23 +218,28 @@ _FOREIGN_KEYS_SQL = text(
              FROM ROWS FROM (pg_catalog.unnest(k.conkey), pg_catalog.unnest(k.confkey))
                AS pair(mine, theirs)
              JOIN pg_catalog.pg_attribute a
-               ON a.attrelid = k.conrelid AND a.attnum = pair.mine AND a.attname = :column
+               ON a.attrelid OPERATOR(pg_catalog.=) k.conrelid
+              AND a.attnum OPERATOR(pg_catalog.=) pair.mine
+              AND a.attname OPERATOR(pg_catalog.=) :column
              WHERE p.partkey IS NOT NULL AND pg_catalog.column_to_column_name(
-                     k.confrelid, p.partkey) = (
+                     k.confrelid, p.partkey) OPERATOR(pg_catalog.=) (
                        SELECT b.attname FROM pg_catalog.pg_attribute b
-                       WHERE b.attrelid = k.confrelid AND b.attnum = pair.theirs)
+                       WHERE b.attrelid OPERATOR(pg_catalog.=) k.confrelid
+                         AND b.attnum OPERATOR(pg_catalog.=) pair.theirs)
            ) AS paired
     FROM pg_catalog.pg_constraint k
-    LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = k.confrelid
-    WHERE k.contype = 'f' AND k.conrelid = pg_catalog.to_regclass(:table)
-      AND k.confrelid <> k.conrelid
+    LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid OPERATOR(pg_catalog.=) k.confrelid
+    WHERE k.contype OPERATOR(pg_catalog.=) 'f'
+      AND k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
+      AND k.confrelid OPERATOR(pg_catalog.<>) k.conrelid
     ORDER BY k.conname
     """
 )
 # Whether a table's BM25 terms table has the column: statistics kept per its values.
 _KEYED_SQL = text(
     "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_attribute "
-    "WHERE attrelid = pg_catalog.to_regclass(:terms) AND attname = :column AND NOT attisdropped"
+    "WHERE attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:terms) "
+    "AND attname OPERATOR(pg_catalog.=) :column AND NOT attisdropped"
 )
 
 
@@ -305,19 +315,21 @@ _LINKED_SQL = text(
     """
     SELECT DISTINCT x.other::pg_catalog.regclass::text FROM (
       SELECT k.conrelid AS other FROM pg_catalog.pg_constraint k
-      WHERE k.contype = 'f' AND k.confrelid = pg_catalog.to_regclass(:table)
+      WHERE k.contype OPERATOR(pg_catalog.=) 'f'
+        AND k.confrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
       UNION
       SELECT k.confrelid FROM pg_catalog.pg_constraint k
-      WHERE k.contype = 'f' AND k.conrelid = pg_catalog.to_regclass(:table)
+      WHERE k.contype OPERATOR(pg_catalog.=) 'f'
+        AND k.conrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
     ) x
-    JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = x.other
-    WHERE x.other <> pg_catalog.to_regclass(:table)
+    JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid OPERATOR(pg_catalog.=) x.other
+    WHERE x.other OPERATOR(pg_catalog.<>) pg_catalog.to_regclass(:table)
     ORDER BY 1
     """
 )
 _IS_CITUS_TABLE_SQL = text(
     "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_dist_partition "
-    "WHERE logicalrelid = pg_catalog.to_regclass(:table)"
+    "WHERE logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)"
 )
 
 
@@ -396,7 +408,7 @@ def _undistribute_table(operations: Operations, operation: UndistributeTableOp) 
 _COMMENT_SQL = text(
     "SELECT pg_catalog.format('COMMENT ON TABLE %s IS %L', c.oid::pg_catalog.regclass, "
     "pg_catalog.obj_description(c.oid, 'pg_class')) FROM pg_catalog.pg_class c "
-    "WHERE c.oid = pg_catalog.to_regclass(:table) "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
     "AND pg_catalog.obj_description(c.oid, 'pg_class') IS NOT NULL"
 )
 

@@ -858,12 +858,13 @@ def _postings_index_after_fill(
 
 _FUNCTION_BODY_SQL = text(
     "SELECT p.prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
-    "ON n.oid = p.pronamespace WHERE p.proname = :name "
-    "AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
+    "ON n.oid = p.pronamespace WHERE p.proname OPERATOR(pg_catalog.=) :name "
+    "AND n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema())"
 )
 _TRIGGER_SQL = text(
     "SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t "
-    "WHERE t.tgrelid = pg_catalog.to_regclass(:table) AND t.tgname = :name"
+    "WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
+    "AND t.tgname OPERATOR(pg_catalog.=) :name"
 )
 
 
@@ -887,7 +888,8 @@ def _trigger_matches(
 _RELTUPLES_SQL = text(
     "SELECT c.reltuples FROM pg_catalog.pg_class c "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relname = :name AND n.nspname = coalesce(:schema, pg_catalog.current_schema())"
+    "WHERE c.relname OPERATOR(pg_catalog.=) :name "
+    "AND n.nspname OPERATOR(pg_catalog.=) coalesce(:schema, pg_catalog.current_schema())"
 )
 
 

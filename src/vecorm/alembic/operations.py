@@ -246,7 +246,7 @@ _COLUMN_INDEXES_SQL = text(
     JOIN pg_index x ON x.indexrelid = d.objid
     JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-      AND d.refobjid = :relid AND a.attname = :column
+      AND d.refobjid OPERATOR(pg_catalog.=) :relid AND a.attname OPERATOR(pg_catalog.=) :column
     ORDER BY d.objid
     """
 )
@@ -811,7 +811,8 @@ def _resolved_schema(connection: Connection, table_name: str, schema: str | None
     found = connection.execute(
         text(
             "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(:name)"
+            "ON n.oid = c.relnamespace "
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:name)"
         ),
         {"name": _PREPARER.quote(table_name)},
     ).scalar()
@@ -1136,7 +1137,7 @@ _PRIMARY_KEY_SQL = text(
     "SELECT a.attname FROM pg_catalog.pg_index i "
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey) "
-    "WHERE i.indrelid = pg_catalog.to_regclass(:table) AND i.indisprimary "
+    "WHERE i.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) AND i.indisprimary "
     "ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)"
 )
 
@@ -1214,7 +1215,7 @@ def fill_in_batches(
     estimate = connection.execute(
         text(
             "SELECT greatest(c.reltuples, 0)::bigint FROM pg_catalog.pg_class c "
-            "WHERE c.oid = pg_catalog.to_regclass(:table)"
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)"
         ),
         {"table": qualified_table},
     ).scalar()

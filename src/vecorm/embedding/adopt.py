@@ -61,7 +61,8 @@ _COLUMNS_SQL = text(
     """
     SELECT a.attname, format_type(a.atttypid, a.atttypmod)
     FROM pg_attribute a
-    WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
+      AND a.attnum > 0 AND NOT a.attisdropped
     """
 )
 

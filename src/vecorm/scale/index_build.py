@@ -118,8 +118,9 @@ def _row_estimate(connection: Connection, qualified: str) -> int:
     estimate = connection.execute(
         text(
             "SELECT sum(greatest(c.reltuples, 0)), bool_or(c.reltuples >= 0) FROM pg_class c "
-            "WHERE c.oid = to_regclass(:t) OR c.oid IN "
-            "(SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(:t))"
+            "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:t) OR c.oid IN "
+            "(SELECT inhrelid FROM pg_catalog.pg_inherits "
+            "WHERE inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:t))"
         ),
         {"t": qualified},
     ).one()
@@ -158,8 +159,9 @@ def estimate_index_memory(connection: Connection, index: Index) -> int | None:
     if dims is None:  # a bare Column in a migration: read the typmod (= dimensions)
         dims = connection.execute(
             text(
-                "SELECT max(a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass(:t) "
-                "AND a.attname = ANY(:columns) AND a.atttypmod > 0"
+                "SELECT max(a.atttypmod) FROM pg_catalog.pg_attribute a "
+                "WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:t) "
+                "AND a.attname OPERATOR(pg_catalog.=) ANY(:columns) AND a.atttypmod > 0"
             ),
             {"t": qualified, "columns": [column.name for column in index.table.c]},
         ).scalar()
@@ -197,7 +199,7 @@ _PROGRESS_SQL = text(
     SELECT phase, coalesce(nullif(tuples_total, 0), blocks_total),
            CASE WHEN tuples_total > 0 THEN tuples_done ELSE blocks_done END,
            partitions_done, partitions_total
-    FROM pg_stat_progress_create_index WHERE pid = :pid
+    FROM pg_stat_progress_create_index WHERE pid OPERATOR(pg_catalog.=) :pid
     """
 )
 
@@ -293,7 +295,7 @@ def _partitions(connection: Connection, qualified: str) -> list[str]:
     rows = connection.execute(
         text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = to_regclass(:t) ORDER BY c.relname"
+            "WHERE i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:t) ORDER BY c.relname"
         ),
         {"t": qualified},
     )
@@ -306,7 +308,10 @@ def _index_valid(connection: Connection, name: str, schema: str | None) -> bool 
     if schema:
         qualified = f"{preparer.quote_schema(schema)}.{qualified}"
     return connection.execute(
-        text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
+        text(
+            "SELECT indisvalid FROM pg_catalog.pg_index "
+            "WHERE indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:n)"
+        ),
         {"n": qualified},
     ).scalar()
 
@@ -486,7 +491,8 @@ def _build_partitioned(
         attached = connection.execute(
             text(
                 "SELECT 1 FROM pg_inherits ih JOIN pg_index x ON x.indexrelid = ih.inhrelid "
-                "WHERE ih.inhparent = to_regclass(:parent) AND x.indrelid = to_regclass(:child)"
+                "WHERE ih.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:parent) "
+                "AND x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:child)"
             ),
             {"parent": _qualified_index(connection, index), "child": partition},
         ).scalar()

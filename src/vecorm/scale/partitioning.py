@@ -219,7 +219,7 @@ _PARTITIONS_SQL = text(
                  ORDER BY pi.relname)
     FROM pg_inherits i
     JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = to_regclass(:parent)
+    WHERE i.inhparent OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:parent)
     ORDER BY c.relname
     """
 )
@@ -227,7 +227,7 @@ _PARTITIONS_SQL = text(
 _PARENT_INDEXES_SQL = text(
     """
     SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-    WHERE x.indrelid = to_regclass(:parent) ORDER BY i.relname
+    WHERE x.indrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:parent) ORDER BY i.relname
     """
 )
 

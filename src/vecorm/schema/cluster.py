@@ -17,11 +17,15 @@ from sqlalchemy.engine import Connection
 from vecorm.schema.dbapi import execute_raw
 
 _CITUS_KEY = "vecorm_citus"
-_DETECT = "SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname = 'citus'"
+_DETECT = (
+    "SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension "
+    "WHERE extname OPERATOR(pg_catalog.=) 'citus'"
+)
 _DISTRIBUTION_SQL = text(
     "SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) "
     "FROM pg_catalog.pg_dist_partition p "
-    "WHERE p.logicalrelid = pg_catalog.to_regclass(:table) AND p.partmethod = 'h'"
+    "WHERE p.logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
+    "AND p.partmethod OPERATOR(pg_catalog.=) 'h'"
 )
 
 

@@ -183,7 +183,10 @@ def run_concurrently(
 def _drop_invalid(connection: Connection, index: str) -> str | None:
     """Drop ``index`` if it is INVALID; its name when it could not be dropped."""
     valid = connection.execute(
-        text("SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass(:n)"),
+        text(
+            "SELECT indisvalid FROM pg_catalog.pg_index "
+            "WHERE indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:n)"
+        ),
         {"n": index},
     ).scalar()
     if valid is None or valid:
