@@ -802,6 +802,10 @@ def test_k_parents_although_both_arms_best_passages_share_one_parent(
             assert len({doc.id for doc, *_ in rows}) == 3
             if method == "blend":
                 assert [doc.id for doc, *_ in rows] == [parent for parent, *_ in expected]
+        # the exact ranking of the parents ran for this one only
+        assert exact_ranking_ran(session, stmt)
+        default_depth = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3)
+        assert not exact_ranking_ran(session, default_depth)
         # more parents asked than exist: every one of them once, doc 8 matching no word
         everyone = session.execute(vecorm.passage_hybrid_search(DocPassage, "vacuum", k=50)).all()
         assert sorted(doc.id for doc, *_ in everyone) == list(range(1, 9))
@@ -863,6 +867,18 @@ def test_a_parents_passages_are_ranked_by_the_same_fusion(
         )
         assert [(doc.id, p.ordinal) for doc, p, *_ in rows if doc.id == parent] == own[:2]
         assert len({row.score for row in rows if row.Doc.id == parent}) == 1  # the parent's
+
+
+def test_passage_hybrid_search_uses_the_vector_index(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    from vecorm.testing.assertions import assert_index_used
+
+    with factory() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # 8 parents: any plan is cheap
+        stmt = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3)
+        assert_index_used(session, stmt, "ix_doc_passages_embedding_hnsw")
+        assert_index_used(session, stmt.where(Doc.category == "dev"))
 
 
 def test_passage_hybrid_thresholds_keep_what_an_arm_accepts(
