@@ -869,6 +869,26 @@ def test_a_parents_passages_are_ranked_by_the_same_fusion(
         assert len({row.score for row in rows if row.Doc.id == parent}) == 1  # the parent's
 
 
+def test_passage_hybrid_takes_a_vector_of_its_own_and_ts_rank(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    soup = FakeEmbedder(DIMS).embed(["tomato soup"])[0]
+    with factory() as session:
+        for weight, first in ((1.0, 8), (0.0, 1)):  # the vector leads, then the words
+            stmt = vecorm.passage_hybrid_search(
+                DocPassage, "vacuum", k=3, vector=soup, semantic_weight=weight
+            )
+            rows = session.execute(stmt).all()
+            assert rows[0].Doc.id == first
+        assert rows[0].distance > 0.5 and rows[0].text_score > 0  # doc 1: words, not meaning
+        stmt = vecorm.passage_hybrid_search(DocPassage, "restore", k=3, ranking="ts_rank")
+        rows = session.execute(stmt).all()
+        assert len(rows) == 3 and rows[0].Doc.id == 7  # the only parent with the word
+        assert 0 < rows[0].text_score < 1 and {row.text_score for row in rows[1:]} == {0.0}
+        with pytest.raises(ConfigurationError, match="ranking must be one of"):
+            vecorm.passage_hybrid_search(DocPassage, "restore", ranking="tf")  # type: ignore[arg-type]
+
+
 def test_passage_hybrid_search_uses_the_vector_index(
     factory: sessionmaker[Session], corpus: dict[int, str]
 ) -> None:
