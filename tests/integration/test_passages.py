@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import String, event, select, text
+from sqlalchemy import String, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -832,6 +832,12 @@ def test_passage_hybrid_filters_apply_inside_both_arms(
             DocPassage, "vacuum", k=3, depth=15, where=Doc.category == "dev"
         )
         assert [doc.id for doc, *_ in session.execute(keyword)] == expected
+        # as a subquery, the filters are still read from the search's own statement
+        every_dev = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=4, depth=15)
+        counted = select(func.count()).select_from(
+            every_dev.where(Doc.category == "dev").subquery()
+        )
+        assert session.scalar(counted) == len(DEV)
         # a filter on the passages themselves: doc 1's passages after the first still win
         rows = session.execute(stmt.where(DocPassage.ordinal >= 1)).all()
         assert len(rows) == 3 and all(passage.ordinal >= 1 for _, passage, *_ in rows)
