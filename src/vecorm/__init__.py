@@ -53,7 +53,7 @@ from vecorm.search import bm25
 from vecorm.search.bm25 import BM25Arm
 from vecorm.search.grants import grant_access
 from vecorm.search.hybrid import hybrid_search
-from vecorm.search.passages import passage_search, passage_text_search
+from vecorm.search.passages import passage_hybrid_search, passage_search, passage_text_search
 from vecorm.search.settings import (
     apply_search_settings,
     install_search_settings,
@@ -130,6 +130,7 @@ __all__ = [
     "install_search_settings",
     "installed_embedder",
     "is_installed",
+    "passage_hybrid_search",
     "passage_search",
     "passage_text_search",
     "rechunk",

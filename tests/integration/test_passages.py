@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import String, event, select, text
+from sqlalchemy import String, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -659,3 +659,293 @@ def test_a_cached_statement_takes_each_querys_own_values(
         for word, parent in (("restore", 7), ("tomato", 8)):
             found = session.execute(vecorm.passage_text_search(DocPassage, word, k=1)).one()
             assert found[0].id == parent
+
+
+# --- hybrid search over passages, fused per parent ----------------------------------------
+
+
+def passage_values(
+    session: Session, bodies: dict[int, str], query: str, *, parents: set[int] | None = None
+) -> dict[tuple[int, int], tuple[float, float | None]]:
+    """``(doc, ordinal) -> (cosine distance, BM25 score or None)`` of every passage (of
+    ``parents``): distances in numpy, scores from the passage model's own BM25 (every match)."""
+    from vecorm.search.bm25 import BM25Arm
+
+    scores = {
+        (row.pk_0, row.pk_1): row.score
+        for row in session.execute(
+            BM25Arm().candidates(DocPassage, query, where=[], depth=1_000_000)
+        )
+    }
+    chunker = vecorm.chunk_characters(size=120, overlap=0)
+    embed = FakeEmbedder(DIMS).embed
+    query_vector = embed([query])[0]
+    values = {}
+    for key, body in bodies.items():
+        if parents is not None and key not in parents:
+            continue
+        chunks = chunker(body)
+        distances = 1.0 - embed([chunk.text for chunk in chunks]) @ query_vector
+        for ordinal, value in enumerate(distances):
+            values[(key, ordinal)] = (float(value), scores.get((key, ordinal)))
+    return values
+
+
+def parent_arms(
+    passages: dict[tuple[int, int], tuple[float, float | None]], *, k: int, depth: int
+) -> tuple[dict[int, float], dict[int, float], list[int], list[int]]:
+    """Each parent's distance (its nearest passage's) and text score (its best passage's, 0
+    without a match), and the parents each arm nominates, best first: those of its ``depth``
+    best passages, at least k."""
+    distance: dict[int, float] = {}
+    text_score: dict[int, float] = {}
+    for (parent, _), (passage_distance, score) in passages.items():
+        distance[parent] = min(distance.get(parent, 2.0), passage_distance)
+        text_score[parent] = max(text_score.get(parent, 0.0), score or 0.0)
+    nearest = sorted(passages, key=lambda key: (round(passages[key][0], 6), key))[:depth]
+    by_distance = sorted(distance, key=lambda parent: (round(distance[parent], 6), parent))
+    semantic = by_distance[: max(len({parent for parent, _ in nearest}), k)]
+    matched = {key: value[1] for key, value in passages.items() if value[1] is not None}
+    best = sorted(matched, key=lambda key: (-matched[key], key))[:depth]  # type: ignore[operator]
+    scoring = {parent for parent, _ in matched}
+    by_score = sorted(scoring, key=lambda parent: (-text_score[parent], parent))
+    lexical = by_score[: max(len({parent for parent, _ in best}), k)]
+    return distance, text_score, semantic, lexical
+
+
+def hybrid_reference(
+    passages: dict[tuple[int, int], tuple[float, float | None]],
+    *,
+    k: int,
+    depth: int,
+    method: str = "blend",
+    weight: float = 0.5,
+) -> list[tuple[int, float, float, float]]:
+    """``(doc, score, distance, text_score)`` of the top k parents, by the documented
+    definitions: both scores of every parent an arm nominates (:func:`parent_arms`), fused
+    by min-max blend or RRF over those parents."""
+    distance, text_score, semantic, lexical = parent_arms(passages, k=k, depth=depth)
+    candidates = set(semantic) | set(lexical)
+    distances = {parent: distance[parent] for parent in candidates}
+    scores = {parent: text_score[parent] for parent in candidates}
+    if method == "blend":
+        low, high = min(distances.values()), max(distances.values())
+        worst, top = min(scores.values()), max(scores.values())
+        fused = {
+            parent: weight * ((high - distances[parent]) / (high - low) if high > low else 1.0)
+            + (1 - weight) * ((scores[parent] - worst) / (top - worst) if top > worst else 1.0)
+            for parent in candidates
+        }
+    else:
+        fused = {
+            parent: (2 * weight / (60 + semantic.index(parent) + 1) if parent in semantic else 0)
+            + (2 * (1 - weight) / (60 + lexical.index(parent) + 1) if parent in lexical else 0)
+            for parent in candidates
+        }
+    order = sorted(candidates, key=lambda parent: (-round(fused[parent], 9), parent))[:k]
+    return [(parent, fused[parent], distances[parent], scores[parent]) for parent in order]
+
+
+DEV = {3, 4, 6, 7}
+
+
+@pytest.mark.parametrize("method", ["blend", "rrf"])
+@pytest.mark.parametrize("weight", [0.3, 0.7])
+def test_passage_hybrid_search_equals_a_python_reference(
+    factory: sessionmaker[Session], corpus: dict[int, str], method: str, weight: float
+) -> None:
+    query = "vacuum index replica"
+    with factory() as session:
+        for parents, filtered in ((None, False), (DEV, True)):
+            passages = passage_values(session, corpus, query, parents=parents)
+            expected = hybrid_reference(passages, k=4, depth=6, method=method, weight=weight)
+            stmt = vecorm.passage_hybrid_search(
+                DocPassage,
+                query,
+                k=4,
+                depth=6,
+                method=method,  # type: ignore[arg-type]
+                semantic_weight=weight,
+            )
+            if filtered:
+                stmt = stmt.where(Doc.category == "dev")
+            rows = session.execute(stmt).all()
+            assert [doc.id for doc, *_ in rows] == [parent for parent, *_ in expected]
+            for row, (parent, score, distance, text_score) in zip(rows, expected, strict=True):
+                assert row._fields == ("Doc", "DocPassage", "score", "distance", "text_score")
+                assert row.DocPassage.parent_id == parent
+                assert row.score == pytest.approx(score, rel=1e-6, abs=1e-9)
+                assert row.distance == pytest.approx(distance, abs=1e-5)
+                assert row.text_score == pytest.approx(text_score, rel=1e-9)
+        # unfiltered, the arms nominate different parents: some are fused with a completed
+        # score (the last passages are the dev ones)
+        passages = passage_values(session, corpus, query)
+        _, _, semantic, lexical = parent_arms(passages, k=4, depth=6)
+        assert set(semantic) != set(lexical), (semantic, lexical)
+
+
+def test_k_parents_although_both_arms_best_passages_share_one_parent(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    from vecorm.search.bm25 import BM25Arm
+
+    with factory() as session:
+        # depth 15: the 15 nearest and the 15 best-scoring passages are all doc 1's
+        nearest = session.execute(DocPassage.nearest("vacuum", k=15)).all()
+        assert {passage.parent_id for passage, _ in nearest} == {1}
+        best = session.execute(BM25Arm().candidates(DocPassage, "vacuum", where=[], depth=15))
+        assert {row.pk_0 for row in best} == {1}
+        expected = hybrid_reference(passage_values(session, corpus, "vacuum"), k=3, depth=15)
+        for method in ("blend", "rrf"):
+            stmt = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3, depth=15, method=method)  # type: ignore[arg-type]
+            rows = session.execute(stmt).all()
+            assert len({doc.id for doc, *_ in rows}) == 3
+            if method == "blend":
+                assert [doc.id for doc, *_ in rows] == [parent for parent, *_ in expected]
+        # the exact ranking of the parents ran for this one only
+        assert exact_ranking_ran(session, stmt)
+        default_depth = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3)
+        assert not exact_ranking_ran(session, default_depth)
+        # more parents asked than exist: every one of them once, doc 8 matching no word
+        everyone = session.execute(vecorm.passage_hybrid_search(DocPassage, "vacuum", k=50)).all()
+        assert sorted(doc.id for doc, *_ in everyone) == list(range(1, 9))
+        assert [row.text_score for row in everyone if row.Doc.id == 8] == [0.0]
+
+
+def test_passage_hybrid_filters_apply_inside_both_arms(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    stmt = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3, depth=15)
+    filtered = stmt.where(Doc.category == "dev")
+    sql = str(filtered.compile())
+    for cte in ("hybrid_nearest", "hybrid_matched", "hybrid_passages"):
+        body = sql.split(f"{cte} AS", 1)[1] if f"{cte} AS" in sql else sql.split(cte, 1)[0]
+        assert "docs.category = " in body.split("\n)", 1)[0] or cte == "hybrid_passages", cte
+    assert sql.count("docs.category = ") >= 5  # both arms, the exact ranking, completion, rows
+    with factory() as session:
+        passages = passage_values(session, corpus, "vacuum", parents=DEV)
+        expected = [parent for parent, *_ in hybrid_reference(passages, k=3, depth=15)]
+        rows = session.execute(filtered).all()
+        assert [doc.id for doc, *_ in rows] == expected  # three dev parents, not fewer
+        assert {doc.category for doc, *_ in rows} == {"dev"}
+        keyword = vecorm.passage_hybrid_search(
+            DocPassage, "vacuum", k=3, depth=15, where=Doc.category == "dev"
+        )
+        assert [doc.id for doc, *_ in session.execute(keyword)] == expected
+        # as a subquery, the filters are still read from the search's own statement
+        every_dev = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=4, depth=15)
+        counted = select(func.count()).select_from(
+            every_dev.where(Doc.category == "dev").subquery()
+        )
+        assert session.scalar(counted) == len(DEV)
+        # a filter on the passages themselves: doc 1's passages after the first still win
+        rows = session.execute(stmt.where(DocPassage.ordinal >= 1)).all()
+        assert len(rows) == 3 and all(passage.ordinal >= 1 for _, passage, *_ in rows)
+        # a cached statement takes each query's own values
+        for query, first in (("tomato soup", 8), ("vacuum", 1), ("tomato soup", 8)):
+            found = vecorm.passage_hybrid_search(DocPassage, query, k=2, depth=15)
+            assert session.execute(found).first()[0].id == first  # type: ignore[index]
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_a_parents_passages_are_ranked_by_the_same_fusion(
+    factory: sessionmaker[Session], corpus: dict[int, str], weight: float
+) -> None:
+    query = "replica restore"
+    stmt = vecorm.passage_hybrid_search(
+        DocPassage, query, k=4, passages_per_parent=2, semantic_weight=weight
+    )
+    with factory() as session:
+        passages = passage_values(session, corpus, query)
+        rows = session.execute(stmt).all()
+    parents = list(dict.fromkeys(doc.id for doc, *_ in rows))
+    assert parents == [
+        parent for parent, *_ in hybrid_reference(passages, k=4, depth=100, weight=weight)
+    ]
+    for parent in parents:
+        own = sorted(
+            (key for key in passages if key[0] == parent),
+            # semantic weight 1: nearest first; 0: best BM25 first (no match counts 0)
+            key=lambda key: (
+                round(passages[key][0], 6) if weight == 1.0 else -(passages[key][1] or 0.0),
+                key,
+            ),
+        )
+        assert [(doc.id, p.ordinal) for doc, p, *_ in rows if doc.id == parent] == own[:2]
+        assert len({row.score for row in rows if row.Doc.id == parent}) == 1  # the parent's
+
+
+def test_passage_hybrid_takes_a_vector_of_its_own_and_ts_rank(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    soup = FakeEmbedder(DIMS).embed(["tomato soup"])[0]
+    with factory() as session:
+        for weight, first in ((1.0, 8), (0.0, 1)):  # the vector leads, then the words
+            stmt = vecorm.passage_hybrid_search(
+                DocPassage, "vacuum", k=3, vector=soup, semantic_weight=weight
+            )
+            rows = session.execute(stmt).all()
+            assert rows[0].Doc.id == first
+        assert rows[0].distance > 0.5 and rows[0].text_score > 0  # doc 1: words, not meaning
+        stmt = vecorm.passage_hybrid_search(DocPassage, "restore", k=3, ranking="ts_rank")
+        rows = session.execute(stmt).all()
+        assert len(rows) == 3 and rows[0].Doc.id == 7  # the only parent with the word
+        assert 0 < rows[0].text_score < 1 and {row.text_score for row in rows[1:]} == {0.0}
+        with pytest.raises(ConfigurationError, match="ranking must be one of"):
+            vecorm.passage_hybrid_search(DocPassage, "restore", ranking="tf")  # type: ignore[arg-type]
+
+
+def test_passage_hybrid_search_uses_the_vector_index(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    from vecorm.testing.assertions import assert_index_used
+
+    with factory() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # 8 parents: any plan is cheap
+        stmt = vecorm.passage_hybrid_search(DocPassage, "vacuum", k=3)
+        assert_index_used(session, stmt, "ix_doc_passages_embedding_hnsw")
+        assert_index_used(session, stmt.where(Doc.category == "dev"))
+
+
+def test_passage_hybrid_thresholds_keep_what_an_arm_accepts(
+    factory: sessionmaker[Session], corpus: dict[int, str]
+) -> None:
+    with factory() as session:
+        nothing = vecorm.passage_hybrid_search(
+            DocPassage, "zyzzyva quixotic", k=5, max_distance=0.01, min_text_score=0.1
+        )
+        assert session.execute(nothing).all() == []
+        passages = passage_values(session, corpus, "vacuum index")
+        distance = {parent: 2.0 for parent, _ in passages}
+        text_score = dict.fromkeys(distance, 0.0)
+        for (parent, _), (value, score) in passages.items():
+            distance[parent] = min(distance[parent], value)
+            text_score[parent] = max(text_score[parent], score or 0.0)
+        limit, minimum = sorted(distance.values())[2] + 1e-4, sorted(text_score.values())[-2]
+        kept = {p for p in distance if distance[p] <= limit or text_score[p] >= minimum}
+        assert 3 <= len(kept) < 8
+        stmt = vecorm.passage_hybrid_search(
+            DocPassage, "vacuum index", k=8, max_distance=limit, min_text_score=minimum
+        )
+        rows = session.execute(stmt).all()
+    assert {doc.id for doc, *_ in rows} == kept
+    for row in rows:  # the scores are completed all the same
+        assert row.distance == pytest.approx(distance[row.Doc.id], abs=1e-5)
+        assert row.text_score == pytest.approx(text_score[row.Doc.id])
+
+
+def test_passage_hybrid_mistakes_are_reported(engine: Engine) -> None:
+    search = vecorm.passage_hybrid_search
+    for arguments, message in (
+        ({"k": 0}, "k must be a positive integer"),
+        ({"depth": -1}, "depth must be a positive integer"),
+        ({"passages_per_parent": 0}, "passages_per_parent must be"),
+        ({"method": "sum"}, "method must be 'blend' or 'rrf'"),
+        ({"semantic_weight": 1.5}, "semantic_weight must be between 0 and 1"),
+        ({"max_distance": float("nan")}, "max_distance must be a finite number"),
+        ({"min_text_score": "high"}, "min_text_score must be a finite number"),
+    ):
+        with pytest.raises(ConfigurationError, match=message):
+            search(DocPassage, "vacuum", vector=[1.0] * DIMS, **arguments)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="Doc is not a passage model"):
+        search(Doc, "vacuum", vector=[1.0] * DIMS)

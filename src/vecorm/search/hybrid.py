@@ -83,9 +83,10 @@ DEFAULT_RRF_K = 60
 DEFAULT_SEMANTIC_WEIGHT = 0.5
 
 
-def _filters(
+def where_filters(
     where: ColumnElement[bool] | Sequence[ColumnElement[bool]] | None,
 ) -> tuple[ColumnElement[bool], ...]:
+    """A search's ``where=``: one condition, several, or none."""
     if where is None:
         return ()
     if isinstance(where, ColumnElement):
@@ -134,7 +135,9 @@ def _ranked(
     return ranked.subquery(name)
 
 
-def _threshold(name: str, value: float | None) -> float | None:
+def threshold(name: str, value: float | None) -> float | None:
+    """``value`` as a float threshold (``None``: no threshold); anything else not finite is
+    refused, naming the argument."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -142,23 +145,120 @@ def _threshold(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-def _normalised(
+def check_fusion(
+    method: str, semantic_weight: float, rrf_k: int, normalization: str = DEFAULT_NORMALIZATION
+) -> None:
+    """Refuse fusion settings :func:`fused_score` cannot apply, naming the argument."""
+    if not 0.0 <= semantic_weight <= 1.0:
+        raise ConfigurationError(f"semantic_weight must be between 0 and 1, not {semantic_weight}")
+    if normalization not in ("minmax", "theoretical"):
+        raise ConfigurationError(
+            f"normalization must be 'minmax' or 'theoretical', not {normalization!r}"
+        )
+    if method not in ("blend", "rrf"):
+        raise ConfigurationError(f"method must be 'blend' or 'rrf', not {method!r}")
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
+        raise ConfigurationError(f"rrf_k must be a non-negative integer, not {rrf_k!r}")
+
+
+def bounds(
     value: ColumnElement[Any], *, lower_is_better: bool, floor: float | None
-) -> ColumnElement[float]:
-    """``value`` scaled over the fused rows: the best 1, the worst (or ``floor``, the scoring
-    function's worst possible value) 0; a row without a value 0, a single value 1."""
+) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """The best and the worst ``value`` over the rows of the ``SELECT`` it is in (windows), or
+    ``floor``, the scoring function's worst possible value, as the worst."""
     best = pg.min(value).over() if lower_is_better else pg.max(value).over()
     worst: ColumnElement[Any]
     if floor is not None:
         worst = literal(floor, Float)
     else:
         worst = pg.max(value).over() if lower_is_better else pg.min(value).over()
+    return best, worst
+
+
+def scaled(
+    value: ColumnElement[Any],
+    best: ColumnElement[Any],
+    worst: ColumnElement[Any],
+    *,
+    lower_is_better: bool,
+) -> ColumnElement[float]:
+    """``value`` scaled from ``worst`` (0) to ``best`` (1); no value 0, ``best == worst`` 1."""
     to_best = worst - value if lower_is_better else value - worst
     span = func.nullif(
         (worst - best) if lower_is_better else (best - worst), literal(0.0, Float), type_=Float
     )
-    scaled = func.coalesce(to_best / span, literal(1.0, Float))
-    return case((value.is_(None), literal(0.0, Float)), else_=scaled)
+    result = func.coalesce(to_best / span, literal(1.0, Float))
+    return case((value.is_(None), literal(0.0, Float)), else_=result)
+
+
+def _normalised(
+    value: ColumnElement[Any], *, lower_is_better: bool, floor: float | None
+) -> ColumnElement[float]:
+    """``value`` scaled over the fused rows: the best 1, the worst (or ``floor``, the scoring
+    function's worst possible value) 0; a row without a value 0, a single value 1."""
+    best, worst = bounds(value, lower_is_better=lower_is_better, floor=floor)
+    return scaled(value, best, worst, lower_is_better=lower_is_better)
+
+
+def blend(
+    semantic: ColumnElement[Any], lexical: ColumnElement[Any], semantic_weight: float
+) -> ColumnElement[float]:
+    """``w * semantic + (1 - w) * lexical`` of two normalised scores."""
+    combined: ColumnElement[float] = (
+        literal(semantic_weight) * semantic + literal(1.0 - semantic_weight) * lexical
+    )
+    return combined
+
+
+def reciprocal_rank(
+    semantic_rank: ColumnElement[Any],
+    text_rank: ColumnElement[Any],
+    semantic_weight: float,
+    rrf_k: int,
+) -> ColumnElement[float]:
+    """``2w / (rrf_k + semantic_rank) + 2(1 - w) / (rrf_k + text_rank)``, an arm that did not
+    rank the row adding 0. Weights 2w and 2(1 - w): w = 0.5 is textbook RRF."""
+    combined: ColumnElement[float] = func.coalesce(
+        literal(2.0 * semantic_weight) / cast(rrf_k + semantic_rank, Float), 0.0
+    ) + func.coalesce(
+        literal(2.0 * (1.0 - semantic_weight)) / cast(rrf_k + text_rank, Float),
+        0.0,
+    )
+    return combined
+
+
+def fused_score(
+    method: Method,
+    *,
+    distance: ColumnElement[Any],
+    text_score: ColumnElement[Any],
+    semantic_rank: ColumnElement[Any],
+    text_rank: ColumnElement[Any],
+    semantic_weight: float,
+    rrf_k: int,
+    semantic_floor: float | None = None,
+    lexical_floor: float | None = None,
+) -> ColumnElement[float]:
+    """The fused score of the candidates in one ``SELECT``: the min-max blend of ``distance``
+    and ``text_score`` (normalised over these candidates, down to the floors when given), or
+    the reciprocal rank fusion of ``semantic_rank`` and ``text_rank``."""
+    if method == "blend":
+        return blend(
+            _normalised(distance, lower_is_better=True, floor=semantic_floor),
+            _normalised(text_score, lower_is_better=False, floor=lexical_floor),
+            semantic_weight,
+        )
+    return reciprocal_rank(semantic_rank, text_rank, semantic_weight, rrf_k)
+
+
+def floors(
+    model: Any, distance: Distance | str | None, normalization: Normalization
+) -> tuple[float | None, float | None]:
+    """The worst possible distance and lexical score for ``"theoretical"`` normalisation (no
+    floors for ``"minmax"``)."""
+    if normalization != "theoretical":
+        return None, None
+    return _distance_floor(model, distance), 0.0
 
 
 def _distance_floor(model: Any, distance: Distance | str | None) -> float | None:
@@ -251,21 +351,12 @@ def hybrid_search(
         raise ConfigurationError(f"k must be a positive integer, not {k!r}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ConfigurationError(f"depth must be a positive integer, not {depth!r}")
-    if not 0.0 <= semantic_weight <= 1.0:
-        raise ConfigurationError(f"semantic_weight must be between 0 and 1, not {semantic_weight}")
-    if normalization not in ("minmax", "theoretical"):
-        raise ConfigurationError(
-            f"normalization must be 'minmax' or 'theoretical', not {normalization!r}"
-        )
-    if method not in ("blend", "rrf"):
-        raise ConfigurationError(f"method must be 'blend' or 'rrf', not {method!r}")
-    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 0:
-        raise ConfigurationError(f"rrf_k must be a non-negative integer, not {rrf_k!r}")
+    check_fusion(method, semantic_weight, rrf_k, normalization)
     if missing not in ("score", "worst"):
         raise ConfigurationError(f"missing must be 'score' or 'worst', not {missing!r}")
-    distance_limit = _threshold("max_distance", max_distance)
-    text_limit = _threshold("min_text_score", min_text_score)
-    filters = _filters(where)
+    distance_limit = threshold("max_distance", max_distance)
+    text_limit = threshold("min_text_score", min_text_score)
+    filters = where_filters(where)
     depth = max(depth, k)
     # Embedded once: the semantic arm and the completed distances use the same vector. With
     # no embedder here or on the model, the session's installed one embeds it at execution
@@ -305,23 +396,18 @@ def hybrid_search(
         else joined.subquery("fused")
     )
     candidate_keys = [candidates.c[f"pk_{i}"] for i in range(len(keys))]
-    if method == "blend":
-        theoretical = normalization == "theoretical"
-        semantic_floor = _distance_floor(model, distance) if theoretical else None
-        lexical_floor = 0.0 if theoretical else None
-        combined = literal(semantic_weight) * _normalised(
-            candidates.c.distance, lower_is_better=True, floor=semantic_floor
-        ) + literal(1.0 - semantic_weight) * _normalised(
-            candidates.c.text_score, lower_is_better=False, floor=lexical_floor
-        )
-    else:
-        # Weights 2w and 2(1 - w): w = 0.5 is textbook RRF.
-        combined = func.coalesce(
-            literal(2.0 * semantic_weight) / cast(rrf_k + candidates.c.semantic_rank, Float), 0.0
-        ) + func.coalesce(
-            literal(2.0 * (1.0 - semantic_weight)) / cast(rrf_k + candidates.c.text_rank, Float),
-            0.0,
-        )
+    semantic_floor, lexical_floor = floors(model, distance, normalization)
+    combined = fused_score(
+        method,
+        distance=candidates.c.distance,
+        text_score=candidates.c.text_score,
+        semantic_rank=candidates.c.semantic_rank,
+        text_rank=candidates.c.text_rank,
+        semantic_weight=semantic_weight,
+        rrf_k=rrf_k,
+        semantic_floor=semantic_floor,
+        lexical_floor=lexical_floor,
+    )
     fused = select(
         *candidate_keys,
         combined.label("score"),

@@ -2,6 +2,7 @@
 
     vecorm demo             # the README's demo on the embedded server
     vecorm backfill myapp.models:Document   # embed missing or stale rows, resumable
+    vecorm rechunk myapp.models:DocPassage  # cut parents written without the flush hook
     vecorm worker myapp.models:Document     # embed what requests leave, until SIGTERM
     vecorm doctor myapp.models:Document     # versions, extension, indexes, stale rows
     vecorm bench --rows 10000               # exact vs IVFFlat vs HNSW, recall vs latency
@@ -313,6 +314,88 @@ def backfill(
         sys.exit(1)
     if left:
         click.echo(f"{name}: {left} rows became stale meanwhile; run the command again")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODULE:MODEL")
+@_embedder_option("the passage model's")
+@_DATABASE_URL
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Parents cut per flush.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout: model, passages, unembedded, seconds.",
+)
+def rechunk(
+    model_path: str,
+    embedder_name: str | None,
+    database_url: str | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Cut the parents of the passage model MODULE:MODEL into passages.
+
+    For parents written without vecorm's flush hook (COPY, raw SQL, bulk_insert, rows older
+    than the passage model) or after a chunker change; unchanged passages are kept. New
+    passages are embedded in the same transaction by --embedder or the model's own embedder;
+    without one they are written without vectors, for `vecorm backfill` or a worker. One
+    transaction: interrupted, it writes nothing.
+    """
+    import json
+    import time
+
+    from sqlalchemy import select
+
+    from vecorm.embedding.events import install, uninstall
+    from vecorm.embedding.passages import rechunk as rechunk_passages
+    from vecorm.schema.config import search_config
+    from vecorm.schema.pgcatalog import pg
+    from vecorm.tools.clitools import connect, load_embedder, load_passage_model, require_url
+
+    url = require_url(database_url)
+    model = load_passage_model(model_path)
+    config = search_config(model)
+    embedder = load_embedder(embedder_name, dimensions=config.dimensions) if embedder_name else None
+    embeds = embedder is not None or config.embedder is not None
+    started = time.perf_counter()
+    with connect(url) as session:
+        # without a provider, the hook writes the passages and leaves their vectors
+        install(session, embedder=embedder, mode="strict" if embeds else "worker")
+        try:
+            written = rechunk_passages(session, model, batch_size=batch_size)
+            session.commit()
+        finally:
+            uninstall(session)
+        unembedded = session.scalar(
+            select(pg.count(model.parent_id)).where(model.embedding.is_(None))
+        )
+    seconds = time.perf_counter() - started
+    name = model.__name__
+    if as_json:
+        document = {
+            "model": model_path,
+            "passages": written,
+            "unembedded": unembedded,
+            "seconds": round(seconds, 3),
+        }
+        click.echo(json.dumps(document))
+    elif written:
+        click.echo(f"{name}: wrote {written} passages in {seconds:.1f} s (unchanged ones kept)")
+    else:
+        click.echo(f"{name}: nothing to write, every passage is current")
+    if unembedded:
+        click.echo(
+            f"{name}: {unembedded} passages have no vector yet; "
+            f"`vecorm backfill {model_path}` embeds them",
+            err=as_json,
+        )
 
 
 @main.command()

@@ -31,6 +31,7 @@ __all__ = [
     "connect",
     "load_embedder",
     "load_model",
+    "load_passage_model",
     "parse_url",
     "require_url",
     "user_error",
@@ -163,6 +164,28 @@ def load_model(path: str) -> type[Any]:
             hint="its class must inherit vecorm.Searchable and set __vecorm__",
         )
     search_config(model)
+    return model
+
+
+PASSAGE_HINT = (
+    "name a class declared with vecorm.Passage and "
+    "__vecorm__ = vecorm.PassageConfig(parent=..., source=...)"
+)
+
+
+def load_passage_model(path: str) -> type[Any]:
+    """The passage model named ``package.module:Class`` (:func:`load_model`, and a
+    ``PassageConfig``): ``load_passage_model("myapp.models:DocPassage")``."""
+    from vecorm.schema.passages import PassageConfig
+
+    try:
+        model = load_model(path)
+    except UserError as exc:
+        if "is not a searchable model" not in exc.format_message():
+            raise
+        raise UserError(f"{path} is not a passage model", hint=PASSAGE_HINT) from exc
+    if not isinstance(getattr(model, "__vecorm__", None), PassageConfig):
+        raise UserError(f"{path} is not a passage model", hint=PASSAGE_HINT)
     return model
 
 
