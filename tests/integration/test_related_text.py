@@ -66,6 +66,31 @@ class Author(Base):
     born: Mapped[int | None] = mapped_column(Integer)
 
 
+class Section(vecorm.Searchable, Base):
+    """A relationship to the model's own table: a section embeds its parent's heading."""
+
+    __tablename__ = "sections"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("heading",), dimensions=DIMS, index=None, bm25=None, related={"parent": "heading"}
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    heading: Mapped[str]
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("sections.id"))
+    parent: Mapped[Section | None] = relationship(remote_side=[id])
+
+
+class Broken:
+    """A provider that is down."""
+
+    dimensions = DIMS
+    model_name = MODEL
+    max_batch_size = 4
+
+    def embed(self, texts: Any) -> Any:
+        raise RuntimeError("provider down")
+
+
 @pytest.fixture
 def engine(vecorm_engine: Engine) -> Engine:
     Base.metadata.create_all(vecorm_engine)
@@ -243,6 +268,64 @@ def test_repointing_and_clearing_the_relationship_reembeds(
         session.commit()
     assert embedder.texts == ["t6\nb\nHedy"]
     assert_current(engine)
+
+
+def test_a_rename_whose_embedding_fails_writes_nothing_in_strict_mode(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    seed(factory)
+    with Session(engine) as session:
+        install(session, embedder=Broken())
+        ada = session.get_one(Author, 1)
+        ada.name = "Ada Lovelace"
+        with pytest.raises(vecorm.EmbeddingError, match="provider down"):
+            session.commit()
+        session.rollback()
+        uninstall(session)
+    with Session(engine) as session:
+        assert session.get_one(Author, 1).name == "Ada"
+        assert stale_count(session, Article, embedder=embedder) == 0
+    assert_current(engine)
+
+
+def test_a_rename_whose_embedding_fails_leaves_its_rows_to_the_backfill_in_deferred_mode(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    seed(factory)
+    with Session(engine) as session:
+        install(session, embedder=Broken(), mode="deferred")
+        session.get_one(Author, 1).name = "Ada Lovelace"
+        session.commit()
+        uninstall(session)
+    with Session(engine) as session:
+        missing = session.scalars(select(Article.id).where(Article.embedding.is_(None)))
+        assert sorted(missing) == [1, 2, 3]
+        assert stale_count(session, Article, embedder=embedder) == 3
+        backfill(session, Article, embedder=embedder)
+    assert_current(engine)
+
+
+def test_a_relationship_to_the_models_own_table(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    with factory() as session:
+        top = Section(id=1, heading="Storage")
+        session.add_all([top, Section(id=2, heading="Pages", parent=top)])
+        session.commit()
+    assert sorted(embedder.texts) == ["Pages\nStorage", "Storage"]
+    embedder.reset()
+    with factory() as session:
+        session.get_one(Section, 1).heading = "Disk storage"
+        session.commit()
+    assert sorted(embedder.texts) == ["Disk storage", "Pages\nDisk storage"]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sections SET heading = 'Disk' WHERE id = 1"))
+    with Session(engine) as session:
+        stale = session.scalars(select(Section.id).where(stale_condition(Section, MODEL)))
+        assert sorted(stale) == [1, 2]
+        embedder.reset()
+        backfill(session, Section, embedder=embedder)
+    assert sorted(embedder.texts) == ["Disk", "Pages\nDisk"]
 
 
 def test_worker_mode_leaves_the_renamed_authors_rows_stale_and_notifies(
