@@ -21,12 +21,15 @@ from sqlalchemy.orm import (
 )
 
 import vecorm
+from vecorm.embedding.adopt import adopt
 from vecorm.embedding.backfill import backfill, columns_of, stale_condition, stale_count
 from vecorm.embedding.embedders import HashingEmbedder
 from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.notify import notify_trigger
+from vecorm.embedding.reembed import ModelChange
 from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError
+from vecorm.scale.bulk_insert import bulk_insert
 from vecorm.testing import FakeEmbedder
 
 DIMS = 8
@@ -431,6 +434,31 @@ def test_sql_text_and_digest_match_python_with_null_and_blank_related_values(
             article.title = article.title  # touched, unchanged: nothing to embed
         session.commit()
     assert embedder.calls == []
+
+
+def test_adopting_existing_vectors_records_digests_that_include_the_related_text(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    seed(factory)
+    with engine.begin() as conn:  # vectors kept, bookkeeping lost (an adopted table)
+        conn.execute(update(Article).values(embedding_digest=None, embedding_model=None))
+    with Session(engine) as session:
+        assert stale_count(session, Article, embedder=embedder) == 6
+        result = adopt(session, Article, embedder=embedder)
+        assert result.recorded == 6
+        assert stale_count(session, Article, embedder=embedder) == 0
+    assert_current(engine)
+
+
+def test_model_change_and_embedding_bulk_insert_refuse_related_text(engine: Engine) -> None:
+    with pytest.raises(ConfigurationError, match=r"ModelChange\(Article\): .*related"):
+        ModelChange(Article, HashingEmbedder(16))
+    with engine.begin() as conn:
+        with pytest.raises(ConfigurationError, match=r"bulk_insert\(Article\) .*embed=False"):
+            bulk_insert(conn, Article, [{"id": 1, "title": "t"}], embedder=HashingEmbedder(DIMS))
+        bulk_insert(conn, Article, [{"id": 1, "title": "t", "author_id": None}], embed=False)
+    with Session(engine) as session:
+        assert stale_count(session, Article, embedder=HashingEmbedder(DIMS)) == 1
 
 
 def test_the_notify_trigger_watches_the_foreign_key() -> None:
