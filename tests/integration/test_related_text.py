@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import ForeignKey, Integer, String, event, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -459,6 +460,32 @@ def test_model_change_and_embedding_bulk_insert_refuse_related_text(engine: Engi
         bulk_insert(conn, Article, [{"id": 1, "title": "t", "author_id": None}], embed=False)
     with Session(engine) as session:
         assert stale_count(session, Article, embedder=HashingEmbedder(DIMS)) == 1
+
+
+async def test_an_async_session_reembeds_a_renamed_authors_rows(
+    engine: Engine,
+    factory: sessionmaker[Session],
+    embedder: FakeEmbedder,
+    vecorm_async_engine: AsyncEngine,
+) -> None:
+    seed(factory)
+    embedder.reset()
+    maker = async_sessionmaker(vecorm_async_engine, expire_on_commit=False)
+    install(maker, embedder=embedder)
+    try:
+        async with maker() as session:
+            grace = await session.get_one(Author, 2)
+            grace.name = "Grace Hopper"
+            session.add(Article(id=7, title="t7", author=grace))
+            await session.commit()
+    finally:
+        uninstall(maker)
+    assert sorted(embedder.texts) == [
+        "t4\nb\nGrace Hopper",
+        "t5\nb\nGrace Hopper",
+        "t7\nGrace Hopper",
+    ]
+    assert_current(engine)
 
 
 def test_the_notify_trigger_watches_the_foreign_key() -> None:
