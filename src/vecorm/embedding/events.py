@@ -18,6 +18,11 @@ provider, their distinct texts embedded in batches of ``max_batch_size`` and the
 so the same flush writes text and embedding together. A row with no text (every field NULL or
 blank) gets a NULL embedding, digest and model.
 
+A model with ``SearchConfig(related={"author": ("name",)})`` embeds the referenced row's
+attributes after its own fields (:mod:`vecorm.embedding.related`): a row pointed at another
+author is re-embedded, and renaming an author re-embeds, in the same flush, the rows that
+reference it (in ``"worker"`` mode they are left stale and their table notified).
+
 A vector you assign yourself is kept: the hook records the digest of the row's text and, unless
 you set ``embedding_model`` too, the provider's model name.
 
@@ -441,7 +446,8 @@ def _history(state: InstanceState[Any], key: str) -> History:
 def _load_stored(
     session: Session, candidates: list[_Candidate]
 ) -> dict[tuple[type[Any], tuple[Any, ...]], _Stored]:
-    """Stored digest, model, NULL-ness and unloaded text fields of persistent candidates.
+    """Stored digest, model, NULL-ness, unloaded text fields and the foreign keys related text
+    follows, of persistent candidates.
 
     One query per class (per 1000 rows), instead of one lazy load per instance.
     """

@@ -128,7 +128,7 @@ def _referenced(
             values.append(stored[name])
         elif state.key is None:
             values.append(_column_default(state.mapper, name))
-        else:
+        else:  # a vector assigned by hand: its stored row was not read
             values.append(getattr(state.obj(), name))
     if any(value is None for value in values):
         return None, None
