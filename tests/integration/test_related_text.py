@@ -196,6 +196,23 @@ def test_authors_outside_the_session_are_read_in_one_query_not_lazy_loads(
     assert_current(engine)
 
 
+def test_a_new_author_referenced_by_key_and_a_vector_assigned_by_hand(
+    engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
+) -> None:
+    vector = HashingEmbedder(DIMS).embed(["mine"])[0]
+    with factory() as session:
+        session.add(Author(id=9, name="Hedy"))
+        session.add(Article(id=1, title="by key", author_id=9))  # the author is not flushed yet
+        session.add(Article(id=2, title="own vector", author_id=9, embedding=vector))
+        session.commit()
+    assert embedder.texts == ["by key\nHedy"]
+    with Session(engine) as session:
+        kept = session.get_one(Article, 2)
+        np.testing.assert_allclose(kept.embedding, vector)
+        assert kept.embedding_digest == text_digest("own vector\nHedy")  # its present text
+        assert stale_count(session, Article, embedder=embedder) == 0
+
+
 def test_renaming_an_author_reembeds_exactly_its_rows_in_the_same_flush(
     engine: Engine, factory: sessionmaker[Session], embedder: FakeEmbedder
 ) -> None:

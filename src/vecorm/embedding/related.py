@@ -56,6 +56,23 @@ class _Lookup:
 
     wanted: dict[type[Any], set[tuple[Any, ...]]] = field(default_factory=dict)
     found: dict[type[Any], dict[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    #: New rows of the session by (base class, primary key), built when first needed: a new
+    #: author given its key by hand is referenced by key before it is in the identity map.
+    new_rows: dict[tuple[type[Any], tuple[Any, ...]], Any] | None = None
+
+    def new_row(self, session: Session, mapper: Mapper[Any], key: tuple[Any, ...]) -> Any:
+        if self.new_rows is None:
+            self.new_rows = {}
+            for instance in session.new:
+                state: InstanceState[Any] = sa_inspect(instance)
+                owner = state.mapper
+                values = tuple(
+                    state.dict.get(owner.get_property_by_column(column).key)
+                    for column in owner.primary_key
+                )
+                if None not in values:
+                    self.new_rows[(owner.base_mapper.class_, values)] = instance
+        return self.new_rows.get((mapper.base_mapper.class_, key))
 
 
 def related_values(
@@ -77,7 +94,7 @@ def related_values(
         state: InstanceState[Any] = sa_inspect(instance)
         plan: list[tuple[RelatedField, Any, tuple[Any, ...] | None]] = []
         for related in fields:
-            target, key = _referenced(session, state, related, stored)
+            target, key = _referenced(session, state, related, stored, lookup)
             if target is not None:
                 target_state: InstanceState[Any] = sa_inspect(target)
                 if related.attribute in target_state.dict:
@@ -108,6 +125,7 @@ def _referenced(
     state: InstanceState[Any],
     related: RelatedField,
     stored: Mapping[str, Any] | None,
+    lookup: _Lookup,
 ) -> tuple[Any, tuple[Any, ...] | None]:
     """``(object, None)`` when the referenced row is in memory, ``(None, key)`` when only its
     primary key is known, ``(None, None)`` when the row references nothing."""
@@ -135,6 +153,8 @@ def _referenced(
     key = tuple(values)
     target_mapper: Mapper[Any] = sa_inspect(related.target)
     loaded = session.identity_map.get(target_mapper.identity_key_from_primary_key(key))
+    if loaded is None:
+        loaded = lookup.new_row(session, target_mapper, key)
     if loaded is not None:
         return loaded, None
     return None, key
