@@ -53,6 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.hybrid import hybrid_method
 from sqlalchemy.orm import Mapped, Mapper, declared_attr, mapped_column, relationship
 from sqlalchemy.orm.attributes import QueryableAttribute
@@ -71,6 +72,7 @@ from vecorm.schema.generated import (
 )
 from vecorm.schema.indexes import text_index, vector_index
 from vecorm.schema.passages import PassageConfig, passage_config, register_passage_model
+from vecorm.schema.related import is_text, register_related
 from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
 from vecorm.search import bm25 as _bm25
 from vecorm.search import hybrid as _hybrid
@@ -483,6 +485,13 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
     event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
 
 
+@event.listens_for(Searchable, "mapper_configured", propagate=True)
+def _check_related(mapper: Mapper[Any], cls: type[Any]) -> None:
+    """Resolve ``SearchConfig(related=...)`` once the relationships are (a relationship may
+    name a class declared after this one); a bad declaration names the class."""
+    register_related(cls)
+
+
 def _create_search_vector_trigger(target: Table, connection: Connection, **_: Any) -> None:
     trigger = trigger_of(target)
     if trigger is not None:
@@ -507,7 +516,12 @@ def _attribute_key(mapper: Mapper[Any], column: Column[Any]) -> str:
 
 def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> None:
     for name in config.fields:
-        prop = mapper.attrs.get(name)
+        # get_property, not mapper.attrs: that would configure every mapper now, and fail on a
+        # relationship to a class declared further down the module.
+        try:
+            prop: Any = mapper.get_property(name)
+        except InvalidRequestError:
+            prop = None
         columns = getattr(prop, "columns", None)
         if prop is None or not columns:
             raise ConfigurationError(
@@ -521,7 +535,7 @@ def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> 
                 f"{columns[0].name!r}; declare it in the class body with mapped_column"
             )
         # The generated tsvector needs text, and the embedded text must match it.
-        if not _is_text(columns[0]):
+        if not is_text(columns[0]):
             raise ConfigurationError(
                 f"{cls.__name__}.__vecorm__: field {name!r} is a {columns[0].type} column; "
                 "fields must be text (String/Text) columns"
@@ -534,19 +548,11 @@ def _check_source(cls: type[Any], config: PassageConfig) -> None:
     table = getattr(parent, "__table__", None)
     for name in config.source:
         column = table.c.get(_column_name(parent, name)) if table is not None else None
-        if column is None or not _is_text(column):
+        if column is None or not is_text(column):
             raise ConfigurationError(
                 f"{cls.__name__}.__vecorm__: source {name!r} is not a text (String/Text) "
                 f"column of {parent.__name__}"
             )
-
-
-def _is_text(column: Column[Any]) -> bool:
-    """A String/Text column, directly or through a TypeDecorator."""
-    affinity = column.type._type_affinity  # what SQLAlchemy itself compares types by
-    return isinstance(column.type, String) or (
-        isinstance(affinity, type) and issubclass(affinity, String)
-    )
 
 
 def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:

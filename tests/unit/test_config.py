@@ -46,6 +46,11 @@ def make_model(name: str, config: object, **columns: object) -> type:
             dict(fields=("body",), dimensions=384, embedder=vecorm.HashingEmbedder(dimensions=8)),
             "returns 8 dimensions but the column has 384",
         ),
+        (dict(fields=("body",), related={"body": ("name",)}), "related 'body' is also one of"),
+        (dict(fields=("body",), related={"author": ()}), "related 'author' must name the text"),
+        (dict(fields=("body",), related={"a b": ("name",)}), "'a b' is not a valid relationship"),
+        (dict(fields=("body",), related={"author": ("x.y",)}), "attribute 'x.y' is not a valid"),
+        (dict(fields=("body",), related={"author": ("n", "n")}), "repeats an attribute"),
     ],
 )
 def test_invalid_config_names_the_class(config: dict[str, object], message: str) -> None:
@@ -131,3 +136,12 @@ def test_non_text_field_is_refused_naming_the_class() -> None:
             __annotations__={"id": Mapped[int], "body": Mapped[str], "year": Mapped[int]},
             year=mapped_column(),
         )
+
+
+def test_related_attributes_follow_the_fields_in_the_embedded_text() -> None:
+    config = vecorm.SearchConfig(
+        fields=("title", "body"), related={"author": "name", "venue": ("city", "country")}
+    )
+    assert config.related == {"author": ("name",), "venue": ("city", "country")}
+    assert config.embedded_fields == ("title", "body", "author.name", "venue.city", "venue.country")
+    assert vecorm.SearchConfig(fields=("body",)).embedded_fields == ("body",)

@@ -44,6 +44,10 @@ def test_a_passage_config_is_a_search_config_of_the_passage_text() -> None:
         ({"parent": Doc, "source": ("body; --",)}, "source 'body; --' is not a valid"),
         ({"parent": Doc, "source": ("body",), "chunker": 500}, "chunker must be a function"),
         ({"parent": Doc, "source": ("body",), "dimensions": 0}, "dimensions must be"),
+        (
+            {"parent": Doc, "source": ("body",), "related": {"author": ("name",)}},
+            "related is not supported on passages",
+        ),
     ],
 )
 def test_mistakes_name_the_model(options: dict[str, object], message: str) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, select, text, tuple_, update
@@ -44,7 +43,7 @@ from vecorm.embedding.backfill import (
     run_backfill,
 )
 from vecorm.embedding.embedders.base import Embedder
-from vecorm.embedding.source import source_text, text_digest
+from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch
 from vecorm.progress import ProgressChoice, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
@@ -277,7 +276,7 @@ def _record_in_python(
     size: int,
     after: tuple[Any, ...] | None,
 ) -> tuple[int, tuple[Any, ...] | None]:
-    """One batch, text composed by :func:`vecorm.embedding.source.source_text` (non-string
+    """One batch, text composed by :func:`vecorm.embedding.source.join_text` (non-string
     fields)."""
     width = len(columns.keys)
     claim = (
@@ -295,8 +294,7 @@ def _record_in_python(
     work = []
     for row in rows:
         values = tuple(row)
-        fields = SimpleNamespace(**dict(zip(columns.field_names, values[width:], strict=True)))
-        body = source_text(fields, columns.field_names)
+        body = join_text(values[width:])
         if body is not None:
             work.append((values[:width], text_digest(body)))
     if work:

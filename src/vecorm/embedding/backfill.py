@@ -26,10 +26,12 @@ embedded, written and committed in its own transaction, so:
   counted by :func:`stale_count` and picked up by the next run).
 
 Staleness is decided in SQL with the same text composition as Python (fields joined by a
-newline, NULL and blank values left out, ``sha256(convert_to(text, 'UTF8'))``) and confirmed in
-Python before a row is embedded. Each batch is written by ONE statement (``UPDATE ... FROM
-(VALUES ...)``, vectors bound in pgvector's binary format on psycopg 3), so a batch costs one
-round trip and fires the table's statement triggers (BM25) once, not once per row.
+newline, NULL and blank values left out, ``sha256(convert_to(text, 'UTF8'))``; a related
+attribute, ``SearchConfig(related=...)``, is a correlated subquery on the referenced row) and
+confirmed in Python before a row is embedded. Each batch is written by ONE statement
+(``UPDATE ... FROM (VALUES ...)``, vectors bound in pgvector's binary format on psycopg 3), so
+a batch costs one round trip and fires the table's statement triggers (BM25) once, not once
+per row.
 
 The backfill commits per batch, so it refuses a session whose transaction has written
 something (:class:`~vecorm.errors.ConfigurationError`): commit or roll back first, or give it a
@@ -45,7 +47,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -73,7 +74,7 @@ from sqlalchemy.sql.elements import BindParameter, KeyedColumnElement, TextClaus
 
 from vecorm.embedding.embedders.base import Embedder, check_embeddings
 from vecorm.embedding.events import call_embedder, installed_embedder
-from vecorm.embedding.source import source_text, text_digest
+from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
@@ -85,6 +86,7 @@ from vecorm.schema.pgcatalog import (
     pg,
     text_value,
 )
+from vecorm.schema.related import related_fields
 
 __all__ = ["BackfillResult", "backfill", "stale_condition", "stale_count"]
 
@@ -129,7 +131,10 @@ class EmbeddingColumns:
     owner: str
     table: TableClause
     keys: tuple[KeyedColumnElement[Any], ...]
+    #: The names of the parts of the text (:attr:`SearchConfig.embedded_fields`).
     field_names: tuple[str, ...]
+    #: Their values in SQL: the text columns, then a correlated scalar subquery per related
+    #: attribute (:meth:`vecorm.schema.related.RelatedField.value_expression`).
     fields: tuple[KeyedColumnElement[Any], ...]
     embedding: KeyedColumnElement[Any]
     digest: KeyedColumnElement[Any]
@@ -186,8 +191,11 @@ def columns_of(model: type[Any]) -> EmbeddingColumns:
         owner=model.__name__,
         table=table,
         keys=tuple(table.primary_key.columns),
-        field_names=config.fields,
-        fields=tuple(column(name) for name in config.fields),
+        field_names=config.embedded_fields,
+        fields=(
+            *(column(name) for name in config.fields),
+            *(related.value_expression() for related in related_fields(model)),
+        ),
         embedding=embedding,
         digest=column("embedding_digest"),
         model=column("embedding_model"),
@@ -543,8 +551,7 @@ def _stale_rows(
     for row in rows:
         values = tuple(row)
         stored_digest, stored_model, is_null = values[width : width + 3]
-        fields = SimpleNamespace(**dict(zip(columns.field_names, values[width + 3 :], strict=True)))
-        body = source_text(fields, columns.field_names)
+        body = join_text(values[width + 3 :])
         if body is None:
             continue
         digest = text_digest(body)

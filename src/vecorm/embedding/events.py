@@ -18,6 +18,11 @@ provider, their distinct texts embedded in batches of ``max_batch_size`` and the
 so the same flush writes text and embedding together. A row with no text (every field NULL or
 blank) gets a NULL embedding, digest and model.
 
+A model with ``SearchConfig(related={"author": ("name",)})`` embeds the referenced row's
+attributes after its own fields (:mod:`vecorm.embedding.related`): a row pointed at another
+author is re-embedded, and renaming an author re-embeds, in the same flush, the rows that
+reference it (in ``"worker"`` mode they are left stale and their table notified).
+
 A vector you assign yourself is kept: the hook records the digest of the row's text and, unless
 you set ``embedding_model`` too, the provider's model name.
 
@@ -58,7 +63,6 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy.util
@@ -83,9 +87,11 @@ from vecorm.embedding.embedders.base import Embedder, EmbeddingMatrix, check_emb
 from vecorm.embedding.embedders.query import executing_embedder, executing_with
 from vecorm.embedding.notify import notify_tables, vector_table
 from vecorm.embedding.passages import write_passages
-from vecorm.embedding.source import source_text, text_digest
+from vecorm.embedding.related import dependent_rows, foreign_keys, related_changed, related_values
+from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.schema.config import EMBEDDING_MODES, EmbeddingMode, SearchConfig
+from vecorm.schema.related import dependents_of, related_fields
 
 __all__ = ["install", "installed_embedder", "is_installed", "uninstall"]
 
@@ -318,9 +324,11 @@ def _before_flush(
         passages = write_passages(session, partial(_embedder_for, installation))
         try:
             candidates = _changed_instances(session)
+            waiting = _add_dependents(installation, session, candidates)
             stored = _load_stored(session, candidates) if candidates else {}
-            groups, left = _plan(installation, candidates, stored)
-            _notify_workers(session, left)
+            related = _related_values(session, candidates, stored)
+            groups, left = _plan(installation, candidates, stored, related)
+            _notify_workers(session, left | waiting)
             vectors = _embed_groups(groups) if groups else {}
         except BaseException:
             if passages is not None:
@@ -367,11 +375,67 @@ def _changed_instances(session: Session) -> list[_Candidate]:
             continue
         explicit = any(value is not None for value in _history(state, "embedding").added)
         pending = state.key is None
-        text_changed = pending or any(_history(state, name).has_changes() for name in config.fields)
+        text_changed = (
+            pending
+            or any(_history(state, name).has_changes() for name in config.fields)
+            or related_changed(state, related_fields(type(instance)))
+        )
         if not text_changed and not explicit:
             continue
         found.append(_Candidate(instance, state, config, pending, explicit))
     return found
+
+
+def _add_dependents(
+    installation: _Installation, session: Session, candidates: list[_Candidate]
+) -> set[type[Any]]:
+    """Add to ``candidates`` the rows whose related text this flush changes (an author
+    renamed: the author's documents); returns the classes whose such rows are left to workers.
+    """
+    modes = {
+        owner: (owner.__vecorm__.embedding_mode or installation.mode) != "worker"
+        for instance in session.dirty
+        for owner, _ in dependents_of(type(instance))
+    }
+    if not modes:
+        return set()
+    rows, left = dependent_rows(session, modes)
+    known = {id(candidate.instance) for candidate in candidates}
+    for row in rows:
+        state: InstanceState[Any] = sa_inspect(row)
+        if id(row) in known or state.deleted:
+            continue
+        candidates.append(_Candidate(row, state, type(row).__vecorm__, False, False))
+    return left
+
+
+def _related_values(
+    session: Session,
+    candidates: list[_Candidate],
+    stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored],
+) -> dict[int, tuple[Any, ...]]:
+    """The related attributes' values of the candidates that have ``related`` text."""
+    with_related = [c for c in candidates if c.config.related]
+    if not with_related:
+        return {}
+    return related_values(
+        session,
+        [
+            (
+                candidate.instance,
+                _stored_fields(stored.get((type(candidate.instance), _identity(candidate)))),
+            )
+            for candidate in with_related
+        ],
+    )
+
+
+def _identity(candidate: _Candidate) -> tuple[Any, ...]:
+    return tuple(candidate.state.identity or ())
+
+
+def _stored_fields(row: _Stored | None) -> dict[str, Any] | None:
+    return row.fields if row is not None else None
 
 
 def _history(state: InstanceState[Any], key: str) -> History:
@@ -382,7 +446,8 @@ def _history(state: InstanceState[Any], key: str) -> History:
 def _load_stored(
     session: Session, candidates: list[_Candidate]
 ) -> dict[tuple[type[Any], tuple[Any, ...]], _Stored]:
-    """Stored digest, model, NULL-ness and unloaded text fields of persistent candidates.
+    """Stored digest, model, NULL-ness, unloaded text fields and the foreign keys related text
+    follows, of persistent candidates.
 
     One query per class (per 1000 rows), instead of one lazy load per instance.
     """
@@ -396,7 +461,8 @@ def _load_stored(
         config: SearchConfig = cls.__vecorm__
         keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
         key_attrs = [getattr(cls, key) for key in keys]
-        field_attrs = [getattr(cls, name) for name in config.fields]
+        names = tuple(dict.fromkeys((*config.fields, *foreign_keys(cls))))
+        field_attrs = [getattr(cls, name) for name in names]
         columns: list[Any] = [
             *key_attrs,
             cls.embedding_digest,
@@ -417,7 +483,7 @@ def _load_stored(
                 width = len(key_attrs)
                 identity = values[:width]
                 digest, model, is_null = values[width : width + 3]
-                fields = dict(zip(config.fields, values[width + 3 :], strict=True))
+                fields = dict(zip(names, values[width + 3 :], strict=True))
                 stored[(cls, identity)] = _Stored(digest, model, bool(is_null), fields)
     return stored
 
@@ -437,6 +503,7 @@ def _plan(
     installation: _Installation,
     candidates: list[_Candidate],
     stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored],
+    related: dict[int, tuple[Any, ...]],
 ) -> tuple[list[_Group], set[type[Any]]]:
     """Decide per candidate: keep an assigned vector, clear it, skip it, embed its text, or
     leave it to a worker; returns the groups to embed and the classes left to workers."""
@@ -446,8 +513,8 @@ def _plan(
         config = candidate.config
         instance = candidate.instance
         cls = type(instance)
-        row = stored.get((cls, tuple(candidate.state.identity or ())))
-        text = source_text(_field_values(candidate, row), config.fields)
+        row = stored.get((cls, _identity(candidate)))
+        text = join_text((*_field_values(candidate, row), *related.get(id(instance), ())))
         digest = text_digest(text) if text is not None else None
         embedder = config.embedder if config.embedder is not None else installation.embedder
         if candidate.explicit_vector:
@@ -490,21 +557,21 @@ def _is_current(row: _Stored | None, digest: bytes, model_name: str) -> bool:
     )
 
 
-def _field_values(candidate: _Candidate, row: _Stored | None) -> SimpleNamespace:
+def _field_values(candidate: _Candidate, row: _Stored | None) -> list[Any]:
     """Present values of the text fields, without lazy loads (unloaded ones come from ``row``)."""
     state_dict = candidate.state.dict
     mapper = candidate.state.mapper
-    values: dict[str, Any] = {}
+    values: list[Any] = []
     for name in candidate.config.fields:
         if name in state_dict:
-            values[name] = state_dict[name]
+            values.append(state_dict[name])
         elif row is not None:
-            values[name] = row.fields.get(name)
+            values.append(row.fields.get(name))
         elif candidate.pending:
-            values[name] = _scalar_default(mapper, name)
+            values.append(_scalar_default(mapper, name))
         else:
-            values[name] = getattr(candidate.instance, name)
-    return SimpleNamespace(**values)
+            values.append(getattr(candidate.instance, name))
+    return values
 
 
 def _scalar_default(mapper: Mapper[Any], name: str) -> Any:

@@ -36,6 +36,7 @@ from vecorm.errors import ConfigurationError
 from vecorm.schema.config import search_config
 from vecorm.schema.generated import qualified_name, trigger_statements
 from vecorm.schema.pgcatalog import table_schema
+from vecorm.schema.related import related_fields
 
 __all__ = [
     "CHANNEL",
@@ -119,6 +120,15 @@ def notify_trigger(model: type[Any]) -> NotifyTrigger:
     config = search_config(model)
     mapper = sa_inspect(model)
     columns = tuple(mapper.attrs[name].columns[0].name for name in config.fields)
+    # a row pointed at another related row changes its text too
+    columns += tuple(
+        dict.fromkeys(
+            column.name
+            for related in related_fields(model)
+            for column in related.local_columns
+            if column.name not in columns
+        )
+    )
     return NotifyTrigger(vector_table(model).name, columns)
 
 

@@ -115,6 +115,12 @@ class ModelChange:
         self.model = model
         self.embedder = embedder
         self.old_config: SearchConfig = search_config(model)
+        if self.old_config.related:
+            raise ConfigurationError(
+                f"ModelChange({model.__name__}): a model whose text includes related rows "
+                "(SearchConfig(related=...)) cannot change models through shadow columns yet; "
+                "deploy the new embedder and run vecorm.backfill() instead"
+            )
         dimensions = getattr(embedder, "dimensions", None)
         if not isinstance(dimensions, int):
             raise ConfigurationError(

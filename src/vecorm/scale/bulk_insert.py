@@ -135,6 +135,12 @@ def bulk_insert(
     if maintenance_work_mem is not None:
         memory = format_memory(parse_memory(maintenance_work_mem))
     bulk = bulk_model(model)
+    if embed and bulk.config.related:
+        raise ConfigurationError(
+            f"bulk_insert({model.__name__}) cannot embed text from related rows "
+            "(SearchConfig(related=...)); pass embed=False and run vecorm.backfill() after, "
+            "or insert the rows with session.add_all()"
+        )
     session = target if isinstance(target, Session) else None
     found = embedder or bulk.config.embedder
     if found is None and session is not None:

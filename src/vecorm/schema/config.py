@@ -355,13 +355,39 @@ class SearchConfig:
     #:
     #:     SearchConfig(fields=("title", "body"), search_vector="trigger")
     search_vector: SearchVectorMode = "generated"
+    #: Text of rows this model references through a many-to-one relationship, added to the
+    #: EMBEDDED text after ``fields``: ``{"author": ("name",)}`` embeds
+    #: ``title\nbody\n<the author's name>``. A change of the author's name re-embeds the rows
+    #: that reference it (docs/embedding.md#text-from-related-rows). Not in ``search_vector``:
+    #: a generated column cannot read another table.
+    related: Mapping[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
         object.__setattr__(self, "fields", fields)
+        if self.related is not None:
+            related = {
+                name: (attributes,) if isinstance(attributes, str) else tuple(attributes)
+                for name, attributes in dict(self.related).items()
+            }
+            object.__setattr__(self, "related", MappingProxyType(related))
         object.__setattr__(self, "distance", Distance.parse(self.distance))
         if self.weights is not None:
             object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+
+    @property
+    def embedded_fields(self) -> tuple[str, ...]:
+        """What the embedded text is made of, in order: ``fields``, then each related
+        attribute as ``relationship.attribute`` (``("title", "body", "author.name")``)."""
+        related = self.related or {}
+        return (
+            *self.fields,
+            *(
+                f"{name}.{attribute}"
+                for name, attributes in related.items()
+                for attribute in attributes
+            ),
+        )
 
     @property
     def metric(self) -> Distance:
@@ -444,6 +470,7 @@ class SearchConfig:
                 f"vector_index_name {self.vector_index_name!r} must be an index name of 1 to 63 "
                 "characters"
             )
+        self._validate_related(fail)
         if self.weights is not None:
             for name, weight in self.weights.items():
                 if name not in self.fields:
@@ -469,6 +496,27 @@ class SearchConfig:
                 f"embedder {self.embedder.model_name!r} returns {self.embedder.dimensions} "
                 f"dimensions but the column has {self.dimensions}"
             )
+
+    def _validate_related(self, fail: Callable[[str], ConfigurationError]) -> None:
+        """The shape of ``related``; the relationships themselves are checked when the mappers
+        are configured (a relationship may name a class declared further down)."""
+        if self.related is None:
+            return
+        for name, attributes in self.related.items():
+            if not isinstance(name, str) or not _IDENTIFIER.match(name):
+                raise fail(f"related {name!r} is not a valid relationship name")
+            if name in self.fields:
+                raise fail(f"related {name!r} is also one of fields {self.fields}")
+            if not attributes:
+                raise fail(
+                    f"related {name!r} must name the text attributes to embed, e.g. "
+                    f"related={{{name!r}: ('name',)}}"
+                )
+            for attribute in attributes:
+                if not isinstance(attribute, str) or not _IDENTIFIER.match(attribute):
+                    raise fail(f"related {name!r} attribute {attribute!r} is not a valid name")
+            if len(set(attributes)) != len(attributes):
+                raise fail(f"related {name!r} repeats an attribute: {attributes}")
 
     def _validate_index(self, fail: Callable[[str], ConfigurationError], owner: str) -> None:
         assert self.index is not None

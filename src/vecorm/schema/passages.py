@@ -63,6 +63,11 @@ class PassageConfig(SearchConfig):
         def fail(message: str) -> ConfigurationError:
             return ConfigurationError(f"{owner}.__vecorm__: {message}")
 
+        if self.related:
+            raise fail(
+                "related is not supported on passages; put the related text in the parent's "
+                "source attributes, or in a searchable model of its own"
+            )
         if not isinstance(self.parent, type):
             raise fail(
                 f"parent must be the mapped class the passages belong to, not {self.parent!r}"
