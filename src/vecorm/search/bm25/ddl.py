@@ -142,11 +142,18 @@ class _Bodies:
       SELECT {self.key_list("s")}, s.{self.vector} AS vector, {self.doc_length("s")} AS dl
       FROM {source} s
     )
-    INSERT INTO {self.postings} ({", ".join(self.keys)}, term, tf, dl, impact)
-    SELECT {self.key_list("d")}, u.lexeme, {self.tf("u")}, d.dl,
-           ({self.tf("u")} * ({self.k1} + 1.0)) / ({self.tf("u")}
-             + {self.k1} * (1.0 - {self.b} + {self.b} * d.dl / avgdl))
+{self.insert_postings()}
     FROM d CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
+
+    def insert_postings(self) -> str:
+        """``INSERT INTO postings ... SELECT`` each lexeme ``u`` of the documents ``d`` (keys,
+        ``vector``, ``dl``) with its tf, the document's length and its impact at ``avgdl``;
+        the caller writes the ``FROM``."""
+        tf = self.tf("u")
+        return f"""    INSERT INTO {self.postings} ({", ".join(self.keys)}, term, tf, dl, impact)
+    SELECT {self.key_list("d")}, u.lexeme, {tf}, d.dl,
+           ({tf} * ({self.k1} + 1.0)) / ({tf}
+             + {self.k1} * (1.0 - {self.b} + {self.b} * d.dl / avgdl))"""
 
     def remove(self, source: str) -> str:
         """Statements removing the documents of ``source`` (as they were stored). A NULL
@@ -361,10 +368,7 @@ class _Keyed:
         return f"""{self.counts("")}
     avgdl := CASE WHEN batch_length > 0 THEN batch_length::float8 / batch_documents
                   ELSE 1.0 END;
-    INSERT INTO {sql.postings} ({", ".join(sql.keys)}, term, tf, dl, impact)
-    SELECT {sql.key_list("d")}, u.lexeme, {sql.tf("u")}, d.dl,
-           ({sql.tf("u")} * ({sql.k1} + 1.0)) / ({sql.tf("u")}
-             + {sql.k1} * (1.0 - {sql.b} + {sql.b} * d.dl / avgdl))
+{sql.insert_postings()}
     FROM (SELECT {sql.key_list("s")}, s.{sql.vector} AS vector, {sql.doc_length("s")} AS dl
           FROM {self.rows()} OFFSET 0) d
     CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
@@ -446,10 +450,7 @@ class _Keyed:
     SELECT CASE WHEN pg_catalog.sum(length) > 0
                 THEN pg_catalog.sum(length)::float8 / pg_catalog.sum(df) ELSE 1.0 END
       INTO avgdl FROM {sql.terms} WHERE term = '';
-    INSERT INTO {sql.postings} ({", ".join(sql.keys)}, term, tf, dl, impact)
-    SELECT {sql.key_list("d")}, u.lexeme, {sql.tf("u")}, d.dl,
-           ({sql.tf("u")} * ({sql.k1} + 1.0)) / ({sql.tf("u")}
-             + {sql.k1} * (1.0 - {sql.b} + {sql.b} * d.dl / avgdl))
+{sql.insert_postings()}
     FROM (SELECT {sql.key_list("s")}, s.{sql.vector} AS vector, {sql.doc_length("s")} AS dl
           FROM {sql.table} s) d
     CROSS JOIN LATERAL pg_catalog.unnest(d.vector) u;"""
