@@ -27,7 +27,7 @@ from sqlalchemy import DDL, Index, MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from vecorm.alembic.catalog import adopted_online
+from vecorm.alembic.catalog import adopted_online, column_names
 from vecorm.alembic.operations import AlterColumnExpressionOp
 from vecorm.alembic.plugin import comparator
 from vecorm.search import bm25
@@ -302,11 +302,6 @@ def compare_bm25(
 
 
 _MISSING = object()
-_COLUMNS = text(
-    "SELECT a.attname FROM pg_catalog.pg_attribute a "
-    "WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table) "
-    "AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped"
-)
 _TERMS_COLUMNS = frozenset({"term", "df", "length"})
 
 
@@ -315,7 +310,7 @@ def _stored_distribution(connection: Connection, tables: bm25.BM25Tables) -> obj
     :data:`_MISSING` when the database has no terms table yet."""
     terms = tables.terms
     name = connection.dialect.identifier_preparer.format_table(terms)
-    columns = set(connection.execute(_COLUMNS, {"table": name}).scalars())
+    columns = column_names(connection, name)
     if not columns:
         return _MISSING
     extra = sorted(columns - _TERMS_COLUMNS)

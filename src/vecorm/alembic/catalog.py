@@ -169,6 +169,14 @@ _COLUMN_TYPE_SQL = text(
     """
 )
 
+_COLUMN_NAMES_SQL = text(
+    """
+    SELECT a.attname FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:table)
+      AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+    """
+)
+
 _EXTENSION_SQL = text(
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) :name"
 )
@@ -189,6 +197,13 @@ def column_type(connection: Connection, table_sql: str, column: str) -> str | No
     ``'vector(384)'``; ``None`` when the table or the column does not exist."""
     found = connection.execute(_COLUMN_TYPE_SQL, {"table": table_sql, "column": column}).scalar()
     return None if found is None else str(found)
+
+
+def column_names(connection: Connection, table_sql: str) -> set[str]:
+    """The columns of ``table_sql`` (a quoted, maybe qualified name); empty when the table
+    does not exist."""
+    rows = connection.execute(_COLUMN_NAMES_SQL, {"table": table_sql}).scalars()
+    return {str(name) for name in rows}
 
 
 def adopted_online(connection: Connection, table: Table) -> bool:

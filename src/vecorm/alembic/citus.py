@@ -33,6 +33,7 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import MetaData, Select, Table, text
 
+from vecorm.alembic.catalog import column_type
 from vecorm.alembic.operations import _qualified as qualified_table
 from vecorm.alembic.renderers import OPERATIONS_IMPORT
 from vecorm.errors import ConfigurationError
@@ -235,12 +236,6 @@ _FOREIGN_KEYS_SQL = text(
     ORDER BY k.conname
     """
 )
-# Whether a table's BM25 terms table has the column: statistics kept per its values.
-_KEYED_SQL = text(
-    "SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_attribute "
-    "WHERE attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(:terms) "
-    "AND attname OPERATOR(pg_catalog.=) :column AND NOT attisdropped"
-)
 
 
 def _check_catalog(
@@ -289,9 +284,8 @@ def _check_catalog(
         terms = qualified_table(
             operations, object_name(operation.table_name, "terms"), operation.schema
         )
-        keyed = bool(
-            bind.execute(_KEYED_SQL, {"terms": terms, "column": operation.column}).scalar()
-        )
+        # Statistics kept per the column's values: their terms table has the column.
+        keyed = column_type(bind, terms, operation.column) is not None
         if not keyed:
             raise ConfigurationError(
                 f"Citus cannot distribute {operation.table_name}: "
