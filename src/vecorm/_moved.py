@@ -91,7 +91,27 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
         return importlib.machinery.ModuleSpec(fullname, _MovedLoader(targets))
 
 
+class _Package(types.ModuleType):
+    """The ``vecorm`` package, whose public functions an old path cannot replace.
+
+    Importing a submodule sets it as an attribute of its package, so ``import
+    vecorm.backfill`` (the old path) would turn ``vecorm.backfill``, the function, into the
+    module for the whole process. The package keeps the function; the old module is still
+    in ``sys.modules`` for ``from vecorm.backfill import ...``.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and f"{self.__name__}.{name}" in MOVED:
+            current = self.__dict__.get(name)
+            if current is not None and not isinstance(current, types.ModuleType):
+                return
+        super().__setattr__(name, value)
+
+
 def install() -> None:
-    """Put the finder on ``sys.meta_path`` (once)."""
+    """Put the finder on ``sys.meta_path`` (once), and guard the package's public names."""
     if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
         sys.meta_path.append(_MovedFinder())
+    package = sys.modules.get("vecorm")
+    if package is not None and type(package) is types.ModuleType:
+        package.__class__ = _Package

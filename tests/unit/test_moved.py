@@ -40,3 +40,17 @@ def test_public_paths_do_not_warn() -> None:
     assert LocalEmbedder.__module__ == "vecorm.embedding.embedders.local"
     assert OpenAIEmbedder.__module__ == "vecorm.embedding.embedders.openai"
     assert HashingEmbedder is vecorm.HashingEmbedder and Vector is vecorm.Vector
+
+
+def test_an_old_path_does_not_replace_a_public_function() -> None:
+    """``import vecorm.backfill`` (the old module path) leaves ``vecorm.backfill`` the
+    function; the old module is still importable from."""
+    from vecorm.embedding.backfill import backfill
+
+    sys.modules.pop("vecorm.backfill", None)
+    with pytest.warns(DeprecationWarning, match="vecorm.backfill moved"):
+        importlib.import_module("vecorm.backfill")
+    assert vecorm.backfill is backfill
+    from vecorm.backfill import stale_count  # type: ignore[import-not-found]
+
+    assert stale_count is vecorm.stale_count
