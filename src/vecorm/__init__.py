@@ -45,7 +45,15 @@ from vecorm.scale.partitioning import (
     create_partition,
 )
 from vecorm.scale.routing import RoutingSession, wait_for_replay
-from vecorm.schema.config import BM25, HNSW, Distance, IVFFlat, SearchConfig, search_config
+from vecorm.schema.config import (
+    BM25,
+    HNSW,
+    Distance,
+    Embedding,
+    IVFFlat,
+    SearchConfig,
+    search_config,
+)
 from vecorm.schema.drivers import register_array_types
 from vecorm.schema.passages import PassageConfig
 from vecorm.schema.types import Bit, HalfVec, HalfVector, SparseVec, Vector
@@ -84,6 +92,7 @@ __all__ = [
     "Distance",
     "EmbeddedServer",
     "Embedder",
+    "Embedding",
     "EmbeddingError",
     "EvaluationReport",
     "HalfVec",

@@ -63,6 +63,12 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError, DimensionMismatch, InvalidVector
 from vecorm.schema import sqlmodel as _sqlmodel
 from vecorm.schema.config import Distance, SearchConfig, search_config
+from vecorm.schema.embeddings import (
+    EmbeddingRef,
+    EmbeddingSlot,
+    embedding_slots,
+    validate_embeddings,
+)
 from vecorm.schema.extension import ensure_vector_extension
 from vecorm.schema.generated import (
     SearchVectorTrigger,
@@ -106,7 +112,10 @@ class Searchable:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Validate before SQLAlchemy maps the class so the error names the class, not a column.
         if getattr(cls, "__vecorm__", None) is not None:
-            search_config(cls).validate(cls.__name__)
+            config = search_config(cls)
+            config.validate(cls.__name__)
+            validate_embeddings(config, cls.__name__)
+            _declare_added_embeddings(cls, config)
         # --- SQLModel support (vecorm/schema/sqlmodel.py) ---
         # pydantic refuses attributes that are not fields: route the mixin's to SQLAlchemy.
         _sqlmodel.prepare_class(cls)
@@ -115,15 +124,7 @@ class Searchable:
 
     @declared_attr
     def embedding(cls) -> Mapped[npt.NDArray[np.float32] | None]:
-        config = search_config(cls)
-        column_type = Vector if config.storage == "vector" else HalfVec
-        return mapped_column(
-            config.embedding_column,
-            column_type(config.dimensions, as_numpy=True),
-            nullable=True,
-            deferred=True,
-            deferred_group="vecorm_embedding",
-        )
+        return _vector_column(search_config(cls))  # type: ignore[no-any-return]
 
     @declared_attr
     def search_vector(cls) -> Mapped[Any]:
@@ -153,23 +154,11 @@ class Searchable:
 
     @declared_attr
     def embedding_digest(cls) -> Mapped[bytes | None]:
-        return mapped_column(
-            search_config(cls).digest_column,
-            LargeBinary,
-            nullable=True,
-            deferred=True,
-            deferred_group="vecorm_bookkeeping",
-        )
+        return _digest_column(search_config(cls))  # type: ignore[no-any-return]
 
     @declared_attr
     def embedding_model(cls) -> Mapped[str | None]:
-        return mapped_column(
-            search_config(cls).model_column,
-            String(200),
-            nullable=True,
-            deferred=True,
-            deferred_group="vecorm_bookkeeping",
-        )
+        return _model_column(search_config(cls))  # type: ignore[no-any-return]
 
     # --- query helpers (search/vector.py, search/hybrid.py) ---
     @classmethod
@@ -184,9 +173,11 @@ class Searchable:
         with_score: bool = False,
         exact: bool = False,
         candidates: int | None = None,
+        embedding: EmbeddingRef = None,
     ) -> Select[Any]:
         """``select(cls, distance)`` of the ``k`` nearest rows; see
-        :func:`vecorm.search.vector.nearest`.
+        :func:`vecorm.search.vector.nearest`. ``embedding`` names another of the model's
+        embeddings (``SearchConfig(embeddings=...)``).
 
         ``session.execute(Document.nearest("vacuum tuning", k=5).where(...)).all()``
         """
@@ -200,6 +191,7 @@ class Searchable:
             with_score=with_score,
             exact=exact,
             candidates=candidates,
+            embedding=embedding,
         )
 
     def similar_to(
@@ -211,6 +203,7 @@ class Searchable:
         with_score: bool = False,
         exact: bool = False,
         candidates: int | None = None,
+        embedding: EmbeddingRef = None,
     ) -> Select[Any]:
         """More like this row: ``select(cls, distance)`` of the ``k`` rows nearest to its
         embedding, itself left out; see :func:`vecorm.search.vector.similar_to`.
@@ -226,6 +219,7 @@ class Searchable:
             with_score=with_score,
             exact=exact,
             candidates=candidates,
+            embedding=embedding,
         )
 
     @classmethod
@@ -264,8 +258,11 @@ class Searchable:
         *,
         distance: Distance | str | None = None,
         embedder: Embedder | None = None,
+        embedding: EmbeddingRef = None,
     ) -> float | None:
-        return _query.instance_distance(self, query, distance=distance, embedder=embedder)
+        return _query.instance_distance(
+            self, query, distance=distance, embedder=embedder, embedding=embedding
+        )
 
     def _distance_to_expression(
         cls,
@@ -273,8 +270,11 @@ class Searchable:
         *,
         distance: Distance | str | None = None,
         embedder: Embedder | None = None,
+        embedding: EmbeddingRef = None,
     ) -> ColumnElement[float | None]:
-        return _query.distance_expression(cls, query, distance=distance, embedder=embedder)
+        return _query.distance_expression(
+            cls, query, distance=distance, embedder=embedder, embedding=embedding
+        )
 
     #: Distance to a query (vector or text): a SQL expression on the class, usable in
     #: ``where`` / ``order_by`` / ``select``, and the same number computed in Python on an
@@ -331,6 +331,7 @@ class Searchable:
         missing: Missing = DEFAULT_MISSING,
         max_distance: float | None = None,
         min_text_score: float | None = None,
+        embedding: EmbeddingRef = None,
     ) -> Select[Any]:
         """Semantic + full-text fused in one statement; see
         :func:`vecorm.search.hybrid.hybrid_search`.
@@ -354,6 +355,7 @@ class Searchable:
             missing=missing,
             max_distance=max_distance,
             min_text_score=min_text_score,
+            embedding=embedding,
         )
 
 
@@ -413,6 +415,55 @@ class Passage(Searchable):
     @declared_attr
     def parent(cls) -> Mapped[Any]:
         return relationship(passage_config(cls).parent, lazy="select")
+
+
+def _declare_added_embeddings(cls: type[Any], config: SearchConfig) -> None:
+    """Put the columns of ``SearchConfig.embeddings`` in the class body, before SQLAlchemy
+    maps it (once: a subclass inherits them, or SQLAlchemy copies them from a mixin)."""
+    if not config.embeddings:
+        return
+    if _sqlmodel.is_sqlmodel_class(cls):
+        raise ConfigurationError(
+            f"{cls.__name__}.__vecorm__: embeddings is not supported on SQLModel classes yet; "
+            "declare the model with SQLAlchemy's DeclarativeBase"
+        )
+    for slot in embedding_slots(cls)[1:]:
+        if any(slot.attribute in klass.__dict__ for klass in cls.__mro__):
+            continue
+        setattr(cls, slot.attribute, _vector_column(slot.config))
+        setattr(cls, slot.digest_attribute, _digest_column(slot.config))
+        setattr(cls, slot.model_attribute, _model_column(slot.config))
+
+
+def _vector_column(config: SearchConfig) -> Any:
+    column_type = Vector if config.storage == "vector" else HalfVec
+    return mapped_column(
+        config.embedding_column,
+        column_type(config.dimensions, as_numpy=True),
+        nullable=True,
+        deferred=True,
+        deferred_group="vecorm_embedding",
+    )
+
+
+def _digest_column(config: SearchConfig) -> Any:
+    return mapped_column(
+        config.digest_column,
+        LargeBinary,
+        nullable=True,
+        deferred=True,
+        deferred_group="vecorm_bookkeeping",
+    )
+
+
+def _model_column(config: SearchConfig) -> Any:
+    return mapped_column(
+        config.model_column,
+        String(200),
+        nullable=True,
+        deferred=True,
+        deferred_group="vecorm_bookkeeping",
+    )
 
 
 def _column_name(cls: Any, attribute: str) -> str:
@@ -481,8 +532,13 @@ def _complete_mapping(mapper: Mapper[Any], cls: type[Any]) -> None:
         text_index(table.c[config.tsvector_column])
     if config.bm25 is not None:
         _bm25.attach(table, config)  # side tables + statement triggers (vecorm/search/bm25/)
-    attribute = mapper.class_manager[_attribute_key(mapper, embedding)]
-    event.listen(attribute, "set", _vector_validator(cls, config), retval=True, propagate=True)
+    for slot in embedding_slots(cls):
+        column = table.c[slot.config.embedding_column]
+        if not slot.is_default:
+            vector_index(column, slot.config)
+        attribute = mapper.class_manager[_attribute_key(mapper, column)]
+        validator = _vector_validator(cls, slot)
+        event.listen(attribute, "set", validator, retval=True, propagate=True)
 
 
 @event.listens_for(Searchable, "mapper_configured", propagate=True)
@@ -515,7 +571,8 @@ def _attribute_key(mapper: Mapper[Any], column: Column[Any]) -> str:
 
 
 def _check_fields(cls: type[Any], mapper: Mapper[Any], config: SearchConfig) -> None:
-    for name in config.fields:
+    added = (slot.config.fields for slot in embedding_slots(cls)[1:])
+    for name in dict.fromkeys((*config.fields, *(name for names in added for name in names))):
         # get_property, not mapper.attrs: that would configure every mapper now, and fail on a
         # relationship to a class declared further down the module.
         try:
@@ -555,8 +612,9 @@ def _check_source(cls: type[Any], config: PassageConfig) -> None:
             )
 
 
-def _vector_validator(cls: type[Any], config: SearchConfig) -> Any:
-    label = f"{cls.__name__}.embedding"
+def _vector_validator(cls: type[Any], slot: EmbeddingSlot) -> Any:
+    label = f"{cls.__name__}.{slot.attribute}"
+    config = slot.config
 
     def validate(target: object, value: Any, oldvalue: Any, initiator: Any) -> Any:
         if value is None:

@@ -78,7 +78,8 @@ from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
-from vecorm.schema.config import SearchConfig, search_config
+from vecorm.schema.config import SearchConfig
+from vecorm.schema.embeddings import EmbeddingRef, EmbeddingSlot, embedding_slot, embedding_slots
 from vecorm.schema.pgcatalog import (
     catalog_operator,
     compare,
@@ -173,9 +174,11 @@ class EmbeddingColumns:
         return and_(body != text_value(""), or_(*reasons))
 
 
-def columns_of(model: type[Any]) -> EmbeddingColumns:
-    """The :class:`EmbeddingColumns` of a searchable model (the table holding its vector)."""
-    config: SearchConfig = search_config(model)
+def columns_of(model: type[Any], embedding: EmbeddingRef = None) -> EmbeddingColumns:
+    """The :class:`EmbeddingColumns` of a searchable model's ``embedding`` (default: the
+    ``embedding`` attribute; the table holding its vector)."""
+    slot = embedding_slot(model, embedding)
+    config: SearchConfig = slot.config
     mapper: Mapper[Any] = sa_inspect(model)
 
     def column(key: str) -> KeyedColumnElement[Any]:
@@ -185,51 +188,91 @@ def columns_of(model: type[Any]) -> EmbeddingColumns:
             raise ConfigurationError(f"{model.__name__}.{key} is not a mapped column")
         return columns[0]  # type: ignore[no-any-return]
 
-    embedding = column("embedding")
-    table = embedding.table
+    vector = column(slot.attribute)
+    table = vector.table
+    related = related_fields(model) if slot.uses_related else ()
     return EmbeddingColumns(
-        owner=model.__name__,
+        owner=model.__name__ if slot.is_default else f"{model.__name__}.{slot.attribute}",
         table=table,
         keys=tuple(table.primary_key.columns),
         field_names=config.embedded_fields,
         fields=(
             *(column(name) for name in config.fields),
-            *(related.value_expression() for related in related_fields(model)),
+            *(field.value_expression() for field in related),
         ),
-        embedding=embedding,
-        digest=column("embedding_digest"),
-        model=column("embedding_model"),
+        embedding=vector,
+        digest=column(slot.digest_attribute),
+        model=column(slot.model_attribute),
         dimensions=config.dimensions,
     )
 
 
-def resolve_embedder(session: Session, model: type[Any], embedder: Embedder | None) -> Embedder:
-    """``embedder``, else the model's, else the one installed on the session, else an error."""
-    found = embedder or search_config(model).embedder or installed_embedder(session)
+def resolve_embedder(
+    session: Session,
+    model: type[Any],
+    embedder: Embedder | None,
+    embedding: EmbeddingRef = None,
+) -> Embedder:
+    """``embedder``, else the embedding's (the model's), else the one installed on the
+    session, else an error."""
+    slot = embedding_slot(model, embedding)
+    found = embedder or slot.config.embedder or installed_embedder(session)
     if found is None:
+        where = "SearchConfig(embedder=...)"
+        if not slot.is_default:
+            where = f"vecorm.Embedding(embedder=...) on {slot.attribute}"
         raise ConfigurationError(
-            f"no embedder for {model.__name__}: pass embedder=..., set SearchConfig(embedder=...)"
-            " or vecorm.install(session, embedder=...)"
+            f"no embedder for {model.__name__}.{slot.attribute}: pass embedder=..., set "
+            f"{where} or vecorm.install(session, embedder=...)"
         )
     return found
 
 
-def stale_condition(model: type[Any], model_name: str) -> ColumnElement[bool]:
-    """SQL condition selecting ``model``'s stale rows, for your own queries.
+def chosen_embeddings(
+    model: type[Any], embedding: EmbeddingRef, embedder: Embedder | None
+) -> tuple[EmbeddingSlot, ...]:
+    """The embeddings a backfill of ``model`` fills: the one named, else every one (an
+    ``embedder`` given for a model of several must say which it is for)."""
+    if embedding is not None:
+        return (embedding_slot(model, embedding),)
+    slots = embedding_slots(model)
+    if embedder is not None and len(slots) > 1:
+        names = ", ".join(repr(slot.attribute) for slot in slots)
+        raise ConfigurationError(
+            f"{model.__name__} has several embeddings ({names}); pass embedding=... to say "
+            f"which one embedder {embedder.model_name!r} is for"
+        )
+    return slots
+
+
+def stale_condition(
+    model: type[Any], model_name: str, *, embedding: EmbeddingRef = None
+) -> ColumnElement[bool]:
+    """SQL condition selecting ``model``'s rows whose ``embedding`` (default: ``embedding``)
+    is stale for ``model_name``, for your own queries.
 
     ``session.scalars(select(Document.id).where(stale_condition(Document, embedder.model_name)))``
     """
-    return columns_of(model).stale(model_name)
+    return columns_of(model, embedding).stale(model_name)
 
 
-def stale_count(session: Session, model: type[Any], *, embedder: Embedder | None = None) -> int:
-    """How many rows of ``model`` :func:`backfill` would embed now.
+def stale_count(
+    session: Session,
+    model: type[Any],
+    *,
+    embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
+) -> int:
+    """How many rows of ``model`` :func:`backfill` would embed now (summed over its
+    embeddings, or of the one ``embedding`` names).
 
     ``stale_count(session, Document, embedder=OpenAIEmbedder())``
     """
-    columns = columns_of(model)
-    provider = resolve_embedder(session, model, embedder)
-    return count_stale(session, columns, provider.model_name)
+    total = 0
+    for slot in chosen_embeddings(model, embedding, embedder):
+        provider = resolve_embedder(session, model, embedder, slot.attribute)
+        total += count_stale(session, columns_of(model, slot.attribute), provider.model_name)
+    return total
 
 
 def count_stale(session: Session, columns: EmbeddingColumns, model_name: str) -> int:
@@ -245,6 +288,7 @@ def backfill(
     batch_size: int | None = None,
     progress: ProgressChoice = False,
     log_every: float | None = LOG_EVERY,
+    embedding: EmbeddingRef = None,
 ) -> BackfillResult:
     """Embed every stale row of ``model``, ``batch_size`` rows per transaction.
 
@@ -253,18 +297,31 @@ def backfill(
     tqdm bar on stderr; ``log_every`` logs rows done and rows/s (logger ``vecorm.backfill``)
     every so many seconds (``None``: never). Commits ``session`` after each batch, so it
     raises :class:`~vecorm.errors.ConfigurationError` if the session's transaction has written
-    anything. Example::
+    anything. A model with several embeddings (``SearchConfig(embeddings=...)``) has each
+    filled in turn, each by its own embedder, and the result sums them; ``embedding="name"``
+    fills that one only. Example::
 
         backfill(Session(engine), Document, batch_size=512)
     """
-    provider = resolve_embedder(session, model, embedder)
-    return run_backfill(
-        session,
-        columns_of(model),
-        provider,
-        batch_size=batch_size,
-        progress=progress,
-        log_every=log_every,
+    results = [
+        run_backfill(
+            session,
+            columns_of(model, slot.attribute),
+            resolve_embedder(session, model, embedder, slot.attribute),
+            batch_size=batch_size,
+            progress=progress,
+            log_every=log_every,
+        )
+        for slot in chosen_embeddings(model, embedding, embedder)
+    ]
+    if len(results) == 1:
+        return results[0]
+    return BackfillResult(
+        sum(result.embedded for result in results),
+        sum(result.batches for result in results),
+        sum(result.calls for result in results),
+        sum(result.seconds for result in results),
+        tuple(key for result in results for key in result.rejected),
     )
 
 

@@ -91,6 +91,7 @@ from vecorm.embedding.related import dependent_rows, foreign_keys, related_chang
 from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError, VecormError
 from vecorm.schema.config import EMBEDDING_MODES, EmbeddingMode, SearchConfig
+from vecorm.schema.embeddings import EmbeddingSlot, embedding_slots
 from vecorm.schema.related import dependents_of, related_fields
 
 __all__ = ["install", "installed_embedder", "is_installed", "uninstall"]
@@ -294,18 +295,27 @@ def _execute_with_embedder(
 
 @dataclass(eq=False)
 class _Job:
-    """One instance that needs a vector for ``text``."""
+    """One instance that needs a vector for ``text`` in its embedding ``slot``."""
 
     instance: Any
+    slot: EmbeddingSlot
     text: str
     digest: bytes
 
 
 @dataclass
-class _Stored:
+class _Mark:
+    """What a stored row holds for one of its embeddings."""
+
     digest: bytes | None
     model: str | None
     embedding_is_null: bool
+
+
+@dataclass
+class _Stored:
+    #: By embedding attribute (``"embedding"``, ``"title_embedding"``).
+    marks: dict[str, _Mark]
     fields: dict[str, Any]
 
 
@@ -356,15 +366,22 @@ def _notify_workers(session: Session, left: set[type[Any]]) -> None:
 
 @dataclass(eq=False)
 class _Candidate:
+    """One embedding (``slot``) of an instance that may need a new vector."""
+
     instance: Any
     state: InstanceState[Any]
-    config: SearchConfig
+    slot: EmbeddingSlot
     pending: bool
     explicit_vector: bool
 
+    @property
+    def config(self) -> SearchConfig:
+        return self.slot.config
+
 
 def _changed_instances(session: Session) -> list[_Candidate]:
-    """New searchable instances, and dirty ones whose text fields or vector were assigned."""
+    """The embeddings of new searchable instances, and of dirty ones whose text fields (or
+    related text) changed or whose vector was assigned."""
     found: list[_Candidate] = []
     for instance in (*session.new, *session.dirty):
         config = getattr(type(instance), "__vecorm__", None)
@@ -373,16 +390,19 @@ def _changed_instances(session: Session) -> list[_Candidate]:
         state: InstanceState[Any] = sa_inspect(instance)
         if state.deleted or state.detached:
             continue
-        explicit = any(value is not None for value in _history(state, "embedding").added)
         pending = state.key is None
-        text_changed = (
-            pending
-            or any(_history(state, name).has_changes() for name in config.fields)
-            or related_changed(state, related_fields(type(instance)))
-        )
-        if not text_changed and not explicit:
-            continue
-        found.append(_Candidate(instance, state, config, pending, explicit))
+        related = None
+        for slot in embedding_slots(instance):
+            explicit = any(value is not None for value in _history(state, slot.attribute).added)
+            text_changed = pending or any(
+                _history(state, name).has_changes() for name in slot.config.fields
+            )
+            if not text_changed and slot.uses_related:
+                if related is None:
+                    related = related_changed(state, related_fields(type(instance)))
+                text_changed = related
+            if text_changed or explicit:
+                found.append(_Candidate(instance, state, slot, pending, explicit))
     return found
 
 
@@ -405,7 +425,9 @@ def _add_dependents(
         state: InstanceState[Any] = sa_inspect(row)
         if id(row) in known or state.deleted:
             continue
-        candidates.append(_Candidate(row, state, type(row).__vecorm__, False, False))
+        for slot in embedding_slots(row):
+            if slot.uses_related:
+                candidates.append(_Candidate(row, state, slot, False, False))
     return left
 
 
@@ -415,7 +437,7 @@ def _related_values(
     stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored],
 ) -> dict[int, tuple[Any, ...]]:
     """The related attributes' values of the candidates that have ``related`` text."""
-    with_related = [c for c in candidates if c.config.related]
+    with_related = {id(c.instance): c for c in candidates if c.slot.uses_related}
     if not with_related:
         return {}
     return related_values(
@@ -425,7 +447,7 @@ def _related_values(
                 candidate.instance,
                 _stored_fields(stored.get((type(candidate.instance), _identity(candidate)))),
             )
-            for candidate in with_related
+            for candidate in with_related.values()
         ],
     )
 
@@ -451,26 +473,29 @@ def _load_stored(
 
     One query per class (per 1000 rows), instead of one lazy load per instance.
     """
-    by_class: dict[type[Any], list[_Candidate]] = {}
+    by_class: dict[type[Any], dict[int, _Candidate]] = {}
     for candidate in candidates:
         if not candidate.pending and not candidate.explicit_vector:
-            by_class.setdefault(type(candidate.instance), []).append(candidate)
+            members = by_class.setdefault(type(candidate.instance), {})
+            members.setdefault(id(candidate.instance), candidate)
     stored: dict[tuple[type[Any], tuple[Any, ...]], _Stored] = {}
-    for cls, members in by_class.items():
+    for cls, found in by_class.items():
         mapper: Mapper[Any] = sa_inspect(cls)
-        config: SearchConfig = cls.__vecorm__
+        slots = embedding_slots(cls)
         keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
         key_attrs = [getattr(cls, key) for key in keys]
-        names = tuple(dict.fromkeys((*config.fields, *foreign_keys(cls))))
+        fields = (name for slot in slots for name in slot.config.fields)
+        names = tuple(dict.fromkeys((*fields, *foreign_keys(cls))))
         field_attrs = [getattr(cls, name) for name in names]
-        columns: list[Any] = [
-            *key_attrs,
-            cls.embedding_digest,
-            cls.embedding_model,
-            cls.embedding.is_(None),
-            *field_attrs,
-        ]
-        identities = [member.state.identity for member in members]
+        marks: list[Any] = []
+        for slot in slots:
+            marks += [
+                getattr(cls, slot.digest_attribute),
+                getattr(cls, slot.model_attribute),
+                getattr(cls, slot.attribute).is_(None),
+            ]
+        columns: list[Any] = [*key_attrs, *marks, *field_attrs]
+        identities = [member.state.identity for member in found.values()]
         for start in range(0, len(identities), _LOAD_CHUNK):
             chunk = [ident for ident in identities[start : start + _LOAD_CHUNK] if ident]
             condition: ColumnElement[bool]
@@ -482,9 +507,18 @@ def _load_stored(
                 values = tuple(row)
                 width = len(key_attrs)
                 identity = values[:width]
-                digest, model, is_null = values[width : width + 3]
-                fields = dict(zip(names, values[width + 3 :], strict=True))
-                stored[(cls, identity)] = _Stored(digest, model, bool(is_null), fields)
+                at = width + 3 * len(slots)
+                stored[(cls, identity)] = _Stored(
+                    {
+                        slot.attribute: _Mark(
+                            values[width + 3 * n],
+                            values[width + 3 * n + 1],
+                            bool(values[width + 3 * n + 2]),
+                        )
+                        for n, slot in enumerate(slots)
+                    },
+                    dict(zip(names, values[at:], strict=True)),
+                )
     return stored
 
 
@@ -511,10 +545,13 @@ def _plan(
     left: set[type[Any]] = set()
     for candidate in candidates:
         config = candidate.config
+        slot = candidate.slot
         instance = candidate.instance
         cls = type(instance)
         row = stored.get((cls, _identity(candidate)))
-        text = join_text((*_field_values(candidate, row), *related.get(id(instance), ())))
+        mark = row.marks[slot.attribute] if row is not None else None
+        extra = related.get(id(instance), ()) if slot.uses_related else ()
+        text = join_text((*_field_values(candidate, row), *extra))
         digest = text_digest(text) if text is not None else None
         embedder = config.embedder if config.embedder is not None else installation.embedder
         if candidate.explicit_vector:
@@ -522,9 +559,9 @@ def _plan(
             continue
         if text is None or digest is None:
             if not candidate.pending and (
-                row is None or row.digest is not None or not row.embedding_is_null
+                mark is None or mark.digest is not None or not mark.embedding_is_null
             ):
-                _clear(instance)
+                _clear(instance, slot)
             continue
         mode = config.embedding_mode or installation.mode
         if embedder is None:
@@ -535,19 +572,19 @@ def _plan(
                 f"{cls.__name__} has text to embed but no embedder: pass "
                 f"vecorm.install(..., embedder=...) or SearchConfig(embedder=...)"
             )
-        _check_dimensions(cls.__name__, config, embedder)
-        if _is_current(row, digest, embedder.model_name):
+        _check_dimensions(cls.__name__, slot, embedder)
+        if _is_current(mark, digest, embedder.model_name):
             continue  # the text was edited back to what is already embedded
         if mode == "worker":
             left.add(cls)
             continue
         group = groups.setdefault((id(embedder), mode), _Group(embedder, mode))
-        group.jobs.append(_Job(instance, text, digest))
+        group.jobs.append(_Job(instance, slot, text, digest))
         group.classes.add(cls.__name__)
     return list(groups.values()), left
 
 
-def _is_current(row: _Stored | None, digest: bytes, model_name: str) -> bool:
+def _is_current(row: _Mark | None, digest: bytes, model_name: str) -> bool:
     """Whether the stored row already holds ``model_name``'s vector of the text of ``digest``."""
     return (
         row is not None
@@ -589,23 +626,26 @@ def _record_assigned_vector(
 ) -> None:
     state = candidate.state
     instance = candidate.instance
-    if not _history(state, "embedding_digest").added:
-        instance.embedding_digest = digest
-    if not _history(state, "embedding_model").added:
-        instance.embedding_model = embedder.model_name if embedder is not None else None
+    slot = candidate.slot
+    if not _history(state, slot.digest_attribute).added:
+        setattr(instance, slot.digest_attribute, digest)
+    if not _history(state, slot.model_attribute).added:
+        name = embedder.model_name if embedder is not None else None
+        setattr(instance, slot.model_attribute, name)
 
 
-def _clear(instance: Any) -> None:
-    instance.embedding = None
-    instance.embedding_digest = None
-    instance.embedding_model = None
+def _clear(instance: Any, slot: EmbeddingSlot) -> None:
+    setattr(instance, slot.attribute, None)
+    setattr(instance, slot.digest_attribute, None)
+    setattr(instance, slot.model_attribute, None)
 
 
-def _check_dimensions(owner: str, config: SearchConfig, embedder: Embedder) -> None:
+def _check_dimensions(owner: str, slot: EmbeddingSlot, embedder: Embedder) -> None:
     width = getattr(embedder, "dimensions", None)
+    config = slot.config
     if width is not None and width != config.dimensions:
         raise DimensionMismatch(
-            f"{owner}.embedding expects {config.dimensions} values but embedder "
+            f"{owner}.{slot.attribute} expects {config.dimensions} values but embedder "
             f"{embedder.model_name!r} returns {width}; use an embedder of {config.dimensions} "
             "dimensions or change the model with vecorm.ModelChange"
         )
@@ -686,8 +726,8 @@ def _assign(
         for job in group.jobs:
             vector = vectors.get((id(group.embedder), job.text))
             if vector is None:
-                _clear(job.instance)
+                _clear(job.instance, job.slot)
                 continue
-            job.instance.embedding = vector
-            job.instance.embedding_digest = job.digest
-            job.instance.embedding_model = model_name
+            setattr(job.instance, job.slot.attribute, vector)
+            setattr(job.instance, job.slot.digest_attribute, job.digest)
+            setattr(job.instance, job.slot.model_attribute, model_name)

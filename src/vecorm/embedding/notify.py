@@ -33,7 +33,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
 
 from vecorm.errors import ConfigurationError
-from vecorm.schema.config import search_config
+from vecorm.schema.embeddings import embedding_slots
 from vecorm.schema.generated import qualified_name, trigger_statements
 from vecorm.schema.pgcatalog import table_schema
 from vecorm.schema.related import related_fields
@@ -117,9 +117,10 @@ def notify_trigger(model: type[Any]) -> NotifyTrigger:
     for statement in notify_trigger(Document).create_statements("public"):
         op.execute(statement)
     """
-    config = search_config(model)
     mapper = sa_inspect(model)
-    columns = tuple(mapper.attrs[name].columns[0].name for name in config.fields)
+    # the fields of every embedding of the model (SearchConfig(embeddings=...) included)
+    fields = dict.fromkeys(name for slot in embedding_slots(model) for name in slot.config.fields)
+    columns = tuple(mapper.attrs[name].columns[0].name for name in fields)
     # a row pointed at another related row changes its text too
     columns += tuple(
         dict.fromkeys(

@@ -68,7 +68,8 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
 from vecorm.progress import ProgressChoice
 from vecorm.schema.concurrently import DEFAULT_WAIT_TIMEOUT, WaitTimeout, run_concurrently
-from vecorm.schema.config import SearchConfig, Storage, search_config
+from vecorm.schema.config import SearchConfig, Storage
+from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import (
     MAX_IDENTIFIER_LENGTH,
     index_name,
@@ -99,9 +100,12 @@ class ModelChange:
     """Re-embed ``model`` with ``embedder`` into shadow columns, then switch to them.
 
     ``storage`` defaults to the model's (``"vector"``/``"halfvec"``); the width is
-    ``embedder.dimensions``; the index keeps the model's settings. Example::
+    ``embedder.dimensions``; the index keeps the model's settings. ``embedding`` names
+    another of the model's embeddings (``SearchConfig(embeddings=...)``) to change instead of
+    ``embedding``. Example::
 
         change = ModelChange(Document, HashingEmbedder(384))
+        change = ModelChange(Document, HashingEmbedder(64), embedding="title_embedding")
     """
 
     def __init__(
@@ -111,10 +115,11 @@ class ModelChange:
         *,
         storage: Storage | None = None,
         suffix: str = "next",
+        embedding: EmbeddingRef = None,
     ) -> None:
         self.model = model
         self.embedder = embedder
-        self.old_config: SearchConfig = search_config(model)
+        self.old_config: SearchConfig = embedding_slot(model, embedding).config
         if self.old_config.related:
             raise ConfigurationError(
                 f"ModelChange({model.__name__}): a model whose text includes related rows "
@@ -133,7 +138,7 @@ class ModelChange:
             embedder=None,
         )
         self.config.validate(f"ModelChange({model.__name__})")
-        live = columns_of(model)
+        live = columns_of(model, embedding)
         self._live = live
         self._table: Table = live.embedding.table
         names = {
@@ -166,7 +171,7 @@ class ModelChange:
             schema=self._table.schema,
         )
         self.shadow = EmbeddingColumns(
-            owner=model.__name__,
+            owner=live.owner,
             table=shadow,
             keys=tuple(shadow.c[key.name] for key in live.keys),
             field_names=live.field_names,
@@ -179,7 +184,7 @@ class ModelChange:
 
     def __repr__(self) -> str:
         return (
-            f"ModelChange({self.model.__name__}, {self.embedder.model_name!r}, "
+            f"ModelChange({self._live.owner}, {self.embedder.model_name!r}, "
             f"{self.config.storage}({self.config.dimensions}))"
         )
 

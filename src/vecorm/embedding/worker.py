@@ -60,6 +60,7 @@ from vecorm.embedding.listener import Listener, require_psycopg
 from vecorm.embedding.notify import CHANNEL
 from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import search_config
+from vecorm.schema.embeddings import embedding_slots
 
 __all__ = ["Worker"]
 
@@ -73,7 +74,8 @@ STOP_CHECK = 1.0
 
 @dataclass(frozen=True)
 class _Target:
-    """One model a worker embeds: its columns, provider and batch size."""
+    """One embedding a worker keeps (a model's, or one of ``SearchConfig.embeddings``): its
+    columns, provider and batch size."""
 
     name: str
     columns: EmbeddingColumns
@@ -368,18 +370,19 @@ def _targets(
 ) -> list[_Target]:
     targets = []
     for model in models:
-        columns = columns_of(model)
-        provider = embedder or search_config(model).embedder
-        if provider is None:
-            raise ConfigurationError(
-                f"no embedder for {model.__name__}: pass Worker(..., embedder=...) (vecorm "
-                "worker --embedder) or set SearchConfig(embedder=...)"
-            )
-        targets.append(
-            _Target(
-                model.__name__, columns, provider, checked_batch_size(columns, provider, batch_size)
-            )
-        )
+        config = search_config(model)
+        for slot in embedding_slots(model):
+            columns = columns_of(model, slot.attribute)
+            # An added embedding's own embedder first; else the worker's, else the model's.
+            own = None if slot.is_default else (config.embeddings or {})[slot.attribute].embedder
+            provider = own or embedder or config.embedder
+            if provider is None:
+                raise ConfigurationError(
+                    f"no embedder for {columns.owner}: pass Worker(..., embedder=...) (vecorm "
+                    "worker --embedder) or set SearchConfig(embedder=...)"
+                )
+            size = checked_batch_size(columns, provider, batch_size)
+            targets.append(_Target(columns.owner, columns, provider, size))
     if not targets:
         raise ConfigurationError("a Worker needs at least one searchable model")
     return targets

@@ -141,6 +141,13 @@ def bulk_insert(
             "(SearchConfig(related=...)); pass embed=False and run vecorm.backfill() after, "
             "or insert the rows with session.add_all()"
         )
+    if embed and bulk.config.embeddings:
+        names = ", ".join(sorted(bulk.config.embeddings))
+        raise ConfigurationError(
+            f"bulk_insert({model.__name__}) embeds `embedding` only, and {model.__name__} has "
+            f"more embeddings ({names}); pass embed=False and run vecorm.backfill(session, "
+            f"{model.__name__}) after the load, which fills every one"
+        )
     session = target if isinstance(target, Session) else None
     found = embedder or bulk.config.embedder
     if found is None and session is not None:

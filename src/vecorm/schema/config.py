@@ -313,6 +313,45 @@ _WEIGHTS = frozenset("ABCD")
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """Another embedding of the same row, beside ``embedding``: of other fields (a title's
+    own vector), or of another model (the new one, during a switch).
+
+    Declared by attribute name in :attr:`SearchConfig.embeddings`; the model gains that
+    vector column, ``<name>_digest`` and ``<name>_model`` beside it, and its own index. The
+    flush hook, :func:`vecorm.backfill`, ``vecorm worker`` and :class:`vecorm.ModelChange`
+    keep it like ``embedding``, and every search helper takes ``embedding="<name>"``
+    (docs/embedding.md#several-embeddings-per-model)::
+
+        SearchConfig(
+            fields=("title", "body"),
+            embeddings={"title_embedding": vecorm.Embedding(fields=("title",))},
+        )
+        Article.nearest("pgvector", k=5, embedding="title_embedding")
+
+    Unset, ``fields``, ``dimensions``, ``distance`` and ``embedder`` are the model's
+    (``fields=None``: the same text as ``embedding``, related attributes included);
+    ``column`` is the database name of the vector column (default: the attribute name).
+    """
+
+    fields: tuple[str, ...] | None = None
+    dimensions: int | None = None
+    distance: Distance | str | None = None
+    index: VectorIndex | None = field(default_factory=HNSW)
+    storage: Storage = "vector"
+    embedder: Embedder | None = field(default=None, compare=False)
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fields, str):
+            object.__setattr__(self, "fields", (self.fields,))
+        elif self.fields is not None:
+            object.__setattr__(self, "fields", tuple(self.fields))
+        if self.distance is not None:
+            object.__setattr__(self, "distance", Distance.parse(self.distance))
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """How a model is embedded, indexed and searched.
 
@@ -361,6 +400,9 @@ class SearchConfig:
     #: that reference it (docs/embedding.md#text-from-related-rows). Not in ``search_vector``:
     #: a generated column cannot read another table.
     related: Mapping[str, tuple[str, ...]] | None = None
+    #: More embeddings of the same row, by attribute name, each with its own column, index,
+    #: fields and embedder (:class:`Embedding`); ``embedding`` stays the default one.
+    embeddings: Mapping[str, Embedding] | None = None
 
     def __post_init__(self) -> None:
         fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
@@ -374,6 +416,8 @@ class SearchConfig:
         object.__setattr__(self, "distance", Distance.parse(self.distance))
         if self.weights is not None:
             object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+        if self.embeddings is not None:
+            object.__setattr__(self, "embeddings", MappingProxyType(dict(self.embeddings)))
 
     @property
     def embedded_fields(self) -> tuple[str, ...]:

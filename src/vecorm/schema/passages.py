@@ -63,6 +63,11 @@ class PassageConfig(SearchConfig):
         def fail(message: str) -> ConfigurationError:
             return ConfigurationError(f"{owner}.__vecorm__: {message}")
 
+        if self.embeddings:
+            raise fail(
+                "embeddings is not supported on passages; declare a second passage model "
+                "for another embedding of the same text"
+            )
         if self.related:
             raise fail(
                 "related is not supported on passages; put the related text in the parent's "

@@ -58,6 +58,7 @@ from sqlalchemy.sql.selectable import Subquery
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import Distance
+from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.pgcatalog import pg
 from vecorm.search.arms import LexicalArm
 from vecorm.search.settings import index_search_options
@@ -102,11 +103,18 @@ def semantic_candidates(
     depth: int,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> Select[Any]:
     """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first,
     through the model's index whatever its precision (binary indexes re-rank exactly)."""
     return nearest_candidates(
-        model, query, where=where, depth=depth, distance=distance, embedder=embedder
+        model,
+        query,
+        where=where,
+        depth=depth,
+        distance=distance,
+        embedder=embedder,
+        embedding=embedding,
     )
 
 
@@ -276,6 +284,7 @@ def _completed(
     query: QueryInput | PendingQuery,
     distance: Distance | str | None,
     where: Sequence[ColumnElement[bool]],
+    embedding: EmbeddingRef = None,
 ) -> Subquery:
     """The fused candidates with both scores for every row: the distance of a row that only
     the lexical arm found, computed on its stored vector; the lexical score of a row that only
@@ -301,7 +310,8 @@ def _completed(
         select(
             *fused_keys,
             func.coalesce(
-                fused.c.distance, distance_expression(model, query, distance=distance)
+                fused.c.distance,
+                distance_expression(model, query, distance=distance, embedding=embedding),
             ).label("distance"),
             func.coalesce(completed_text, literal(0.0, Float)).label("text_score"),
             fused.c.semantic_rank,
@@ -330,9 +340,11 @@ def hybrid_search(
     missing: Missing = DEFAULT_MISSING,
     max_distance: float | None = None,
     min_text_score: float | None = None,
+    embedding: EmbeddingRef = None,
 ) -> Select[Any]:
     """One statement fusing the nearest rows to ``vector`` (default: ``text`` embedded) with
-    the full-text matches of ``text``; see the module docstring.
+    the full-text matches of ``text``; see the module docstring. ``embedding`` names the
+    embedding the semantic arm searches (default: ``embedding``).
 
     ``max_distance`` / ``min_text_score`` are thresholds on each arm's raw values: the
     semantic arm keeps rows at most that far, the lexical arm rows scoring at least that much,
@@ -361,9 +373,15 @@ def hybrid_search(
     # Embedded once: the semantic arm and the completed distances use the same vector. With
     # no embedder here or on the model, the session's installed one embeds it at execution
     # (vecorm.search.vector.PendingQuery).
-    query = query_value(model, text if vector is None else vector, embedder=embedder)
+    query = query_value(
+        model, text if vector is None else vector, embedder=embedder, embedding=embedding
+    )
+    config = embedding_slot(model, embedding).config
+    distance = Distance.parse(distance) if distance is not None else config.metric
     semantic = _ranked(
-        semantic_candidates(model, query, where=filters, depth=depth, distance=distance),
+        semantic_candidates(
+            model, query, where=filters, depth=depth, distance=distance, embedding=embedding
+        ),
         "distance",
         lower_is_better=True,
         name="semantic",
@@ -391,7 +409,7 @@ def hybrid_search(
         lexical_ranked.c.rank.label("text_rank"),
     ).select_from(semantic.join(lexical_ranked, keys_equal(semantic_keys, lexical_keys), full=True))
     candidates = (
-        _completed(model, joined, arm, text, query, distance, filters)
+        _completed(model, joined, arm, text, query, distance, filters, embedding)
         if missing == "score"
         else joined.subquery("fused")
     )
@@ -430,9 +448,6 @@ def hybrid_search(
         .order_by(score.desc(), *keys)
         .limit(row_limit(k))
     )
-    from vecorm.schema.config import search_config
-
-    config = search_config(model)
     binary = config.index_precision == "bit"
     # A binary index hands depth * rerank Hamming candidates to the exact re-rank. Without
     # filters the semantic arm is an index search (see index_search_options).

@@ -75,6 +75,7 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.embedding.embedders.query import embed_query, embed_query_now, executing_embedder
 from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import Distance, SearchConfig
+from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import indexed_expression
 from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
 from vecorm.search.exact_fallback import FALLBACK_OPTION
@@ -91,10 +92,14 @@ QueryInput = str | Sequence[float] | npt.NDArray[Any]
 # --------------------------------------------------------------------------- expressions
 
 
-def _config(model: Any) -> SearchConfig:
-    from vecorm.schema.config import search_config
+def _config(model: Any, embedding: EmbeddingRef = None) -> SearchConfig:
+    """The settings of ``model``'s ``embedding`` (default: the model's own)."""
+    return embedding_slot(model, embedding).config
 
-    return search_config(model)
+
+def _column(model: Any, embedding: EmbeddingRef = None) -> Any:
+    """The mapped attribute of ``model``'s ``embedding`` (default: ``model.embedding``)."""
+    return getattr(model, embedding_slot(model, embedding).attribute)
 
 
 def _name(model: Any) -> str:
@@ -111,9 +116,9 @@ class PendingQuery:
 
     __slots__ = ("dimensions", "owner", "text")
 
-    def __init__(self, model: Any, text: str) -> None:
+    def __init__(self, model: Any, text: str, embedding: EmbeddingRef = None) -> None:
         self.owner = _name(model)
-        self.dimensions = _config(model).dimensions
+        self.dimensions = _config(model, embedding).dimensions
         self.text = text
 
     def __call__(self) -> FloatArray:
@@ -141,13 +146,20 @@ QueryValue = FloatArray | PendingQuery
 """A query vector, or the text query a session's embedder turns into one at execution."""
 
 
-def query_vector(model: Any, query: QueryInput, *, embedder: Embedder | None = None) -> FloatArray:
-    """``query`` as a validated float32 vector for ``model``; text is embedded (LRU cached).
+def query_vector(
+    model: Any,
+    query: QueryInput,
+    *,
+    embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
+) -> FloatArray:
+    """``query`` as a validated float32 vector for ``model``'s ``embedding``; text is
+    embedded (LRU cached).
 
     Raises :class:`~vecorm.ConfigurationError` for text when no embedder is given or configured
     (statements defer that case instead, see :func:`query_value`).
     """
-    value = query_value(model, query, embedder=embedder)
+    value = query_value(model, query, embedder=embedder, embedding=embedding)
     if isinstance(value, PendingQuery):
         raise ConfigurationError(
             f"{_name(model)}: a text query needs an embedder here; pass embedder=... or set "
@@ -157,20 +169,24 @@ def query_vector(model: Any, query: QueryInput, *, embedder: Embedder | None = N
 
 
 def query_value(
-    model: Any, query: QueryInput | PendingQuery, *, embedder: Embedder | None = None
+    model: Any,
+    query: QueryInput | PendingQuery,
+    *,
+    embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> QueryValue:
-    """``query`` as a vector for a statement on ``model``: text is embedded now with
-    ``embedder`` or the model's own, else left to the executing session (a
+    """``query`` as a vector for a statement on ``model``'s ``embedding``: text is embedded
+    now with ``embedder`` or the embedding's own, else left to the executing session (a
     :class:`PendingQuery`)."""
     if isinstance(query, PendingQuery):
         return query
-    config = _config(model)
+    config = _config(model, embedding)
     if isinstance(query, str):
         provider = embedder if embedder is not None else config.embedder
         if provider is None:
             if not query.strip():
                 raise EmbeddingError("cannot embed an empty search text")
-            return PendingQuery(model, query)
+            return PendingQuery(model, query, embedding)
         vector: object = embed_query(provider, query)
     else:
         vector = query
@@ -185,9 +201,11 @@ def _vector_bind(value: QueryValue, type_: Any) -> BindParameter[Any]:
     return bindparam(None, value, type_=type_)
 
 
-def metric_of(model: Any, distance: Distance | str | None = None) -> Distance:
-    """``distance`` parsed, or the model's configured metric."""
-    return Distance.parse(distance) if distance is not None else _config(model).metric
+def metric_of(
+    model: Any, distance: Distance | str | None = None, embedding: EmbeddingRef = None
+) -> Distance:
+    """``distance`` parsed, or the configured metric of ``model``'s ``embedding``."""
+    return Distance.parse(distance) if distance is not None else _config(model, embedding).metric
 
 
 def distance_expression(
@@ -196,27 +214,29 @@ def distance_expression(
     *,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> ColumnElement[float | None]:
     """``embedding <=> :query`` (the operator of ``distance``, default the model's metric).
 
     Inner product is pgvector's ``<#>``: the *negative* inner product, so smaller is nearer.
-    Only the configured metric can use the model's index.
+    Only the configured metric can use the model's index. ``embedding`` names another of
+    the model's embeddings (``"title_embedding"``).
     """
-    config = _config(model)
-    metric = metric_of(model, distance)
-    embedding = model.embedding
-    value = query_value(model, query, embedder=embedder)
+    config = _config(model, embedding)
+    metric = metric_of(model, distance, embedding)
+    value = query_value(model, query, embedder=embedder, embedding=embedding)
+    column = _column(model, embedding)
     if (
         config.index_precision == "halfvec"
         and config.storage == "vector"
         and metric is config.metric
     ):
         # The expression index's own expression, or the planner cannot use it.
-        target: ColumnElement[Any] = indexed_expression(embedding, config)
+        target: ColumnElement[Any] = indexed_expression(column, config)
         vector = _vector_bind(value, HalfVec(config.dimensions))
     else:
-        target = embedding
-        vector = _vector_bind(value, embedding.type)
+        target = column
+        vector = _vector_bind(value, column.type)
     expression: ColumnElement[float | None] = target.op(metric.operator, return_type=Float)(vector)
     return expression
 
@@ -227,29 +247,33 @@ def exact_distance_expression(
     *,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> ColumnElement[float | None]:
     """``embedding <=> :query`` on the stored column, whatever the index's precision."""
-    metric = metric_of(model, distance)
-    embedding = model.embedding
-    vector = _vector_bind(query_value(model, query, embedder=embedder), embedding.type)
-    expression: ColumnElement[float | None] = embedding.op(metric.operator, return_type=Float)(
-        vector
-    )
+    metric = metric_of(model, distance, embedding)
+    value = query_value(model, query, embedder=embedder, embedding=embedding)
+    column = _column(model, embedding)
+    vector = _vector_bind(value, column.type)
+    expression: ColumnElement[float | None] = column.op(metric.operator, return_type=Float)(vector)
     return expression
 
 
 def hamming_expression(
-    model: Any, query: QueryInput | PendingQuery, *, embedder: Embedder | None = None
+    model: Any,
+    query: QueryInput | PendingQuery,
+    *,
+    embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> ColumnElement[float | None]:
     """``binary_quantize(embedding)::bit(N) <~> binary_quantize(:query)::bit(N)``: the
     ordering a ``precision="bit"`` index serves."""
-    config = _config(model)
-    value = query_value(model, query, embedder=embedder)
+    config = _config(model, embedding)
+    value = query_value(model, query, embedder=embedder, embedding=embedding)
     vector_type = (
         Vector(config.dimensions) if config.storage == "vector" else HalfVec(config.dimensions)
     )
     quantized = cast(func.binary_quantize(_vector_bind(value, vector_type)), Bit(config.dimensions))
-    indexed = cast(func.binary_quantize(model.embedding), Bit(config.dimensions))
+    indexed = cast(func.binary_quantize(_column(model, embedding)), Bit(config.dimensions))
     expression: ColumnElement[float | None] = indexed.op("<~>", return_type=Float)(quantized)
     return expression
 
@@ -353,22 +377,24 @@ def instance_distance(
     *,
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
+    embedding: EmbeddingRef = None,
 ) -> float | None:
-    """Distance from ``instance.embedding`` to ``query`` in Python; ``None`` without embedding."""
-    embedding = instance.embedding
-    if embedding is None:
-        return None
+    """Distance from ``instance.embedding`` (or its ``embedding`` of that name) to ``query``
+    in Python; ``None`` without one."""
     model = type(instance)
-    vector = query_vector(model, query, embedder=embedder)
-    config = _config(model)
-    metric = metric_of(model, distance)
+    stored = getattr(instance, embedding_slot(model, embedding).attribute)
+    if stored is None:
+        return None
+    vector = query_vector(model, query, embedder=embedder, embedding=embedding)
+    config = _config(model, embedding)
+    metric = metric_of(model, distance, embedding)
     if config.storage == "halfvec" or (
         config.index_precision == "halfvec" and metric is config.metric
     ):
         # As the SQL casts round them (distance_expression compares halfvec to halfvec).
         vector = vector.astype(np.float16).astype(np.float32)
-        embedding = np.asarray(embedding, dtype=np.float32).astype(np.float16)
-    return python_distance(metric, embedding, vector)
+        stored = np.asarray(stored, dtype=np.float32).astype(np.float16)
+    return python_distance(metric, stored, vector)
 
 
 def row_limit(count: int) -> ColumnElement[int]:
@@ -413,6 +439,7 @@ def nearest(
     with_score: bool = False,
     exact: bool = False,
     candidates: int | None = None,
+    embedding: EmbeddingRef = None,
 ) -> Select[Any]:
     """``SELECT model, distance ... ORDER BY distance, pk LIMIT k`` as a composable ``Select``.
 
@@ -437,21 +464,22 @@ def nearest(
         isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < k
     ):
         raise ConfigurationError(f"candidates must be an integer >= k ({k}), not {candidates!r}")
-    config = _config(model)
-    metric = metric_of(model, distance)
+    config = _config(model, embedding)
+    metric = metric_of(model, distance, embedding)
     binary = config.index_precision == "bit" and metric is config.metric and not exact
-    query = query_value(model, query, embedder=embedder)  # embedded once, used twice
-    expression = distance_expression(model, query, distance=metric)
+    # embedded once, used twice
+    query = query_value(model, query, embedder=embedder, embedding=embedding)
+    expression = distance_expression(model, query, distance=metric, embedding=embedding)
     distance_column = expression.label("distance")
     columns: list[Any] = [model, distance_column]
     if with_score:
         columns.append(similarity_expression(expression, metric).label("score"))
-    stmt = select(*columns).where(own_condition(model.embedding.is_not(None)))
+    stmt = select(*columns).where(own_condition(_column(model, embedding).is_not(None)))
     depth = k
     if binary:
         depth = candidates if candidates is not None else k * config.rerank
         keys = primary_key_columns(model)
-        order = hamming_expression(model, query)
+        order = hamming_expression(model, query, embedding=embedding)
         stmt = stmt.where(own_condition(BinaryCandidates(keys, order, depth)))
     if max_distance is not None:
         stmt = stmt.where(own_condition(expression <= max_distance))
@@ -474,8 +502,10 @@ def similar_to(
     with_score: bool = False,
     exact: bool = False,
     candidates: int | None = None,
+    embedding: EmbeddingRef = None,
 ) -> Select[Any]:
-    """More like this: :func:`nearest` to ``row``'s embedding, ``row`` itself left out.
+    """More like this: :func:`nearest` to ``row``'s embedding (or its ``embedding`` of that
+    name), ``row`` itself left out.
 
     ``row`` is an instance of ``model`` with its embedding (the value the instance holds,
     loaded or just computed); the statement composes like ``nearest``'s::
@@ -489,12 +519,13 @@ def similar_to(
         raise ConfigurationError(
             f"similar_to takes a {_name(model)} instance, not {type(row).__name__}"
         )
-    vector = row.embedding
+    attribute = embedding_slot(model, embedding).attribute
+    vector = getattr(row, attribute)
     key = inspect(row).identity
     if vector is None:
         shown = "a new row" if key is None else f"row {key if len(key) > 1 else key[0]!r}"
         raise ConfigurationError(
-            f"{_name(model)} {shown} has no embedding yet, so no neighbours: flush it with "
+            f"{_name(model)} {shown} has no {attribute} yet, so no neighbours: flush it with "
             "vecorm.install's hook, or run the backfill, first"
         )
     stmt = nearest(
@@ -506,6 +537,7 @@ def similar_to(
         with_score=with_score,
         exact=exact,
         candidates=candidates,
+        embedding=embedding,
     )
     if key is None:
         return stmt
@@ -523,23 +555,24 @@ def nearest_candidates(
     distance: Distance | str | None = None,
     embedder: Embedder | None = None,
     candidates: int | None = None,
+    embedding: EmbeddingRef = None,
 ) -> Select[Any]:
     """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first,
     through the model's index whatever its precision (a hybrid search's semantic arm).
 
     Run it with :func:`index_search_options` ``(config, depth=candidates)``.
     """
-    config = _config(model)
-    metric = metric_of(model, distance)
-    query = query_value(model, query, embedder=embedder)
-    expression = distance_expression(model, query, distance=metric)
+    config = _config(model, embedding)
+    metric = metric_of(model, distance, embedding)
+    query = query_value(model, query, embedder=embedder, embedding=embedding)
+    expression = distance_expression(model, query, distance=metric, embedding=embedding)
     distance_column = expression.label("distance")
     keys = primary_key_columns(model)
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), distance_column).where(
-        model.embedding.is_not(None), *where
+        _column(model, embedding).is_not(None), *where
     )
     if config.index_precision == "bit" and metric is config.metric:
         count = candidates if candidates is not None else depth * config.rerank
-        order = hamming_expression(model, query)
+        order = hamming_expression(model, query, embedding=embedding)
         stmt = stmt.where(BinaryCandidates(keys, order, count))
     return stmt.order_by(distance_column, *keys).limit(row_limit(depth))

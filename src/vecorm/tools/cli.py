@@ -236,6 +236,14 @@ def adopt(
     is_flag=True,
     help="Print one JSON document on stdout: rows, batches, seconds, rows_per_second, left.",
 )
+@click.option(
+    "--embedding",
+    "embedding",
+    metavar="NAME",
+    default=None,
+    help="Fill only this embedding of the model (one of SearchConfig(embeddings=...), or "
+    "'embedding'); default: every one. Needed with --embedder on a model of several.",
+)
 def backfill(
     model_path: str,
     embedder_name: str | None,
@@ -243,6 +251,7 @@ def backfill(
     batch_size: int | None,
     progress: bool | None,
     as_json: bool,
+    embedding: str | None,
 ) -> None:
     """Embed the rows of MODULE:MODEL whose embedding is missing or stale.
 
@@ -253,14 +262,15 @@ def backfill(
     import sys
 
     from vecorm.embedding.backfill import backfill as backfill_rows
-    from vecorm.embedding.backfill import stale_count
-    from vecorm.schema.config import search_config
+    from vecorm.embedding.backfill import chosen_embeddings, stale_count
+    from vecorm.schema.embeddings import embedding_slot
     from vecorm.tools.clitools import connect, load_embedder, load_model, require_url
 
     url = require_url(database_url)
     model = load_model(model_path)
-    width = search_config(model).dimensions
+    width = embedding_slot(model, embedding).config.dimensions
     embedder = load_embedder(embedder_name, dimensions=width) if embedder_name else None
+    chosen_embeddings(model, embedding, embedder)  # refuses an embedder for several at once
     # No bar on stderr: periodic log lines instead (a long run never looks hung).
     lines = progress is False or (progress is None and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
@@ -273,9 +283,14 @@ def backfill(
     try:
         with connect(url) as session:
             result = backfill_rows(
-                session, model, embedder=embedder, batch_size=batch_size, progress=_bar(progress)
+                session,
+                model,
+                embedder=embedder,
+                batch_size=batch_size,
+                progress=_bar(progress),
+                embedding=embedding,
             )
-            left = stale_count(session, model, embedder=embedder)
+            left = stale_count(session, model, embedder=embedder, embedding=embedding)
     finally:
         if lines:
             logger.removeHandler(handler)
