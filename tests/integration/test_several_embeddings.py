@@ -4,7 +4,7 @@ one's index, the backfill and the worker filling each."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -405,3 +405,70 @@ def test_bulk_insert_says_to_backfill_the_added_embeddings(tables: Engine) -> No
         vecorm.bulk_insert(session, Article, [{"id": 1, "title": "a", "body": "b"}], embed=False)
         session.commit()
         assert backfill(session, Article).embedded == 3
+
+
+class Refusing(Named):
+    """The title embedder, down: every call fails as a provider outage would."""
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        raise ConnectionError("title provider down")
+
+
+class Fragile(vecorm.Searchable, Base):
+    __tablename__ = "fragile_multi"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("title", "body"),
+        dimensions=DIMS,
+        bm25=None,
+        embedder=BODY,
+        embeddings={
+            "title_embedding": vecorm.Embedding(
+                fields=("title",), embedder=Refusing(DIMS, "down", 4)
+            )
+        },
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+
+
+def test_strict_a_failing_provider_of_one_embedding_writes_nothing(tables: Engine) -> None:
+    with _session(tables) as session:
+        session.add(Fragile(id=1, title="a", body="b"))
+        with pytest.raises(vecorm.EmbeddingError, match="title provider down"):
+            session.commit()
+        assert len(session.new) == 1  # the pending work is kept
+        session.rollback()
+    with Session(tables) as session:
+        assert session.execute(select(Fragile.id)).all() == []
+
+
+def test_deferred_a_failing_provider_leaves_only_its_embedding_for_the_backfill(
+    tables: Engine,
+) -> None:
+    with Session(tables) as session:
+        vecorm.install(session, mode="deferred")
+        session.add(Fragile(id=1, title="a", body="b"))
+        session.commit()
+        row = session.get_one(Fragile, 1)
+        np.testing.assert_allclose(row.embedding, BODY.embed(["a\nb"])[0])
+        assert row.title_embedding is None and row.title_embedding_digest is None
+        assert stale_count(session, Fragile, embedding="title_embedding") == 1
+        assert stale_count(session, Fragile, embedding="embedding") == 0
+
+
+async def test_an_async_session_embeds_each(tables: Engine, vecorm_async_engine: Any) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with AsyncSession(vecorm_async_engine, expire_on_commit=False) as session:
+        vecorm.install(session)
+        session.add(Article(id=7, title="Locks", body="Row and table locks"))
+        await session.commit()
+        found = (
+            await session.execute(Article.nearest("locks", k=1, embedding="title_embedding"))
+        ).one()
+        assert found.Article.id == 7
+        assert found.distance == pytest.approx(0.0, abs=1e-5)
+    with Session(tables) as session:
+        row = session.get_one(Article, 7)
+        np.testing.assert_allclose(row.title_embedding, TITLE.embed(["Locks"])[0])
