@@ -8,6 +8,7 @@ table with vecorm's defaults.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -251,6 +252,11 @@ def test_a_filtered_walk_is_capped_by_the_table_size(
             settings = [params for sql, params in RecordingCursor.sent if "set_config" in sql]
             assert "hnsw.max_scan_tuples" in settings[0].values()  # put back: the old value
             assert str(ROWS // 20) not in settings[0].values()
+            RecordingCursor.sent.clear()
+            hybrid = Sized.hybrid_search("t", k=K, vector=FAR[0], where=Sized.tenant == 3)
+            assert len(session.execute(hybrid).all()) == K  # its walk is capped the same way
+            settings = [params for sql, params in RecordingCursor.sent if "set_config" in sql]
+            assert len(settings) == 1 and str(ROWS // 20) in settings[0].values()
     finally:
         recording.dispose()
 
@@ -266,3 +272,47 @@ def test_a_session_class_of_the_app_gets_the_exact_rows(engine: Engine) -> None:
         _forced(session)
         stmt = Note.nearest(FAR[0], k=K).where(Note.tenant == 1)
         assert [note.id for note, _ in session.execute(stmt)] == _exact(FAR[0])
+
+
+# --- hybrid search: the semantic arm falls back inside the statement -------------------------
+
+
+def _semantic_ids(session: Session, query: np.ndarray, *, depth: int = K) -> set[int]:
+    stmt = Note.hybrid_search("t", k=depth, vector=query, depth=depth, where=Note.tenant == 1)
+    return {row.Note.id for row in session.execute(stmt) if row.semantic_rank is not None}
+
+
+def test_a_short_semantic_arm_of_a_filtered_hybrid_search_is_exact(
+    engine: Engine, searches: list[str]
+) -> None:
+    with Session(engine) as session, session.begin():
+        _forced(session)
+        for query in FAR:
+            assert _semantic_ids(session, query) == set(_exact(query))
+    assert len(searches) == len(FAR)  # one statement each: the fallback is inside it
+
+
+def test_a_full_semantic_arm_skips_the_exact_scan(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        _forced(session)
+        stmt = Note.hybrid_search("t", k=K, vector=NEAR[0], depth=K, where=Note.tenant == 1)
+        assert {row.Note.id for row in session.execute(stmt) if row.semantic_rank} == set(
+            _exact(NEAR[0])
+        )
+        plan = "\n".join(
+            str(line)
+            for line in session.execute(
+                text("EXPLAIN (ANALYZE, COSTS OFF) " + _literal(session, stmt))
+            ).scalars()
+        )
+    # the exact branch is planned behind a one-time filter, and never runs when the walk
+    # filled the arm
+    assert "One-Time Filter: ((InitPlan" in plan, plan
+    exact_branch = r"Seq Scan on fallback_notes fallback_notes_\d+ \(never executed\)"
+    assert re.search(exact_branch, plan), plan
+
+
+def _literal(session: Session, stmt: Any) -> str:
+    return str(
+        stmt.compile(dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True})
+    )

@@ -58,6 +58,10 @@ from vecorm.search.settings import unfiltered
 
 #: Execution option: ``True`` on vecorm's index searches, ``False`` to opt one out.
 FALLBACK_OPTION = "vecorm_exact_fallback"
+#: Execution option: ``True`` on a statement that falls back by itself (a filtered hybrid
+#: search's semantic arm, :func:`~vecorm.search.vector.nearest_candidates`): only its walk is
+#: capped here.
+WALK_CAP_OPTION = "vecorm_cap_walk"
 #: A filtered HNSW walk reads at most this share of the table's rows before it gives up (and
 #: the statement runs exactly): measured, a graph walk costs 10-30x an exact scan per row, so
 #: a walk this long already costs about an exact scan (benchmarks/filtered_search.py) ...
@@ -137,6 +141,9 @@ def _exact(statement: Select[Any]) -> Select[Any] | None:
 
 def _do_orm_execute(state: ORMExecuteState) -> Result[Any] | None:
     options = state.execution_options
+    if options.get(WALK_CAP_OPTION) is True and options.get(FALLBACK_OPTION) is not False:
+        cap = _walk_cap(state)
+        return state.invoke_statement(execution_options=cap) if cap else None
     if options.get(FALLBACK_OPTION) is not True or not state.is_select:
         return None
     if options.get("stream_results") or options.get("yield_per"):

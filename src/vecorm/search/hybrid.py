@@ -61,6 +61,7 @@ from vecorm.schema.config import Distance
 from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.pgcatalog import pg
 from vecorm.search.arms import LexicalArm
+from vecorm.search.exact_fallback import WALK_CAP_OPTION
 from vecorm.search.settings import index_search_options
 from vecorm.search.text import Ranking, lexical_arm
 from vecorm.search.vector import (
@@ -454,4 +455,8 @@ def hybrid_search(
     options = index_search_options(
         config, depth=depth * config.rerank if binary else depth, filtered=bool(filters)
     )
+    if options and filters:
+        # the semantic arm answers exactly when its walk comes back short (nearest_candidates):
+        # the walk goes only as far as pays (vecorm.search.exact_fallback)
+        options[WALK_CAP_OPTION] = True
     return stmt.execution_options(**options) if options else stmt

@@ -60,9 +60,11 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    literal_column,
     not_,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import visitors
@@ -77,6 +79,7 @@ from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import Distance, SearchConfig
 from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import indexed_expression
+from vecorm.schema.pgcatalog import pg
 from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
 from vecorm.search.exact_fallback import FALLBACK_OPTION
 from vecorm.search.settings import index_search_options, own_condition
@@ -560,6 +563,13 @@ def nearest_candidates(
     """``pk_0 .. pk_n, distance`` of the ``depth`` nearest rows under ``where``, nearest first,
     through the model's index whatever its precision (a hybrid search's semantic arm).
 
+    Under a ``where``, the index's walk can run out before ``depth`` rows pass it (rows that
+    sit together away from the query); the statement then answers exactly, by itself: the
+    walk is a CTE, and a second branch ordered by ``distance + 0`` (no index serves it) runs
+    only when the walk returned fewer than ``depth`` rows (a one-time filter PostgreSQL
+    evaluates before the branch, which otherwise never executes; see
+    :mod:`vecorm.search.exact_fallback` for the same rule as two statements).
+
     Run it with :func:`index_search_options` ``(config, depth=candidates)``.
     """
     config = _config(model, embedding)
@@ -575,4 +585,17 @@ def nearest_candidates(
         count = candidates if candidates is not None else depth * config.rerank
         order = hamming_expression(model, query, embedding=embedding)
         stmt = stmt.where(BinaryCandidates(keys, order, count))
-    return stmt.order_by(distance_column, *keys).limit(row_limit(depth))
+    stmt = stmt.order_by(distance_column, *keys).limit(row_limit(depth))
+    if not where or config.index is None:
+        return stmt
+    walk = stmt.cte("semantic_walk")
+    found = select(pg.count(literal_column("*"))).select_from(walk).scalar_subquery()
+    complete = select(*walk.c).where(found >= depth)
+    exact = (
+        select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), distance_column)
+        .where(_column(model, embedding).is_not(None), *where, found < depth)
+        .order_by(expression + 0.0, *keys)
+        .limit(row_limit(depth))
+    )
+    either = union_all(complete, exact).subquery("semantic_either")
+    return select(*either.c)
