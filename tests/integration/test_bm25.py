@@ -304,6 +304,11 @@ def assert_statistics_exact(session: Session, model: type = Note) -> None:
     assert stored.pop("", 0) == documents_count
     assert stored_length == total
     assert stored == expected_terms
+    # Every fold drops the terms it brought to no document: none is left behind.
+    left_at_zero = session.scalar(
+        text(f"SELECT count(*) FROM {name}_bm25_terms WHERE df = 0 AND term <> ''")
+    )
+    assert left_at_zero == 0
     postings = session.execute(
         text(f"SELECT {keys}, term, tf, dl FROM {name}_bm25_postings ORDER BY {keys}, term")
     ).all()
