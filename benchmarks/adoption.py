@@ -508,7 +508,16 @@ def report(args: argparse.Namespace, ours: Timings, raw: Timings, writers: Write
     everything = [s.seconds for s in writers.samples]
     print(f"{'whole run':<34}{waits(everything)}")
     slowest = max(writers.samples, key=lambda s: s.seconds)
-    print(f"longest wait: {slowest.seconds * 1000:.0f} ms ({slowest.kind})")
+    began = slowest.at - slowest.seconds
+    during = next(
+        (
+            f", began {began - start:.1f} s into the {name}"
+            for name, (start, stop) in ours.phases.items()
+            if start <= began <= stop
+        ),
+        "",
+    )
+    print(f"longest wait: {slowest.seconds * 1000:.0f} ms ({slowest.kind}{during})")
 
 
 @contextmanager

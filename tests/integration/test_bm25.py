@@ -304,6 +304,11 @@ def assert_statistics_exact(session: Session, model: type = Note) -> None:
     assert stored.pop("", 0) == documents_count
     assert stored_length == total
     assert stored == expected_terms
+    # Every fold drops the terms it brought to no document: none is left behind.
+    left_at_zero = session.scalar(
+        text(f"SELECT count(*) FROM {name}_bm25_terms WHERE df = 0 AND term <> ''")
+    )
+    assert left_at_zero == 0
     postings = session.execute(
         text(f"SELECT {keys}, term, tf, dl FROM {name}_bm25_postings ORDER BY {keys}, term")
     ).all()
@@ -437,6 +442,65 @@ def test_rebuild_backfills_rows_written_without_triggers(session: Session) -> No
     bm25.rebuild(session, Note)
     assert_statistics_exact(session)
     assert_scores_match(session)
+
+
+def test_one_statement_writes_a_whole_batch_with_its_impacts(engine: Engine) -> None:
+    """A multi-row INSERT ... SELECT and an UPDATE of many rows (empty and stop-word-only
+    texts among them) are each one trigger call: counts, lengths and postings come out
+    exact, and on a new table (no average-length hint yet) every posting's impact uses the
+    batch's own average length."""
+    with Session(engine) as session:
+        session.execute(
+            text(
+                "INSERT INTO notes (id, title, body) SELECT i, 'vacuum ' || i, "
+                "CASE WHEN i % 10 = 0 THEN '' WHEN i % 10 = 1 THEN 'the and of' "
+                "ELSE repeat('index lock ', i % 4 + 1) END FROM generate_series(1, 60) i"
+            )
+        )
+        assert_statistics_exact(session)
+        documents, length = session.execute(
+            text("SELECT df, length FROM notes_bm25_deltas WHERE term = ''")
+        ).one()
+        assert documents == 60
+        average = length / documents
+        k1, b = 1.2, 0.75
+        for tf, dl, impact in session.execute(
+            text("SELECT tf, dl, impact FROM notes_bm25_postings")
+        ):
+            assert impact == pytest.approx(
+                tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / average)), rel=1e-6
+            )
+        session.execute(text("UPDATE notes SET body = body || ' wal' WHERE id % 3 = 0"))
+        session.execute(text("UPDATE notes SET body = '' WHERE id % 7 = 0"))
+        assert_statistics_exact(session)
+
+
+def test_compaction_drops_exactly_the_terms_left_without_documents(engine: Engine) -> None:
+    """Each fold drops the terms it brought to no document, looked up by key, and keeps
+    every other term, including one that reaches 0 and comes back in the same fold."""
+    with Session(engine) as session, session.begin():
+        session.execute(
+            insert(Note),
+            [
+                {"id": 1, "title": "kept", "body": "vacuum zeppelin"},
+                {"id": 2, "title": "kept", "body": "vacuum quokka"},
+                {"id": 3, "title": "kept", "body": "vacuum narwhal"},
+            ],
+        )
+        bm25.compact(session, Note)
+    with Session(engine) as session, session.begin():
+        session.execute(delete(Note).where(Note.id == 1))  # zeppelin: 1 -> 0
+        session.execute(delete(Note).where(Note.id == 2))  # quokka: 1 -> 0 ...
+        session.add(Note(id=4, title="back", body="quokka"))  # ... -> 1 in the same fold
+        session.add(Note(id=5, title="gone", body="axolotl"))  # never reaches the terms
+        session.flush()
+        session.execute(delete(Note).where(Note.id == 5))
+        bm25.compact(session, Note)
+        terms = dict(session.execute(text("SELECT term, df FROM notes_bm25_terms")).all())
+        assert "zeppelin" not in terms and "axolotl" not in terms
+        assert terms["quokka"] == 1 and terms["narwhal"] == 1 and terms["vacuum"] == 1
+        assert session.scalar(text("SELECT count(*) FROM notes_bm25_terms WHERE df = 0")) == 0
+        assert_statistics_exact(session)
 
 
 # ----------------------------------------------------------------- queries
