@@ -12,8 +12,9 @@ change. :func:`backfill` embeds them::
     result = backfill(session, Document, batch_size=256)
     result.embedded, result.rows_per_second         # (1200, 5300.0)
 
-Each batch is claimed with ``SELECT ... ORDER BY <primary key> LIMIT n FOR UPDATE SKIP LOCKED``,
-embedded, written and committed in its own transaction, so:
+Each batch is found with ``SELECT <primary key> ... ORDER BY <primary key> LIMIT n`` (no
+lock), claimed by those keys ``FOR UPDATE SKIP LOCKED``, embedded, written and committed in
+its own transaction, so:
 
 * a crash loses at most the batch in flight, and running it again carries on where it stopped
   (committed rows are no longer stale);
