@@ -36,20 +36,22 @@
   ``add(nodes)`` (batches of 2,048, ``VectorStoreIndex``'s ``insert_batch_size``). Queries:
   ``query(VectorStoreQuery(query_embedding=q, similarity_top_k=10))``; hybrid with
   ``mode=HYBRID, query_str=text``, which returns the dense top 10 followed by the text top 10,
-  deduplicated, unfused (fusion is left to a retriever): the first 10 are scored here.
+  deduplicated, unfused (fusion is left to a retriever): the first 10 are scored here. It
+  runs on psycopg2, its default driver: psycopg 3 refuses its ``SET hnsw.ef_search = $1``.
 
 **Data**: clustered vectors (50 clusters in a 32-d latent space projected to ``d``
 dimensions, plus noise, as ``search_overhead.py``) and a body of 16 words per row: 4 words of
 its cluster's own vocabulary among 12 common Zipfian words. Every library is given the same
 precomputed vectors (no embedding model runs). Query texts are 2 words of the query's cluster
-and 1 common word. After the loads every table is ``ANALYZE``\\d (as autovacuum would),
-outside the timed load.
+and 1 common word. After the loads every table is analyzed (``ANALYZE``, as autovacuum
+would), outside the timed load.
 
 **SciFact** (``--scifact DIR``, BEIR layout, read in place): the 5,183 abstracts (title +
 text) and the 300 test queries, embedded by vecorm's ``HashingEmbedder(384)`` (offline,
-instant; ``--embedder local`` uses all-MiniLM-L6-v2 instead, cached on disk after a first
-run that took about 30 minutes on 2 busy cores). The quality column is then nDCG@10 against
-SciFact's judgements instead of on-topic@10.
+instant; ``--embedder local`` uses all-MiniLM-L6-v2 instead, with ``vecorm[local]``'s
+packages in the same environment, cached on disk: the first run embeds 5,183 abstracts, about
+30 minutes at the rate measured on 2 busy cores, so the recorded run used hashing vectors).
+The quality column is then nDCG@10 against SciFact's judgements instead of on-topic@10.
 
 **Measured**: load rows/s (index builds included); top-10 latency, median and p95 over
 ``--queries`` queries, interleaved query by query across the libraries (after 10 warm-up
