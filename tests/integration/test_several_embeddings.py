@@ -472,3 +472,16 @@ async def test_an_async_session_embeds_each(tables: Engine, vecorm_async_engine:
     with Session(tables) as session:
         row = session.get_one(Article, 7)
         np.testing.assert_allclose(row.title_embedding, TITLE.embed(["Locks"])[0])
+
+
+def test_build_model_index_builds_the_named_embedding_s_index(tables: Engine) -> None:
+    _load(tables, 20)
+    with tables.begin() as conn:
+        conn.execute(text("DROP INDEX ix_articles_multi_small_vec_hnsw"))
+    report = vecorm.build_model_index(tables, Article, embedding="small_embedding", progress=False)
+    assert report.index == "ix_articles_multi_small_vec_hnsw"
+    with tables.connect() as conn:
+        definition = conn.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": report.index}
+        ).scalar_one()
+    assert "USING hnsw (small_vec vector_l2_ops)" in definition

@@ -44,6 +44,7 @@ from vecorm.errors import ConfigurationError, IndexBuildError, VecormWarning
 from vecorm.progress import new_bar
 from vecorm.schema.concurrently import DEFAULT_WAIT_TIMEOUT, WaitTimeout, run_concurrently
 from vecorm.schema.config import SearchConfig
+from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import index_name, vector_index_name
 
 _MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)?\s*$", re.IGNORECASE)
@@ -507,11 +508,10 @@ def _build_partitioned(
         )
 
 
-def model_vector_index(model: Any) -> Index:
-    """The vector index vecorm declares on ``model``'s table."""
-    from vecorm.schema.config import search_config
-
-    config: SearchConfig = search_config(model)
+def model_vector_index(model: Any, embedding: EmbeddingRef = None) -> Index:
+    """The vector index vecorm declares on ``model``'s table for its ``embedding`` (default:
+    ``embedding``; another of ``SearchConfig(embeddings=...)`` by name)."""
+    config: SearchConfig = embedding_slot(model, embedding).config
     table = model.__table__
     name = vector_index_name(str(table.name), config.embedding_column, config)
     for index in table.indexes:
@@ -520,8 +520,11 @@ def model_vector_index(model: Any) -> Index:
     raise IndexBuildError(f"{model.__name__} declares no vector index (index=None?)")
 
 
-def build_model_index(engine: Engine, model: Any, **options: Any) -> BuildReport:
-    """:func:`build_index` for ``model``'s vector index, on its own AUTOCOMMIT connection."""
-    index = model_vector_index(model)
+def build_model_index(
+    engine: Engine, model: Any, *, embedding: EmbeddingRef = None, **options: Any
+) -> BuildReport:
+    """:func:`build_index` for ``model``'s vector index (of its ``embedding``, default
+    ``embedding``), on its own AUTOCOMMIT connection."""
+    index = model_vector_index(model, embedding)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         return build_index(connection, index, **options)

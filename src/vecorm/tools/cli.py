@@ -626,6 +626,12 @@ def bench(
 @click.option("--workers", type=click.IntRange(0, 1024), default=None, help="Parallel workers.")
 @click.option("--rebuild", is_flag=True, help="REINDEX CONCURRENTLY an existing index.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--embedding",
+    metavar="NAME",
+    default=None,
+    help="The index of this one of the model's embeddings (SearchConfig(embeddings=...)).",
+)
 def build_index(
     model_path: str,
     database_url: str | None,
@@ -633,6 +639,7 @@ def build_index(
     workers: int | None,
     rebuild: bool,
     progress: bool,
+    embedding: str | None,
 ) -> None:
     """Build MODULE:MODEL's vector index CONCURRENTLY (see vecorm.scale.index_build)."""
     from vecorm.engine import create_engine
@@ -644,6 +651,7 @@ def build_index(
         report = build_model_index(
             engine,
             load_model(model_path),
+            embedding=embedding,
             rebuild=rebuild,
             maintenance_work_mem=memory,
             parallel_workers=workers,
