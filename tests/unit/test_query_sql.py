@@ -119,7 +119,8 @@ def test_hybrid_search_is_one_statement_with_both_arms() -> None:
         Doc.hybrid_search("error 0x80070057", vector=[1, 2, 3], k=5, where=Doc.body != "x")
     )
     assert compiled.count("FULL OUTER JOIN") == 1
-    assert compiled.count("unit_docs.body != %(") == 2  # the filter sits in both arms
+    # the filter sits in both arms, and in the semantic arm's exact branch
+    assert compiled.count("unit_docs.body != %(") == 3
     assert "row_number() OVER (ORDER BY semantic_candidates.distance ASC" in compiled
     # Min-max over the fused rows, whose scores are completed where an arm missed them.
     assert "max(completed.distance) OVER ()" in compiled
