@@ -61,6 +61,7 @@ from vecorm.schema.config import Distance
 from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.pgcatalog import pg
 from vecorm.search.arms import LexicalArm
+from vecorm.search.bm25.ranking import shared_statistics
 from vecorm.search.exact_fallback import WALK_CAP_OPTION
 from vecorm.search.settings import index_search_options
 from vecorm.search.text import Ranking, lexical_arm
@@ -323,6 +324,7 @@ def _completed(
     )
 
 
+@shared_statistics()
 def hybrid_search(
     model: Any,
     text: str,

@@ -3,7 +3,9 @@ arm of hybrid search."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +43,26 @@ from vecorm.schema.pgcatalog import pg
 from vecorm.search.bm25.tables import side_tables
 from vecorm.search.tsquery import MODES, Mode
 from vecorm.search.vector import keys_equal, keys_in, row_limit
+
+#: The statistics CTEs built so far in one statement's construction (see
+#: :func:`shared_statistics`), by (table, text, language).
+_SHARED: ContextVar[dict[tuple[Any, ...], tuple[Any, Any]] | None] = ContextVar(
+    "vecorm_bm25_statistics", default=None
+)
+
+
+@contextmanager
+def shared_statistics() -> Iterator[None]:
+    """While building one statement, :func:`scores` of the same text on the same table reuse
+    one set of statistics CTEs (the query's terms, their document frequencies, the average
+    length), which the statement then computes once: a hybrid search's candidates and the
+    completion of the rows its semantic arm found. Statistics kept per distribution value
+    are not shared (they depend on the filter)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
@@ -142,7 +164,7 @@ def scores(
     threshold = settings.prune_above if prune_above == "config" else prune_above
     BM25(prune_above=threshold, seed=settings.seed if seed is None else seed)  # validate
     seed_postings = settings.seed if seed is None else seed
-    postings, terms, deltas = tables.postings, tables.terms, tables.deltas
+    postings = tables.postings
     language = tables.config.language
     names = tables.keys
 
@@ -155,53 +177,14 @@ def scores(
             return []
         return [scope(side.c[tables.distributed_by])]
 
-    query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
-    wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
-    counts = union_all(
-        select(terms.c.term, terms.c.df, terms.c.length).where(
-            terms.c.term.in_(wanted), *scoped(terms)
-        ),
-        select(deltas.c.term, deltas.c.df, deltas.c.length).where(
-            deltas.c.term.in_(wanted), *scoped(deltas)
-        ),
-    ).subquery(f"{prefix}_counts")
-    totals = (
-        select(
-            counts.c.term,
-            cast(pg.sum(counts.c.df), Float).label("df"),
-            cast(pg.sum(counts.c.length), Float).label("length"),
-        )
-        .group_by(counts.c.term)
-        .cte(f"{prefix}_totals")
-        .prefix_with("MATERIALIZED")
-    )
-    collection = (
-        select(
-            totals.c.df.label("n"),
-            func.coalesce(
-                totals.c.length / func.nullif(totals.c.df, _constant(0.0), type_=Float),
-                _constant(1.0),
-            ).label("avgdl"),
-        )
-        .where(totals.c.term == literal_column("''", Text))
-        .subquery(f"{prefix}_collection")
-    )
-    idf = pg.ln(
-        _constant(1.0)
-        + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
-    )
-    weighted = (
-        select(
-            totals.c.term,
-            totals.c.df,
-            (idf * query.c.qtf).label("idf"),
-            collection.c.avgdl,
-        )
-        .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
-        .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
-        .cte(f"{prefix}_terms")
-        .prefix_with("MATERIALIZED")
-    )
+    shared = _SHARED.get() if scope is None else None
+    found = shared.get((tables.table, text, language)) if shared is not None else None
+    if found is not None:
+        query, weighted = found
+    else:
+        query, weighted = _statistics(tables, text, language, scoped, prefix)
+        if shared is not None:
+            shared[(tables.table, text, language)] = (query, weighted)
     k1_param = _constant(k1_value)
     b_param = _constant(b_value)
 
@@ -265,6 +248,66 @@ def scores(
             )
     stmt = stmt.order_by(score.desc(), *keys)
     return stmt if only is not None else stmt.limit(row_limit(depth))
+
+
+def _statistics(
+    tables: Any,
+    text: str,
+    language: str,
+    scoped: Callable[[Table], list[ColumnElement[bool]]],
+    prefix: str,
+) -> tuple[Any, Any]:
+    """The CTEs of the query's terms (``term``, ``qtf``) and of their statistics (``term``,
+    ``df``, ``idf``, ``avgdl``), named ``<prefix>_query`` / ``<prefix>_terms``."""
+    terms, deltas = tables.terms, tables.deltas
+    query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
+    wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
+    counts = union_all(
+        select(terms.c.term, terms.c.df, terms.c.length).where(
+            terms.c.term.in_(wanted), *scoped(terms)
+        ),
+        select(deltas.c.term, deltas.c.df, deltas.c.length).where(
+            deltas.c.term.in_(wanted), *scoped(deltas)
+        ),
+    ).subquery(f"{prefix}_counts")
+    totals = (
+        select(
+            counts.c.term,
+            cast(pg.sum(counts.c.df), Float).label("df"),
+            cast(pg.sum(counts.c.length), Float).label("length"),
+        )
+        .group_by(counts.c.term)
+        .cte(f"{prefix}_totals")
+        .prefix_with("MATERIALIZED")
+    )
+    collection = (
+        select(
+            totals.c.df.label("n"),
+            func.coalesce(
+                totals.c.length / func.nullif(totals.c.df, _constant(0.0), type_=Float),
+                _constant(1.0),
+            ).label("avgdl"),
+        )
+        .where(totals.c.term == literal_column("''", Text))
+        .subquery(f"{prefix}_collection")
+    )
+    idf = pg.ln(
+        _constant(1.0)
+        + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
+    )
+    weighted = (
+        select(
+            totals.c.term,
+            totals.c.df,
+            (idf * query.c.qtf).label("idf"),
+            collection.c.avgdl,
+        )
+        .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
+        .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
+        .cte(f"{prefix}_terms")
+        .prefix_with("MATERIALIZED")
+    )
+    return query, weighted
 
 
 @dataclass(frozen=True)
