@@ -126,6 +126,8 @@ def test_hybrid_search_is_one_statement_with_both_arms() -> None:
     assert "max(completed.distance) OVER ()" in compiled
     assert "min(completed.text_score) OVER ()" in compiled
     assert "WHERE fused.text_score IS NULL" in compiled  # the rows to score lexically
+    # ... with the statistics the lexical arm computed: one set in the statement
+    assert compiled.count("bm25_terms AS") == 1 and "bm25_fill_terms" not in compiled
     assert "coalesce(fused.distance, unit_docs.embedding <=> " in compiled
     assert "row_number() OVER (ORDER BY lexical_candidates.score DESC" in compiled
     assert compiled.endswith("ORDER BY score DESC, unit_docs.id LIMIT 5")
