@@ -485,3 +485,28 @@ def test_build_model_index_builds_the_named_embedding_s_index(tables: Engine) ->
             text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": report.index}
         ).scalar_one()
     assert "USING hnsw (small_vec vector_l2_ops)" in definition
+
+
+def test_the_cli_builds_the_named_embedding_s_index(
+    tables: Engine, vecorm_url: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from vecorm.tools.cli import main
+
+    with tables.begin() as conn:
+        conn.execute(text("DROP INDEX ix_articles_multi_title_embedding_hnsw"))
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parents[2]))
+    url = vecorm_url.render_as_string(hide_password=False)
+    model = "tests.integration.test_several_embeddings:Article"
+    args = ["build-index", model, "--database-url", url, "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--embedding", "title_embedding"])
+    assert result.exit_code == 0, result.output
+    assert "built ix_articles_multi_title_embedding_hnsw" in result.output
+    with tables.connect() as conn:
+        names = set(
+            conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'articles_multi'")
+            ).scalars()
+        )
+    assert "ix_articles_multi_title_embedding_hnsw" in names
