@@ -154,11 +154,11 @@ class Searchable:
 
     @declared_attr
     def embedding_digest(cls) -> Mapped[bytes | None]:
-        return _digest_column(search_config(cls))  # type: ignore[no-any-return]
+        return _bookkeeping_column(search_config(cls).digest_column, LargeBinary)  # type: ignore[no-any-return]
 
     @declared_attr
     def embedding_model(cls) -> Mapped[str | None]:
-        return _model_column(search_config(cls))  # type: ignore[no-any-return]
+        return _bookkeeping_column(search_config(cls).model_column, String(200))  # type: ignore[no-any-return]
 
     # --- query helpers (search/vector.py, search/hybrid.py) ---
     @classmethod
@@ -431,8 +431,12 @@ def _declare_added_embeddings(cls: type[Any], config: SearchConfig) -> None:
         if any(slot.attribute in klass.__dict__ for klass in cls.__mro__):
             continue
         setattr(cls, slot.attribute, _vector_column(slot.config))
-        setattr(cls, slot.digest_attribute, _digest_column(slot.config))
-        setattr(cls, slot.model_attribute, _model_column(slot.config))
+        setattr(
+            cls, slot.digest_attribute, _bookkeeping_column(slot.config.digest_column, LargeBinary)
+        )
+        setattr(
+            cls, slot.model_attribute, _bookkeeping_column(slot.config.model_column, String(200))
+        )
 
 
 def _vector_column(config: SearchConfig) -> Any:
@@ -446,23 +450,10 @@ def _vector_column(config: SearchConfig) -> Any:
     )
 
 
-def _digest_column(config: SearchConfig) -> Any:
+def _bookkeeping_column(name: str, type_: Any) -> Any:
+    """An embedding's digest (``LargeBinary``) or model name (``String(200)``) column."""
     return mapped_column(
-        config.digest_column,
-        LargeBinary,
-        nullable=True,
-        deferred=True,
-        deferred_group="vecorm_bookkeeping",
-    )
-
-
-def _model_column(config: SearchConfig) -> Any:
-    return mapped_column(
-        config.model_column,
-        String(200),
-        nullable=True,
-        deferred=True,
-        deferred_group="vecorm_bookkeeping",
+        name, type_, nullable=True, deferred=True, deferred_group="vecorm_bookkeeping"
     )
 
 

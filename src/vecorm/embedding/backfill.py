@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,11 +271,22 @@ def stale_count(
 
     ``stale_count(session, Document, embedder=OpenAIEmbedder())``
     """
-    total = 0
+    return sum(
+        count_stale(session, columns, provider.model_name)
+        for columns, provider in _each_embedding(session, model, embedding, embedder)
+    )
+
+
+def _each_embedding(
+    session: Session, model: type[Any], embedding: EmbeddingRef, embedder: Embedder | None
+) -> Iterator[tuple[EmbeddingColumns, Embedder]]:
+    """The columns and provider of each embedding :func:`chosen_embeddings` picks, one after
+    the other (a provider is looked for only when its embedding's turn comes)."""
     for slot in chosen_embeddings(model, embedding, embedder):
-        provider = resolve_embedder(session, model, embedder, slot.attribute)
-        total += count_stale(session, columns_of(model, slot.attribute), provider.model_name)
-    return total
+        yield (
+            columns_of(model, slot.attribute),
+            resolve_embedder(session, model, embedder, slot.attribute),
+        )
 
 
 def count_stale(session: Session, columns: EmbeddingColumns, model_name: str) -> int:
@@ -309,13 +320,13 @@ def backfill(
     results = [
         run_backfill(
             session,
-            columns_of(model, slot.attribute),
-            resolve_embedder(session, model, embedder, slot.attribute),
+            columns,
+            provider,
             batch_size=batch_size,
             progress=progress,
             log_every=log_every,
         )
-        for slot in chosen_embeddings(model, embedding, embedder)
+        for columns, provider in _each_embedding(session, model, embedding, embedder)
     ]
     if len(results) == 1:
         return results[0]

@@ -351,7 +351,12 @@ def _before_flush(
 
 def _embedder_for(installation: _Installation, cls: type[Any]) -> Embedder | None:
     config = getattr(cls, "__vecorm__", None)
-    own = config.embedder if isinstance(config, SearchConfig) else None
+    return _provider(installation, config if isinstance(config, SearchConfig) else None)
+
+
+def _provider(installation: _Installation, config: SearchConfig | None) -> Embedder | None:
+    """The embedder of ``config`` (a model's, or one of its embeddings'), else the installed one."""
+    own = config.embedder if config is not None else None
     return own if own is not None else installation.embedder
 
 
@@ -553,7 +558,7 @@ def _plan(
         extra = related.get(id(instance), ()) if slot.uses_related else ()
         text = join_text((*_field_values(candidate, row), *extra))
         digest = text_digest(text) if text is not None else None
-        embedder = config.embedder if config.embedder is not None else installation.embedder
+        embedder = _provider(installation, config)
         if candidate.explicit_vector:
             _record_assigned_vector(candidate, digest, embedder)
             continue
@@ -635,9 +640,16 @@ def _record_assigned_vector(
 
 
 def _clear(instance: Any, slot: EmbeddingSlot) -> None:
-    setattr(instance, slot.attribute, None)
-    setattr(instance, slot.digest_attribute, None)
-    setattr(instance, slot.model_attribute, None)
+    _store(instance, slot, None, None, None)
+
+
+def _store(
+    instance: Any, slot: EmbeddingSlot, vector: Any, digest: bytes | None, model: str | None
+) -> None:
+    """Set one embedding's vector, digest and model name on ``instance``."""
+    setattr(instance, slot.attribute, vector)
+    setattr(instance, slot.digest_attribute, digest)
+    setattr(instance, slot.model_attribute, model)
 
 
 def _check_dimensions(owner: str, slot: EmbeddingSlot, embedder: Embedder) -> None:
@@ -728,6 +740,4 @@ def _assign(
             if vector is None:
                 _clear(job.instance, job.slot)
                 continue
-            setattr(job.instance, job.slot.attribute, vector)
-            setattr(job.instance, job.slot.digest_attribute, job.digest)
-            setattr(job.instance, job.slot.model_attribute, model_name)
+            _store(job.instance, job.slot, vector, job.digest, model_name)

@@ -63,7 +63,7 @@ def embedding_slots(model: Any) -> tuple[EmbeddingSlot, ...]:
     if cached is not None and cached[0] is config:
         return cached[1]
     slots = (
-        EmbeddingSlot(DEFAULT, "embedding_digest", "embedding_model", config),
+        EmbeddingSlot(DEFAULT, f"{DEFAULT}{DIGEST_SUFFIX}", f"{DEFAULT}{MODEL_SUFFIX}", config),
         *(added_slot(config, name, spec) for name, spec in (config.embeddings or {}).items()),
     )
     _slots[id(config)] = (config, slots)
@@ -119,8 +119,8 @@ def validate_embeddings(config: SearchConfig, owner: str) -> None:
         return
     taken = {
         DEFAULT,
-        "embedding_digest",
-        "embedding_model",
+        f"{DEFAULT}{DIGEST_SUFFIX}",
+        f"{DEFAULT}{MODEL_SUFFIX}",
         "search_vector",
         *config.fields,
         *(config.related or {}),
