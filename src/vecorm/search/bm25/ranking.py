@@ -40,7 +40,7 @@ from vecorm.errors import ConfigurationError
 from vecorm.schema import pgcatalog as catalog
 from vecorm.schema.config import BM25
 from vecorm.schema.pgcatalog import pg
-from vecorm.search.bm25.tables import side_tables
+from vecorm.search.bm25.tables import BM25Tables, side_tables
 from vecorm.search.tsquery import MODES, Mode
 from vecorm.search.vector import keys_equal, keys_in, row_limit
 
@@ -251,7 +251,7 @@ def scores(
 
 
 def _statistics(
-    tables: Any,
+    tables: BM25Tables,
     text: str,
     language: str,
     scoped: Callable[[Table], list[ColumnElement[bool]]],
