@@ -307,6 +307,31 @@ def test_mixin_embedding_is_validated_on_assignment_naming_the_model() -> None:
     assert isinstance(doc.embedding, np.ndarray) and doc.embedding.dtype == np.float32
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([1.0, np.nan, 2.0], dtype=np.float32),  # the fast path: float32 as it is
+        np.array([np.inf, 1.0, 2.0], dtype=np.float32),
+        np.array([1.0, 2.0, -np.inf], dtype=np.float32),
+        np.array([1.0, np.nan, 2.0], dtype=">f4"),  # float32, not in native byte order
+        np.array([1.0, 2.0, 1e300]),  # float64 that float32 cannot hold
+        np.array([[1.0, np.nan, 2.0, 0.0]], dtype=np.float32)[0, ::1][:3],  # a view
+    ],
+)
+def test_every_non_finite_vector_is_refused_whatever_its_array(value: Any) -> None:
+    with pytest.raises(vecorm.InvalidVector, match="Doc.embedding contains NaN or infinity"):
+        Doc(body="x", embedding=value)
+
+
+def test_huge_finite_float32_values_are_kept() -> None:
+    """Values whose squares overflow float32 are still finite: pgvector stores them."""
+    huge = np.array([3e38, -3e38, 1e20], dtype=np.float32)
+    doc = Doc(body="x", embedding=huge)
+    assert doc.embedding.tolist() == huge.tolist()
+    strided = np.arange(6, dtype=np.float32)[::2]  # not contiguous
+    assert Doc(body="x", embedding=strided).embedding.tolist() == [0.0, 2.0, 4.0]
+
+
 def test_reflection_sees_vector_types_with_dimensions(db: DriverDatabase) -> None:
     def work(conn: Connection) -> Table:
         return Table("items", MetaData(), autoload_with=conn)

@@ -119,23 +119,40 @@ def to_float_array(value: object, dimensions: int | None, *, label: str = "vecto
     """
     if type(value) is CheckedVector and (dimensions is None or value.shape[0] == dimensions):
         return value  # validated when it was assigned
-    if isinstance(value, PgVector | PgHalfVector):
-        value = value.to_numpy()
-    if isinstance(value, str | bytes):
-        raise InvalidVector(f"{label} must be a sequence of numbers, not {type(value).__name__}")
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidVector(f"{label} must be a sequence of numbers") from exc
+    if type(value) is np.ndarray and value.dtype is _FLOAT32:
+        array = value  # the common case (an embedder's output, a row of a matrix): as it is
+    else:
+        if isinstance(value, PgVector | PgHalfVector):
+            value = value.to_numpy()
+        if isinstance(value, str | bytes):
+            raise InvalidVector(
+                f"{label} must be a sequence of numbers, not {type(value).__name__}"
+            )
+        try:
+            # a float64 too large for float32 becomes infinity, refused below as such
+            with np.errstate(over="ignore"):
+                array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidVector(f"{label} must be a sequence of numbers") from exc
     if array.ndim != 1:
         raise InvalidVector(f"{label} must be one-dimensional, got shape {array.shape}")
     if dimensions is not None and array.shape[0] != dimensions:
         raise DimensionMismatch(f"{label} expected {dimensions} dimensions, not {array.shape[0]}")
     if array.shape[0] == 0:
         raise InvalidVector(f"{label} must have at least 1 dimension")
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         raise InvalidVector(f"{label} contains NaN or infinity, which pgvector cannot store")
     return array
+
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _all_finite(array: FloatArray) -> bool:
+    """Whether every value of ``array`` is finite (``count_nonzero`` of the test, not
+    ``.all()``: 3 us for 1,536 values against 4 us, on every vector assigned or bound)."""
+    finite = int(np.count_nonzero(np.isfinite(array)))
+    return finite == int(array.shape[0])
 
 
 def to_sparse_vector(
