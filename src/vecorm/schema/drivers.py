@@ -30,6 +30,7 @@ asyncpg needs nothing (it looks array types up by itself). pgvector-python's own
 
 from __future__ import annotations
 
+import struct
 import sys
 from typing import Any, ClassVar
 
@@ -39,15 +40,17 @@ import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from sqlalchemy import event
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "BinaryHalfVecParam",
     "BinarySparseVecParam",
+    "BinaryVectorArrayParam",
     "BinaryVectorParam",
     "copy_dumper",
     "register_array_types",
+    "type_oid",
     "uses_binary_binds",
 ]
 
@@ -102,12 +105,56 @@ class BinarySparseVecParam:
         return self._text
 
 
+class BinaryVectorArrayParam:
+    """Validated vectors as one ``vector[]`` (or ``halfvec[]``) parameter in PostgreSQL's
+    binary array format (psycopg 3): a batch of rows binds one value, not one per row.
+
+    The format names the element type's OID, which differs per database (see
+    :func:`type_oid`); ``element_type`` is ``">f4"`` for ``vector``, ``">f2"`` for ``halfvec``::
+
+        BinaryVectorArrayParam(np.eye(3, dtype=np.float32), type_oid(conn, "VECTOR(3)"), ">f4")
+    """
+
+    __slots__ = ("payload",)
+
+    def __init__(self, vectors: npt.NDArray[Any], element_oid: int, element_type: str) -> None:
+        count, dimensions = vectors.shape
+        cells = np.empty(
+            count,
+            dtype=[
+                ("length", ">i4"),
+                ("dimensions", ">u2"),
+                ("unused", ">u2"),
+                ("values", element_type, (dimensions,)),
+            ],
+        )
+        cells["length"] = 4 + dimensions * np.dtype(element_type).itemsize
+        cells["dimensions"] = dimensions
+        cells["unused"] = 0
+        cells["values"] = vectors
+        # one dimension, no NULLs, the element type, its length, lower bound 1
+        header = struct.pack(">iiIii", 1, 0, element_oid, count, 1)
+        self.payload = header + cells.tobytes()
+
+
+def type_oid(connection: Connection, type_sql: str) -> int:
+    """The OID of the type ``type_sql`` names (``"VECTOR(64)"``) on ``connection``'s
+    database, resolved as a statement would resolve it; asked once per DBAPI connection."""
+    cache: dict[str, int] = connection.connection.info.setdefault("vecorm_type_oids", {})
+    oid = cache.get(type_sql)
+    if oid is None:
+        query = f"SELECT CAST(pg_catalog.pg_typeof(CAST(NULL AS {type_sql})) AS pg_catalog.oid)"
+        oid = int(connection.exec_driver_sql(query).scalar_one())
+        cache[type_sql] = oid
+    return oid
+
+
 class _BinaryParamDumper(Dumper):
     # oid 0 leaves the type to the server, which reads it from the CAST around the parameter.
     format = Format.BINARY
     oid = 0
 
-    def dump(self, obj: BinaryVectorParam | BinarySparseVecParam) -> bytes:
+    def dump(self, obj: BinaryVectorParam | BinarySparseVecParam | BinaryVectorArrayParam) -> bytes:
         return obj.payload
 
 
@@ -135,6 +182,7 @@ def copy_dumper(oid: int) -> type[Dumper]:
 for _param_class in (BinaryVectorParam, BinaryHalfVecParam, BinarySparseVecParam):
     psycopg.adapters.register_dumper(_param_class, _TextParamDumper)
     psycopg.adapters.register_dumper(_param_class, _BinaryParamDumper)
+psycopg.adapters.register_dumper(BinaryVectorArrayParam, _BinaryParamDumper)
 
 
 def is_asyncpg_bit_string(value: object) -> bool:
