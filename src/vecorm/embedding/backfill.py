@@ -83,7 +83,7 @@ from vecorm.errors import ConfigurationError, DimensionMismatch, EmbeddingError,
 from vecorm.progress import Bar, ProgressChoice, SilentBar, progress_bar
 from vecorm.schema.cluster import distribution_column
 from vecorm.schema.config import SearchConfig
-from vecorm.schema.drivers import BinaryVectorArrayParam, type_oid, uses_binary_binds
+from vecorm.schema.drivers import BinaryArrayParam, type_oid, uses_binary_binds
 from vecorm.schema.embeddings import EmbeddingRef, EmbeddingSlot, embedding_slot, embedding_slots
 from vecorm.schema.pgcatalog import (
     catalog_operator,
@@ -760,7 +760,7 @@ def batch_update(
 
     ``rows`` are ``(*primary key, vector, digest, model name)``. On psycopg 3 each column of
     the batch is one array parameter, the vectors one ``vector[]`` in pgvector's binary format
-    (:class:`~vecorm.schema.drivers.BinaryVectorArrayParam`)::
+    (:class:`~vecorm.schema.drivers.BinaryArrayParam`)::
 
         UPDATE t SET embedding = b.embedding, ... FROM ROWS FROM (pg_catalog.unnest(CAST(
         :vecorm_k0 AS INTEGER[])), pg_catalog.unnest(CAST(:vecorm_embeddings AS VECTOR(64)[])),
@@ -797,14 +797,12 @@ def _array_batch_update(
     """:func:`batch_update` with one array parameter per column (psycopg 3)."""
     width = len(columns.keys)
     vector_type = columns.embedding.type.compile(connection.dialect)
-    vectors = BinaryVectorArrayParam(
-        np.stack([row[width] for row in rows]),
-        type_oid(connection, vector_type),
-        element_type,
+    vectors = BinaryArrayParam.of_vectors(
+        np.stack([row[width] for row in rows]), type_oid(connection, vector_type), element_type
     )
     parameters: dict[str, Any] = {f"vecorm_k{n}": [row[n] for row in rows] for n in range(width)}
     parameters["vecorm_embeddings"] = vectors
-    parameters["vecorm_digests"] = [row[width + 1] for row in rows]
+    parameters["vecorm_digests"] = BinaryArrayParam.of_bytes([row[width + 1] for row in rows])
     parameters["vecorm_model"] = rows[0][width + 2]
     return _array_text(columns, connection.dialect), parameters
 
@@ -824,7 +822,7 @@ def _array_text(columns: EmbeddingColumns, dialect: Dialect) -> TextClause:
         bindparam(f"vecorm_k{n}", type_=ARRAY(key.type)) for n, key in enumerate(columns.keys)
     ]
     binds.append(bindparam("vecorm_embeddings"))
-    binds.append(bindparam("vecorm_digests", type_=ARRAY(columns.digest.type)))
+    binds.append(bindparam("vecorm_digests"))
     binds.append(bindparam("vecorm_model", type_=columns.model.type))
     table = preparer.format_table(columns.table)
     match = " AND ".join(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,9 +45,9 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
+    "BinaryArrayParam",
     "BinaryHalfVecParam",
     "BinarySparseVecParam",
-    "BinaryVectorArrayParam",
     "BinaryVectorParam",
     "copy_dumper",
     "register_array_types",
@@ -105,19 +106,30 @@ class BinarySparseVecParam:
         return self._text
 
 
-class BinaryVectorArrayParam:
-    """Validated vectors as one ``vector[]`` (or ``halfvec[]``) parameter in PostgreSQL's
-    binary array format (psycopg 3): a batch of rows binds one value, not one per row.
+class BinaryArrayParam:
+    """Values of one type as one array parameter in PostgreSQL's binary array format (psycopg
+    3): a batch of rows binds one value per column, not one per row and column.
 
-    The format names the element type's OID, which differs per database (see
-    :func:`type_oid`); ``element_type`` is ``">f4"`` for ``vector``, ``">f2"`` for ``halfvec``::
+    The format names the element type's OID, which differs per database for pgvector's types
+    (see :func:`type_oid`)::
 
-        BinaryVectorArrayParam(np.eye(3, dtype=np.float32), type_oid(conn, "VECTOR(3)"), ">f4")
+        BinaryArrayParam.of_vectors(np.eye(3, dtype=np.float32), type_oid(conn, "VECTOR(3)"))
+        BinaryArrayParam.of_bytes([b"a", b"bc"])                 # a bytea[]
     """
 
     __slots__ = ("payload",)
 
-    def __init__(self, vectors: npt.NDArray[Any], element_oid: int, element_type: str) -> None:
+    def __init__(self, element_oid: int, count: int, elements: bytes) -> None:
+        # one dimension, no NULLs, the element type, the length, lower bound 1; then each
+        # element as its length and its binary form
+        self.payload = struct.pack(">iiIii", 1, 0, element_oid, count, 1) + elements
+
+    @classmethod
+    def of_vectors(
+        cls, vectors: npt.NDArray[Any], element_oid: int, element_type: str = ">f4"
+    ) -> BinaryArrayParam:
+        """A ``vector[]`` (``element_type`` ``">f4"``) or ``halfvec[]`` (``">f2"``) of the
+        rows of ``vectors``, each in pgvector's binary form."""
         count, dimensions = vectors.shape
         cells = np.empty(
             count,
@@ -132,9 +144,17 @@ class BinaryVectorArrayParam:
         cells["dimensions"] = dimensions
         cells["unused"] = 0
         cells["values"] = vectors
-        # one dimension, no NULLs, the element type, its length, lower bound 1
-        header = struct.pack(">iiIii", 1, 0, element_oid, count, 1)
-        self.payload = header + cells.tobytes()
+        return cls(element_oid, count, cells.tobytes())
+
+    @classmethod
+    def of_bytes(cls, values: Sequence[bytes]) -> BinaryArrayParam:
+        """A ``bytea[]`` of ``values``."""
+        elements = b"".join(len(value).to_bytes(4, "big") + value for value in values)
+        return cls(BYTEA_OID, len(values), elements)
+
+
+#: ``bytea``'s OID, the same in every database (a built-in type).
+BYTEA_OID = 17
 
 
 def type_oid(connection: Connection, type_sql: str) -> int:
@@ -154,7 +174,7 @@ class _BinaryParamDumper(Dumper):
     format = Format.BINARY
     oid = 0
 
-    def dump(self, obj: BinaryVectorParam | BinarySparseVecParam | BinaryVectorArrayParam) -> bytes:
+    def dump(self, obj: BinaryVectorParam | BinarySparseVecParam | BinaryArrayParam) -> bytes:
         return obj.payload
 
 
@@ -182,7 +202,7 @@ def copy_dumper(oid: int) -> type[Dumper]:
 for _param_class in (BinaryVectorParam, BinaryHalfVecParam, BinarySparseVecParam):
     psycopg.adapters.register_dumper(_param_class, _TextParamDumper)
     psycopg.adapters.register_dumper(_param_class, _BinaryParamDumper)
-psycopg.adapters.register_dumper(BinaryVectorArrayParam, _BinaryParamDumper)
+psycopg.adapters.register_dumper(BinaryArrayParam, _BinaryParamDumper)
 
 
 def is_asyncpg_bit_string(value: object) -> bool:
