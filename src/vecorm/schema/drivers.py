@@ -159,14 +159,10 @@ BYTEA_OID = 17
 
 def type_oid(connection: Connection, type_sql: str) -> int:
     """The OID of the type ``type_sql`` names (``"VECTOR(64)"``) on ``connection``'s
-    database, resolved as a statement would resolve it; asked once per DBAPI connection."""
-    cache: dict[str, int] = connection.connection.info.setdefault("vecorm_type_oids", {})
-    oid = cache.get(type_sql)
-    if oid is None:
-        query = f"SELECT CAST(pg_catalog.pg_typeof(CAST(NULL AS {type_sql})) AS pg_catalog.oid)"
-        oid = int(connection.exec_driver_sql(query).scalar_one())
-        cache[type_sql] = oid
-    return oid
+    database, resolved as a statement would resolve it. Asked each time (one short query
+    per batch): a cached OID would go stale when the extension is dropped and created again."""
+    query = f"SELECT CAST(pg_catalog.pg_typeof(CAST(NULL AS {type_sql})) AS pg_catalog.oid)"
+    return int(connection.exec_driver_sql(query).scalar_one())
 
 
 class _BinaryParamDumper(Dumper):
