@@ -65,6 +65,12 @@ def shared_statistics() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+#: Query terms whose bounds together stay under this share of the first threshold are only
+#: probed (MaxScore allows any share under 1): every candidate then owes at least the rest of
+#: its score to the scanned terms, which keeps the candidates, and the probes, few.
+OPTIONAL_SHARE = 0.5
+
+
 def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
     return [table.c[name] for name in names]
 
@@ -219,19 +225,29 @@ def scores(
     if pruned:
         assert threshold is not None
         many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(threshold)
+        pruned_select, pruning = _max_score(
+            postings,
+            weighted,
+            names,
+            term_score,
+            contribution,
+            seed=seed_postings,
+            depth=depth,
+            k1=k1_param,
+            prefix=prefix,
+        )
+        # Without an optional term MaxScore would read every posting anyway: score them.
+        useful = and_(many, pruning)
+        # Each branch keeps its own best rows: only those pass the gate and the union.
+        branches = [exhaustive.where(~useful), pruned_select.where(useful)]
         scored = union_all(
-            exhaustive.where(~many),
-            _max_score(
-                postings,
-                weighted,
-                names,
-                term_score,
-                contribution,
-                seed=seed_postings,
-                depth=depth,
-                k1=k1_param,
-                prefix=prefix,
-            ).where(many),
+            *(
+                branch.order_by(
+                    branch.selected_columns.score.desc(),
+                    *(branch.selected_columns[name] for name in names),
+                ).limit(row_limit(depth))
+                for branch in branches
+            )
         )
     ranked = scored.subquery(f"{prefix}_scored")
     score = ranked.c.score.label("score")
@@ -375,99 +391,154 @@ def _max_score(
     depth: int,
     k1: ColumnElement[float],
     prefix: str = "bm25",
-) -> Select[Any]:
+) -> tuple[Select[Any], ColumnElement[bool]]:
     """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
 
-    1. A threshold: the ``depth``-th best exact score among the documents holding each term's
-       ``seed`` best postings (by stored impact): the true ``depth``-th score is at least
-       that high.
+    1. A first threshold: the ``depth``-th best exact score among the documents holding each
+       term's ``seed`` best postings (by stored impact): the true ``depth``-th score is at
+       least that high.
     2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
-       whose bounds together stay under the threshold are *non-essential*: a document with
-       only those cannot make the top ``depth``. Only the essential terms' postings are read.
-    3. Documents whose essential partial score plus the non-essential bounds reaches the
-       threshold are rescored exactly over every query term.
+       whose bounds together stay under the threshold are *optional*: a document with only
+       those cannot make the top ``depth``, so their postings are never read. The others'
+       postings are summed per document (the *partial* score).
+    3. The threshold rises to the ``depth``-th best partial score (a score is at least its
+       partial). Documents whose partial plus the optional bounds reaches it are the
+       candidates; only they are probed for the optional terms, through the (document,
+       term) index, the term of largest bound first (its exact value narrows the rest).
 
     The stored impact only steers step 1, so the result is exact whatever it holds.
     """
     key_columns = _keys(postings, names)
     best = (
-        select(*key_columns)
+        select(*key_columns, postings.c.tf, postings.c.dl)
         .where(postings.c.term == weighted.c.term)
         .order_by(postings.c.impact.desc())
         .limit(_integer(seed))
         .lateral(f"{prefix}_best")
     )
-    seeds = (
-        select(*(best.c[name] for name in names))
+    # A score is at least any one of its terms' contributions: no probe needed.
+    seeded = (
+        select(pg.max(contribution(best.c.tf, best.c.dl)).label("score"))
         .select_from(weighted.join(best, true()))
-        .distinct()
-        .cte(f"{prefix}_seeds")
-        .prefix_with("MATERIALIZED")
+        .group_by(*(best.c[name] for name in names))
+        .subquery(f"{prefix}_seeded")
     )
 
-    def exact(candidates: Any) -> Select[Any]:
+    def probe(candidates: Any, terms: Any) -> Any:
         # One index probe per (candidate, term); LIMIT 1 keeps the planner from turning the
         # probes into a scan of every posting of the terms.
-        probe = (
+        return (
             select(postings.c.tf, postings.c.dl)
             .where(
-                postings.c.term == weighted.c.term,
+                postings.c.term == terms.c.term,
                 *(postings.c[name] == candidates.c[name] for name in names),
             )
             .limit(_integer(1))
+            .correlate_except(postings)
             .lateral(f"{prefix}_probe")
         )
-        candidate_keys = [candidates.c[name] for name in names]
+
+    def optional_part(rows: Any, terms: Any, name: str) -> Any:
+        """``part``: the exact contribution of ``terms`` to each row of ``rows``."""
+        found = probe(rows, terms)
+        joined = (
+            terms if terms is weighted else terms.join(weighted, weighted.c.term == terms.c.term)
+        )
         return (
-            select(
-                *(key.label(name) for key, name in zip(candidate_keys, names, strict=True)),
-                pg.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
-            )
-            .select_from(candidates.join(weighted, true()).join(probe, true()))
-            .group_by(*candidate_keys)
+            select(pg.sum(contribution(found.c.tf, found.c.dl)).label("part"))
+            .select_from(joined.join(found, true()))
+            .lateral(name)
         )
 
-    seeded = exact(seeds).subquery(f"{prefix}_seeded")
-    kth = (
-        select(
-            func.coalesce(
-                select(seeded.c.score)
-                .order_by(seeded.c.score.desc())
-                .offset(_integer(depth - 1))
-                .limit(_integer(1))
-                .scalar_subquery(),
-                _constant(0.0),
-            ).label("score")
+    def kth(scored: Any, column: str) -> ColumnElement[Any]:
+        """The ``depth``-th largest ``column`` of ``scored`` (0 when there are fewer)."""
+        return func.coalesce(
+            select(scored.c[column])
+            .order_by(scored.c[column].desc())
+            .offset(_integer(depth - 1))
+            .limit(_integer(1))
+            .scalar_subquery(),
+            _constant(0.0),
         )
-        .cte(f"{prefix}_threshold")
-        .prefix_with("MATERIALIZED")
-    )
-    threshold = select(kth.c.score).scalar_subquery()
+
+    first = select(kth(seeded, "score").label("score")).cte(f"{prefix}_seed_threshold")
+    first = first.prefix_with("MATERIALIZED")
+    # A hair under the threshold: sums in another order may differ in their last bits, and
+    # a term wrongly made optional would lose documents (a wrongly essential one costs time).
+    slack = _constant(1.0 - 1e-9)
     bound = weighted.c.idf * (k1 + _constant(1.0))
     cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
     bounds = (
         select(
             weighted.c.term,
-            (cumulative < threshold).label("optional"),
-            cumulative.label("cumulative"),
+            bound.label("bound"),
+            (cumulative < select(first.c.score).scalar_subquery() * OPTIONAL_SHARE).label(
+                "optional"
+            ),
         )
         .cte(f"{prefix}_bounds")
         .prefix_with("MATERIALIZED")
     )
     optional_bound = func.coalesce(
-        select(pg.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
+        select(pg.sum(bounds.c.bound)).where(bounds.c.optional).scalar_subquery(),
         _constant(0.0),
     )
-    survivors = (
-        select(*key_columns)
-        .select_from(
-            weighted.join(postings, postings.c.term == weighted.c.term).join(
-                bounds, and_(bounds.c.term == weighted.c.term, ~bounds.c.optional)
-            )
-        )
+    partials = (
+        select(*key_columns, pg.sum(term_score).label("partial"))
+        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .where(weighted.c.term.not_in(select(bounds.c.term).where(bounds.c.optional)))
         .group_by(*key_columns)
-        .having(pg.sum(term_score) + optional_bound >= threshold)
-        .cte(f"{prefix}_survivors")
+        .cte(f"{prefix}_partials")
         .prefix_with("MATERIALIZED")
     )
-    return exact(survivors)
+    threshold = (
+        select(
+            func.greatest(select(first.c.score).scalar_subquery(), kth(partials, "partial")).label(
+                "score"
+            )
+        )
+        .cte(f"{prefix}_threshold")
+        .prefix_with("MATERIALIZED")
+    )
+    floor = select(threshold.c.score).scalar_subquery() * slack
+    candidates = (
+        select(*(partials.c[name] for name in names), partials.c.partial)
+        .where(partials.c.partial + optional_bound >= floor)
+        .cte(f"{prefix}_candidates")
+        .prefix_with("MATERIALIZED")
+    )
+    # The optional term of largest bound, then the others, each probed per candidate.
+    largest = (
+        select(bounds.c.term, bounds.c.bound)
+        .where(bounds.c.optional)
+        .order_by(bounds.c.bound.desc(), bounds.c.term)
+        .limit(_integer(1))
+        .cte(f"{prefix}_largest")
+        .prefix_with("MATERIALIZED")
+    )
+
+    first_part = optional_part(candidates, largest, f"{prefix}_first")
+    first_value = func.coalesce(first_part.c.part, _constant(0.0))
+    largest_bound = func.coalesce(select(largest.c.bound).scalar_subquery(), _constant(0.0))
+    narrowed = (
+        select(
+            *(candidates.c[name] for name in names),
+            (candidates.c.partial + first_value).label("partial"),
+        )
+        .select_from(candidates.join(first_part, true()))
+        .where(candidates.c.partial + first_value + optional_bound - largest_bound >= floor)
+        .cte(f"{prefix}_narrowed")
+        .prefix_with("MATERIALIZED")
+    )
+    # Every survivor rescored over every term, in the order the exhaustive sum adds them (the
+    # statistics CTE's), so that equal scores stay equal to the last bit and ties at the
+    # ``depth``-th score break by key exactly as when every posting is scored.
+    rescored = optional_part(narrowed, weighted, f"{prefix}_rescored")
+    pruning = select(bounds.c.term).where(bounds.c.optional).exists()
+    return (
+        select(
+            *(narrowed.c[name].label(name) for name in names),
+            rescored.c.part.label("score"),
+        ).select_from(narrowed.join(rescored, true())),
+        pruning,
+    )
