@@ -152,9 +152,10 @@ def scores(
 ) -> Select[Any]:
     """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
 
-    An unfiltered any-term query whose terms hold more than ``prune_above`` postings is
-    ranked with MaxScore pruning (:func:`_max_score`, exact); otherwise, with ``where``,
-    another mode or ``prune_above=None`` every posting of the query terms is scored.
+    An unfiltered any-term query whose terms hold more than ``prune_above`` postings (the
+    model's ``BM25.prune_above``, 50,000 by default) is ranked with MaxScore pruning
+    (:func:`_max_score`, exact); otherwise, with ``where``, another mode, statistics kept per
+    distribution value or ``prune_above=None``, every posting of the query terms is scored.
     ``only`` (a ``SELECT`` of primary-key tuples) scores just those rows, every one of them
     that matches, through the (document, lexeme) index: a hybrid search completes the
     lexical score of rows that only its semantic arm found this way. ``prefix`` names the
@@ -207,7 +208,15 @@ def scores(
 
     term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
-    pruned = mode == "any" and not where and threshold is not None and only is None
+    # Statistics kept per distribution value (Citus) are always scored exhaustively: the
+    # MaxScore statement (lateral probes, correlated subqueries) is not tested on Citus.
+    pruned = (
+        mode == "any"
+        and not where
+        and threshold is not None
+        and only is None
+        and tables.distributed_by is None
+    )
     exhaustive = (
         select(*key_columns, pg.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
