@@ -539,15 +539,24 @@ def _max_score(
         .cte(f"{prefix}_narrowed")
         .prefix_with("MATERIALIZED")
     )
-    # Every survivor rescored over every term, in the order the exhaustive sum adds them (the
-    # statistics CTE's), so that equal scores stay equal to the last bit and ties at the
-    # ``depth``-th score break by key exactly as when every posting is scored.
-    rescored = optional_part(narrowed, weighted, f"{prefix}_rescored")
+    # A survivor's score lies between its partial and its partial plus the other optional
+    # bounds (those of the cheapest words): only survivors whose upper end reaches the
+    # ``depth``-th partial can be among the best. They are rescored over every term, in the
+    # order the exhaustive sum adds them (the statistics CTE's), so that equal scores stay
+    # equal to the last bit and ties break by key exactly as when every posting is scored.
+    rest_bound = optional_bound - largest_bound
+    finalists = (
+        select(*(narrowed.c[name] for name in names))
+        .where(narrowed.c.partial + rest_bound >= kth(narrowed, "partial") * slack)
+        .cte(f"{prefix}_finalists")
+        .prefix_with("MATERIALIZED")
+    )
+    rescored = optional_part(finalists, weighted, f"{prefix}_rescored")
     pruning = select(bounds.c.term).where(bounds.c.optional).exists()
     return (
         select(
-            *(narrowed.c[name].label(name) for name in names),
+            *(finalists.c[name].label(name) for name in names),
             rescored.c.part.label("score"),
-        ).select_from(narrowed.join(rescored, true())),
+        ).select_from(finalists.join(rescored, true())),
         pruning,
     )
