@@ -403,20 +403,23 @@ def _max_score(
 ) -> tuple[Select[Any], ColumnElement[bool]]:
     """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
 
-    1. A first threshold: the ``depth``-th best exact score among the documents holding each
-       term's ``seed`` best postings (by stored impact): the true ``depth``-th score is at
-       least that high.
+    1. A first threshold: the ``depth``-th best single-term contribution among each term's
+       ``seed`` best postings (by stored impact); a score is at least any of its terms'
+       contributions, so the true ``depth``-th score is at least that high.
     2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
-       whose bounds together stay under the threshold are *optional*: a document with only
-       those cannot make the top ``depth``, so their postings are never read. The others'
-       postings are summed per document (the *partial* score).
-    3. The threshold rises to the ``depth``-th best partial score (a score is at least its
-       partial). Documents whose partial plus the optional bounds reaches it are the
-       candidates; only they are probed for the optional terms, through the (document,
-       term) index, the term of largest bound first (its exact value narrows the rest).
+       whose bounds together stay under :data:`OPTIONAL_SHARE` of the threshold are
+       *optional*: their postings are never read. The others' postings are summed per
+       document (the *partial* score), and the threshold rises to the ``depth``-th partial.
+    3. Documents whose partial plus the optional bounds reaches it are the candidates; each
+       is probed through the (document, term) index for the optional term of largest bound,
+       and narrowed again; those whose upper end can still reach the ``depth``-th partial
+       are rescored over every term.
 
-    The stored impact only steers step 1, so the result is exact whatever it holds.
+    The stored impact only picks the seeds, so the result is exact whatever it holds. The
+    second statement returned is true when some term is optional (else the caller scores
+    every posting: MaxScore would read them all anyway).
     """
+
     key_columns = _keys(postings, names)
     best = (
         select(*key_columns, postings.c.tf, postings.c.dl)
