@@ -230,7 +230,7 @@ def test_two_pruned_scorers_in_one_statement(session: Session) -> None:
     first = bm25.scores(PrunedNote, "vacuum table", depth=5, prefix="a")
     second = bm25.scores(PrunedNote, "index lock lock", depth=5, prefix="b")
     sql = str(select(first.subquery(), second.subquery()).compile(session.get_bind()))
-    assert "a_survivors" in sql and "b_survivors" in sql  # both take the MaxScore branch
+    assert "a_candidates" in sql and "b_candidates" in sql  # both take the MaxScore branch
     alone = {
         "a": [(row.pk_0, row.score) for row in session.execute(first)],
         "b": [(row.pk_0, row.score) for row in session.execute(second)],

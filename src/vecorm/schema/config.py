@@ -263,11 +263,11 @@ class BM25:
     """BM25 ranking for the full-text side (the default lexical ranking).
 
     ``k1`` and ``b`` are Anserini's defaults (0.9, 0.4), chosen on other collections, not
-    tuned here. By default every posting of the query terms is scored (exact, and 40 ms for
-    3 common words at 200k documents here); ``prune_above=N`` ranks queries whose terms hold
-    more than N postings with MaxScore pruning instead (also exact; ``seed`` postings per
-    term find its threshold), which pays off only when queries mix very common words with
-    rarer ones (docs/search-quality.md)::
+    tuned here. A query whose terms hold more than ``prune_above`` postings (50,000 by
+    default) is ranked with MaxScore pruning, which never reads the postings of words too
+    common to lift a document into the top k (exact; ``seed`` postings per term find its first
+    threshold); a smaller query scores every posting, which is cheaper there.
+    ``prune_above=None`` always scores every posting (docs/search-quality.md)::
 
         SearchConfig(fields=("body",), bm25=BM25(k1=1.2, b=0.75))
         SearchConfig(fields=("body",), bm25=None)     # no statistics tables; ts_rank ranking
@@ -282,7 +282,7 @@ class BM25:
 
     k1: float = 0.9
     b: float = 0.4
-    prune_above: int | None = None
+    prune_above: int | None = 50_000
     seed: int = 100
     distributed_by: str | None = None
 

@@ -65,6 +65,12 @@ def shared_statistics() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+#: Query terms whose bounds together stay under this share of the first threshold are only
+#: probed (MaxScore allows any share under 1): every candidate then owes at least the rest of
+#: its score to the scanned terms, which keeps the candidates, and the probes, few.
+OPTIONAL_SHARE = 0.5
+
+
 def _keys(table: Table, names: Sequence[str]) -> list[ColumnElement[Any]]:
     return [table.c[name] for name in names]
 
@@ -146,9 +152,10 @@ def scores(
 ) -> Select[Any]:
     """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
 
-    An unfiltered any-term query whose terms hold more than ``prune_above`` postings is
-    ranked with MaxScore pruning (:func:`_max_score`, exact); otherwise, with ``where``,
-    another mode or ``prune_above=None`` every posting of the query terms is scored.
+    An unfiltered any-term query whose terms hold more than ``prune_above`` postings (the
+    model's ``BM25.prune_above``, 50,000 by default) is ranked with MaxScore pruning
+    (:func:`_max_score`, exact); otherwise, with ``where``, another mode, statistics kept per
+    distribution value or ``prune_above=None``, every posting of the query terms is scored.
     ``only`` (a ``SELECT`` of primary-key tuples) scores just those rows, every one of them
     that matches, through the (document, lexeme) index: a hybrid search completes the
     lexical score of rows that only its semantic arm found this way. ``prefix`` names the
@@ -201,7 +208,15 @@ def scores(
 
     term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
-    pruned = mode == "any" and not where and threshold is not None and only is None
+    # Statistics kept per distribution value (Citus) are always scored exhaustively: the
+    # MaxScore statement (lateral probes, correlated subqueries) is not tested on Citus.
+    pruned = (
+        mode == "any"
+        and not where
+        and threshold is not None
+        and only is None
+        and tables.distributed_by is None
+    )
     exhaustive = (
         select(*key_columns, pg.sum(term_score).label("score"))
         .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
@@ -219,19 +234,29 @@ def scores(
     if pruned:
         assert threshold is not None
         many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(threshold)
+        pruned_select, pruning = _max_score(
+            postings,
+            weighted,
+            names,
+            term_score,
+            contribution,
+            seed=seed_postings,
+            depth=depth,
+            k1=k1_param,
+            prefix=prefix,
+        )
+        # Without an optional term MaxScore would read every posting anyway: score them.
+        useful = and_(many, pruning)
+        # Each branch keeps its own best rows: only those pass the gate and the union.
+        branches = [exhaustive.where(~useful), pruned_select.where(useful)]
         scored = union_all(
-            exhaustive.where(~many),
-            _max_score(
-                postings,
-                weighted,
-                names,
-                term_score,
-                contribution,
-                seed=seed_postings,
-                depth=depth,
-                k1=k1_param,
-                prefix=prefix,
-            ).where(many),
+            *(
+                branch.order_by(
+                    branch.selected_columns.score.desc(),
+                    *(branch.selected_columns[name] for name in names),
+                ).limit(row_limit(depth))
+                for branch in branches
+            )
         )
     ranked = scored.subquery(f"{prefix}_scored")
     score = ranked.c.score.label("score")
@@ -375,99 +400,166 @@ def _max_score(
     depth: int,
     k1: ColumnElement[float],
     prefix: str = "bm25",
-) -> Select[Any]:
+) -> tuple[Select[Any], ColumnElement[bool]]:
     """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
 
-    1. A threshold: the ``depth``-th best exact score among the documents holding each term's
-       ``seed`` best postings (by stored impact): the true ``depth``-th score is at least
-       that high.
+    1. A first threshold: the ``depth``-th best single-term contribution among each term's
+       ``seed`` best postings (by stored impact); a score is at least any of its terms'
+       contributions, so the true ``depth``-th score is at least that high.
     2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
-       whose bounds together stay under the threshold are *non-essential*: a document with
-       only those cannot make the top ``depth``. Only the essential terms' postings are read.
-    3. Documents whose essential partial score plus the non-essential bounds reaches the
-       threshold are rescored exactly over every query term.
+       whose bounds together stay under :data:`OPTIONAL_SHARE` of the threshold are
+       *optional*: their postings are never read. The others' postings are summed per
+       document (the *partial* score), and the threshold rises to the ``depth``-th partial.
+    3. Documents whose partial plus the optional bounds reaches it are the candidates; each
+       is probed through the (document, term) index for the optional term of largest bound,
+       and narrowed again; those whose upper end can still reach the ``depth``-th partial
+       are rescored over every term.
 
-    The stored impact only steers step 1, so the result is exact whatever it holds.
+    The stored impact only picks the seeds, so the result is exact whatever it holds. The
+    second statement returned is true when some term is optional (else the caller scores
+    every posting: MaxScore would read them all anyway).
     """
+
     key_columns = _keys(postings, names)
     best = (
-        select(*key_columns)
+        select(*key_columns, postings.c.tf, postings.c.dl)
         .where(postings.c.term == weighted.c.term)
         .order_by(postings.c.impact.desc())
         .limit(_integer(seed))
         .lateral(f"{prefix}_best")
     )
-    seeds = (
-        select(*(best.c[name] for name in names))
+    # A score is at least any one of its terms' contributions: no probe needed.
+    seeded = (
+        select(pg.max(contribution(best.c.tf, best.c.dl)).label("score"))
         .select_from(weighted.join(best, true()))
-        .distinct()
-        .cte(f"{prefix}_seeds")
-        .prefix_with("MATERIALIZED")
+        .group_by(*(best.c[name] for name in names))
+        .subquery(f"{prefix}_seeded")
     )
 
-    def exact(candidates: Any) -> Select[Any]:
+    def probe(candidates: Any, terms: Any) -> Any:
         # One index probe per (candidate, term); LIMIT 1 keeps the planner from turning the
         # probes into a scan of every posting of the terms.
-        probe = (
+        return (
             select(postings.c.tf, postings.c.dl)
             .where(
-                postings.c.term == weighted.c.term,
+                postings.c.term == terms.c.term,
                 *(postings.c[name] == candidates.c[name] for name in names),
             )
             .limit(_integer(1))
+            .correlate_except(postings)
             .lateral(f"{prefix}_probe")
         )
-        candidate_keys = [candidates.c[name] for name in names]
+
+    def optional_part(rows: Any, terms: Any, name: str) -> Any:
+        """``part``: the exact contribution of ``terms`` to each row of ``rows``."""
+        found = probe(rows, terms)
+        joined = (
+            terms if terms is weighted else terms.join(weighted, weighted.c.term == terms.c.term)
+        )
         return (
-            select(
-                *(key.label(name) for key, name in zip(candidate_keys, names, strict=True)),
-                pg.sum(contribution(probe.c.tf, probe.c.dl)).label("score"),
-            )
-            .select_from(candidates.join(weighted, true()).join(probe, true()))
-            .group_by(*candidate_keys)
+            select(pg.sum(contribution(found.c.tf, found.c.dl)).label("part"))
+            .select_from(joined.join(found, true()))
+            .lateral(name)
         )
 
-    seeded = exact(seeds).subquery(f"{prefix}_seeded")
-    kth = (
-        select(
-            func.coalesce(
-                select(seeded.c.score)
-                .order_by(seeded.c.score.desc())
-                .offset(_integer(depth - 1))
-                .limit(_integer(1))
-                .scalar_subquery(),
-                _constant(0.0),
-            ).label("score")
+    def kth(scored: Any, column: str) -> ColumnElement[Any]:
+        """The ``depth``-th largest ``column`` of ``scored`` (0 when there are fewer)."""
+        return func.coalesce(
+            select(scored.c[column])
+            .order_by(scored.c[column].desc())
+            .offset(_integer(depth - 1))
+            .limit(_integer(1))
+            .scalar_subquery(),
+            _constant(0.0),
         )
-        .cte(f"{prefix}_threshold")
-        .prefix_with("MATERIALIZED")
-    )
-    threshold = select(kth.c.score).scalar_subquery()
+
+    first = select(kth(seeded, "score").label("score")).cte(f"{prefix}_seed_threshold")
+    first = first.prefix_with("MATERIALIZED")
+    # A hair under the threshold: sums in another order may differ in their last bits, and
+    # a term wrongly made optional would lose documents (a wrongly essential one costs time).
+    slack = _constant(1.0 - 1e-9)
     bound = weighted.c.idf * (k1 + _constant(1.0))
     cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
     bounds = (
         select(
             weighted.c.term,
-            (cumulative < threshold).label("optional"),
-            cumulative.label("cumulative"),
+            bound.label("bound"),
+            (cumulative < select(first.c.score).scalar_subquery() * OPTIONAL_SHARE).label(
+                "optional"
+            ),
         )
         .cte(f"{prefix}_bounds")
         .prefix_with("MATERIALIZED")
     )
     optional_bound = func.coalesce(
-        select(pg.max(bounds.c.cumulative)).where(bounds.c.optional).scalar_subquery(),
+        select(pg.sum(bounds.c.bound)).where(bounds.c.optional).scalar_subquery(),
         _constant(0.0),
     )
-    survivors = (
-        select(*key_columns)
-        .select_from(
-            weighted.join(postings, postings.c.term == weighted.c.term).join(
-                bounds, and_(bounds.c.term == weighted.c.term, ~bounds.c.optional)
-            )
-        )
+    partials = (
+        select(*key_columns, pg.sum(term_score).label("partial"))
+        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .where(weighted.c.term.not_in(select(bounds.c.term).where(bounds.c.optional)))
         .group_by(*key_columns)
-        .having(pg.sum(term_score) + optional_bound >= threshold)
-        .cte(f"{prefix}_survivors")
+        .cte(f"{prefix}_partials")
         .prefix_with("MATERIALIZED")
     )
-    return exact(survivors)
+    threshold = (
+        select(
+            func.greatest(select(first.c.score).scalar_subquery(), kth(partials, "partial")).label(
+                "score"
+            )
+        )
+        .cte(f"{prefix}_threshold")
+        .prefix_with("MATERIALIZED")
+    )
+    floor = select(threshold.c.score).scalar_subquery() * slack
+    candidates = (
+        select(*(partials.c[name] for name in names), partials.c.partial)
+        .where(partials.c.partial + optional_bound >= floor)
+        .cte(f"{prefix}_candidates")
+        .prefix_with("MATERIALIZED")
+    )
+    # The optional term of largest bound, then the others, each probed per candidate.
+    largest = (
+        select(bounds.c.term, bounds.c.bound)
+        .where(bounds.c.optional)
+        .order_by(bounds.c.bound.desc(), bounds.c.term)
+        .limit(_integer(1))
+        .cte(f"{prefix}_largest")
+        .prefix_with("MATERIALIZED")
+    )
+
+    first_part = optional_part(candidates, largest, f"{prefix}_first")
+    first_value = func.coalesce(first_part.c.part, _constant(0.0))
+    largest_bound = func.coalesce(select(largest.c.bound).scalar_subquery(), _constant(0.0))
+    narrowed = (
+        select(
+            *(candidates.c[name] for name in names),
+            (candidates.c.partial + first_value).label("partial"),
+        )
+        .select_from(candidates.join(first_part, true()))
+        .where(candidates.c.partial + first_value + optional_bound - largest_bound >= floor)
+        .cte(f"{prefix}_narrowed")
+        .prefix_with("MATERIALIZED")
+    )
+    # A survivor's score lies between its partial and its partial plus the other optional
+    # bounds (those of the cheapest words): only survivors whose upper end reaches the
+    # ``depth``-th partial can be among the best. They are rescored over every term, in the
+    # order the exhaustive sum adds them (the statistics CTE's), so that equal scores stay
+    # equal to the last bit and ties break by key exactly as when every posting is scored.
+    rest_bound = optional_bound - largest_bound
+    finalists = (
+        select(*(narrowed.c[name] for name in names))
+        .where(narrowed.c.partial + rest_bound >= kth(narrowed, "partial") * slack)
+        .cte(f"{prefix}_finalists")
+        .prefix_with("MATERIALIZED")
+    )
+    rescored = optional_part(finalists, weighted, f"{prefix}_rescored")
+    pruning = select(bounds.c.term).where(bounds.c.optional).exists()
+    return (
+        select(
+            *(finalists.c[name].label(name) for name in names),
+            rescored.c.part.label("score"),
+        ).select_from(finalists.join(rescored, true())),
+        pruning,
+    )
