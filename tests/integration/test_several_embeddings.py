@@ -510,3 +510,49 @@ def test_the_cli_builds_the_named_embedding_s_index(
             ).scalars()
         )
     assert "ix_articles_multi_title_embedding_hnsw" in names
+
+
+def test_doctor_checks_every_embedding(tables: Engine) -> None:
+    """``vecorm doctor`` checks each embedding's column, provider, index and stale rows
+    under its own name, and says which backfill to run."""
+    from vecorm.tools.doctor import diagnose
+
+    with tables.begin() as conn:
+        conn.execute(
+            insert(Article), [{"id": i, "title": f"t {i}", "body": f"b {i}"} for i in (1, 2, 3)]
+        )
+    with Session(tables) as session:
+        backfill(session, Article, embedding="embedding")  # the others stay stale
+    with tables.begin() as conn:
+        conn.execute(text("DROP INDEX ix_articles_multi_small_vec_hnsw"))
+    with Session(tables) as session:
+        found = {(f.status, f.subject, f.message, f.hint) for f in diagnose(session, [Article])}
+    title = "Article.title_embedding"
+    small = "Article.small_embedding"
+    module = f"{Article.__module__}:Article"
+    assert ("ok", "Article", "table articles_multi: 3 rows, embedding vector(16)", None) in found
+    assert (
+        "ok",
+        "Article",
+        "no stale rows: every row with text is embedded by body-model",
+        None,
+    ) in found
+    assert ("ok", title, "column title_embedding vector(16)", None) in found
+    assert ("ok", title, "embedder title-model (16-d)", None) in found
+    assert (
+        "warn",
+        title,
+        "3 of 3 rows are stale (no embedding, edited text, or another model)",
+        f"vecorm backfill {module} --embedding title_embedding",
+    ) in found
+    assert ("ok", small, "column small_vec vector(8)", None) in found
+    assert (
+        "fail",
+        small,
+        "vector index ix_articles_multi_small_vec_hnsw is missing: nearest() scans every row",
+        "generate a migration: `alembic revision --autogenerate`, then upgrade",
+    ) in found
+    assert any(
+        status == "ok" and subject == title and message.startswith("EXPLAIN nearest(k=10)")
+        for status, subject, message, _ in found
+    )

@@ -44,6 +44,7 @@ from vecorm.embedding.backfill import columns_of, stale_count
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import VecormError
 from vecorm.schema.config import search_config
+from vecorm.schema.embeddings import EmbeddingSlot, embedding_slots
 from vecorm.search.explain import indexes_used
 
 __all__ = [
@@ -258,7 +259,6 @@ def _server_findings(session: Session) -> list[Finding]:
 
 
 def _model_findings(session: Session, model: type[Any], embedder: Embedder | None) -> list[Finding]:
-    config = search_config(model)
     name = model.__name__
     columns = columns_of(model)
     table_name = columns.table.name
@@ -274,10 +274,39 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
                 "create it: `alembic upgrade head`, or metadata.create_all(engine)",
             )
         ]
+    rows = session.execute(select(func.count()).select_from(columns.table)).scalar_one()
     findings: list[Finding] = []
+    present = _present_indexes(session, schema, table_name)
+    for slot in embedding_slots(model):
+        # the embedder given is the default embedding's; another one uses its own
+        provider = embedder if slot.is_default else None
+        findings.extend(
+            _embedding_findings(session, model, slot, provider, qualified, rows, present)
+        )
+        if slot.is_default:
+            findings.extend(_gin_findings(model, present))
+            bm25_finding = _bm25_finding(session, model)
+            if bm25_finding is not None:
+                findings.append(bm25_finding)
+    return findings
+
+
+def _embedding_findings(
+    session: Session,
+    model: type[Any],
+    slot: EmbeddingSlot,
+    embedder: Embedder | None,
+    qualified: str,
+    rows: int,
+    present: set[str],
+) -> list[Finding]:
+    """The checks of one embedding: its column, its provider, its index and its stale rows
+    (subject ``Document``, or ``Document.title_embedding`` for another embedding)."""
+    config = slot.config
+    name = model.__name__ if slot.is_default else f"{model.__name__}.{slot.attribute}"
+    columns = columns_of(model, slot.attribute)
     expected_type = f"{config.storage}({config.dimensions})"
     stored_type = _column_type(session, qualified, columns.embedding.name)
-    rows = session.execute(select(func.count()).select_from(columns.table)).scalar_one()
     if stored_type is None:
         return [
             Finding(
@@ -287,6 +316,7 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
                 "generate a migration: `alembic revision --autogenerate`, then upgrade",
             )
         ]
+    findings: list[Finding] = []
     if stored_type != expected_type:
         findings.append(
             Finding(
@@ -297,7 +327,7 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
                 "migrate the column (vecorm.embedding.reembed.ModelChange) or fix SearchConfig",
             )
         )
-    else:
+    elif slot.is_default:
         findings.append(
             Finding(
                 "ok",
@@ -305,6 +335,8 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
                 f"table {qualified}: {rows} rows, {columns.embedding.name} {stored_type}",
             )
         )
+    else:
+        findings.append(Finding("ok", name, f"column {columns.embedding.name} {stored_type}"))
     provider = embedder or config.embedder
     if provider is None:
         findings.append(
@@ -312,7 +344,9 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
                 "info",
                 name,
                 "no embedder configured: width and stale checks skipped",
-                "pass --embedder (local, hashing, openai or MODULE:NAME)",
+                "pass --embedder (local, hashing, openai or MODULE:NAME)"
+                if slot.is_default
+                else f"set vecorm.Embedding(embedder=...) for {slot.attribute}",
             )
         )
     elif provider.dimensions != config.dimensions:
@@ -331,12 +365,9 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
         findings.append(
             Finding("ok", name, f"embedder {provider.model_name} ({provider.dimensions}-d)")
         )
-    findings.extend(_index_findings(session, model, schema, table_name, rows))
-    bm25_finding = _bm25_finding(session, model)
-    if bm25_finding is not None:
-        findings.append(bm25_finding)
+    findings.extend(_vector_index_findings(session, model, slot, name, rows, present))
     if provider is not None:
-        findings.append(_stale_finding(session, model, provider, rows))
+        findings.append(_stale_finding(session, model, slot, name, provider, rows))
     return findings
 
 
@@ -359,12 +390,8 @@ def _column_type(session: Session, qualified: str, column_name: str) -> str | No
     return None if value is None else str(value)
 
 
-def _index_findings(
-    session: Session, model: type[Any], schema: str | None, table_name: str, rows: int
-) -> list[Finding]:
-    config = search_config(model)
-    name = model.__name__
-    present = set(
+def _present_indexes(session: Session, schema: str | None, table_name: str) -> set[str]:
+    return set(
         session.execute(
             select(_indexes.c.indexname).where(
                 _indexes.c.tablename == table_name,
@@ -372,39 +399,47 @@ def _index_findings(
             )
         ).scalars()
     )
-    findings: list[Finding] = []
-    declared = _declared_indexes(model)
-    gin = declared.get("gin")
-    if gin is not None:
-        if gin in present:
-            findings.append(Finding("ok", name, f"full-text index {gin} present"))
-        else:
-            findings.append(
-                Finding(
-                    "warn",
-                    name,
-                    f"full-text index {gin} is missing: text and hybrid search scan every row",
-                    "generate a migration: `alembic revision --autogenerate`",
-                )
-            )
-    index = declared.get("vector")
-    if config.index is None or index is None:
-        findings.append(
-            Finding("info", name, "no vector index declared: nearest() scans every row (exact)")
+
+
+def _gin_findings(model: type[Any], present: set[str]) -> list[Finding]:
+    gin = _declared_indexes(model, columns_of(model).embedding.name).get("gin")
+    if gin is None:
+        return []
+    if gin in present:
+        return [Finding("ok", model.__name__, f"full-text index {gin} present")]
+    return [
+        Finding(
+            "warn",
+            model.__name__,
+            f"full-text index {gin} is missing: text and hybrid search scan every row",
+            "generate a migration: `alembic revision --autogenerate`",
         )
-        return findings
+    ]
+
+
+def _vector_index_findings(
+    session: Session,
+    model: type[Any],
+    slot: EmbeddingSlot,
+    name: str,
+    rows: int,
+    present: set[str],
+) -> list[Finding]:
+    index = _declared_indexes(model, columns_of(model, slot.attribute).embedding.name).get("vector")
+    if slot.config.index is None or index is None:
+        return [
+            Finding("info", name, "no vector index declared: nearest() scans every row (exact)")
+        ]
     if index not in present:
-        findings.append(
+        return [
             Finding(
                 "fail",
                 name,
                 f"vector index {index} is missing: nearest() scans every row",
                 "generate a migration: `alembic revision --autogenerate`, then upgrade",
             )
-        )
-        return findings
-    findings.append(_explain_finding(session, model, index, rows))
-    return findings
+        ]
+    return [_explain_finding(session, model, slot, name, index, rows)]
 
 
 def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
@@ -510,27 +545,28 @@ def _qualified(side: Any) -> str:
     return f"{side.schema}.{side.name}" if side.schema else str(side.name)
 
 
-def _declared_indexes(model: type[Any]) -> dict[str, str]:
-    """Names of the model's declared vector index (``"vector"``) and GIN index (``"gin"``)."""
-    columns = columns_of(model)
+def _declared_indexes(model: type[Any], vector_column: str) -> dict[str, str]:
+    """Names of the model's declared index on ``vector_column`` (``"vector"``) and of its
+    GIN index (``"gin"``)."""
     config = search_config(model)
     found: dict[str, str] = {}
-    for index in getattr(columns.table, "indexes", ()):
+    for index in getattr(columns_of(model).table, "indexes", ()):
         method = index.dialect_options["postgresql"].get("using")
-        names = {indexed.name for indexed in index.columns}
-        if method in ("hnsw", "ivfflat") and columns.embedding.name in names:
+        names = {indexed.name for indexed in index.columns}  # expressions' columns too
+        if method in ("hnsw", "ivfflat") and vector_column in names:
             found["vector"] = str(index.name)
         elif method == "gin" and config.tsvector_column in names:
             found["gin"] = str(index.name)
     return found
 
 
-def _explain_finding(session: Session, model: type[Any], index: str, rows: int) -> Finding:
-    config = search_config(model)
-    name = model.__name__
+def _explain_finding(
+    session: Session, model: type[Any], slot: EmbeddingSlot, name: str, index: str, rows: int
+) -> Finding:
+    config = slot.config
     probe = np.random.default_rng(0).standard_normal(config.dimensions).astype(np.float32)
     probe /= np.linalg.norm(probe)
-    statement = model.nearest(probe, k=10)
+    statement = model.nearest(probe, k=10, embedding=slot.attribute)
     with session.begin_nested():
         used = indexes_used(session, statement)
     if index in used:
@@ -556,20 +592,26 @@ def _explain_finding(session: Session, model: type[Any], index: str, rows: int) 
     )
 
 
-def _stale_finding(session: Session, model: type[Any], embedder: Embedder, rows: int) -> Finding:
-    name = model.__name__
+def _stale_finding(
+    session: Session,
+    model: type[Any],
+    slot: EmbeddingSlot,
+    name: str,
+    embedder: Embedder,
+    rows: int,
+) -> Finding:
     try:
-        stale = stale_count(session, model, embedder=embedder)
+        stale = stale_count(session, model, embedder=embedder, embedding=slot.attribute)
     except VecormError as exc:
         return Finding("warn", name, f"stale rows not counted: {exc}")
     if stale == 0:
         return Finding(
             "ok", name, f"no stale rows: every row with text is embedded by {embedder.model_name}"
         )
-    module = model.__module__
+    command = f"vecorm backfill {model.__module__}:{model.__qualname__}"
     return Finding(
         "warn",
         name,
         f"{stale} of {rows} rows are stale (no embedding, edited text, or another model)",
-        f"vecorm backfill {module}:{model.__qualname__}",
+        command if slot.is_default else f"{command} --embedding {slot.attribute}",
     )
