@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from tests.alembic.conftest import Project, body, undefined_names
@@ -123,10 +124,12 @@ class Writers:
         self.thread.join()
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 def test_trigger_mode_renders_the_online_path(
+    use_async: bool,
     project_factory: Callable[..., Project],
 ) -> None:
-    project = project_factory()
+    project = project_factory(use_async=use_async)
     load(project)
     project.set_models(SEARCHABLE_MODELS.format(mode="trigger"))
     revision = project.autogenerate("adopt online")
@@ -141,7 +144,7 @@ def test_trigger_mode_renders_the_online_path(
     bm25 = next(i for i, line in enumerate(lines) if line.startswith("op.create_bm25_statistics"))
     fill = lines.index(
         "op.fill_search_vector('documents', 'search_vector', ['title', 'body'], "
-        "language='english', weights={'title': 'A'}, bm25=True, batch_size=1000)"
+        "language='english', weights={'title': 'A'}, bm25=True, batch_size=1000, jobs=2)"
     )
     blocks = [i for i, line in enumerate(lines) if line.startswith("with op.get_context()")]
     assert first < bm25 < fill < min(blocks)
@@ -160,8 +163,20 @@ def test_trigger_mode_renders_the_online_path(
         encoding="utf-8",
     )
 
-    with Writers(project.engine) as writers:
-        project.upgrade()
+    fillers: set[int] = set()
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE") and "SET search_vector" in statement:
+            fillers.add(id(conn.connection.dbapi_connection))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        with Writers(project.engine) as writers:
+            project.upgrade()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    # jobs=2: two ranges of keys, each on a connection of its own (one with an async driver)
+    assert len(fillers) == (1 if use_async else 2)
     assert not writers.errors
     assert len(writers.latencies) > 10
     with Session(project.engine) as session:
@@ -255,3 +270,58 @@ def test_generated_mode_on_a_big_table_names_the_rewrite(
     assert 'SearchConfig(search_vector="trigger")' in source
     assert undefined_names(revision) == ""
     project.upgrade()
+
+
+def test_a_parallel_fill_covers_every_key_once_and_stops_at_a_failure(
+    vecorm_engine: Engine,
+) -> None:
+    """``fill_in_batches(jobs=3)``: three ranges cut from the key index fill every row (text
+    keys, compared by the server's collation, never in Python); when one range fails, the
+    others stop after their batch in flight, the error is raised, and a second run fills
+    what is left."""
+    from vecorm.alembic.operations import fill_in_batches
+
+    with vecorm_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE fill_keys (k text PRIMARY KEY, n int, v int)"))
+        conn.execute(
+            text(
+                "INSERT INTO fill_keys SELECT 'key ' || g || CASE WHEN g % 2 = 0 THEN ' Z' "
+                "ELSE ' a' END, g, NULL FROM generate_series(1, 3000) g"
+            )
+        )
+        conn.execute(text("ANALYZE fill_keys"))
+    try:
+        with vecorm_engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(DataError, match="division by zero"):
+                fill_in_batches(
+                    conn,
+                    "fill_keys",
+                    "v = n / (n - 1777)",  # one row of one range fails
+                    "v IS NULL",
+                    batch_size=100,
+                    label="fill fill_keys.v",
+                    jobs=3,
+                )
+            left = conn.scalar(text("SELECT count(*) FROM fill_keys WHERE v IS NULL"))
+            assert 0 < left < 3000  # committed batches stay
+            progress = fill_in_batches(
+                conn,
+                "fill_keys",
+                "v = n * 2",
+                "v IS NULL",
+                batch_size=100,
+                label="fill fill_keys.v",
+                jobs=3,
+            )
+            assert progress.done == left
+            wrong = conn.scalar(
+                text(
+                    "SELECT count(*) FROM fill_keys "
+                    "WHERE v IS NULL OR v NOT IN (n * 2, n / (n - 1777))"
+                )
+            )
+            assert wrong == 0
+    finally:
+        with vecorm_engine.begin() as conn:
+            conn.execute(text("DROP TABLE fill_keys"))

@@ -55,6 +55,7 @@ from vecorm.alembic.catalog import (
     simulated_table,
 )
 from vecorm.alembic.operations import (
+    FILL_JOBS,
     AddSearchVectorOp,
     AlterColumnExpressionOp,
     AlterVectorDimensionsOp,
@@ -822,6 +823,7 @@ def _online_adoption(
         weights=trigger.weights,
         schema=schema,
         bm25=counts_bm25,
+        jobs=FILL_JOBS,
     )
     return [fill, *(ConcurrentCreateIndexOp.from_op(op) for op in indexes)]
 
