@@ -144,7 +144,7 @@ def test_trigger_mode_renders_the_online_path(
     bm25 = next(i for i, line in enumerate(lines) if line.startswith("op.create_bm25_statistics"))
     fill = lines.index(
         "op.fill_search_vector('documents', 'search_vector', ['title', 'body'], "
-        "language='english', weights={'title': 'A'}, bm25=True, batch_size=1000, jobs=2)"
+        "language='english', weights={'title': 'A'}, bm25=True, batch_size=1000, jobs=1)"
     )
     blocks = [i for i, line in enumerate(lines) if line.startswith("with op.get_context()")]
     assert first < bm25 < fill < min(blocks)
@@ -157,9 +157,12 @@ def test_trigger_mode_renders_the_online_path(
     )
     assert min(blocks) < ranking
     assert "'ux_documents_bm25_postings_key'" in "\n".join(lines[:first])
-    # Many small batches, so that the writers' statements land between and inside them.
+    # Many small batches, so that the writers' statements land between and inside them, on
+    # two connections at once.
     revision.write_text(
-        revision.read_text(encoding="utf-8").replace("batch_size=1000", "batch_size=150"),
+        revision.read_text(encoding="utf-8").replace(
+            "batch_size=1000, jobs=1", "batch_size=150, jobs=2"
+        ),
         encoding="utf-8",
     )
 

@@ -275,8 +275,7 @@ def _render_fill_search_vector(
     if operation.bm25:
         args.append("bm25=True")
     args.append(f"batch_size={operation.batch_size!r}")
-    if operation.jobs != 1:
-        args.append(f"jobs={operation.jobs!r}")
+    args.append(f"jobs={operation.jobs!r}")  # shown, so that a bigger server raises it
     return (
         "# vecorm: commits the statements above, then fills the existing rows in batches "
         "of their own\n# (progress on the alembic.vecorm logger); rows written meanwhile "
