@@ -810,9 +810,6 @@ def _array_batch_update(
 @functools.lru_cache(maxsize=32)
 def _array_text(columns: EmbeddingColumns, dialect: Dialect) -> TextClause:
     """The statement of :func:`_array_batch_update` (built once per table)."""
-    preparer = dialect.identifier_preparer
-    width = len(columns.keys)
-    names = [f"k{n}" for n in range(width)]
     arrays = [
         f"CAST(:vecorm_k{n} AS {key.type.compile(dialect)}[])" for n, key in enumerate(columns.keys)
     ]
@@ -823,27 +820,13 @@ def _array_text(columns: EmbeddingColumns, dialect: Dialect) -> TextClause:
     ]
     binds.append(bindparam("vecorm_embeddings"))
     binds.append(bindparam("vecorm_digests"))
-    binds.append(bindparam("vecorm_model", type_=columns.model.type))
-    table = preparer.format_table(columns.table)
-    match = " AND ".join(
-        f"{table}.{preparer.quote(key.name)} {_equals(key)} vecorm_batch.{name}"
-        for key, name in zip(columns.keys, names, strict=True)
-    )
-    statement = (
-        f"UPDATE {table} SET {preparer.quote(columns.embedding.name)} = vecorm_batch.embedding, "
-        f"{preparer.quote(columns.digest.name)} = vecorm_batch.digest, "
-        f"{preparer.quote(columns.model.name)} = :vecorm_model "
-        f"FROM ROWS FROM ({', '.join(f'pg_catalog.unnest({array})' for array in arrays)}) "
-        f"AS vecorm_batch ({', '.join(names)}, "
-        f"embedding, digest) WHERE {match}"
-    )
-    return text(statement).bindparams(*binds)
+    unnested = ", ".join(f"pg_catalog.unnest({array})" for array in arrays)
+    return _update_from(columns, dialect, f"ROWS FROM ({unnested})", binds)
 
 
 @functools.lru_cache(maxsize=32)
 def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextClause:
     """The statement of :func:`batch_update` for ``size`` rows (built once per size)."""
-    preparer = dialect.identifier_preparer
     width = len(columns.keys)
     key_types = [key.type.compile(dialect) for key in columns.keys]
     vector_type = columns.embedding.type.compile(dialect)
@@ -857,9 +840,17 @@ def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextC
         binds.extend(bindparam(f"k{n}_{i}", type_=key.type) for n, key in enumerate(columns.keys))
         binds.append(bindparam(f"embedding_{i}", type_=columns.embedding.type))
         binds.append(bindparam(f"digest_{i}", type_=columns.digest.type))
-    binds.append(bindparam("vecorm_model", type_=columns.model.type))
+    return _update_from(columns, dialect, f"(VALUES {', '.join(tuples)})", binds)
+
+
+def _update_from(
+    columns: EmbeddingColumns, dialect: Dialect, source: str, binds: list[BindParameter[Any]]
+) -> TextClause:
+    """``UPDATE table SET <vector, digest, model> FROM <source> AS vecorm_batch (k0 ..,
+    embedding, digest) WHERE <key> = vecorm_batch.k0 ...``, with ``binds`` and the model's."""
+    preparer = dialect.identifier_preparer
     table = preparer.format_table(columns.table)
-    names = [f"k{n}" for n in range(width)]
+    names = [f"k{n}" for n in range(len(columns.keys))]
     match = " AND ".join(
         f"{table}.{preparer.quote(key.name)} {_equals(key)} vecorm_batch.{name}"
         for key, name in zip(columns.keys, names, strict=True)
@@ -868,10 +859,10 @@ def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextC
         f"UPDATE {table} SET {preparer.quote(columns.embedding.name)} = vecorm_batch.embedding, "
         f"{preparer.quote(columns.digest.name)} = vecorm_batch.digest, "
         f"{preparer.quote(columns.model.name)} = :vecorm_model "
-        f"FROM (VALUES {', '.join(tuples)}) AS vecorm_batch ({', '.join(names)}, embedding, "
-        f"digest) WHERE {match}"
+        f"FROM {source} AS vecorm_batch ({', '.join(names)}, embedding, digest) WHERE {match}"
     )
-    return text(statement).bindparams(*binds)
+    model = bindparam("vecorm_model", type_=columns.model.type)
+    return text(statement).bindparams(*binds, model)
 
 
 def _equals(key: ColumnElement[Any]) -> str:
