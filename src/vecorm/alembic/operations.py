@@ -1289,16 +1289,25 @@ class _RangeFill:
             return []
         found: list[tuple[Any, ...]] = []
         for part in range(1, jobs):
-            row = connection.execute(
-                text(
-                    f"SELECT {', '.join(self.keys)} FROM {self.table} "
-                    f"ORDER BY {', '.join(self.keys)} OFFSET :skip LIMIT 1"
-                ),
-                {"skip": rows * part // jobs},
-            ).first()
-            if row is not None and tuple(row) not in found:
-                found.append(tuple(row))
+            key = self._key_after(connection, "true", {}, rows * part // jobs)
+            if key is not None and key not in found:
+                found.append(key)
         return found
+
+    def _key_after(
+        self, connection: Connection, where: str, bounds: dict[str, Any], skip: int
+    ) -> tuple[Any, ...] | None:
+        """The key of the row ``skip`` rows into those ``where`` keeps, in key order (read
+        from the primary-key index); ``None`` when there are not that many."""
+        keys = ", ".join(self.keys)
+        row = connection.execute(
+            text(
+                f"SELECT {keys} FROM {self.table} WHERE {where} "
+                f"ORDER BY {keys} OFFSET :skip LIMIT 1"
+            ),
+            {**bounds, "skip": skip},
+        ).first()
+        return None if row is None else tuple(row)
 
     def run(
         self, connection: Connection, floor: tuple[Any, ...] | None, ceiling: tuple[Any, ...] | None
@@ -1311,13 +1320,9 @@ class _RangeFill:
             lower = "true" if after is None else self._compare(">", "a")
             bounds: dict[str, Any] = {f"a{n}": value for n, value in enumerate(after or ())}
             bounds.update(top)
-            upper_row = connection.execute(
-                text(
-                    f"SELECT {', '.join(self.keys)} FROM {self.table} WHERE {lower} AND "
-                    f"{within} ORDER BY {', '.join(self.keys)} OFFSET :skip LIMIT 1"
-                ),
-                {**bounds, "skip": self.batch_size - 1},
-            ).first()
+            upper_row = self._key_after(
+                connection, f"{lower} AND {within}", bounds, self.batch_size - 1
+            )
             upper = within  # the range's last batch: up to its ceiling (or the end)
             if upper_row is not None:
                 upper = self._compare("<=", "b")
@@ -1332,7 +1337,7 @@ class _RangeFill:
             self.progress.add(max(result.rowcount, 0))
             if upper_row is None:
                 return
-            after = tuple(upper_row)
+            after = upper_row
 
     def run_parallel(
         self,
