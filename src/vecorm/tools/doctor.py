@@ -303,8 +303,8 @@ def _embedding_findings(
     """The checks of one embedding: its column, its provider, its index and its stale rows
     (subject ``Document``, or ``Document.title_embedding`` for another embedding)."""
     config = slot.config
-    name = model.__name__ if slot.is_default else f"{model.__name__}.{slot.attribute}"
     columns = columns_of(model, slot.attribute)
+    name = columns.owner  # Document, or Document.title_embedding
     expected_type = f"{config.storage}({config.dimensions})"
     stored_type = _column_type(session, qualified, columns.embedding.name)
     if stored_type is None:
@@ -365,7 +365,8 @@ def _embedding_findings(
         findings.append(
             Finding("ok", name, f"embedder {provider.model_name} ({provider.dimensions}-d)")
         )
-    findings.extend(_vector_index_findings(session, model, slot, name, rows, present))
+    index = _declared_indexes(model, columns.embedding.name).get("vector")
+    findings.extend(_vector_index_findings(session, model, slot, name, index, rows, present))
     if provider is not None:
         findings.append(_stale_finding(session, model, slot, name, provider, rows))
     return findings
@@ -422,10 +423,10 @@ def _vector_index_findings(
     model: type[Any],
     slot: EmbeddingSlot,
     name: str,
+    index: str | None,
     rows: int,
     present: set[str],
 ) -> list[Finding]:
-    index = _declared_indexes(model, columns_of(model, slot.attribute).embedding.name).get("vector")
     if slot.config.index is None or index is None:
         return [
             Finding("info", name, "no vector index declared: nearest() scans every row (exact)")
