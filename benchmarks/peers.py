@@ -598,6 +598,12 @@ def analyze(url: URL, tables: list[str]) -> None:
     engine.dispose()
 
 
+def fastest_peer(medians: dict[str, float]) -> float:
+    """The smallest median among the libraries that are not vecorm (NaN when none ran)."""
+    peers = [value for name, value in medians.items() if not name.startswith("vecorm")]
+    return min(peers) if peers else float("nan")
+
+
 def report(corpus: Corpus, libraries: dict[str, Library], measured: dict[str, Measured]) -> None:
     rows, queries = len(corpus.bodies), len(corpus.queries)
     quality = "nDCG@10" if corpus.judged is not None else "on-topic@10"
@@ -607,8 +613,7 @@ def report(corpus: Corpus, libraries: dict[str, Library], measured: dict[str, Me
         f"{'recall@10':>11}{quality:>12}{'vs fastest peer':>17}  index"
     )
     medians = {name: percentile_ms(m.times["nearest"], 50) for name, m in measured.items()}
-    peers = [value for name, value in medians.items() if not name.startswith("vecorm")]
-    fastest = min(peers) if peers else float("nan")
+    fastest = fastest_peer(medians)
     for name, m in measured.items():
         loaded = "-" if np.isnan(m.load_seconds) else f"{rows / m.load_seconds:,.0f}"
         recall = statistics.mean(
@@ -630,8 +635,7 @@ def report(corpus: Corpus, libraries: dict[str, Library], measured: dict[str, Me
         f"{'overlap vecorm':>16}{quality:>12}{'vs fastest peer':>17}"
     )
     medians = {name: percentile_ms(m.times["hybrid"], 50) for name, m in hybrid.items()}
-    peers = [value for name, value in medians.items() if not name.startswith("vecorm")]
-    fastest = min(peers) if peers else float("nan")
+    fastest = fastest_peer(medians)
     reference = hybrid["vecorm"].found["hybrid"] if "vecorm" in hybrid else None
     for name, m in hybrid.items():
         found = m.found["hybrid"]
