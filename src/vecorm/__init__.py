@@ -21,7 +21,7 @@ from vecorm.embedding.events import install, installed_embedder, is_installed, u
 from vecorm.embedding.passages import rechunk
 from vecorm.embedding.reembed import ChangeStatus, ModelChange
 from vecorm.embedding.worker import Worker
-from vecorm.engine import create_async_engine, create_engine, database_url
+from vecorm.engine import batch_inserts, create_async_engine, create_engine, database_url
 from vecorm.errors import (
     BulkInsertError,
     ConfigurationError,
@@ -120,6 +120,7 @@ __all__ = [
     "Worker",
     "apply_search_settings",
     "backfill",
+    "batch_inserts",
     "bm25",
     "build_model_index",
     "bulk_insert",

@@ -56,11 +56,38 @@ def libpq_conninfo(url: URL) -> str:
 INSERT_PAGE_SIZE = 200
 
 
+def batch_inserts(bind: Engine | AsyncEngine, enabled: bool = True) -> bool:
+    """Send an executemany ``INSERT`` without ``RETURNING`` as multi-row ``INSERT`` statements on
+    ``bind``; returns the engine's previous setting (pass it back to undo).
+
+    SQLAlchemy batches an executemany ``INSERT`` into multi-row statements (its
+    "insertmanyvalues") only when it has a ``RETURNING``, except on psycopg2; elsewhere a
+    unit-of-work flush of rows with their keys set, and an ORM bulk
+    ``session.execute(insert(Model), rows)``, run one ``INSERT`` per row. Each then fires
+    the table's statement triggers once per row: a searchable model's BM25 statistics cost
+    as much per statement as per batch, and 100-row batches of 1536-d rows kept 0.71x of
+    the rows/s without statistics instead of 0.87x (``benchmarks/bm25_scale.py``).
+    :func:`create_engine` and the app setups (:mod:`vecorm.ext`) turn it on; call it on an
+    engine made any other way::
+
+        batch_inserts(engine)           # once, before the engine's first INSERT
+    """
+    engine = bind.sync_engine if isinstance(bind, AsyncEngine) else bind
+    dialect = engine.dialect
+    previous = bool(dialect.use_insertmanyvalues_wo_returning)
+    if previous != enabled:
+        dialect.use_insertmanyvalues_wo_returning = enabled
+        # The choice is made when an INSERT is compiled: drop the ones compiled before.
+        engine.clear_compiled_cache()
+    return previous
+
+
 def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """``sqlalchemy.create_engine`` tuned for vectors, with the URL normalised to psycopg 3.
 
     On top of SQLAlchemy's engine it sets ``insertmanyvalues_page_size=200`` (see
-    :data:`INSERT_PAGE_SIZE`). vecorm's types need no per-connection setup and its query-time
+    :data:`INSERT_PAGE_SIZE`) and sends executemany inserts as multi-row ``INSERT`` statements
+    (:func:`batch_inserts`). vecorm's types need no per-connection setup and its query-time
     settings apply on every engine (see :mod:`vecorm.search.settings`), so an engine made any other
     way
     works too.
@@ -68,11 +95,14 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """
     kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
-    return _sa_create_engine(normalize_url(url), **kwargs)
+    engine = _sa_create_engine(normalize_url(url), **kwargs)
+    batch_inserts(engine)
+    return engine
 
 
 def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """The asyncio twin of :func:`create_engine` (psycopg 3 async unless a driver is named).
+    """The asyncio twin of :func:`create_engine` (psycopg 3 async unless a driver is named),
+    with the same batched inserts.
 
     >>> engine = create_async_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """
@@ -82,7 +112,9 @@ def create_async_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     if parsed.drivername == "postgresql+psycopg":
         parsed = parsed.set(drivername="postgresql+psycopg_async")
     kwargs.setdefault("insertmanyvalues_page_size", INSERT_PAGE_SIZE)
-    return _sa_create_async_engine(parsed, **kwargs)
+    engine = _sa_create_async_engine(parsed, **kwargs)
+    batch_inserts(engine)
+    return engine
 
 
 def ensure_extension(url: str | URL) -> None:

@@ -11,8 +11,10 @@ around it; use it directly for any other framework or a worker process::
 **Engines.** vecorm's query-time settings (``hnsw.ef_search`` ...) apply on every engine unless
 one was opted out with :func:`vecorm.uninstall_search_settings`; :meth:`AppInstallation.start`
 opts the app's engines back in (the ``bind`` and ``binds`` of a ``sessionmaker``, plus any you
-pass, e.g. Flask-SQLAlchemy's ``db.engines``) and :meth:`AppInstallation.stop` puts back the
-opt-outs it found, so nothing outlives the app.
+pass, e.g. Flask-SQLAlchemy's ``db.engines``) and sends their executemany inserts as multi-row
+``INSERT`` statements (:func:`vecorm.batch_inserts`: one firing of a table's statement triggers per
+batch, not per row); :meth:`AppInstallation.stop` puts back what it found, so nothing
+outlives the app.
 
 **Several apps on one session factory** (an app factory called twice, Flask-SQLAlchemy's one
 ``db.session`` for every app): the newest ``start`` replaces the earlier installation, as
@@ -38,6 +40,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.embedding.events import InstallTarget, install, installation_of, uninstall
+from vecorm.engine import batch_inserts
 from vecorm.schema.config import EmbeddingMode
 from vecorm.search.settings import (
     install_search_settings,
@@ -64,6 +67,8 @@ class AppInstallation:
     #: The engines that were opted out of vecorm's search settings before :meth:`start`.
     reopened: tuple[Engine, ...]
     token: object | None
+    #: The engines whose inserts :meth:`start` batched (they sent one per row before).
+    batched: tuple[Engine, ...] = ()
     stopped: bool = False
 
     @classmethod
@@ -82,7 +87,9 @@ class AppInstallation:
         reopened = tuple(engine for engine in covered if not search_settings_installed(engine))
         for engine in reopened:
             install_search_settings(engine)
-        return cls(sessions, embedder, mode, covered, reopened, installation_of(sessions))
+        batched = tuple(engine for engine in covered if not batch_inserts(engine))
+        token = installation_of(sessions)
+        return cls(sessions, embedder, mode, covered, reopened, token, batched)
 
     @property
     def current(self) -> bool:
@@ -90,14 +97,17 @@ class AppInstallation:
         return not self.stopped and installation_of(self.sessions) is self.token
 
     def stop(self) -> None:
-        """Remove the hooks (unless a later installation replaced them) and opt the engines
-        that were opted out before back out. Calling it again does nothing."""
+        """Remove the hooks (unless a later installation replaced them), opt the engines
+        that were opted out before back out and put their inserts back as they were. Calling
+        it again does nothing."""
         if self.stopped:
             return
         if self.current:
             uninstall(self.sessions)
         for engine in self.reopened:
             uninstall_search_settings(engine)
+        for engine in self.batched:
+            batch_inserts(engine, False)
         self.stopped = True
 
 
