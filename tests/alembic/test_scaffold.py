@@ -117,6 +117,24 @@ def test_revisions_come_out_ruff_clean(project_factory: Callable[..., Project]) 
     project.downgrade("base")
 
 
+def test_the_template_writes_no_trailing_whitespace(
+    project_factory: Callable[..., Project],
+) -> None:
+    """The first revision's ``Revises:`` (no parent) included: else the ruff_check hook
+    reports W291, an unsafe fix it leaves to ruff_format, on every new project's first
+    revision."""
+    project = project_factory(format_with_ruff=False)
+    project.set_models(RUFF_MODELS)
+    first = project.autogenerate("searchable notes").read_text()
+    assert "\nRevises:\n" in first
+    revision = project.autogenerate_empty("empty")
+    (path,) = project.versions.glob(f"*{revision}*.py")
+    second = path.read_text()
+    assert "\nRevises: " in second
+    for text in (first, second):
+        assert [line for line in text.splitlines() if line != line.rstrip()] == []
+
+
 def test_without_ruff_the_hooks_are_written_commented_out(tmp_path: Path) -> None:
     init_migrations(
         tmp_path / "migrations", ini_path=tmp_path / "alembic.ini", format_with_ruff=False
