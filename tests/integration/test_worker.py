@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, event, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,7 +32,12 @@ from vecorm.embedding.backfill import stale_count
 from vecorm.embedding.embedders import HashingEmbedder
 from vecorm.embedding.events import install, uninstall
 from vecorm.embedding.health import read_heartbeat
-from vecorm.embedding.notify import CHANNEL, create_notify_trigger, drop_notify_trigger
+from vecorm.embedding.notify import (
+    CHANNEL,
+    MARKED,
+    create_notify_trigger,
+    drop_notify_trigger,
+)
 from vecorm.embedding.source import text_digest
 from vecorm.embedding.worker import Worker
 from vecorm.engine import libpq_conninfo
@@ -114,7 +119,7 @@ def test_worker_mode_writes_without_the_provider_and_notifies_at_commit(
             assert list(listener.notifies(timeout=0.2)) == []  # not before COMMIT
             session.commit()
         notes = list(listener.notifies(timeout=2, stop_after=1))
-        assert [(note.channel, note.payload) for note in notes] == [(CHANNEL, "documents")]
+        assert [(note.channel, note.payload) for note in notes] == [(CHANNEL, f"{MARKED}documents")]
         with maker() as session:
             session.add(Document(id=9, title="rolled back"))
             session.flush()
@@ -146,7 +151,7 @@ async def test_async_sessions_leave_rows_to_workers_too(
     finally:
         listener.close()
         uninstall(factory)
-    assert [note.payload for note in notes] == ["documents"]
+    assert [note.payload for note in notes] == [f"{MARKED}documents"]
     embedder = FakeEmbedder(dimensions=DIMS)
     assert Worker(engine, [Document], embedder=embedder).run_once().embedded == 3
     assert embedder.texts == ["async 1", "async 2", "async 3"]
@@ -170,7 +175,8 @@ def test_an_edited_row_keeps_its_vector_until_a_worker_replaces_it(engine: Engin
     uninstall(worker_mode)
     row = stored(engine)[1]
     assert row[0] == "second words"
-    assert (row[1] == old[1]).all() and row[2:] == old[2:]  # still searchable, now stale
+    # Still searchable by the old vector; the digest is cleared, which marks it stale.
+    assert (row[1] == old[1]).all() and (row[2], row[3]) == (None, old[3])
     with Session(engine) as session:
         assert stale_count(session, Document, embedder=embedder) == 1
     result = Worker(engine, [Document], embedder=embedder).run_once()
@@ -278,6 +284,74 @@ def test_rows_of_raw_sql_come_with_the_poll_or_the_trigger(engine: Engine) -> No
     assert Counter(embedder.texts) == Counter(
         [f"doc {i}\nplain" for i in range(1, 6)] + [f"copied {i}" for i in range(6, 9)]
     )
+    assert_current(engine)
+
+
+class Statements:
+    """The SELECTs an engine sends while recording, by whether they hash a row's text."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.recording = False
+        self.hashing: list[str] = []
+        self.plain: list[str] = []
+        event.listen(engine, "before_cursor_execute", self.record)
+
+    def record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if self.recording and statement.lstrip().upper().startswith("SELECT"):
+            (self.hashing if "sha256" in statement else self.plain).append(statement)
+
+
+def test_a_hook_wake_up_looks_only_for_the_rows_it_marked(
+    engine: Engine, worker_sessions: sessionmaker[Session]
+) -> None:
+    """A flush hook's rows are found by their NULL digest: no statement of the wake-up's
+    pass composes and hashes every row's text. A bare table name (the trigger's) still asks
+    for that comparison, which finds a row raw SQL changed."""
+    embedder = FakeEmbedder(dimensions=DIMS)
+    insert_plain(engine, range(1, 41))
+    seen = Statements(engine)
+    worker = Worker(engine, [Document], embedder=embedder, poll_interval=NEVER)
+    with running(worker):
+        wait_for(lambda: embedded_ids(engine) == set(range(1, 41)))
+        wait_for(lambda: worker.health(backlog=False).caught_up_at is not None)
+        seen.recording = True
+        with worker_sessions() as session:
+            session.add(Document(id=41, title="new words"))
+            session.get_one(Document, 7).title = "edited words"
+            session.commit()
+        wait_for(lambda: len(embedder.texts) == 42, timeout=10)
+        assert embedder.texts[-2:] == ["edited words\nplain", "new words"]
+        assert seen.plain and not seen.hashing
+        with engine.begin() as conn:
+            create_notify_trigger(conn, Document)
+            conn.execute(text("UPDATE documents SET title = 'raw words' WHERE id = 3"))
+        wait_for(lambda: len(embedder.texts) == 43, timeout=10)
+        assert embedder.texts[-1] == "raw words\nplain"
+        assert seen.hashing
+    with engine.begin() as conn:
+        drop_notify_trigger(conn, Document)
+    assert_current(engine)
+
+
+def test_the_hook_marks_only_rows_whose_text_changed(
+    engine: Engine, worker_sessions: sessionmaker[Session]
+) -> None:
+    embedder = FakeEmbedder(dimensions=DIMS)
+    insert_plain(engine, range(1, 3))
+    Worker(engine, [Document], embedder=embedder).run_once()
+    before = stored(engine)
+    with worker_sessions() as session:
+        session.get_one(Document, 1).title = "doc 1"  # the same text: nothing to do
+        session.get_one(Document, 2).category = "other"  # not embedded text
+        session.commit()
+    assert stored(engine)[1][2] == before[1][2] and stored(engine)[2][2] == before[2][2]
+    with worker_sessions() as session:
+        session.get_one(Document, 1).title = "changed"
+        session.commit()
+        session.get_one(Document, 1).title = "doc 1"  # back, before any worker ran
+        session.commit()
+    assert stored(engine)[1][2] is None  # still marked: the worker embeds it once more
+    assert Worker(engine, [Document], embedder=embedder).run_once().embedded == 1
     assert_current(engine)
 
 

@@ -178,6 +178,13 @@ class EmbeddingColumns:
             reasons.append(literal(True))
         return and_(body != text_value(""), or_(*reasons))
 
+    def marked(self) -> ColumnElement[bool]:
+        """Rows with text whose vector or digest is NULL: what the flush hook leaves to a
+        worker (it sets the digest to NULL), found without composing and hashing every row's
+        text, as :meth:`stale` does."""
+        missing = or_(self.embedding.is_(None), self.digest.is_(None))
+        return and_(missing, self.text != text_value(""))
+
 
 def columns_of(model: type[Any], embedding: EmbeddingRef = None) -> EmbeddingColumns:
     """The :class:`EmbeddingColumns` of a searchable model's ``embedding`` (default: the
@@ -520,6 +527,7 @@ def sweep(
     commit: bool = True,
     bar: Bar | None = None,
     stop: Callable[[], bool] | None = None,
+    marked_only: bool = False,
 ) -> None:
     """One pass over the table in primary-key order, a committed transaction per batch.
 
@@ -530,24 +538,22 @@ def sweep(
     shutting down). A provider's failure rolls the batch in flight back (its rows stay stale)
     and raises :class:`~vecorm.errors.EmbeddingError`. On a table Citus distributes, one pass
     per distribution value of the stale rows: Citus runs ``FOR UPDATE`` only in a query
-    routed to one shard, which an equality on that column makes it.
+    routed to one shard, which an equality on that column makes it. ``marked_only`` looks
+    only for the rows whose vector or digest is NULL (:meth:`EmbeddingColumns.marked`).
     """
     shown = bar if bar is not None else SilentBar()
+    stale = columns.marked() if marked_only else columns.stale(embedder.model_name)
+    rows = functools.partial(
+        _sweep_rows, session, columns, embedder, size, shown, counters, skip_locked, commit, stale
+    )
     column = distribution_column(session.connection(), columns.table)
     if column is None:
-        _sweep_rows(
-            session, columns, embedder, size, shown, counters, skip_locked, commit, None, stop
-        )
+        rows(None, stop)
         return
     routed = columns.table.c[column]
-    values = session.execute(
-        select(routed).where(columns.stale(embedder.model_name)).distinct().order_by(routed)
-    ).scalars()
+    values = session.execute(select(routed).where(stale).distinct().order_by(routed)).scalars()
     for value in list(values):
-        only = compare(routed, "=", value)
-        _sweep_rows(
-            session, columns, embedder, size, shown, counters, skip_locked, commit, only, stop
-        )
+        rows(compare(routed, "=", value), stop)
         if stop is not None and stop():
             return
 
@@ -561,10 +567,12 @@ def _sweep_rows(
     counters: Counters,
     skip_locked: bool,
     commit: bool,
+    stale: ColumnElement[bool],
     only: ColumnElement[bool] | None,
     stop: Callable[[], bool] | None,
 ) -> None:
-    """The batches of one pass (over the rows ``only`` selects, if given), until ``stop()``.
+    """The batches of one pass over the rows ``stale`` keeps (and ``only`` selects, if
+    given), until ``stop()``.
 
     Each batch is found first without a lock (the keys of the next ``size`` stale rows,
     which may mean reading far through the table to find a few scattered ones), then claimed
@@ -573,7 +581,6 @@ def _sweep_rows(
     that claimed as it scanned, benchmarks/adoption.py).
     """
     after: tuple[Any, ...] | None = None
-    stale = columns.stale(embedder.model_name)
     keys = tuple_(*columns.keys)
     while True:
         probe = select(*columns.keys).where(stale).order_by(*columns.keys).limit(size)

@@ -78,7 +78,7 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
-from sqlalchemy.orm.attributes import History
+from sqlalchemy.orm.attributes import History, flag_modified
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.unitofwork import UOWTransaction
 from sqlalchemy.util.concurrency import in_greenlet
@@ -338,7 +338,7 @@ def _before_flush(
             stored = _load_stored(session, candidates) if candidates else {}
             related = _related_values(session, candidates, stored)
             groups, left = _plan(installation, candidates, stored, related)
-            _notify_workers(session, left | waiting)
+            _notify_workers(session, left, waiting)
             vectors = _embed_groups(groups) if groups else {}
         except BaseException:
             if passages is not None:
@@ -360,13 +360,18 @@ def _provider(installation: _Installation, config: SearchConfig | None) -> Embed
     return own if own is not None else installation.embedder
 
 
-def _notify_workers(session: Session, left: set[type[Any]]) -> None:
+def _notify_workers(session: Session, left: set[type[Any]], waiting: set[type[Any]]) -> None:
     """``NOTIFY`` the tables of the classes whose rows this flush left to workers, on the
-    connection (and so in the transaction) that writes them."""
-    by_table: dict[str, type[Any]] = {vector_table(cls).name: cls for cls in left}
-    for name, cls in sorted(by_table.items()):
+    connection (and so in the transaction) that writes them: ``left``'s rows were marked
+    (:func:`_mark_stale`); ``waiting``'s (the dependents of a changed related row, not
+    loaded) were not, so their tables' workers check every row."""
+    by_table: dict[str, tuple[type[Any], bool]] = {
+        vector_table(cls).name: (cls, True) for cls in left
+    }
+    by_table.update({vector_table(cls).name: (cls, False) for cls in waiting})
+    for name, (cls, marked) in sorted(by_table.items()):
         connection = session.connection(bind_arguments={"mapper": sa_inspect(cls)})
-        notify_tables(connection, [name])
+        notify_tables(connection, [name], marked=marked)
 
 
 @dataclass(eq=False)
@@ -571,6 +576,7 @@ def _plan(
         mode = config.embedding_mode or installation.mode
         if embedder is None:
             if mode == "worker":  # the worker has the embedder; the request needs none
+                _mark_stale(candidate, mark, digest)
                 left.add(cls)
                 continue
             raise ConfigurationError(
@@ -581,12 +587,31 @@ def _plan(
         if _is_current(mark, digest, embedder.model_name):
             continue  # the text was edited back to what is already embedded
         if mode == "worker":
+            _mark_stale(candidate, mark, digest)
             left.add(cls)
             continue
         group = groups.setdefault((id(embedder), mode), _Group(embedder, mode))
         group.jobs.append(_Job(instance, slot, text, digest))
         group.classes.add(cls.__name__)
     return list(groups.values()), left
+
+
+def _mark_stale(candidate: _Candidate, mark: _Mark | None, digest: bytes) -> None:
+    """Leave ``candidate`` to a worker: its digest is written as NULL, unless the stored one
+    is already its new text's (edited back). The row keeps its vector, searchable until the
+    worker replaces it, and the worker finds it by ``digest IS NULL``, without hashing every
+    row's text (:data:`vecorm.embedding.notify.MARKED`).
+
+    Written even when this session read it as NULL: a worker may embed the old text and
+    store its digest between that read and this flush's UPDATE, which waits for the worker's
+    row lock and must then leave the row marked, not looking current."""
+    instance, slot = candidate.instance, candidate.slot
+    if candidate.pending:
+        if getattr(instance, slot.digest_attribute) is not None:
+            setattr(instance, slot.digest_attribute, None)
+    elif mark is None or mark.digest != digest:
+        setattr(instance, slot.digest_attribute, None)
+        flag_modified(instance, slot.digest_attribute)
 
 
 def _is_current(row: _Mark | None, digest: bytes, model_name: str) -> bool:

@@ -40,6 +40,7 @@ from vecorm.schema.related import related_fields
 
 __all__ = [
     "CHANNEL",
+    "MARKED",
     "NotifyTrigger",
     "create_notify_trigger",
     "drop_notify_trigger",
@@ -48,19 +49,29 @@ __all__ = [
     "vector_table",
 ]
 
-#: The channel workers ``LISTEN`` on; each notification's payload is a table's name.
+#: The channel workers ``LISTEN`` on; each notification's payload is a table's name, or
+#: :data:`MARKED` and the name.
 CHANNEL = "vecorm_embed"
+#: The prefix of the flush hook's notifications: every row it left has a NULL digest, so a
+#: worker looks for those (``embedding IS NULL OR digest IS NULL``) instead of comparing the
+#: digest of every row's text with its stored one, a scan of the whole table per wake-up.
+#: A bare table name (the trigger's, another service's) still asks for that whole check.
+MARKED = "marked:"
 #: PostgreSQL's identifier limit: a longer trigger or function name would be truncated.
 _MAX_NAME = 63
 
 _NOTIFY = text("SELECT pg_catalog.pg_notify(:channel, :payload)")
 
 
-def notify_tables(connection: Connection, tables: Iterable[str], channel: str = CHANNEL) -> None:
+def notify_tables(
+    connection: Connection, tables: Iterable[str], channel: str = CHANNEL, *, marked: bool = False
+) -> None:
     """Notify ``channel`` once per table name, delivered when ``connection``'s transaction
-    commits. ``notify_tables(session.connection(), ["documents"])``"""
+    commits. ``notify_tables(session.connection(), ["documents"])``; ``marked=True`` says the
+    rows left to the workers have a NULL digest (see :data:`MARKED`)."""
+    prefix = MARKED if marked else ""
     for name in sorted(set(tables)):
-        connection.execute(_NOTIFY, {"channel": channel, "payload": name})
+        connection.execute(_NOTIFY, {"channel": channel, "payload": prefix + name})
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,13 @@ UPDATE SKIP LOCKED``, embed, one UPDATE, COMMIT per batch), then waits again. So
 
 * several workers (and a backfill) share the work: a claimed row is locked until its vector
   is committed, and the others skip it; no row is embedded twice;
+* a wake-up from the flush hook looks only for the rows it left, whose digest it set to NULL
+  (the old vector stays searchable meanwhile): an index-free scan of two NULL tests, not a
+  hash of every row's text (70-80 ms against 470-520 ms per wake-up at 200,000 short rows);
 * rows written without the hook (COPY, raw SQL, another service) are found by a pass over
-  every model each ``poll_interval`` seconds (and at start), or at once with the optional
-  trigger of :mod:`vecorm.embedding.notify`;
+  every model each ``poll_interval`` seconds (and at start), which compares every row's text
+  with its digest, or at once with the optional trigger of :mod:`vecorm.embedding.notify`
+  (whose wake-up does that comparison on its table);
 * a provider failure rolls back the batch in flight, whose rows stay stale; the worker logs it
   and retries after ``retry_delay`` seconds, doubling up to ``max_retry_delay``;
 * a text the provider refuses (too long, empty, an HTTP 400) is found by splitting its batch
@@ -36,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +61,7 @@ from vecorm.embedding.backfill import (
 from vecorm.embedding.embedders.base import Embedder
 from vecorm.embedding.health import WorkerHealth, write_heartbeat
 from vecorm.embedding.listener import Listener, require_psycopg
-from vecorm.embedding.notify import CHANNEL
+from vecorm.embedding.notify import CHANNEL, MARKED
 from vecorm.errors import ConfigurationError, EmbeddingError
 from vecorm.schema.config import search_config
 from vecorm.schema.embeddings import embedding_slots
@@ -199,21 +203,22 @@ class Worker:
 
     def _loop(self, listener: Listener) -> None:
         delay = 0.0
-        tables: set[str] | None = None  # what the last wake-up named; None: every model
+        payloads: set[str] | None = None  # what the last wake-up brought; None: every model
         next_poll = 0.0
         while not self._stopping():
             self._ensure_listening(listener)
-            full = tables is None or time.monotonic() >= next_poll
-            targets = self._targets if full else self._notified(tables or set())
+            full = payloads is None or time.monotonic() >= next_poll
+            notified = {} if full else self._notified(payloads or set())
+            targets = self._targets if full else [t for t in self._targets if t.table in notified]
             if targets:
                 try:
-                    self._pass(targets, full=full)
+                    self._pass(targets, full=full, marked=notified)
                 except Exception as exc:
                     delay = min(self.max_retry_delay, delay * 2) if delay else self.retry_delay
                     self._failed(exc, f"the batch's rows stay stale; retrying in {delay:g} s")
                     self._beat(force=True)
                     self._wait(listener, delay)  # what it brings is covered by the retry
-                    tables = None
+                    payloads = None
                     continue
                 delay = 0.0
                 if full:
@@ -221,9 +226,13 @@ class Worker:
             self._beat(force=True)
             if self._stopping():
                 break
-            tables = self._wait(listener, max(0.0, next_poll - time.monotonic()))
+            payloads = self._wait(listener, max(0.0, next_poll - time.monotonic()))
 
-    def _pass(self, targets: Sequence[_Target], *, full: bool) -> BackfillResult:
+    def _pass(
+        self, targets: Sequence[_Target], *, full: bool, marked: Mapping[str, bool] | None = None
+    ) -> BackfillResult:
+        """Sweep ``targets``; a table ``marked`` maps to true was notified by flush hooks
+        only, whose rows have a NULL digest: those are all the pass looks for."""
         counters = self._counters
         before = (counters.embedded, counters.batches, counters.calls)
         started = time.perf_counter()
@@ -239,6 +248,7 @@ class Worker:
                         counters,
                         skip_locked=True,
                         stop=self._between_batches,
+                        marked_only=bool(marked and marked.get(target.table)),
                     )
                 except Exception as exc:  # the other models still get their turn
                     failure = failure or (target.name, exc)
@@ -267,11 +277,21 @@ class Worker:
             )
         return result
 
-    def _notified(self, tables: set[str]) -> list[_Target]:
-        """The models whose tables were notified (an empty payload names them all)."""
-        if "" in tables:
-            return self._targets
-        return [target for target in self._targets if target.table in tables]
+    def _notified(self, payloads: set[str]) -> dict[str, bool]:
+        """The notified tables of this worker's models, each mapped to whether only flush
+        hooks notified it (``marked:<table>``: look for the rows they marked) rather than a
+        trigger or another writer (``<table>``: compare every row's text). An empty payload
+        names them all."""
+        tables = {target.table for target in self._targets}
+        if "" in payloads:
+            return dict.fromkeys(tables, False)
+        found: dict[str, bool] = {}
+        for payload in payloads:
+            if payload in tables:
+                found[payload] = False
+            elif payload.startswith(MARKED) and payload[len(MARKED) :] in tables:
+                found.setdefault(payload[len(MARKED) :], True)
+        return found
 
     def _ensure_listening(self, listener: Listener) -> None:
         if listener.listening:
