@@ -56,6 +56,12 @@ def libpq_conninfo(url: URL) -> str:
 INSERT_PAGE_SIZE = 200
 
 
+def sync_engine_of(bind: Engine | AsyncEngine) -> Engine:
+    """``bind`` itself, or the sync ``Engine`` an ``AsyncEngine`` wraps (where events,
+    execution options and the dialect live)."""
+    return bind.sync_engine if isinstance(bind, AsyncEngine) else bind
+
+
 def batch_inserts(bind: Engine | AsyncEngine, enabled: bool = True) -> bool:
     """Send an executemany ``INSERT`` without ``RETURNING`` as multi-row ``INSERT`` statements on
     ``bind``; returns the engine's previous setting (pass it back to undo).
@@ -72,7 +78,7 @@ def batch_inserts(bind: Engine | AsyncEngine, enabled: bool = True) -> bool:
 
         batch_inserts(engine)           # once, before the engine's first INSERT
     """
-    engine = bind.sync_engine if isinstance(bind, AsyncEngine) else bind
+    engine = sync_engine_of(bind)
     dialect = engine.dialect
     previous = bool(dialect.use_insertmanyvalues_wo_returning)
     if previous != enabled:
@@ -88,9 +94,8 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     On top of SQLAlchemy's engine it sets ``insertmanyvalues_page_size=200`` (see
     :data:`INSERT_PAGE_SIZE`) and sends executemany inserts as multi-row ``INSERT`` statements
     (:func:`batch_inserts`). vecorm's types need no per-connection setup and its query-time
-    settings apply on every engine (see :mod:`vecorm.search.settings`), so an engine made any other
-    way
-    works too.
+    settings apply on every engine (see :mod:`vecorm.search.settings`), so an engine made any
+    other way works too (call :func:`batch_inserts` on it for the batched inserts).
 
     >>> engine = create_engine("postgresql://app@localhost/app")   # doctest: +SKIP
     """

@@ -44,6 +44,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from vecorm.engine import sync_engine_of
+
 __all__ = [
     "BinaryArrayParam",
     "BinaryHalfVecParam",
@@ -216,7 +218,7 @@ def register_array_types(bind: Engine | AsyncEngine) -> None:
 
     >>> register_array_types(engine)   # doctest: +SKIP
     """
-    engine = bind.sync_engine if isinstance(bind, AsyncEngine) else bind
+    engine = sync_engine_of(bind)
     if not event.contains(engine, "connect", _register_on_connect):
         event.listen(engine, "connect", _register_on_connect)
 

@@ -58,6 +58,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
+from vecorm.engine import sync_engine_of
 from vecorm.errors import ConfigurationError
 from vecorm.schema.config import HNSW, IVFFlat, SearchConfig
 from vecorm.schema.dbapi import execute_raw
@@ -520,10 +521,6 @@ def _transaction_status(conn: Connection) -> int | None:
 event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
 
 
-def _target(bind: Engine | AsyncEngine) -> Engine:
-    return bind.sync_engine if isinstance(bind, AsyncEngine) else bind
-
-
 def _opted_out(engine: Engine) -> bool:
     return engine.get_execution_options().get(SEARCH_SETTINGS_OPTION) is False
 
@@ -533,7 +530,7 @@ def install_search_settings(bind: Engine | AsyncEngine) -> None:
     ``vecorm.search.settings``
     is imported, so there is nothing to install. It only undoes
     :func:`uninstall_search_settings` on ``bind``."""
-    engine = _target(bind)
+    engine = sync_engine_of(bind)
     if _opted_out(engine):
         engine.update_execution_options(**{SEARCH_SETTINGS_OPTION: True})
 
@@ -549,14 +546,14 @@ def uninstall_search_settings(bind: Engine | AsyncEngine) -> None:
         vecorm.uninstall_search_settings(engine)
         conn = engine.connect().execution_options(vecorm_search_settings=False)
     """
-    _target(bind).update_execution_options(**{SEARCH_SETTINGS_OPTION: False})
+    sync_engine_of(bind).update_execution_options(**{SEARCH_SETTINGS_OPTION: False})
 
 
 def search_settings_installed(bind: Engine | AsyncEngine) -> bool:
     """Whether vecorm's settings apply on ``bind``: ``True`` unless it was opted out with
     :func:`uninstall_search_settings`."""
     listening = event.contains(Engine, "before_cursor_execute", _before_cursor_execute)
-    return listening and not _opted_out(_target(bind))
+    return listening and not _opted_out(sync_engine_of(bind))
 
 
 def apply_search_settings(target: Session | Connection, **settings: Any) -> None:
