@@ -39,7 +39,7 @@ class Inserts:
     """The INSERT statements an engine sends: (rows in the statement, parameter sets)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.seen: list[tuple[bool, int]] = []
+        self.seen: list[tuple[int, int]] = []
         event.listen(engine, "before_cursor_execute", self.record)
 
     def record(
@@ -61,6 +61,14 @@ def trigger_calls(session: Session) -> int:
 
 
 @pytest.fixture
+def engine(vecorm_engine: Engine) -> Iterator[Engine]:
+    """vecorm's engine, with the memos table."""
+    Base.metadata.create_all(vecorm_engine)
+    yield vecorm_engine
+    Base.metadata.drop_all(vecorm_engine)
+
+
+@pytest.fixture
 def app_engine(vecorm_url: URL) -> Iterator[Engine]:
     """An engine the app made itself, with SQLAlchemy's defaults."""
     engine = sqlalchemy.create_engine(vecorm_url.set(drivername="postgresql+psycopg"))
@@ -70,10 +78,9 @@ def app_engine(vecorm_url: URL) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_vecorm_engines_batch_bulk_and_unit_of_work_inserts(vecorm_engine: Engine) -> None:
-    Base.metadata.create_all(vecorm_engine)
-    inserts = Inserts(vecorm_engine)
-    with Session(vecorm_engine) as session:
+def test_vecorm_engines_batch_bulk_and_unit_of_work_inserts(engine: Engine) -> None:
+    inserts = Inserts(engine)
+    with Session(engine) as session:
         before = trigger_calls(session)
         session.execute(insert(Memo), rows(450))  # ORM bulk insert
         session.add_all([Memo(**row) for row in rows(250, start=1000)])  # unit of work
@@ -83,7 +90,6 @@ def test_vecorm_engines_batch_bulk_and_unit_of_work_inserts(vecorm_engine: Engin
         assert trigger_calls(session) - before == 5
         assert session.scalar(select(sqlalchemy.func.count()).select_from(Memo)) == 700
         assert_statistics_exact(session, Memo)
-    Base.metadata.drop_all(vecorm_engine)
 
 
 def test_an_app_engine_sends_a_row_per_statement_until_batched(app_engine: Engine) -> None:
@@ -111,9 +117,8 @@ def test_an_app_engine_sends_a_row_per_statement_until_batched(app_engine: Engin
     assert inserts.seen[2:] == [(1, 3)]
 
 
-def test_a_batch_with_a_bad_row_writes_nothing(vecorm_engine: Engine) -> None:
-    Base.metadata.create_all(vecorm_engine)
-    with Session(vecorm_engine) as session:
+def test_a_batch_with_a_bad_row_writes_nothing(engine: Engine) -> None:
+    with Session(engine) as session:
         session.execute(insert(Memo), rows(5))
         session.commit()
         with pytest.raises(sqlalchemy.exc.IntegrityError, match="memos_pkey"):
@@ -121,7 +126,6 @@ def test_a_batch_with_a_bad_row_writes_nothing(vecorm_engine: Engine) -> None:
         session.rollback()
         assert session.scalar(select(sqlalchemy.func.count()).select_from(Memo)) == 5
         assert_statistics_exact(session, Memo)
-    Base.metadata.drop_all(vecorm_engine)
 
 
 def test_the_app_setup_batches_its_engines_and_puts_them_back(app_engine: Engine) -> None:
