@@ -185,24 +185,23 @@ def scores(
         return [scope(side.c[tables.distributed_by])]
 
     shared = _SHARED.get() if scope is None else None
-    found = shared.get((tables.table, text, language)) if shared is not None else None
+    shared_key = (tables.table, text, language, k1_value, b_value)
+    found = shared.get(shared_key) if shared is not None else None
     if found is not None:
         query, weighted = found
     else:
-        query, weighted = _statistics(tables, text, language, scoped, prefix)
+        query, weighted = _statistics(tables, text, language, scoped, prefix, k1_value, b_value)
         if shared is not None:
-            shared[(tables.table, text, language)] = (query, weighted)
-    k1_param = _constant(k1_value)
-    b_param = _constant(b_value)
+            shared[shared_key] = (query, weighted)
 
     def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
+        # ``weight tf / (tf + base + slope dl)``: the statistics CTE folds idf, k1, b and
+        # avgdl into three numbers per term, so each posting costs three float operations.
         tf = cast(tf_column, Float)
-        dl = cast(dl_column, Float)
         part: ColumnElement[Any] = (
-            weighted.c.idf
+            weighted.c.weight
             * tf
-            * (k1_param + _constant(1.0))
-            / (tf + k1_param * (_constant(1.0) - b_param + b_param * dl / weighted.c.avgdl))
+            / (tf + weighted.c.base + weighted.c.slope * cast(dl_column, Float))
         )
         return part
 
@@ -242,7 +241,6 @@ def scores(
             contribution,
             seed=seed_postings,
             depth=depth,
-            k1=k1_param,
             prefix=prefix,
         )
         # Without an optional term MaxScore would read every posting anyway: score them.
@@ -281,9 +279,13 @@ def _statistics(
     language: str,
     scoped: Callable[[Table], list[ColumnElement[bool]]],
     prefix: str,
+    k1: float,
+    b: float,
 ) -> tuple[Any, Any]:
-    """The CTEs of the query's terms (``term``, ``qtf``) and of their statistics (``term``,
-    ``df``, ``idf``, ``avgdl``), named ``<prefix>_query`` / ``<prefix>_terms``."""
+    """The CTEs of the query's terms (``term``, ``qtf``) and of their statistics, named
+    ``<prefix>_query`` / ``<prefix>_terms``: ``term``, ``df`` and a posting's contribution
+    ``weight tf / (tf + base + slope dl)`` as ``weight = qtf idf (k1 + 1)``,
+    ``base = k1 (1 - b)``, ``slope = k1 b / avgdl``. ``weight`` also bounds it."""
     terms, deltas = tables.terms, tables.deltas
     query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
     wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
@@ -324,8 +326,9 @@ def _statistics(
         select(
             totals.c.term,
             totals.c.df,
-            (idf * query.c.qtf).label("idf"),
-            collection.c.avgdl,
+            (idf * query.c.qtf * _constant(k1 + 1.0)).label("weight"),
+            _constant(k1 * (1.0 - b)).label("base"),
+            (_constant(k1 * b) / collection.c.avgdl).label("slope"),
         )
         .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
         .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
@@ -398,7 +401,6 @@ def _max_score(
     *,
     seed: int,
     depth: int,
-    k1: ColumnElement[float],
     prefix: str = "bm25",
 ) -> tuple[Select[Any], ColumnElement[bool]]:
     """Exact top-``depth`` without scoring every posting (MaxScore, Turtle & Flood 1995).
@@ -406,10 +408,11 @@ def _max_score(
     1. A first threshold: the ``depth``-th best single-term contribution among each term's
        ``seed`` best postings (by stored impact); a score is at least any of its terms'
        contributions, so the true ``depth``-th score is at least that high.
-    2. A term's contribution never exceeds ``idf * (k1 + 1)``. Terms (cheapest bound first)
-       whose bounds together stay under :data:`OPTIONAL_SHARE` of the threshold are
-       *optional*: their postings are never read. The others' postings are summed per
-       document (the *partial* score), and the threshold rises to the ``depth``-th partial.
+    2. A term's contribution never exceeds its ``weight``, ``idf * (k1 + 1)``. Terms
+       (cheapest bound first) whose bounds together stay under :data:`OPTIONAL_SHARE` of
+       the threshold are *optional*: their postings are never read. The others' postings
+       are summed per document (the *partial* score), and the threshold rises to the
+       ``depth``-th partial.
     3. Documents whose partial plus the optional bounds reaches it are the candidates; each
        is probed through the (document, term) index for the optional term of largest bound,
        and narrowed again; those whose upper end can still reach the ``depth``-th partial
@@ -478,7 +481,7 @@ def _max_score(
     # A hair under the threshold: sums in another order may differ in their last bits, and
     # a term wrongly made optional would lose documents (a wrongly essential one costs time).
     slack = _constant(1.0 - 1e-9)
-    bound = weighted.c.idf * (k1 + _constant(1.0))
+    bound = weighted.c.weight
     cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
     bounds = (
         select(
