@@ -60,13 +60,15 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from vecorm.engine import sync_engine_of
 from vecorm.errors import ConfigurationError
+from vecorm.schema.cluster import is_citus
 from vecorm.schema.config import HNSW, IVFFlat, SearchConfig
 from vecorm.schema.dbapi import execute_raw
+from vecorm.search import pipelined
 from vecorm.search.explain import Explain
 from vecorm.search.propagation import propagate
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine.interfaces import DBAPICursor, ExecutionContext
+    from sqlalchemy.engine.interfaces import DBAPICursor, ExceptionContext, ExecutionContext
 
 #: ``hnsw.ef_search`` of vecorm's searches when the model sets none (pgvector's is 40): a
 #: wider first pass finds more of the true neighbours (recall@10 0.997 against 0.937 at 40
@@ -358,12 +360,9 @@ def _statement_for(dialect: Dialect, kinds: tuple[str, ...]) -> SQLCompiler:
     return compiled
 
 
-def _run_raw(
-    conn: Connection, steps: list[tuple[str, str, str | None]]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Run ``(kind, name, value)`` steps in one statement on ``conn``'s DBAPI connection,
-    bypassing events (we are inside one); the values ``capture`` steps kept, and the value
-    each setting has now, by name. On Citus the new values go to the workers too."""
+def _raw_statement(conn: Connection, steps: list[tuple[str, str, str | None]]) -> tuple[str, Any]:
+    """The text and DBAPI arguments of the one statement doing ``(kind, name, value)``
+    ``steps`` on ``conn``."""
     compiled = _statement_for(conn.dialect, tuple(kind for kind, _, _ in steps))
     bound: dict[str, Any] = {}
     for index, (_, name, value) in enumerate(steps):
@@ -373,13 +372,32 @@ def _run_raw(
     arguments: Any = params
     if compiled.positional:
         arguments = tuple(params[key] for key in compiled.positiontup or ())
-    row = iter(execute_raw(conn, compiled.string, arguments))
+    return compiled.string, arguments
+
+
+def _read_row(
+    steps: list[tuple[str, str, str | None]], values: tuple[Any, ...]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The values ``capture`` steps kept, and the value each setting has now, by name, from
+    the row of the steps' statement."""
+    row = iter(values)
     captured: dict[str, str] = {}
     now: dict[str, str] = {}
     for kind, name, _ in steps:
         if kind == _CAPTURE:
             captured[name] = next(row)
         now[name] = next(row)
+    return captured, now
+
+
+def _run_raw(
+    conn: Connection, steps: list[tuple[str, str, str | None]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Run ``(kind, name, value)`` steps in one statement on ``conn``'s DBAPI connection,
+    bypassing events (we are inside one); the values ``capture`` steps kept, and the value
+    each setting has now, by name. On Citus the new values go to the workers too."""
+    statement, arguments = _raw_statement(conn, steps)
+    captured, now = _read_row(steps, execute_raw(conn, statement, arguments))
     propagate(conn, now)  # on Citus, to the workers too
     return captured, now
 
@@ -391,6 +409,7 @@ SEARCH_SETTINGS_OPTION = "vecorm_search_settings"
 #: Annotation that marks a ``WHERE`` condition vecorm added itself.
 _OWN = "vecorm_own_condition"
 _STATE_KEY = "vecorm_search_settings"
+_SWITCH_KEY = "vecorm_search_settings_switch"
 #: libpq's ``PQTRANS_INTRANS`` (psycopg 2 and 3): in a transaction that has not failed.
 _IN_TRANSACTION = 2
 
@@ -438,7 +457,12 @@ def _before_cursor_execute(
     context: ExecutionContext | None,
     executemany: bool,
 ) -> None:
-    state: _Applied | None = conn.info.get(_STATE_KEY)
+    info = conn.info
+    if _SWITCH_KEY in info:  # left by a failure that skipped handle_error: not in effect
+        stale: _Switch = info.pop(_SWITCH_KEY)
+        if stale.pipeline is not None:
+            pipelined.abandon(stale.pipeline, RuntimeError("statement failed"))
+    state: _Applied | None = info.get(_STATE_KEY)
     searching = context is not None and not _SETTING_KEYS.isdisjoint(context.execution_options)
     if state is None and not searching:
         return  # nothing of vecorm's in effect, and not a search: all other statements pay
@@ -468,27 +492,100 @@ def _before_cursor_execute(
         transaction = conn.get_transaction()
         assert transaction is not None  # SQLAlchemy 2 begins one before it executes
         state = _Applied(weakref.ref(transaction))
-    if settings != state.values:
-        _switch(conn, state, settings)
     # A server-side cursor scans while rows are fetched, after this hook, maybe between
     # other statements: keep the settings until the transaction ends.
-    if bool(getattr(context, "_is_server_side", False)) or bool(
+    server_side = bool(getattr(context, "_is_server_side", False)) or bool(
         context.execution_options.get("stream_results", False)
-    ):
+    )
+    if server_side:
         state.pinned = True
+    if settings != state.values:
+        steps = _switch_steps(state, settings)
+        switch = _Switch(state, steps, settings)
+        if not server_side and pipelined.available(conn) and not is_citus(conn):
+            # Sent with the search, in its round trip (vecorm.search.pipelined).
+            switch.pipeline = pipelined.start(conn, *_raw_statement(conn, steps))
+        else:
+            switch.captured, _ = _run_raw(conn, steps)
+        conn.info[_SWITCH_KEY] = switch  # recorded once the search has run
+        return
     conn.info[_STATE_KEY] = state
 
 
-def _switch(conn: Connection, state: _Applied, settings: Mapping[str, str]) -> None:
-    """Make ``settings`` the ones in effect, in one statement: vecorm's other settings go
-    back to their old values, and each new name's old value is kept."""
+@dataclass
+class _Switch:
+    """Settings switched for the statement being executed, recorded in effect once it has
+    run: if it fails on the server, the transaction's (or the savepoint's) rollback undoes
+    them, and a record of them would make the next search skip setting them again."""
+
+    state: _Applied
+    steps: list[tuple[str, str, str | None]]
+    settings: Mapping[str, str]
+    captured: dict[str, str] = field(default_factory=dict)
+    pipeline: pipelined.Pending | None = None
+
+    def record(self, conn: Connection, values: tuple[Any, ...] | None = None) -> None:
+        if values is not None:  # the row of the pipelined settings statement
+            self.captured, _ = _read_row(self.steps, values)
+        _switched(self.state, self.steps, self.captured, self.settings)
+        conn.info[_STATE_KEY] = self.state
+
+
+def _after_cursor_execute(
+    conn: Connection,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> None:
+    """Record the settings a search switched; first close the pipeline that carried them,
+    which raises an error of either statement here, inside SQLAlchemy's execution."""
+    switch: _Switch | None = conn.info.pop(_SWITCH_KEY, None)
+    if switch is None:
+        return
+    values = None if switch.pipeline is None else pipelined.finish(switch.pipeline)
+    switch.record(conn, values)
+
+
+def _handle_error(context: ExceptionContext) -> None:
+    """A statement that switched settings failed: close its pipeline, and record the
+    settings only if they ran and the transaction goes on (the statement failed before it
+    was sent), so that the connection's next statement puts the old values back."""
+    conn = context.connection
+    switch: _Switch | None = None if conn is None else conn.info.pop(_SWITCH_KEY, None)
+    if conn is None or switch is None:
+        return
+    values = None
+    if switch.pipeline is not None:
+        values = pipelined.abandon(switch.pipeline, context.original_exception)
+        if values is None:
+            return
+    if _transaction_status(conn) in (_IN_TRANSACTION, None):
+        switch.record(conn, values)
+
+
+def _switch_steps(
+    state: _Applied, settings: Mapping[str, str]
+) -> list[tuple[str, str, str | None]]:
+    """The steps making ``settings`` the ones in effect, in one statement: vecorm's other
+    settings go back to their old values, and each new name's old value is kept."""
     steps: list[tuple[str, str, str | None]] = [
         (_RESTORE, name, state.previous[name]) for name in state.values if name not in settings
     ]
     for name, value in settings.items():
         if state.values.get(name) != value:
             steps.append((_SET if name in state.previous else _CAPTURE, name, value))
-    captured, _ = _run_raw(conn, steps)
+    return steps
+
+
+def _switched(
+    state: _Applied,
+    steps: list[tuple[str, str, str | None]],
+    captured: Mapping[str, str],
+    settings: Mapping[str, str],
+) -> None:
+    """Record in ``state`` that ``steps`` ran: ``settings`` are in effect."""
     state.previous.update(captured)
     for kind, name, _ in steps:
         if kind == _RESTORE:
@@ -519,6 +616,8 @@ def _transaction_status(conn: Connection) -> int | None:
 # Every engine, made before or after this import, sync or the sync_engine of an async one
 # (see the module docstring for why this happens on import).
 event.listen(Engine, "before_cursor_execute", _before_cursor_execute)
+event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
+event.listen(Engine, "handle_error", _handle_error)
 
 
 def _opted_out(engine: Engine) -> bool:
