@@ -31,13 +31,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
 import psycopg
+from latency_proxy import LatencyProxy
 from pgvector.psycopg import register_vector
-from sqlalchemy import String, Text, select, text
+from sqlalchemy import URL, String, Text, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -166,7 +168,8 @@ def interleaved(
     return {name: median_ms(values) for name, values in times.items()}
 
 
-def overhead(engine: Engine, rows: int, queries: int) -> None:
+def overhead(engine: Engine, rows: int, queries: int, latencies: Sequence[float] = (0.0,)) -> None:
+    """The overhead table, once per one-way delay in ``latencies`` (0: no proxy)."""
     conninfo = libpq_conninfo(engine.url)
     Base.metadata.create_all(engine)
     drop_vector_index(engine, Item)
@@ -189,6 +192,56 @@ def overhead(engine: Engine, rows: int, queries: int) -> None:
     set_sql = "SELECT " + ", ".join(
         f"set_config('{name}', '{value}', true)" for name, value in defaults.items()
     )
+    for latency_ms in latencies:
+        with ExitStack() as stack:
+            if latency_ms:  # the searches cross a "network" of that one-way delay
+                port = stack.enter_context(LatencyProxy(socket_of(engine.url), latency_ms))
+                via = stack.enter_context(_disposing(vecorm.create_engine(proxied(engine, port))))
+                round_trip = _round_trip_ms(libpq_conninfo(via.url))
+                timed = _time_paths(via, libpq_conninfo(via.url), probes, sql, set_sql)
+            else:
+                timed = _time_paths(engine, conninfo, probes, sql, set_sql)
+        print(f"\nnearest(q, 10), entity loaded: {rows:,} x {DIMS}, median of {queries} queries")
+        if latency_ms:
+            print(
+                f"through a proxy delaying each message {latency_ms} ms each way "
+                f"(a round trip measured {round_trip:.2f} ms)"
+            )
+        print("(ratio: against raw psycopg; vs SQLAlchemy: against the same statement in plain")
+        print(" SQLAlchemy, i.e. what vecorm adds on top of the ORM's own cost)")
+        print(f"{'path':<32}{'ms':>8}{'ratio':>8}{'vs SQLAlchemy':>15}")
+        for label, raw_label, orm_label in (
+            ("raw, pgvector defaults", None, None),
+            ("SQLAlchemy, pgvector defaults", "raw, pgvector defaults", None),
+            (
+                "vecorm, pgvector defaults",
+                "raw, pgvector defaults",
+                "SQLAlchemy, pgvector defaults",
+            ),
+            ("raw, vecorm's settings", None, None),
+            ("SQLAlchemy, vecorm's settings", "raw, vecorm's settings", None),
+            ("vecorm, its defaults", "raw, vecorm's settings", "SQLAlchemy, vecorm's settings"),
+        ):
+            ratio = f"{timed[label] / timed[raw_label]:.2f}x" if raw_label else ""
+            over = f"{100 * (timed[label] / timed[orm_label] - 1):+.0f}%" if orm_label else ""
+            print(f"{label:<32}{timed[label]:>8.3f}{ratio:>8}{over:>15}")
+
+
+def _round_trip_ms(conninfo: str) -> float:
+    """Median time of ``SELECT 1`` in autocommit: one round trip."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        times = []
+        for _ in range(50):
+            started = time.perf_counter()
+            conn.execute("SELECT 1").fetchall()
+            times.append(time.perf_counter() - started)
+    return median_ms(times)
+
+
+def _time_paths(
+    engine: Engine, conninfo: str, probes: np.ndarray, sql: str, set_sql: str
+) -> dict[str, float]:
+    """Median ms of each path, interleaved query by query."""
     raw = psycopg.connect(conninfo)
     register_vector(raw)
     session = Session(engine)
@@ -247,21 +300,28 @@ def overhead(engine: Engine, rows: int, queries: int) -> None:
     )
     raw.close()
     session.close()
-    print(f"\nnearest(q, 10), entity loaded: {rows:,} x {DIMS}, median of {queries} queries")
-    print("(ratio: against raw psycopg; vs SQLAlchemy: against the same statement in plain")
-    print(" SQLAlchemy, i.e. what vecorm adds on top of the ORM's own cost)")
-    print(f"{'path':<32}{'ms':>8}{'ratio':>8}{'vs SQLAlchemy':>15}")
-    for label, raw_label, orm_label in (
-        ("raw, pgvector defaults", None, None),
-        ("SQLAlchemy, pgvector defaults", "raw, pgvector defaults", None),
-        ("vecorm, pgvector defaults", "raw, pgvector defaults", "SQLAlchemy, pgvector defaults"),
-        ("raw, vecorm's settings", None, None),
-        ("SQLAlchemy, vecorm's settings", "raw, vecorm's settings", None),
-        ("vecorm, its defaults", "raw, vecorm's settings", "SQLAlchemy, vecorm's settings"),
-    ):
-        ratio = f"{timed[label] / timed[raw_label]:.2f}x" if raw_label else ""
-        over = f"{100 * (timed[label] / timed[orm_label] - 1):+.0f}%" if orm_label else ""
-        print(f"{label:<32}{timed[label]:>8.3f}{ratio:>8}{over:>15}")
+    return timed
+
+
+@contextmanager
+def _disposing(engine: Engine) -> Iterator[Engine]:
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def socket_of(url: URL) -> str:
+    """Where ``url``'s server listens: its unix socket's path, or ``host:port``."""
+    host = str(url.query.get("host") or url.host or "localhost")
+    port = url.port or int(str(url.query.get("port", 5432)))
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+def proxied(engine: Engine, port: int) -> URL:
+    """``engine``'s URL, through the proxy listening on ``port``."""
+    query = {k: v for k, v in engine.url.query.items() if k not in ("host", "port")}
+    return engine.url.set(host="127.0.0.1", port=port, query=query)
 
 
 def plans(engine: Engine, rows: int, queries: int) -> None:
@@ -349,11 +409,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--wide-rows", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="time the overhead table again through a proxy adding this one-way delay",
+    )
     args = parser.parse_args()
     with vecorm.database() as url:
         engine = vecorm.create_engine(url)
         try:
-            overhead(engine, args.rows, args.queries)
+            latencies = (0.0, args.latency_ms) if args.latency_ms else (0.0,)
+            overhead(engine, args.rows, args.queries, latencies)
             plans(engine, args.wide_rows, args.queries)
         finally:
             engine.dispose()
