@@ -65,6 +65,15 @@ def shared_statistics() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+#: A posting's contribution is summed as a whole number of 2^-36 (``round(part * 2^36)``):
+#: whole numbers below 2^53 add exactly in float8, so a document's score does not depend on
+#: the order its postings are added in, which differs between plans (and between scoring
+#: every posting and MaxScore's rescoring). Without it two documents whose scores are equal
+#: (the same contributions from different words of equal frequency) could differ in the last
+#: bit, and which of them makes the k-th place would not be decided by the key. Exact up to a
+#: score of 2^17; the resolution, 1.5e-11, is far below any difference BM25 makes.
+SCORE_SCALE = float(2**36)
+
 #: Query terms whose bounds together stay under this share of the first threshold are only
 #: probed (MaxScore allows any share under 1): every candidate then owes at least the rest of
 #: its score to the scanned terms, which keeps the candidates, and the probes, few.
@@ -198,12 +207,13 @@ def scores(
         # ``weight tf / (tf + base + slope dl)``: the statistics CTE folds idf, k1, b and
         # avgdl into three numbers per term, so each posting costs three float operations.
         tf = cast(tf_column, Float)
-        part: ColumnElement[Any] = (
+        part = (
             weighted.c.weight
             * tf
             / (tf + weighted.c.base + weighted.c.slope * cast(dl_column, Float))
         )
-        return part
+        scaled: ColumnElement[Any] = pg.round(part * _constant(SCORE_SCALE), type_=Float)
+        return scaled  # in units of 1 / SCORE_SCALE: sums are exact
 
     term_score = contribution(postings.c.tf, postings.c.dl)
     key_columns = _keys(postings, names)
@@ -257,7 +267,7 @@ def scores(
             )
         )
     ranked = scored.subquery(f"{prefix}_scored")
-    score = ranked.c.score.label("score")
+    score = (ranked.c.score / _constant(SCORE_SCALE)).label("score")  # exact: a power of 2
     keys = [ranked.c[name] for name in names]
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
     if where or mode in ("phrase", "websearch"):
@@ -481,7 +491,8 @@ def _max_score(
     # A hair under the threshold: sums in another order may differ in their last bits, and
     # a term wrongly made optional would lose documents (a wrongly essential one costs time).
     slack = _constant(1.0 - 1e-9)
-    bound = weighted.c.weight
+    # A contribution never exceeds the weight; rounded to the scale, by at most one unit.
+    bound = weighted.c.weight * _constant(SCORE_SCALE) + _constant(1.0)
     cumulative = pg.sum(bound).over(order_by=(bound, weighted.c.term))
     bounds = (
         select(
@@ -547,9 +558,9 @@ def _max_score(
     )
     # A survivor's score lies between its partial and its partial plus the other optional
     # bounds (those of the cheapest words): only survivors whose upper end reaches the
-    # ``depth``-th partial can be among the best. They are rescored over every term, in the
-    # order the exhaustive sum adds them (the statistics CTE's), so that equal scores stay
-    # equal to the last bit and ties break by key exactly as when every posting is scored.
+    # ``depth``-th partial can be among the best. They are rescored over every term; sums of
+    # contributions in whole units of 1 / SCORE_SCALE are exact in any order, so equal scores
+    # stay equal to the last bit and ties break by key exactly as when every posting is scored.
     rest_bound = optional_bound - largest_bound
     finalists = (
         select(*(narrowed.c[name] for name in names))
