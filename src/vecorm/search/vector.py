@@ -80,7 +80,7 @@ from vecorm.schema.config import Distance, SearchConfig
 from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import indexed_expression
 from vecorm.schema.pgcatalog import pg
-from vecorm.schema.types import Bit, FloatArray, HalfVec, Vector, to_float_array
+from vecorm.schema.types import Bit, CheckedVector, FloatArray, HalfVec, Vector, to_float_array
 from vecorm.search.exact_fallback import FALLBACK_OPTION
 from vecorm.search.settings import index_search_options, own_condition
 
@@ -193,7 +193,10 @@ def query_value(
         vector: object = embed_query(provider, query)
     else:
         vector = query
-    return to_float_array(vector, config.dimensions, label=f"{_name(model)} query vector")
+    checked = to_float_array(vector, config.dimensions, label=f"{_name(model)} query vector")
+    # Marked as checked: the statement's other uses of it (nearest's distance, hybrid
+    # search's arms) and its binding do not scan it again.
+    return checked.view(CheckedVector)
 
 
 def _vector_bind(value: QueryValue, type_: Any) -> BindParameter[Any]:
