@@ -5,7 +5,8 @@
 options (``vecorm_hnsw_ef_search`` ...; :func:`search_options` builds them), and a listener on
 SQLAlchemy's :class:`~sqlalchemy.engine.Engine` class applies them with
 ``set_config(name, value, true)`` (``SET LOCAL``) on the same connection, in the same
-transaction, right before the statement. The previous values go back right before the
+transaction, right before the statement (on psycopg 3, in the statement's own round trip:
+:mod:`vecorm.search.pipelined`). The previous values go back right before the
 connection's next statement that is not a search with the same settings (so a run of
 searches in one transaction pays one statement, not two per search), or with the
 transaction, whose end resets ``SET LOCAL``. Nothing reaches the pool's next user or your
