@@ -198,6 +198,25 @@ def test_scores_equal_in_exact_arithmetic_are_equal_whatever_the_order_of_additi
         assert [row[0] for row in top[2:]] == tied[:1], prune_above
 
 
+@pytest.mark.parametrize("prune_above", [1, None])
+def test_pages_of_tied_results_never_lose_or_repeat_a_row(
+    session: Session, prune_above: int | None
+) -> None:
+    # With k1 = 0 many documents tie through different words of equal frequency; each page
+    # is its own statement (another LIMIT, another plan), and together the pages are the
+    # ranking read at once, in key order at each tie.
+    query = "wbax wbax wkix wnox zorbax"
+    whole = session.execute(bm25.scores(Article, query, depth=60, k1=0.0, prune_above=None)).all()
+    paged: list[int] = []
+    for size in range(3, 58, 3):
+        page = session.execute(
+            bm25.scores(Article, query, depth=size, seed=1, k1=0.0, prune_above=prune_above)
+        ).all()
+        paged += [row[0] for row in page[len(paged) :]]
+    assert paged == [row[0] for row in whole[: len(paged)]]
+    assert len(set(paged)) == len(paged) == 57
+
+
 @pytest.mark.parametrize("mode", ["any", "all", "phrase", "websearch"])
 def test_filters_and_modes_rank_as_without_pruning(session: Session, mode: str) -> None:
     query = f"{EVERYWHERE} {WORDS[0]} {WORDS[4]}"
