@@ -79,7 +79,7 @@ from vecorm.schema.generated import (
 from vecorm.schema.indexes import text_index, vector_index
 from vecorm.schema.passages import PassageConfig, passage_config, register_passage_model
 from vecorm.schema.related import is_text, register_related
-from vecorm.schema.types import CheckedVector, HalfVec, Vector, all_finite, to_float_array
+from vecorm.schema.types import CheckedVector, HalfVec, Vector, to_float_array
 from vecorm.search import bm25 as _bm25
 from vecorm.search import hybrid as _hybrid
 from vecorm.search import text as _textsearch
@@ -606,28 +606,15 @@ def _check_source(cls: type[Any], config: PassageConfig) -> None:
             )
 
 
-_FLOAT32 = np.dtype(np.float32)
-
-
 def _vector_validator(cls: type[Any], slot: EmbeddingSlot) -> Any:
     label = f"{cls.__name__}.{slot.attribute}"
     config = slot.config
-    shape = (config.dimensions,)
 
     def validate(
         state: object, value: Any, oldvalue: Any, initiator: Any, key: str | None = None
     ) -> Any:
         if value is None:
             return None
-        if type(value) is CheckedVector and value.shape == shape:
-            return value  # validated when it was assigned (to another object, or copied)
-        if (
-            type(value) is np.ndarray
-            and value.dtype is _FLOAT32
-            and value.shape == shape
-            and all_finite(value)
-        ):
-            return value.view(CheckedVector)  # the common case, without the general checks
         try:
             checked = to_float_array(value, config.dimensions, label=label)
         except DimensionMismatch:

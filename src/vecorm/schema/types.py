@@ -140,7 +140,7 @@ def to_float_array(value: object, dimensions: int | None, *, label: str = "vecto
         raise DimensionMismatch(f"{label} expected {dimensions} dimensions, not {array.shape[0]}")
     if array.shape[0] == 0:
         raise InvalidVector(f"{label} must have at least 1 dimension")
-    if not all_finite(array):
+    if not _all_finite(array):
         raise InvalidVector(f"{label} contains NaN or infinity, which pgvector cannot store")
     return array
 
@@ -148,7 +148,7 @@ def to_float_array(value: object, dimensions: int | None, *, label: str = "vecto
 _FLOAT32 = np.dtype(np.float32)
 
 
-def all_finite(array: FloatArray) -> bool:
+def _all_finite(array: FloatArray) -> bool:
     """Whether every value of ``array`` is finite (``count_nonzero`` of the test, not
     ``.all()``: 3 us for 1,536 values against 4 us, on every vector assigned or bound)."""
     finite = int(np.count_nonzero(np.isfinite(array)))
