@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 from sqlalchemy import URL, Integer, String, event, insert, text
 from sqlalchemy.engine import Engine
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import vecorm
+from tests.integration.recording import RecordingCursor, recording_engine, statements
 from vecorm.search import exact_fallback
 from vecorm.search.explain import indexes_used
 
@@ -212,16 +212,6 @@ class Sized(vecorm.Searchable, Base):
     tenant: Mapped[int] = mapped_column(Integer)
 
 
-class RecordingCursor(psycopg.Cursor[Any]):
-    """Every statement and its parameters, vecorm's raw ones (settings, row estimate) too."""
-
-    sent: ClassVar[list[tuple[str, Any]]] = []
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        RecordingCursor.sent.append((str(query), params))
-        return super().execute(query, params, **kwargs)
-
-
 def test_a_filtered_walk_is_capped_by_the_table_size(
     vecorm_url: URL, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,30 +225,30 @@ def test_a_filtered_walk_is_capped_by_the_table_size(
         )
         conn.execute(text("ANALYZE fallback_sized"))
     monkeypatch.setattr(exact_fallback, "MIN_WALK", 1)
-    recording = vecorm.create_engine(vecorm_url, connect_args={"cursor_factory": RecordingCursor})
-    try:
-        with Session(recording) as session, session.begin():
-            RecordingCursor.sent.clear()
-            for query in FAR[:3]:
-                stmt = Sized.nearest(query, k=K).where(Sized.tenant == 3)
-                assert len(session.execute(stmt).all()) == K
-            estimates = [sql for sql, _ in RecordingCursor.sent if "reltuples" in sql]
-            assert len(estimates) == 1  # asked once for the connection
-            settings = [params for sql, params in RecordingCursor.sent if "set_config" in sql]
-            assert len(settings) == 1 and "hnsw.max_scan_tuples" in settings[0].values()
-            assert str(ROWS // 20) in settings[0].values()  # 3,000 rows: a walk of 150
-            RecordingCursor.sent.clear()
-            session.execute(Sized.nearest(FAR[0], k=K)).all()  # no filter: pgvector's limit
-            settings = [params for sql, params in RecordingCursor.sent if "set_config" in sql]
-            assert "hnsw.max_scan_tuples" in settings[0].values()  # put back: the old value
-            assert str(ROWS // 20) not in settings[0].values()
-            RecordingCursor.sent.clear()
-            hybrid = Sized.hybrid_search("t", k=K, vector=FAR[0], where=Sized.tenant == 3)
-            assert len(session.execute(hybrid).all()) == K  # its walk is capped the same way
-            settings = [params for sql, params in RecordingCursor.sent if "set_config" in sql]
-            assert len(settings) == 1 and str(ROWS // 20) in settings[0].values()
-    finally:
-        recording.dispose()
+    with (
+        recording_engine(vecorm_url, vecorm.create_engine) as recording,
+        Session(recording) as session,
+        session.begin(),
+    ):
+        RecordingCursor.sent.clear()
+        for query in FAR[:3]:
+            stmt = Sized.nearest(query, k=K).where(Sized.tenant == 3)
+            assert len(session.execute(stmt).all()) == K
+        estimates = [sql for sql in statements() if "reltuples" in sql]
+        assert len(estimates) == 1  # asked once for the connection
+        settings = [sent.params for sent in RecordingCursor.sent if "set_config" in sent.sql]
+        assert len(settings) == 1 and "hnsw.max_scan_tuples" in settings[0].values()
+        assert str(ROWS // 20) in settings[0].values()  # 3,000 rows: a walk of 150
+        RecordingCursor.sent.clear()
+        session.execute(Sized.nearest(FAR[0], k=K)).all()  # no filter: pgvector's limit
+        settings = [sent.params for sent in RecordingCursor.sent if "set_config" in sent.sql]
+        assert "hnsw.max_scan_tuples" in settings[0].values()  # put back: the old value
+        assert str(ROWS // 20) not in settings[0].values()
+        RecordingCursor.sent.clear()
+        hybrid = Sized.hybrid_search("t", k=K, vector=FAR[0], where=Sized.tenant == 3)
+        assert len(session.execute(hybrid).all()) == K  # its walk is capped the same way
+        settings = [sent.params for sent in RecordingCursor.sent if "set_config" in sent.sql]
+        assert len(settings) == 1 and str(ROWS // 20) in settings[0].values()
 
 
 def test_a_session_class_of_the_app_gets_the_exact_rows(engine: Engine) -> None:

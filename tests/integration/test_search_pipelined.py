@@ -4,15 +4,15 @@ search that fails leaves the settings recorded exactly as the server has them.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import URL, Integer, func, literal, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError
 
+from tests.integration.recording import RecordingCursor, recording_engine
 from vecorm.search.settings import search_options
 
 #: What the searches below ask for, and pgvector's / PostgreSQL's values around them.
@@ -34,26 +34,10 @@ FAILING = select(
 ).execution_options(**ASKED)
 
 
-class StatusCursor(psycopg.Cursor[Any]):
-    """Records each statement it sends and whether its connection was in a pipeline."""
-
-    sent: ClassVar[list[tuple[str, bool]]] = []
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        piped = self.connection.pgconn.pipeline_status != 0
-        StatusCursor.sent.append((str(query), piped))
-        return super().execute(query, params, **kwargs)
-
-
 @pytest.fixture
 def status_engine(vecorm_url: URL) -> Iterator[Engine]:
-    engine = sqlalchemy.create_engine(
-        vecorm_url, pool_size=1, max_overflow=0, connect_args={"cursor_factory": StatusCursor}
-    )
-    try:
+    with recording_engine(vecorm_url, pool_size=1, max_overflow=0) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(params=["psycopg", "psycopg2"])
@@ -84,15 +68,15 @@ def _load_pgvector(conn: Connection) -> None:
 def test_the_settings_and_the_search_are_sent_together(status_engine: Engine) -> None:
     with status_engine.connect() as conn:
         _load_pgvector(conn)
-        StatusCursor.sent.clear()
+        RecordingCursor.sent.clear()
         assert _settings(conn, SETTINGS.execution_options(**ASKED)) == SEEN_WITH_ASKED
-        settings_statement, search = StatusCursor.sent[-2:]
-        assert "set_config" in settings_statement[0] and settings_statement[1]
-        assert "current_setting" in search[0] and search[1]  # queued behind the settings
+        settings_statement, search = RecordingCursor.sent[-2:]
+        assert "set_config" in settings_statement.sql and settings_statement.pipelined
+        assert "current_setting" in search.sql and search.pipelined  # queued behind them
         # The pipeline is closed: the next statement goes on its own, with the old values.
-        StatusCursor.sent.clear()
+        RecordingCursor.sent.clear()
         assert _settings(conn) == DEFAULTS
-        assert all(not piped for _, piped in StatusCursor.sent)
+        assert all(not sent.pipelined for sent in RecordingCursor.sent)
         assert conn.connection.driver_connection.pgconn.pipeline_status == 0  # type: ignore[union-attr]
         conn.rollback()
 

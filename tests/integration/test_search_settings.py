@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
+from tests.integration.recording import RecordingCursor, recording_engine, statements
 from vecorm.search.explain import indexes_used
 from vecorm.search.settings import (
     SEARCH_SETTINGS_OPTION,
@@ -343,29 +344,14 @@ def test_a_first_statement_that_does_not_load_pgvector_breaks_no_later_search(
 # --------------------------------------------------------------------------- round trips
 
 
-class CountingCursor(psycopg.Cursor[Any]):
-    """Every statement a connection runs, the hook's own included (it uses the DBAPI cursor)."""
-
-    sent: ClassVar[list[str]] = []
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        CountingCursor.sent.append(str(query))
-        return super().execute(query, params, **kwargs)
-
-
 @pytest.fixture
 def counted_engine(vecorm_url: URL) -> Iterator[Engine]:
-    engine = sqlalchemy.create_engine(
-        vecorm_url, pool_size=1, max_overflow=0, connect_args={"cursor_factory": CountingCursor}
-    )
-    try:
+    with recording_engine(vecorm_url, pool_size=1, max_overflow=0) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 def _hook_statements() -> list[str]:
-    return [sql for sql in CountingCursor.sent if "set_config" in sql]
+    return [sql for sql in statements() if "set_config" in sql]
 
 
 def test_searches_of_one_transaction_share_one_settings_statement(counted_engine: Engine) -> None:
@@ -373,15 +359,15 @@ def test_searches_of_one_transaction_share_one_settings_statement(counted_engine
     with counted_engine.connect() as conn:
         _load(conn)
         conn.commit()
-        CountingCursor.sent.clear()
+        RecordingCursor.sent.clear()
         for _ in range(3):
             assert _settings(conn, asked) == SEEN_WITH_ASKED
         conn.commit()  # ends SET LOCAL: nothing to put back
         assert len(_hook_statements()) == 1
         # Three searches and their one statement (and, once per connection, whether the
         # database has Citus).
-        assert len([sql for sql in CountingCursor.sent if "pg_extension" not in sql]) == 4
-        CountingCursor.sent.clear()
+        assert len([sql for sql in statements() if "pg_extension" not in sql]) == 4
+        RecordingCursor.sent.clear()
         assert _settings(conn) == DEFAULTS  # the next transaction starts clean
         assert _hook_statements() == []
         # A statement that is not a search gets the old values back first: one more.
@@ -396,7 +382,7 @@ def test_a_search_with_other_settings_switches_in_one_statement(counted_engine: 
     with counted_engine.connect() as conn, conn.begin():
         _load(conn)
         assert _settings(conn, SETTINGS.execution_options(**ASKED)) == SEEN_WITH_ASKED
-        CountingCursor.sent.clear()
+        RecordingCursor.sent.clear()
         # Only ef_search asked: the other two are back at their old values for this one.
         assert _settings(conn, other) == ("55", "off", "auto")
         assert len(_hook_statements()) == 1
