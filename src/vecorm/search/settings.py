@@ -468,7 +468,7 @@ def _before_cursor_execute(
     if state is None and not searching:
         return  # nothing of vecorm's in effect, and not a search: all other statements pay
     if state is not None and state.transaction() is not conn.get_transaction():
-        del conn.info[_STATE_KEY]  # its transaction ended, and SET LOCAL with it
+        del info[_STATE_KEY]  # its transaction ended, and SET LOCAL with it
         state = None
     if (
         context is None
@@ -508,9 +508,9 @@ def _before_cursor_execute(
             switch.pipeline = pipelined.start(conn, *_raw_statement(conn, steps))
         else:
             switch.captured, _ = _run_raw(conn, steps)
-        conn.info[_SWITCH_KEY] = switch  # recorded once the search has run
+        info[_SWITCH_KEY] = switch  # recorded once the search has run
         return
-    conn.info[_STATE_KEY] = state
+    info[_STATE_KEY] = state
 
 
 @dataclass

@@ -488,8 +488,9 @@ def _max_score(
 
     first = select(kth(seeded, "score").label("score")).cte(f"{prefix}_seed_threshold")
     first = first.prefix_with("MATERIALIZED")
-    # A hair under the threshold: sums in another order may differ in their last bits, and
-    # a term wrongly made optional would lose documents (a wrongly essential one costs time).
+    # A hair under the threshold: the sums are exact (whole units of 1 / SCORE_SCALE), but
+    # the bounds come from the weights, not from the rounded contributions, and a term
+    # wrongly made optional would lose documents (a wrongly essential one costs time).
     slack = _constant(1.0 - 1e-9)
     # A contribution never exceeds the weight; rounded to the scale, by at most one unit.
     bound = weighted.c.weight * _constant(SCORE_SCALE) + _constant(1.0)
