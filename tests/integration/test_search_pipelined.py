@@ -13,21 +13,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError
 
 from tests.integration.recording import RecordingCursor, recording_engine
+from tests.integration.test_search_settings import ASKED, DEFAULTS, SEEN_WITH_ASKED, SETTINGS
 from vecorm.search.settings import search_options
 
-#: What the searches below ask for, and pgvector's / PostgreSQL's values around them.
-ASKED = search_options(
-    ef_search=123, iterative_scan="strict_order", plan_cache_mode="force_custom_plan"
-)
+#: Another search's settings (pgvector's others), beside test_search_settings' ASKED.
 OTHER = search_options(ef_search=55)
-SETTINGS = select(
-    func.current_setting("hnsw.ef_search"),
-    func.current_setting("hnsw.iterative_scan"),
-    func.current_setting("plan_cache_mode"),
-)
-SEEN_WITH_ASKED = ("123", "strict_order", "force_custom_plan")
 SEEN_WITH_OTHER = ("55", "off", "auto")
-DEFAULTS = ("40", "off", "auto")
 #: Divides by zero only when it runs with ef_search = 123 (ASKED's).
 FAILING = select(
     literal(1) / (func.current_setting("hnsw.ef_search").cast(Integer) - 123)
