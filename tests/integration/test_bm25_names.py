@@ -1,7 +1,7 @@
 """BM25 statistics of a table whose schema, table and key names need quoting (mixed case, a
-space, a double quote, a ``%`` that a pyformat driver reads as a placeholder) and whose
-columns are named like SQL keywords: created, written, searched, migrated and dropped end to
-end, every identifier quoted by the dialect."""
+space, a double quote, a ``%`` that a pyformat driver reads as a placeholder, a ``:name`` that
+textual SQL reads as one) and whose columns are named like SQL keywords: created, written,
+searched, migrated and dropped end to end, every identifier quoted by the dialect."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from vecorm import bm25
 from vecorm.alembic.bm25 import _current_definitions, _drops_for
 from vecorm.search.bm25 import ddl
 
-SCHEMA = 'Odd "Schema" 5% Name'
+SCHEMA = 'Odd "Schema" 5% :Name'
 TABLE = 'Mixed %Case "Notes"'
 
 
@@ -181,7 +181,7 @@ def test_migration_operations_drop_restore_and_put_back(engine: Engine) -> None:
 def test_a_failing_statement_names_its_object(engine: Engine) -> None:
     reset = ddl.ResetSequence(TABLE, SCHEMA, "avgdl")
     assert (
-        reset.description == 'sequence "Odd ""Schema"" 5% Name"."Mixed %Case ""Notes""_bm25_avgdl"'
+        reset.description == 'sequence "Odd ""Schema"" 5% :Name"."Mixed %Case ""Notes""_bm25_avgdl"'
     )
     with engine.begin() as conn:
         ddl.run(conn, [ddl.DropSequence(TABLE, SCHEMA, "avgdl")])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import String, insert, text
+from sqlalchemy import String, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -248,3 +248,28 @@ def test_the_hybrid_lexical_arm_prunes_exactly(session: Session) -> None:
     )
     assert_same(pruned_rows, exhaustive_rows)
     assert any(rank is not None for _, rank, _ in pruned_rows)
+
+
+@pytest.mark.parametrize("prune_above", [1, None])
+def test_the_scoring_sql_rendered_once_ranks_each_text_as_a_built_statement(
+    session: Session, prune_above: int | None
+) -> None:
+    """The scoring part is SQL rendered once per shape and shared by every text (only the
+    statistics CTEs carry the text); each text still gets its own rows, those of the statement
+    built element by element (``only=``, which scores the rows it names)."""
+    every_row = select(Article.id)
+    for query in QUERIES:
+        shared = session.execute(bm25.scores(Article, query, depth=10, prune_above=prune_above))
+        built = session.execute(bm25.scores(Article, query, only=every_row)).all()[:10]
+        assert_same([tuple(row) for row in shared], [tuple(row) for row in built], query)
+
+
+def test_two_texts_send_the_same_sql_with_their_own_text(session: Session) -> None:
+    first, second = (
+        bm25.scores(Article, query, depth=10, prune_above=1).compile(session.get_bind())
+        for query in (WORDS[0], f"{WORDS[1]} {WORDS[2]}")
+    )
+    assert first.string == second.string
+    assert "bm25_seed_threshold" in first.string  # the MaxScore statement
+    assert WORDS[0] in first.params.values()
+    assert f"{WORDS[1]} {WORDS[2]}" in second.params.values()

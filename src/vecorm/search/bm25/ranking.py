@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    column,
     func,
     literal,
     literal_column,
@@ -25,6 +27,9 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy import table as table_clause
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import (
@@ -34,7 +39,7 @@ from sqlalchemy.sql.elements import (
     ColumnClause,
     ColumnElement,
 )
-from sqlalchemy.sql.selectable import CompoundSelect
+from sqlalchemy.sql.selectable import CompoundSelect, TextualSelect
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema import pgcatalog as catalog
@@ -203,20 +208,6 @@ def scores(
         if shared is not None:
             shared[shared_key] = (query, weighted)
 
-    def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
-        # ``weight tf / (tf + base + slope dl)``: the statistics CTE folds idf, k1, b and
-        # avgdl into three numbers per term, so each posting costs three float operations.
-        tf = cast(tf_column, Float)
-        part = (
-            weighted.c.weight
-            * tf
-            / (tf + weighted.c.base + weighted.c.slope * cast(dl_column, Float))
-        )
-        scaled: ColumnElement[Any] = pg.round(part * _constant(SCORE_SCALE), type_=Float)
-        return scaled  # in units of 1 / SCORE_SCALE: sums are exact
-
-    term_score = contribution(postings.c.tf, postings.c.dl)
-    key_columns = _keys(postings, names)
     # Statistics kept per distribution value (Citus) are always scored exhaustively: the
     # MaxScore statement (lateral probes, correlated subqueries) is not tested on Citus.
     pruned = (
@@ -226,47 +217,17 @@ def scores(
         and only is None
         and tables.distributed_by is None
     )
-    exhaustive = (
-        select(*key_columns, pg.sum(term_score).label("score"))
-        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
-        .where(*scoped(postings))
-        .group_by(*key_columns)
+    shape = _Shape(
+        postings, tuple(names), mode, threshold if pruned else None, seed_postings, depth, prefix
     )
-    if only is not None:
-        exhaustive = exhaustive.where(keys_in(key_columns, only))
-    if mode == "all":
-        exhaustive = exhaustive.having(
-            pg.count(literal_column("*"))
-            == select(pg.count(literal_column("*"))).select_from(query).scalar_subquery()
-        )
-    scored: Select[Any] | CompoundSelect[Any] = exhaustive
-    if pruned:
-        assert threshold is not None
-        many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(threshold)
-        pruned_select, pruning = _max_score(
-            postings,
-            weighted,
-            names,
-            term_score,
-            contribution,
-            seed=seed_postings,
-            depth=depth,
-            prefix=prefix,
-        )
-        # Without an optional term MaxScore would read every posting anyway: score them.
-        useful = and_(many, pruning)
-        # Each branch keeps its own best rows: only those pass the gate and the union.
-        branches = [exhaustive.where(~useful), pruned_select.where(useful)]
-        scored = union_all(
-            *(
-                branch.order_by(
-                    branch.selected_columns.score.desc(),
-                    *(branch.selected_columns[name] for name in names),
-                ).limit(row_limit(depth))
-                for branch in branches
-            )
-        )
-    ranked = scored.subquery(f"{prefix}_scored")
+    if only is None and tables.distributed_by is None:
+        # The same rows for every text: SQL rendered once per shape (see _static_scored).
+        ranked = _static_scored(shape).add_cte(query, weighted).subquery(f"{prefix}_scored")
+    else:
+        conditions = scoped(postings)
+        if only is not None:
+            conditions.append(keys_in(_keys(postings, names), only))
+        ranked = _scored(shape, query, weighted, conditions).subquery(f"{prefix}_scored")
     score = (ranked.c.score / _constant(SCORE_SCALE)).label("score")  # exact: a power of 2
     keys = [ranked.c[name] for name in names]
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
@@ -281,6 +242,119 @@ def scores(
             )
     stmt = stmt.order_by(score.desc(), *keys)
     return stmt if only is not None else stmt.limit(row_limit(depth))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the scoring part of a BM25 statement depends on besides the query's statistics:
+    the same shape gives the same SQL for every text."""
+
+    postings: Table
+    names: tuple[str, ...]
+    mode: str
+    prune_above: int | None  # None: every posting is scored
+    seed: int
+    depth: int
+    prefix: str
+
+
+def _scored(
+    shape: _Shape, query: Any, weighted: Any, conditions: Sequence[ColumnElement[bool]] = ()
+) -> Select[Any] | CompoundSelect[Any]:
+    """``key .., score`` (in units of 1 / :data:`SCORE_SCALE`) of the documents holding the
+    terms of ``weighted`` (the statistics CTE; ``query`` the query's terms), every posting
+    summed, or with MaxScore pruning (the ``depth`` best) when ``shape.prune_above`` is set;
+    ``conditions`` restrict the postings."""
+    postings, names = shape.postings, shape.names
+
+    def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
+        # ``weight tf / (tf + base + slope dl)``: the statistics CTE folds idf, k1, b and
+        # avgdl into three numbers per term, so each posting costs three float operations.
+        tf = cast(tf_column, Float)
+        part = (
+            weighted.c.weight
+            * tf
+            / (tf + weighted.c.base + weighted.c.slope * cast(dl_column, Float))
+        )
+        scaled: ColumnElement[Any] = pg.round(part * _constant(SCORE_SCALE), type_=Float)
+        return scaled  # in units of 1 / SCORE_SCALE: sums are exact
+
+    term_score = contribution(postings.c.tf, postings.c.dl)
+    key_columns = _keys(postings, names)
+    exhaustive = (
+        select(*key_columns, pg.sum(term_score).label("score"))
+        .select_from(weighted.join(postings, postings.c.term == weighted.c.term))
+        .where(*conditions)
+        .group_by(*key_columns)
+    )
+    if shape.mode == "all":
+        exhaustive = exhaustive.having(
+            pg.count(literal_column("*"))
+            == select(pg.count(literal_column("*"))).select_from(query).scalar_subquery()
+        )
+    if shape.prune_above is None:
+        return exhaustive
+    many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(shape.prune_above)
+    pruned_select, pruning = _max_score(
+        postings,
+        weighted,
+        names,
+        term_score,
+        contribution,
+        seed=shape.seed,
+        depth=shape.depth,
+        prefix=shape.prefix,
+    )
+    # Without an optional term MaxScore would read every posting anyway: score them.
+    useful = and_(many, pruning)
+    # Each branch keeps its own best rows: only those pass the gate and the union.
+    branches = [exhaustive.where(~useful), pruned_select.where(useful)]
+    return union_all(
+        *(
+            branch.order_by(
+                branch.selected_columns.score.desc(),
+                *(branch.selected_columns[name] for name in names),
+            ).limit(row_limit(shape.depth))
+            for branch in branches
+        )
+    )
+
+
+#: Renders the scoring SQL once: named parameters (none are expected) and no ``%`` doubling.
+_STATIC_DIALECT = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=256)
+def _static_scored(shape: _Shape) -> TextualSelect:
+    """:func:`_scored` of ``shape``, rendered to SQL once and kept as text.
+
+    Building the scoring part (the MaxScore statement above all) as SQLAlchemy elements costs
+    milliseconds of Python on every query, and none of it depends on the text: it reads the
+    query's terms and statistics from the ``<prefix>_query`` / ``<prefix>_terms`` CTEs by
+    name. Rendered here against stand-ins of those CTEs, with every number written into the
+    SQL; the caller attaches the real CTEs (``add_cte``), which the statement then renders
+    first. Only unfiltered postings qualify (statistics kept per distribution value filter
+    them; a hybrid search's completion names its rows)."""
+    query = table_clause(f"{shape.prefix}_query", column("term", Text), column("qtf", Float))
+    weighted = table_clause(
+        f"{shape.prefix}_terms",
+        column("term", Text),
+        column("df", Float),
+        column("weight", Float),
+        column("base", Float),
+        column("slope", Float),
+    )
+    compiled = _scored(shape, query, weighted).compile(
+        dialect=_STATIC_DIALECT, compile_kwargs={"render_postcompile": True}
+    )
+    bound = [name for name, bind in compiled.binds.items() if not bind.literal_execute]
+    if bound:  # a value bound here would be frozen into every later statement
+        raise AssertionError(f"BM25 scoring SQL binds {bound}; write them as constants")
+    sql = compiled.string.replace(":", "\\:")  # text() would read ``:name`` as a parameter
+    postings = shape.postings
+    return sql_text(sql).columns(
+        *(column(name, postings.c[name].type) for name in shape.names), column("score", Float)
+    )
 
 
 def _statistics(
@@ -499,9 +573,9 @@ def _max_score(
         select(
             weighted.c.term,
             bound.label("bound"),
-            (cumulative < select(first.c.score).scalar_subquery() * OPTIONAL_SHARE).label(
-                "optional"
-            ),
+            (
+                cumulative < select(first.c.score).scalar_subquery() * _constant(OPTIONAL_SHARE)
+            ).label("optional"),
         )
         .cte(f"{prefix}_bounds")
         .prefix_with("MATERIALIZED")
