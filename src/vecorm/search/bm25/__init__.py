@@ -10,8 +10,9 @@ maintains itself, in the writing transaction, whatever writes the rows (ORM, Cor
     One row per (document, lexeme): term frequency ``tf``, document length ``dl`` and an
     ``impact`` (the BM25 term-frequency part at write time). Covering indexes on (lexeme,
     impact) and (document, lexeme) let a query read a lexeme's postings, best first, or probe
-    one, without touching the table; MaxScore pruning (``BM25(prune_above=...)``, opt-in
-    for large collections) never reads the postings of very common words.
+    one, without touching the table; MaxScore pruning (queries whose terms hold more than
+    ``BM25.prune_above`` postings, 10,000 by default) never reads the postings of very
+    common words.
 ``<table>_bm25_terms``
     Compacted document frequency per lexeme; the row for ``''`` holds the number of
     documents and their total length.

@@ -39,7 +39,7 @@ from sqlalchemy.sql.elements import (
     ColumnClause,
     ColumnElement,
 )
-from sqlalchemy.sql.selectable import CompoundSelect, TextualSelect
+from sqlalchemy.sql.selectable import CompoundSelect, TableClause, TextualSelect
 
 from vecorm.errors import ConfigurationError
 from vecorm.schema import pgcatalog as catalog
@@ -324,6 +324,36 @@ def _scored(
 _STATIC_DIALECT = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
 
 
+def _stand_ins(prefix: str) -> tuple[TableClause, TableClause]:
+    """Stand-ins for the ``<prefix>_query`` and ``<prefix>_terms`` CTEs: SQL rendered against
+    them names the statement's CTEs."""
+    query = table_clause(f"{prefix}_query", column("term", Text), column("qtf", Float))
+    weighted = table_clause(
+        f"{prefix}_terms",
+        column("term", Text),
+        column("df", Float),
+        column("weight", Float),
+        column("base", Float),
+        column("slope", Float),
+    )
+    return query, weighted
+
+
+def _as_text(construct: Select[Any] | CompoundSelect[Any], columns: list[Any]) -> TextualSelect:
+    """``construct`` rendered to SQL once, as a textual ``SELECT`` of ``columns``.
+
+    Refuses a bound value: it would be frozen into every later statement. Every number in
+    these statements is written into the SQL (:func:`_constant`, :func:`row_limit`)."""
+    compiled = construct.compile(
+        dialect=_STATIC_DIALECT, compile_kwargs={"render_postcompile": True}
+    )
+    bound = [name for name, bind in compiled.binds.items() if not bind.literal_execute]
+    if bound:
+        raise AssertionError(f"BM25 SQL rendered once binds {bound}; write them as constants")
+    sql = compiled.string.replace(":", "\\:")  # text() would read ``:name`` as a parameter
+    return sql_text(sql).columns(*columns)
+
+
 @lru_cache(maxsize=256)
 def _static_scored(shape: _Shape) -> TextualSelect:
     """:func:`_scored` of ``shape``, rendered to SQL once and kept as text.
@@ -331,29 +361,28 @@ def _static_scored(shape: _Shape) -> TextualSelect:
     Building the scoring part (the MaxScore statement above all) as SQLAlchemy elements costs
     milliseconds of Python on every query, and none of it depends on the text: it reads the
     query's terms and statistics from the ``<prefix>_query`` / ``<prefix>_terms`` CTEs by
-    name. Rendered here against stand-ins of those CTEs, with every number written into the
-    SQL; the caller attaches the real CTEs (``add_cte``), which the statement then renders
-    first. Only unfiltered postings qualify (statistics kept per distribution value filter
-    them; a hybrid search's completion names its rows)."""
-    query = table_clause(f"{shape.prefix}_query", column("term", Text), column("qtf", Float))
-    weighted = table_clause(
-        f"{shape.prefix}_terms",
-        column("term", Text),
-        column("df", Float),
-        column("weight", Float),
-        column("base", Float),
-        column("slope", Float),
-    )
-    compiled = _scored(shape, query, weighted).compile(
-        dialect=_STATIC_DIALECT, compile_kwargs={"render_postcompile": True}
-    )
-    bound = [name for name, bind in compiled.binds.items() if not bind.literal_execute]
-    if bound:  # a value bound here would be frozen into every later statement
-        raise AssertionError(f"BM25 scoring SQL binds {bound}; write them as constants")
-    sql = compiled.string.replace(":", "\\:")  # text() would read ``:name`` as a parameter
+    name. Rendered against stand-ins of those CTEs; the caller attaches the real ones
+    (``add_cte``), which the statement then renders first. Only unfiltered postings qualify
+    (statistics kept per distribution value filter them; a hybrid search's completion names
+    its rows)."""
+    query, weighted = _stand_ins(shape.prefix)
     postings = shape.postings
-    return sql_text(sql).columns(
-        *(column(name, postings.c[name].type) for name in shape.names), column("score", Float)
+    return _as_text(
+        _scored(shape, query, weighted),
+        [*(column(name, postings.c[name].type) for name in shape.names), column("score", Float)],
+    )
+
+
+@lru_cache(maxsize=256)
+def _static_weighted(
+    terms: Table, deltas: Table, prefix: str, k1: float, b: float
+) -> TextualSelect:
+    """:func:`_weighted` over every distribution value, rendered to SQL once: it reads the
+    query's terms from the ``<prefix>_query`` CTE by name (see :func:`_static_scored`)."""
+    query, weighted = _stand_ins(prefix)
+    return _as_text(
+        _weighted(terms, deltas, query, lambda side: [], prefix, k1, b),
+        [weighted.c[name] for name in ("term", "df", "weight", "base", "slope")],
     )
 
 
@@ -367,11 +396,31 @@ def _statistics(
     b: float,
 ) -> tuple[Any, Any]:
     """The CTEs of the query's terms (``term``, ``qtf``) and of their statistics, named
-    ``<prefix>_query`` / ``<prefix>_terms``: ``term``, ``df`` and a posting's contribution
-    ``weight tf / (tf + base + slope dl)`` as ``weight = qtf idf (k1 + 1)``,
-    ``base = k1 (1 - b)``, ``slope = k1 b / avgdl``. ``weight`` also bounds it."""
-    terms, deltas = tables.terms, tables.deltas
+    ``<prefix>_query`` / ``<prefix>_terms`` (see :func:`_weighted`). Only the first carries
+    the text; the second is SQL rendered once, unless the statistics are those of the
+    distribution values a filter names."""
     query = query_terms(text, language).cte(f"{prefix}_query").prefix_with("MATERIALIZED")
+    statistics: Select[Any] | TextualSelect
+    if scoped(tables.terms):
+        statistics = _weighted(tables.terms, tables.deltas, query, scoped, prefix, k1, b)
+    else:
+        statistics = _static_weighted(tables.terms, tables.deltas, prefix, k1, b).add_cte(query)
+    weighted = statistics.cte(f"{prefix}_terms").prefix_with("MATERIALIZED")
+    return query, weighted
+
+
+def _weighted(
+    terms: Table,
+    deltas: Table,
+    query: Any,
+    scoped: Callable[[Table], list[ColumnElement[bool]]],
+    prefix: str,
+    k1: float,
+    b: float,
+) -> Select[Any]:
+    """``term``, ``df`` and a posting's contribution ``weight tf / (tf + base + slope dl)``
+    for each of ``query``'s terms, as ``weight = qtf idf (k1 + 1)``, ``base = k1 (1 - b)``,
+    ``slope = k1 b / avgdl``. ``weight`` also bounds it."""
     wanted = select(query.c.term).union_all(select(literal_column("''", Text)))
     counts = union_all(
         select(terms.c.term, terms.c.df, terms.c.length).where(
@@ -406,7 +455,7 @@ def _statistics(
         _constant(1.0)
         + (collection.c.n - totals.c.df + _constant(0.5)) / (totals.c.df + _constant(0.5))
     )
-    weighted = (
+    return (
         select(
             totals.c.term,
             totals.c.df,
@@ -416,10 +465,7 @@ def _statistics(
         )
         .select_from(totals.join(collection, true()).join(query, query.c.term == totals.c.term))
         .where(totals.c.term != literal_column("''", Text), totals.c.df > _constant(0.0))
-        .cte(f"{prefix}_terms")
-        .prefix_with("MATERIALIZED")
     )
-    return query, weighted
 
 
 @dataclass(frozen=True)
