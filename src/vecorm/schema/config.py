@@ -268,8 +268,7 @@ class BM25:
     common to lift a document into the top k; results are exact either way (``seed`` postings
     per term find its first threshold). ``prune_above=None`` scores every posting of every
     query. Pruning took the p95 of hybrid searches at 100,000 documents from 45 to 18 ms,
-    and costs nothing measurable on a smaller collection, where no query passes the gate
-    (docs/search-quality.md)::
+    and was not slower at 20,000 (docs/search-quality.md)::
 
         SearchConfig(fields=("body",), bm25=BM25(prune_above=None))   # score every posting
         SearchConfig(fields=("body",), bm25=BM25(k1=1.2, b=0.75))

@@ -167,7 +167,7 @@ def scores(
     """``pk_0 .. pk_n, score`` of the ``depth`` best BM25 matches of ``text``, best first.
 
     An unfiltered any-term query whose terms hold more than ``prune_above`` postings (the
-    model's ``BM25.prune_above``, off by default) is ranked with MaxScore pruning
+    model's ``BM25.prune_above``, 10,000 by default) is ranked with MaxScore pruning
     (:func:`_max_score`, exact); otherwise, with ``where``, another mode, statistics kept per
     distribution value or ``prune_above=None``, every posting of the query terms is scored.
     ``only`` (a ``SELECT`` of primary-key tuples) scores just those rows, every one of them
