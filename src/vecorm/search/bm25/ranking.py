@@ -28,8 +28,6 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy import table as table_clause
-from sqlalchemy import text as sql_text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import (
@@ -46,6 +44,7 @@ from vecorm.schema import pgcatalog as catalog
 from vecorm.schema.config import BM25
 from vecorm.schema.pgcatalog import pg
 from vecorm.search.bm25.tables import BM25Tables, side_tables
+from vecorm.search.rendered import rendered_once
 from vecorm.search.tsquery import MODES, Mode
 from vecorm.search.vector import keys_equal, keys_in, row_limit
 
@@ -320,10 +319,6 @@ def _scored(
     )
 
 
-#: Renders the scoring SQL once: named parameters (none are expected) and no ``%`` doubling.
-_STATIC_DIALECT = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-
-
 def _stand_ins(prefix: str) -> tuple[TableClause, TableClause]:
     """Stand-ins for the ``<prefix>_query`` and ``<prefix>_terms`` CTEs: SQL rendered against
     them names the statement's CTEs."""
@@ -339,21 +334,6 @@ def _stand_ins(prefix: str) -> tuple[TableClause, TableClause]:
     return query, weighted
 
 
-def _as_text(construct: Select[Any] | CompoundSelect[Any], columns: list[Any]) -> TextualSelect:
-    """``construct`` rendered to SQL once, as a textual ``SELECT`` of ``columns``.
-
-    Refuses a bound value: it would be frozen into every later statement. Every number in
-    these statements is written into the SQL (:func:`_constant`, :func:`row_limit`)."""
-    compiled = construct.compile(
-        dialect=_STATIC_DIALECT, compile_kwargs={"render_postcompile": True}
-    )
-    bound = [name for name, bind in compiled.binds.items() if not bind.literal_execute]
-    if bound:
-        raise AssertionError(f"BM25 SQL rendered once binds {bound}; write them as constants")
-    sql = compiled.string.replace(":", "\\:")  # text() would read ``:name`` as a parameter
-    return sql_text(sql).columns(*columns)
-
-
 @lru_cache(maxsize=256)
 def _static_scored(shape: _Shape) -> TextualSelect:
     """:func:`_scored` of ``shape``, rendered to SQL once and kept as text.
@@ -367,7 +347,7 @@ def _static_scored(shape: _Shape) -> TextualSelect:
     its rows)."""
     query, weighted = _stand_ins(shape.prefix)
     postings = shape.postings
-    return _as_text(
+    return rendered_once(
         _scored(shape, query, weighted),
         [*(column(name, postings.c[name].type) for name in shape.names), column("score", Float)],
     )
@@ -380,7 +360,7 @@ def _static_weighted(
     """:func:`_weighted` over every distribution value, rendered to SQL once: it reads the
     query's terms from the ``<prefix>_query`` CTE by name (see :func:`_static_scored`)."""
     query, weighted = _stand_ins(prefix)
-    return _as_text(
+    return rendered_once(
         _weighted(terms, deltas, query, lambda side: [], prefix, k1, b),
         [weighted.c[name] for name in ("term", "df", "weight", "base", "slope")],
     )
