@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import String, insert, select, text
+from sqlalchemy import URL, String, insert, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
+from tests.integration.driver_matrix import DRIVERS, driver_database
 from vecorm import bm25
 from vecorm.schema.config import BM25
 from vecorm.search.bm25 import BM25Arm
@@ -273,3 +274,28 @@ def test_two_texts_send_the_same_sql_with_their_own_text(session: Session) -> No
     assert "bm25_seed_threshold" in first.string  # the MaxScore statement
     assert WORDS[0] in first.params.values()
     assert f"{WORDS[1]} {WORDS[2]}" in second.params.values()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_every_driver_ranks_as_psycopg(session: Session, driver: str, vecorm_url: URL) -> None:
+    """The SQL rendered once runs the same through psycopg 2, asyncpg and psycopg's async
+    API (each binds the text its own way), pruned and not, and in a hybrid search."""
+    query = f"{EVERYWHERE} {WORDS[0]} {WORDS[4]}"
+
+    def ranked(target: Session) -> list[Any]:
+        return [
+            [tuple(row) for row in target.execute(bm25.scores(Article, query, depth=12, **kw))]
+            for kw in ({"prune_above": 1}, {"prune_above": None})
+        ] + [
+            [
+                (row[0].id, row.score)
+                for row in target.execute(Article.hybrid_search(query, k=8))  # type: ignore[attr-defined]
+            ]
+        ]
+
+    expected = ranked(session)
+    with driver_database(driver, vecorm_url) as db:
+        found = db.session(ranked)
+    for mine, theirs in zip(found, expected, strict=True):
+        assert_same(mine, theirs, driver)
+    assert expected[0]
