@@ -526,7 +526,7 @@ def _max_score(
     3. Documents whose partial plus the optional bounds reaches it are the candidates; each
        is probed through the (document, term) index for the optional term of largest bound,
        and narrowed again; those whose upper end can still reach the ``depth``-th partial
-       are rescored over every term.
+       are probed for the other optional terms, which completes their scores.
 
     The stored impact only picks the seeds, so the result is exact whatever it holds. The
     second statement returned is true when some term is optional (else the caller scores
@@ -659,22 +659,29 @@ def _max_score(
     )
     # A survivor's score lies between its partial and its partial plus the other optional
     # bounds (those of the cheapest words): only survivors whose upper end reaches the
-    # ``depth``-th partial can be among the best. They are rescored over every term; sums of
-    # contributions in whole units of 1 / SCORE_SCALE are exact in any order, so equal scores
-    # stay equal to the last bit and ties break by key exactly as when every posting is scored.
+    # ``depth``-th partial can be among the best. Their partial already holds every term but
+    # those other optional ones, which are probed now. Contributions are whole units of
+    # 1 / SCORE_SCALE, so these sums are exact in any order: a finalist's score is the very
+    # number scoring every posting gives, and ties break by key exactly as they do there.
     rest_bound = optional_bound - largest_bound
     finalists = (
-        select(*(narrowed.c[name] for name in names))
+        select(*(narrowed.c[name] for name in names), narrowed.c.partial)
         .where(narrowed.c.partial + rest_bound >= kth(narrowed, "partial") * slack)
         .cte(f"{prefix}_finalists")
         .prefix_with("MATERIALIZED")
     )
-    rescored = optional_part(finalists, weighted, f"{prefix}_rescored")
+    rest = (
+        select(bounds.c.term)
+        .where(bounds.c.optional, bounds.c.term.not_in(select(largest.c.term)))
+        .cte(f"{prefix}_rest")
+        .prefix_with("MATERIALIZED")
+    )
+    rescored = optional_part(finalists, rest, f"{prefix}_rescored")
     pruning = select(bounds.c.term).where(bounds.c.optional).exists()
     return (
         select(
             *(finalists.c[name].label(name) for name in names),
-            rescored.c.part.label("score"),
+            (finalists.c.partial + func.coalesce(rescored.c.part, _constant(0.0))).label("score"),
         ).select_from(finalists.join(rescored, true())),
         pruning,
     )
