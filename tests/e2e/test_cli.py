@@ -335,6 +335,12 @@ def test_doctor_on_a_healthy_model(vecorm_url: URL, models_module: str) -> None:
     assert "ok Product full-text index ix_products_search_vector_gin present" in lines
     assert "ok Product BM25 statistics tables, triggers and functions up to date" in lines
     assert "ok Product EXPLAIN nearest(k=10): Index Scan using ix_products_embedding_hnsw" in lines
+    assert any(
+        re.fullmatch(
+            r"ok Product ix_products_embedding_hnsw is [\d.]+ MB, shared_buffers [\d,.]+ MB", line
+        )
+        for line in lines
+    ), lines
     assert "ok Product no stale rows: every row with text is embedded by vecorm-hashing-32" in lines
     assert lines[-1] == "all checks passed"
 

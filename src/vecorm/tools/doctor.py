@@ -3,7 +3,8 @@
 Checks the server and pgvector versions, whether the ``vector`` extension is installed, and for
 each searchable model: its table and vector column (type and width), the provider's width,
 the vector and full-text indexes (present and valid), whether ``EXPLAIN`` of a typical
-nearest-neighbour query uses the vector index, and how many rows are stale::
+nearest-neighbour query uses the vector index, whether that index fits the server's
+``shared_buffers``, and how many rows are stale::
 
     from vecorm.tools.doctor import diagnose
 
@@ -49,6 +50,7 @@ from vecorm.search.explain import indexes_used
 
 __all__ = [
     "Finding",
+    "buffers_finding",
     "diagnose",
     "doctor_report",
     "format_findings",
@@ -440,7 +442,51 @@ def _vector_index_findings(
                 "generate a migration: `alembic revision --autogenerate`, then upgrade",
             )
         ]
-    return [_explain_finding(session, model, slot, name, index, rows)]
+    return [
+        _explain_finding(session, model, slot, name, index, rows),
+        _buffers_finding(session, model, name, index),
+    ]
+
+
+def _buffers_finding(session: Session, model: type[Any], name: str, index: str) -> Finding:
+    schema = getattr(columns_of(model).table, "schema", None)
+    namespace = literal(schema) if schema is not None else func.current_schema()
+    regclass = func.to_regclass(
+        func.quote_ident(namespace).op("||")(".").op("||")(func.quote_ident(literal(index)))
+    )
+    index_bytes, buffer_bytes = session.execute(
+        select(
+            func.pg_relation_size(regclass),
+            func.pg_size_bytes(func.current_setting("shared_buffers")),
+        )
+    ).one()
+    return buffers_finding(name, index, int(index_bytes), int(buffer_bytes))
+
+
+def buffers_finding(name: str, index: str, index_bytes: int, buffer_bytes: int) -> Finding:
+    """Whether the vector index ``index`` is larger than the server's ``shared_buffers``: a
+    search then reads its pages from the operating system's cache (measured at 1,000,000 x 64
+    rows, a 544 MB index and 128 MB of buffers: 16 ms a search, 1.4 ms with every page in the
+    buffers; docs/querying.md):
+
+    >>> buffers_finding("Document", "ix_documents_hnsw", 544 << 20, 128 << 20).status
+    'warn'
+    """
+    sizes = f"{index} is {_megabytes(index_bytes)}, shared_buffers {_megabytes(buffer_bytes)}"
+    if index_bytes <= buffer_bytes:
+        return Finding("ok", name, sizes)
+    return Finding(
+        "warn",
+        name,
+        f"{sizes}: searches read the index's pages from the operating system's cache, "
+        "several times slower than from the buffers",
+        "raise shared_buffers above the index's size (it takes a server restart), "
+        "or search with HNSW(ef_search=40), which reads about a third of the pages",
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MB"
 
 
 def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
