@@ -337,7 +337,8 @@ def test_doctor_on_a_healthy_model(vecorm_url: URL, models_module: str) -> None:
     assert "ok Product EXPLAIN nearest(k=10): Index Scan using ix_products_embedding_hnsw" in lines
     assert any(
         re.fullmatch(
-            r"ok Product ix_products_embedding_hnsw is [\d.]+ MB, shared_buffers [\d,.]+ MB", line
+            r"ok Product ix_products_embedding_hnsw is [\d,.]+ [kM]B, shared_buffers [\d,.]+ [kM]B",
+            line,
         )
         for line in lines
     ), lines

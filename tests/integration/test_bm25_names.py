@@ -202,3 +202,14 @@ def test_a_failing_migration_statement_names_its_object(engine: Engine) -> None:
     assert raised.value.__notes__ == [
         f"vecorm: in op.create_bm25_statistics({TABLE!r}): {replica_identity}"
     ]
+
+
+def test_doctor_finds_the_table_and_its_statistics(engine: Engine) -> None:
+    """``vecorm doctor`` names the table and the side tables quoted, as ``to_regclass`` reads
+    them (it reported the table missing before)."""
+    from vecorm.tools.doctor import diagnose
+
+    with Session(engine) as session:
+        findings = [(f.status, f.message) for f in diagnose(session, [OddNote])]
+    assert not [finding for finding in findings if finding[0] == "fail"], findings
+    assert ("ok", "BM25 statistics tables, triggers and functions up to date") in findings

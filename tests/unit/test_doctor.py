@@ -23,3 +23,9 @@ def test_an_index_within_shared_buffers_is_ok() -> None:
         "ix_documents_hnsw is 128.0 MB, shared_buffers 128.0 MB",
         None,
     )
+
+
+def test_a_small_index_is_shown_in_kilobytes() -> None:
+    assert buffers_finding("Document", "ix", 40 * 1024, 128 * MB).message == (
+        "ix is 40 kB, shared_buffers 128.0 MB"
+    )

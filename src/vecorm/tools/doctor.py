@@ -39,6 +39,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from vecorm.embedding.backfill import columns_of, stale_count
@@ -46,6 +47,7 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import VecormError
 from vecorm.schema.config import search_config
 from vecorm.schema.embeddings import EmbeddingSlot, embedding_slots
+from vecorm.schema.pgcatalog import pg
 from vecorm.search.explain import indexes_used
 
 __all__ = [
@@ -63,6 +65,9 @@ Status = Literal["ok", "info", "warn", "fail"]
 
 #: pgvector release that added iterative index scans (filtered search that keeps its promise).
 ITERATIVE_SCAN_VERSION = (0, 8, 0)
+
+#: Quotes names as ``to_regclass`` reads them (a ``%`` stays single: they are bound values).
+PREPARER = postgresql.dialect(paramstyle="named").identifier_preparer  # type: ignore[no-untyped-call]
 
 _extension = table("pg_extension", column("extname"), column("extversion"))
 _available = table("pg_available_extensions", column("name"), column("default_version"))
@@ -265,7 +270,7 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
     columns = columns_of(model)
     table_name = columns.table.name
     schema = getattr(columns.table, "schema", None)
-    qualified = f"{schema}.{table_name}" if schema else table_name
+    qualified = _qualified(columns.table)
     exists = session.execute(select(func.to_regclass(qualified))).scalar_one()
     if exists is None:
         return [
@@ -450,14 +455,14 @@ def _vector_index_findings(
 
 def _buffers_finding(session: Session, model: type[Any], name: str, index: str) -> Finding:
     schema = getattr(columns_of(model).table, "schema", None)
-    namespace = literal(schema) if schema is not None else func.current_schema()
-    regclass = func.to_regclass(
-        func.quote_ident(namespace).op("||")(".").op("||")(func.quote_ident(literal(index)))
+    namespace = literal(schema) if schema is not None else pg.current_schema()
+    regclass = pg.to_regclass(
+        pg.concat_ws(literal("."), pg.quote_ident(namespace), pg.quote_ident(literal(index)))
     )
     index_bytes, buffer_bytes = session.execute(
         select(
-            func.pg_relation_size(regclass),
-            func.pg_size_bytes(func.current_setting("shared_buffers")),
+            func.coalesce(pg.pg_relation_size(regclass), literal(0)),
+            pg.pg_size_bytes(pg.current_setting(literal("shared_buffers"))),
         )
     ).one()
     return buffers_finding(name, index, int(index_bytes), int(buffer_bytes))
@@ -486,7 +491,7 @@ def buffers_finding(name: str, index: str, index_bytes: int, buffer_bytes: int) 
 
 
 def _megabytes(size: int) -> str:
-    return f"{size / (1 << 20):,.1f} MB"
+    return f"{size / (1 << 20):,.1f} MB" if size >= 1 << 20 else f"{size / 1024:,.0f} kB"
 
 
 def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
@@ -530,7 +535,7 @@ def _bm25_finding(session: Session, model: type[Any]) -> Finding | None:
         select(
             func.pg_catalog.obj_description(
                 func.pg_catalog.to_regprocedure(
-                    tables.qualified(tables.function_name("insert")) + "()"
+                    _qualified_name(tables.table.schema, tables.function_name("insert")) + "()"
                 ),
                 "pg_proc",
             )
@@ -563,8 +568,6 @@ DRIFT_SAMPLE = 200
 def _postings_drift(tables: Any) -> Any:
     """``SELECT`` the number of (row, lexeme, tf) that differ between the postings and the
     tsvector of the first :data:`DRIFT_SAMPLE` rows."""
-    from vecorm.schema.pgcatalog import pg
-
     table_keys = [tables.table.c[key] for key in tables.keys]
     sample = (
         select(*table_keys, tables.table.c[tables.config.tsvector_column].label("vector"))
@@ -589,7 +592,13 @@ def _postings_drift(tables: Any) -> Any:
 
 
 def _qualified(side: Any) -> str:
-    return f"{side.schema}.{side.name}" if side.schema else str(side.name)
+    return _qualified_name(side.schema, side.name)
+
+
+def _qualified_name(schema: str | None, name: str) -> str:
+    """``"schema"."name"``, quoted where needed, as ``to_regclass`` reads it."""
+    quoted = PREPARER.quote(name)
+    return f"{PREPARER.quote_schema(schema)}.{quoted}" if schema else quoted
 
 
 def _declared_indexes(model: type[Any], vector_column: str) -> dict[str, str]:
