@@ -219,14 +219,16 @@ def scores(
     shape = _Shape(
         postings, tuple(names), mode, threshold if pruned else None, seed_postings, depth, prefix
     )
-    if only is None and tables.distributed_by is None:
-        # The same rows for every text: SQL rendered once per shape (see _static_scored).
-        ranked = _static_scored(shape).add_cte(query, weighted).subquery(f"{prefix}_scored")
-    else:
-        conditions = scoped(postings)
-        if only is not None:
-            conditions.append(keys_in(_keys(postings, names), only))
-        ranked = _scored(shape, query, weighted, conditions).subquery(f"{prefix}_scored")
+    conditions = scoped(postings)
+    if only is not None:
+        conditions.append(keys_in(_keys(postings, names), only))
+    scored = (
+        _scored(shape, query, weighted, conditions)
+        if conditions
+        # Nothing filters the postings: the same SQL for every text (see _static_scored).
+        else _static_scored(shape).add_cte(query, weighted)
+    )
+    ranked = scored.subquery(f"{prefix}_scored")
     score = (ranked.c.score / _constant(SCORE_SCALE)).label("score")  # exact: a power of 2
     keys = [ranked.c[name] for name in names]
     stmt = select(*(key.label(f"pk_{i}") for i, key in enumerate(keys)), score)
