@@ -454,14 +454,10 @@ def _vector_index_findings(
 
 
 def _buffers_finding(session: Session, model: type[Any], name: str, index: str) -> Finding:
-    schema = getattr(columns_of(model).table, "schema", None)
-    namespace = literal(schema) if schema is not None else pg.current_schema()
-    regclass = pg.to_regclass(
-        pg.concat_ws(literal("."), pg.quote_ident(namespace), pg.quote_ident(literal(index)))
-    )
+    qualified = _qualified_name(getattr(columns_of(model).table, "schema", None), index)
     index_bytes, buffer_bytes = session.execute(
         select(
-            func.coalesce(pg.pg_relation_size(regclass), literal(0)),
+            func.coalesce(pg.pg_relation_size(pg.to_regclass(literal(qualified))), literal(0)),
             pg.pg_size_bytes(pg.current_setting(literal("shared_buffers"))),
         )
     ).one()
