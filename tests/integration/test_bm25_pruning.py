@@ -1,6 +1,6 @@
 """MaxScore pruning (``BM25(prune_above=...)``) returns exactly what scoring every posting
 returns: the same rows in the same order (ties at the k-th score included), the same scores
-(up to the last bits of a sum added in another order), while never reading the postings of a
+(sums of whole units of 2^-36, exact in any order), while never reading the postings of a
 word in every document."""
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def test_scores_equal_in_exact_arithmetic_are_equal_whatever_the_order_of_additi
     third = sorted(set(score.values()), reverse=True)[1]
     tied = sorted(key for key, value in score.items() if value == third)
     assert len(tied) > 2 and [row[0] for row in everything[2 : 2 + len(tied)]] == tied
-    for prune_above in (1, None):  # MaxScore rescores the finalists in another order
+    for prune_above in (1, None):  # MaxScore adds a finalist's parts in another order
         top = session.execute(
             bm25.scores(Article, query, depth=3, seed=1, k1=0.0, prune_above=prune_above)
         ).all()
