@@ -47,7 +47,7 @@ from vecorm.embedding.source import join_text, text_digest
 from vecorm.errors import ConfigurationError, DimensionMismatch
 from vecorm.progress import ProgressChoice, progress_bar
 from vecorm.schema.config import SearchConfig, search_config
-from vecorm.schema.pgcatalog import compare
+from vecorm.schema.pgcatalog import compare, qualified_table
 
 __all__ = ["AdoptResult", "adopt", "check_existing_column"]
 
@@ -136,11 +136,7 @@ def check_existing_column(session: Session, model: type[Any], embedder: Embedder
     config: SearchConfig = search_config(model)
     columns = columns_of(model)
     table = columns.table
-    preparer = session.get_bind().dialect.identifier_preparer
-    schema = getattr(table, "schema", None)
-    qualified = preparer.quote(str(table.name))
-    if schema:
-        qualified = f"{preparer.quote_schema(schema)}.{qualified}"
+    qualified = qualified_table(session.connection(), table)
     stored: dict[str, str] = {
         str(name): str(type_)
         for name, type_ in session.execute(_COLUMNS_SQL, {"table": qualified}).all()

@@ -88,8 +88,10 @@ from vecorm.schema.embeddings import EmbeddingRef, EmbeddingSlot, embedding_slot
 from vecorm.schema.pgcatalog import (
     catalog_operator,
     compare,
+    effective_schema,
     has_catalog_operators,
     pg,
+    qualified_in,
     text_value,
 )
 from vecorm.schema.related import related_fields
@@ -792,7 +794,8 @@ def batch_update(
             parameters[f"k{n}_{i}"] = row[n]
         parameters[f"embedding_{i}"] = row[width]
         parameters[f"digest_{i}"] = row[width + 1]
-    return _batch_text(columns, len(rows), dialect), parameters
+    schema = effective_schema(connection, columns.table)
+    return _batch_text(columns, len(rows), dialect, schema), parameters
 
 
 def _array_batch_update(
@@ -811,12 +814,14 @@ def _array_batch_update(
     parameters["vecorm_embeddings"] = vectors
     parameters["vecorm_digests"] = BinaryArrayParam.of_bytes([row[width + 1] for row in rows])
     parameters["vecorm_model"] = rows[0][width + 2]
-    return _array_text(columns, connection.dialect), parameters
+    schema = effective_schema(connection, columns.table)
+    return _array_text(columns, connection.dialect, schema), parameters
 
 
 @functools.lru_cache(maxsize=32)
-def _array_text(columns: EmbeddingColumns, dialect: Dialect) -> TextClause:
-    """The statement of :func:`_array_batch_update` (built once per table)."""
+def _array_text(columns: EmbeddingColumns, dialect: Dialect, schema: str | None) -> TextClause:
+    """The statement of :func:`_array_batch_update` (built once per table and the schema the
+    connection's ``schema_translate_map`` puts it in)."""
     arrays = [
         f"CAST(:vecorm_k{n} AS {key.type.compile(dialect)}[])" for n, key in enumerate(columns.keys)
     ]
@@ -828,12 +833,15 @@ def _array_text(columns: EmbeddingColumns, dialect: Dialect) -> TextClause:
     binds.append(bindparam("vecorm_embeddings"))
     binds.append(bindparam("vecorm_digests"))
     unnested = ", ".join(f"pg_catalog.unnest({array})" for array in arrays)
-    return _update_from(columns, dialect, f"ROWS FROM ({unnested})", binds)
+    return _update_from(columns, dialect, schema, f"ROWS FROM ({unnested})", binds)
 
 
 @functools.lru_cache(maxsize=32)
-def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextClause:
-    """The statement of :func:`batch_update` for ``size`` rows (built once per size)."""
+def _batch_text(
+    columns: EmbeddingColumns, size: int, dialect: Dialect, schema: str | None
+) -> TextClause:
+    """The statement of :func:`batch_update` for ``size`` rows (built once per size and
+    schema)."""
     width = len(columns.keys)
     key_types = [key.type.compile(dialect) for key in columns.keys]
     vector_type = columns.embedding.type.compile(dialect)
@@ -847,16 +855,20 @@ def _batch_text(columns: EmbeddingColumns, size: int, dialect: Dialect) -> TextC
         binds.extend(bindparam(f"k{n}_{i}", type_=key.type) for n, key in enumerate(columns.keys))
         binds.append(bindparam(f"embedding_{i}", type_=columns.embedding.type))
         binds.append(bindparam(f"digest_{i}", type_=columns.digest.type))
-    return _update_from(columns, dialect, f"(VALUES {', '.join(tuples)})", binds)
+    return _update_from(columns, dialect, schema, f"(VALUES {', '.join(tuples)})", binds)
 
 
 def _update_from(
-    columns: EmbeddingColumns, dialect: Dialect, source: str, binds: list[BindParameter[Any]]
+    columns: EmbeddingColumns,
+    dialect: Dialect,
+    schema: str | None,
+    source: str,
+    binds: list[BindParameter[Any]],
 ) -> TextClause:
-    """``UPDATE table SET <vector, digest, model> FROM <source> AS vecorm_batch (k0 ..,
+    """``UPDATE schema.table SET <vector, digest, model> FROM <source> AS vecorm_batch (k0 ..,
     embedding, digest) WHERE <key> = vecorm_batch.k0 ...``, with ``binds`` and the model's."""
     preparer = dialect.identifier_preparer
-    table = preparer.format_table(columns.table)
+    table = qualified_in(dialect, schema, columns.table.name)
     names = [f"k{n}" for n in range(len(columns.keys))]
     match = " AND ".join(
         f"{table}.{preparer.quote(key.name)} {_equals(key)} vecorm_batch.{name}"

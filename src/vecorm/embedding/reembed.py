@@ -76,7 +76,7 @@ from vecorm.schema.indexes import (
     indexed_expression,
     vector_index_name,
 )
-from vecorm.schema.pgcatalog import catalog_operator, pg, text_value
+from vecorm.schema.pgcatalog import catalog_operator, pg, qualified_table, text_value
 from vecorm.schema.types import HalfVec, Vector
 
 __all__ = ["ChangeStatus", "ModelChange"]
@@ -163,11 +163,14 @@ class ModelChange:
             "digest": LargeBinary(),
             "model": String(200),
         }
-        shadow = table(
+        # A Table, not a table() clause: SQLAlchemy translates its schema as the live table's
+        # (schema_translate_map), so the shadow columns are read in the same tenant's table.
+        shadow = Table(
             self._table.name,
-            *(column(key.name, key.type) for key in live.keys),
-            *(column(field.name, field.type) for field in live.fields),
-            *(column(names[role], self._types[role]) for role in ("embedding", "digest", "model")),
+            MetaData(),
+            *(Column(key.name, key.type) for key in live.keys),
+            *(Column(field.name, field.type) for field in live.fields),
+            *(Column(names[role], self._types[role]) for role in ("embedding", "digest", "model")),
             schema=self._table.schema,
         )
         self.shadow = EmbeddingColumns(
@@ -199,7 +202,7 @@ class ModelChange:
                 f"{self._types[role].compile(dialect=conn.dialect)}"
                 for role in ("embedding", "digest", "model")
             )
-            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self._table)} {additions}")
+            conn.exec_driver_sql(f"ALTER TABLE {qualified_table(conn, self._table)} {additions}")
 
     def backfill(
         self, session: Session, *, batch_size: int | None = None, progress: ProgressChoice = False
@@ -296,7 +299,7 @@ class ModelChange:
         try:
             conn = session.connection()
             preparer = conn.dialect.identifier_preparer
-            target = preparer.format_table(self._table)
+            target = qualified_table(conn, self._table)
             conn.execute(select(pg.set_config("lock_timeout", lock_timeout, True)))
             conn.exec_driver_sql(f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE")
             self._require_shadow(conn)
@@ -325,7 +328,7 @@ class ModelChange:
                 f"DROP COLUMN IF EXISTS {preparer.quote(name)}"
                 for name in self.shadow_names.values()
             )
-            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(self._table)} {drops}")
+            conn.exec_driver_sql(f"ALTER TABLE {qualified_table(conn, self._table)} {drops}")
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -354,10 +357,7 @@ class ModelChange:
         )
 
     def _qualified(self, conn: Connection, name: str) -> str:
-        preparer = conn.dialect.identifier_preparer
-        if self._table.schema:
-            return f"{preparer.quote_schema(self._table.schema)}.{preparer.quote(name)}"
-        return preparer.quote(name)
+        return qualified_table(conn, self._table, name)
 
     def _index_state(self, conn: Connection, name: str) -> bool | None:
         """``True`` valid, ``False`` left invalid by a failed build, ``None`` absent."""
@@ -393,7 +393,7 @@ class ModelChange:
             )
 
     def _qualified_table(self, conn: Connection) -> str:
-        return conn.dialect.identifier_preparer.format_table(self._table)
+        return qualified_table(conn, self._table)
 
     def _swap(
         self, conn: Connection, preparer: IdentifierPreparer, target: str, keep_previous: bool

@@ -40,6 +40,7 @@ from vecorm.errors import BulkInsertError
 from vecorm.scale.bulk_rows import BulkModel, PreparedRow
 from vecorm.scale.copy_types import CopyType, copy_types
 from vecorm.schema.drivers import BinaryVectorParam
+from vecorm.schema.pgcatalog import qualified_table
 from vecorm.schema.types import HalfVec, SparseVec, Vector
 
 __all__ = ["MAX_PARAMETERS", "CopyWriter", "InsertWriter", "Lines", "database_error"]
@@ -55,8 +56,9 @@ _await: Callable[[Any], Any] = (
 
 
 def qualified_name(connection: Connection, table: Table) -> str:
-    """``"schema"."table"`` (or ``"table"``) quoted by the connection's dialect."""
-    return connection.dialect.identifier_preparer.format_table(table)
+    """``"schema"."table"`` (or ``"table"``) quoted by the connection's dialect, in the schema
+    its ``schema_translate_map`` gives the table."""
+    return qualified_table(connection, table)
 
 
 class Lines:

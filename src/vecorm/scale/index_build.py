@@ -46,6 +46,7 @@ from vecorm.schema.concurrently import DEFAULT_WAIT_TIMEOUT, WaitTimeout, run_co
 from vecorm.schema.config import SearchConfig
 from vecorm.schema.embeddings import EmbeddingRef, embedding_slot
 from vecorm.schema.indexes import index_name, vector_index_name
+from vecorm.schema.pgcatalog import qualified_table
 
 _MEMORY = re.compile(r"^\s*(\d+)\s*(kB|MB|GB|TB)?\s*$", re.IGNORECASE)
 _UNITS = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40, "": 2**10}
@@ -131,9 +132,7 @@ def _row_estimate(connection: Connection, qualified: str) -> int:
 
 
 def _qualified(connection: Connection, table: Table) -> str:
-    preparer = connection.dialect.identifier_preparer
-    name = preparer.quote(str(table.name))
-    return f"{preparer.quote_schema(table.schema)}.{name}" if table.schema else name
+    return qualified_table(connection, table)
 
 
 def _index_facts(index: Index) -> tuple[str, int | None, str, int]:
@@ -390,10 +389,7 @@ def build_index(
         with statement_settings(connection, settings):
             if rebuild:
                 keyword = " CONCURRENTLY" if concurrently else ""
-                preparer = connection.dialect.identifier_preparer
-                name = preparer.quote(index.name)
-                if table.schema:
-                    name = f"{preparer.quote_schema(table.schema)}.{name}"
+                name = qualified_table(connection, table, str(index.name))
                 reindex = text(f"REINDEX INDEX{keyword} {name}")
                 if concurrently:
                     run_concurrently(
@@ -438,10 +434,9 @@ def build_index(
 
 
 def _qualified_index(connection: Connection, index: Index) -> str:
-    preparer = connection.dialect.identifier_preparer
-    name = preparer.quote(str(index.name))
-    schema = index.table.schema if index.table is not None else None
-    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
+    if index.table is None:
+        return connection.dialect.identifier_preparer.quote(str(index.name))
+    return qualified_table(connection, index.table, str(index.name))
 
 
 def _build_one(
@@ -451,7 +446,7 @@ def _build_one(
     concurrently: bool,
     wait_timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT,
 ) -> None:
-    schema = index.table.schema if index.table is not None else None
+    schema = connection.schema_for_object(index.table) if index.table is not None else None
     qualified = _qualified_index(connection, index)
     if not concurrently:
         connection.execute(CreateIndex(index, if_not_exists=True))

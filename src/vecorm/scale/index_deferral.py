@@ -28,6 +28,7 @@ from sqlalchemy import Table, func, select, text, true
 from sqlalchemy.engine import Connection
 
 from vecorm.scale.index_build import format_memory, parse_memory
+from vecorm.schema.pgcatalog import qualified_table
 
 __all__ = ["SavedIndex", "drop_indexes", "recreate_indexes", "vector_indexes"]
 
@@ -68,8 +69,7 @@ class SavedIndex:
 def vector_indexes(connection: Connection, table: Table) -> list[SavedIndex]:
     """The valid HNSW and IVFFlat indexes of ``table`` that the current role may drop (it
     acts as the table's owner); none on a partitioned table."""
-    qualified = connection.dialect.identifier_preparer.format_table(table)
-    rows = connection.execute(_VECTOR_INDEXES, {"table": qualified}).all()
+    rows = connection.execute(_VECTOR_INDEXES, {"table": qualified_table(connection, table)}).all()
     return [
         SavedIndex(str(schema), str(name), str(definition), tablespace, comment)
         for schema, name, definition, tablespace, comment in rows

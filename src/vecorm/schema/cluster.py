@@ -15,6 +15,7 @@ from sqlalchemy import TableClause, text
 from sqlalchemy.engine import Connection
 
 from vecorm.schema.dbapi import execute_raw
+from vecorm.schema.pgcatalog import qualified_table
 
 _CITUS_KEY = "vecorm_citus"
 _DETECT = (
@@ -47,7 +48,5 @@ def distribution_column(conn: Connection, table: TableClause) -> str | None:
     table, or without Citus."""
     if not is_citus(conn):
         return None
-    preparer = conn.dialect.identifier_preparer
-    name = preparer.format_table(table)
-    found = conn.execute(_DISTRIBUTION_SQL, {"table": name}).scalar()
+    found = conn.execute(_DISTRIBUTION_SQL, {"table": qualified_table(conn, table)}).scalar()
     return None if found is None else str(found)

@@ -22,12 +22,13 @@ from typing import Any
 
 from sqlalchemy import Table, Text, TypeDecorator, cast, func, literal, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement, Tuple
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import TableClause
 from sqlalchemy.types import TypeEngine
 
 from vecorm.errors import ConfigurationError
@@ -52,10 +53,12 @@ _SCHEMA_OF = text(
 
 
 def table_schema(connection: Connection, table: Table) -> str:
-    """The schema ``table`` lives in on ``connection`` (its own, or the one the connection's
-    ``search_path`` resolves it to, else the connection's current schema)."""
-    if table.schema:
-        return table.schema
+    """The schema ``table`` lives in on ``connection``: the one the connection's
+    ``schema_translate_map`` names for it, else its own, else the one the connection's
+    ``search_path`` resolves it to, else the connection's current schema."""
+    schema = connection.schema_for_object(table)
+    if schema:
+        return schema
     found = connection.execute(_SCHEMA_OF, {"name": table.name}).scalar()
     if found is None:
         found = connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
@@ -65,6 +68,30 @@ def table_schema(connection: Connection, table: Table) -> str:
             "search_path names no existing schema); give the model a schema"
         )
     return str(found)
+
+
+def qualified_table(connection: Connection, table: TableClause, name: str | None = None) -> str:
+    """``table``'s name (or ``name``, an object beside it such as an index) quoted by
+    ``connection``'s dialect and qualified with the schema the connection runs the table in:
+    its ``schema_translate_map``'s, else the table's own, else none (the ``search_path``
+    resolves it), as SQLAlchemy names the table in the statements it compiles."""
+    return qualified_in(connection.dialect, effective_schema(connection, table), name or table.name)
+
+
+def effective_schema(connection: Connection, table: TableClause) -> str | None:
+    """The schema SQLAlchemy names ``table`` with on ``connection``: for a ``Table``, the one
+    the connection's ``schema_translate_map`` maps its schema to, else its own; a bare
+    ``table()`` clause is never translated."""
+    if isinstance(table, Table):
+        return connection.schema_for_object(table)
+    return table.schema
+
+
+def qualified_in(dialect: Dialect, schema: str | None, name: str) -> str:
+    """``"schema"."name"`` (``"name"`` without a schema) quoted by ``dialect``."""
+    preparer = dialect.identifier_preparer
+    quoted = preparer.quote(name)
+    return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
 
 
 class _TextSearchCall(FunctionElement[Any]):

@@ -54,6 +54,7 @@ from sqlalchemy.sql.elements import BindParameter, Label
 
 from vecorm.schema.cluster import is_citus
 from vecorm.schema.dbapi import execute_raw
+from vecorm.schema.pgcatalog import qualified_table
 from vecorm.search.settings import unfiltered
 
 #: Execution option: ``True`` on vecorm's index searches, ``False`` to opt one out.
@@ -95,7 +96,7 @@ def _table_rows(conn: Connection, table: Table) -> float | None:
     """PostgreSQL's estimate of ``table``'s rows (``pg_class.reltuples``), asked at most every
     :data:`ROWS_MAX_AGE` seconds per connection; ``None`` before the first ``ANALYZE``."""
     cache: dict[str, tuple[float, float | None]] = conn.connection.info.setdefault(_ROWS_KEY, {})
-    name = conn.dialect.identifier_preparer.format_table(table)
+    name = qualified_table(conn, table)
     now = time.monotonic()
     cached = cache.get(name)
     if cached is not None and now - cached[0] < ROWS_MAX_AGE:
