@@ -552,7 +552,7 @@ def _create_search_vector_trigger(target: Table, connection: Connection, **_: An
 def _drop_search_vector_trigger(target: Table, connection: Connection, **_: Any) -> None:
     trigger = trigger_of(target)
     if trigger is not None:
-        schema = target.schema or str(
+        schema = connection.schema_for_object(target) or str(
             connection.exec_driver_sql("SELECT pg_catalog.current_schema()").scalar()
         )
         for statement in trigger.drop_statements(schema):

@@ -213,3 +213,23 @@ def test_backfill_model_change_and_index_build_stay_in_the_tenant(engine: Engine
         ).all()
     assert dict(widths) == {"public": 3, "tenant_a": 5, "tenant_b": 3}
     assert columns_of(engine, "public") == public
+
+
+def test_drop_all_drops_only_the_tenants_objects(engine: Engine) -> None:
+    with translated(engine, "tenant_b").begin() as conn:
+        Base.metadata.drop_all(conn)
+    with engine.connect() as conn:
+        left = conn.execute(
+            text(
+                "SELECT n.nspname FROM pg_catalog.pg_trigger t "
+                "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = 'translated_memos' AND NOT t.tgisinternal"
+            )
+        ).scalars()
+        assert set(left) == {"public", "tenant_a"}
+    for schema in (None, "tenant_a"):  # the others still search and keep their statistics
+        with Session(translated(engine, schema)) as session:
+            session.add(Memo(id=30, body="grape", embedding=[0, 1, 1]))
+            session.commit()
+            assert [row.pk_0 for row in session.execute(bm25.scores(Memo, "grape"))] == [30]
