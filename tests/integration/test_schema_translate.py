@@ -30,6 +30,17 @@ class Memo(vecorm.Searchable, Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+class Note(vecorm.Searchable, Base):
+    """Its tsvector kept by a row trigger (``search_vector="trigger"``), created per schema."""
+
+    __tablename__ = "translated_notes"
+    __vecorm__ = vecorm.SearchConfig(
+        fields=("body",), dimensions=3, search_vector="trigger", bm25=None, index=None
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
 #: Each schema's rows (``None``: the default schema, the decoy). Every body holds "banana".
 ROWS: dict[str | None, list[tuple[int, str, list[float]]]] = {
     None: [(1, "banana decoy decoy", [1, 0, 0]), (2, "decoy banana split", [0.9, 0.1, 0])],
@@ -53,6 +64,7 @@ def engine(vecorm_engine: Engine) -> Iterator[Engine]:
             Base.metadata.create_all(conn)
         with Session(tenant) as session:
             session.add_all(Memo(id=i, body=body, embedding=vector) for i, body, vector in rows)
+            session.add_all(Note(id=i, body=body) for i, body, _ in rows)
             session.commit()
     yield vecorm_engine
 
@@ -69,6 +81,7 @@ def test_searches_read_the_tenants_own_tables(engine: Engine, schema: str | None
             "nearest": Memo.nearest([1, 0, 0], k=5),
             "text_search": Memo.text_search("banana", k=5),
             "hybrid_search": Memo.hybrid_search("banana", k=5, vector=[1, 0, 0]),
+            "text_search, tsvector by trigger": Note.text_search("banana", k=5),
         }
         for name, statement in searches.items():
             found = bodies(session.execute(statement))
@@ -221,13 +234,19 @@ def test_drop_all_drops_only_the_tenants_objects(engine: Engine) -> None:
     with engine.connect() as conn:
         left = conn.execute(
             text(
-                "SELECT n.nspname FROM pg_catalog.pg_trigger t "
+                "SELECT n.nspname, c.relname, count(*) FROM pg_catalog.pg_trigger t "
                 "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
                 "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relname = 'translated_memos' AND NOT t.tgisinternal"
+                "WHERE c.relname LIKE 'translated_%' AND NOT t.tgisinternal GROUP BY 1, 2"
             )
-        ).scalars()
-        assert set(left) == {"public", "tenant_a"}
+        ).all()
+        counts = {(schema, table): count for schema, table, count in left}
+        assert set(counts) == {
+            (schema, table)
+            for schema in ("public", "tenant_a")
+            for table in ("translated_memos", "translated_notes")
+        }
+        assert counts[("public", "translated_notes")] == 1
     for schema in (None, "tenant_a"):  # the others still search and keep their statistics
         with Session(translated(engine, schema)) as session:
             session.add(Memo(id=30, body="grape", embedding=[0, 1, 1]))
