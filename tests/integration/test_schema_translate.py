@@ -6,15 +6,18 @@ in another schema (here a decoy copy in the default schema, holding other rows).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Text, delete, select, text
+from sqlalchemy import URL, Text, delete, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import vecorm
 from vecorm import bm25
+
+from .driver_matrix import DRIVERS, driver_database
 
 TENANTS = ("tenant_a", "tenant_b")
 
@@ -95,6 +98,28 @@ def test_searches_read_the_tenants_own_tables(engine: Engine, schema: str | None
             ).all()
             assert {row.pk_0 for row in scores if row.score > 0} >= expected
             assert {row.pk_0 for row in scores} <= {i for i, _, _ in ROWS[schema]}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_every_driver_searches_the_tenant(engine: Engine, driver: str, vecorm_url: URL) -> None:
+    """The BM25 SQL compiled again for a map renders each driver's way (psycopg 2's and
+    psycopg's ``%`` doubling, asyncpg's own): the same rows as psycopg, all the tenant's."""
+
+    def ranked(session: Session) -> list[Any]:
+        session.connection(execution_options={"schema_translate_map": {None: "tenant_b"}})
+        found = [
+            [tuple(row) for row in session.execute(bm25.scores(Memo, "banana cherry", **kw))]
+            for kw in ({"prune_above": 1}, {"prune_above": None})
+        ]
+        hybrid = Memo.hybrid_search("cherry banana", k=5, vector=[1, 0, 0])
+        return [*found, [(row[0].id, row[0].body) for row in session.execute(hybrid)]]
+
+    with Session(engine) as session:
+        expected = ranked(session)
+    assert {key for key, _ in expected[2]} == {1, 4}
+    assert [row[0] for row in expected[0]] == [1, 4]
+    with driver_database(driver, vecorm_url) as db:
+        assert db.session(ranked) == expected
 
 
 def test_each_tenant_has_its_own_triggers_and_functions(engine: Engine) -> None:
