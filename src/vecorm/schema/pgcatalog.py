@@ -29,6 +29,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement, Tuple
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import TableClause
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeEngine
 
 from vecorm.errors import ConfigurationError
@@ -92,6 +93,23 @@ def qualified_in(dialect: Dialect, schema: str | None, name: str) -> str:
     preparer = dialect.identifier_preparer
     quoted = preparer.quote(name)
     return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
+
+
+class RegClass(ColumnElement[Any]):
+    """``CAST('<table's qualified name>' AS pg_catalog.regclass)``: the name quoted by the
+    statement's compiler, so that a ``schema_translate_map`` translates it with the rest."""
+
+    inherit_cache = True
+    _traverse_internals = [("table", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, table: TableClause) -> None:
+        self.table = table
+
+
+@compiles(RegClass)
+def _compile_regclass(element: RegClass, compiler: SQLCompiler, **kw: Any) -> str:
+    name = compiler.preparer.format_table(element.table)
+    return f"CAST({compiler.render_literal_value(name, sqltypes.String())} AS pg_catalog.regclass)"
 
 
 class _TextSearchCall(FunctionElement[Any]):

@@ -295,7 +295,31 @@ def _model_findings(session: Session, model: type[Any], embedder: Embedder | Non
             bm25_finding = _bm25_finding(session, model)
             if bm25_finding is not None:
                 findings.append(bm25_finding)
+                findings.extend(_row_security_findings(session, model, qualified))
     return findings
+
+
+def _row_security_findings(session: Session, model: type[Any], qualified: str) -> list[Finding]:
+    """Row-level security on a table with BM25 statistics: vecorm's searches keep to the rows
+    a role sees, but the side tables hold every row's words and carry no policy."""
+    relation = table("pg_class", column("oid"), column("relrowsecurity"))
+    secured = session.execute(
+        select(relation.c.relrowsecurity).where(relation.c.oid == func.to_regclass(qualified))
+    ).scalar()
+    if not secured:
+        return []
+    return [
+        Finding(
+            "warn",
+            model.__name__,
+            f"row-level security on {qualified}: searches rank only the rows a role sees, but "
+            "the BM25 side tables hold every row's words (postings) and vocabulary (terms) "
+            "with no policy, and vecorm.grant_access lets the role read them",
+            "grant the side tables only to roles that may see every row, or drop BM25: "
+            "SearchConfig(bm25=None) ranks text with ts_rank on the table itself "
+            "(docs/security.md, row-level security)",
+        )
+    ]
 
 
 def _embedding_findings(

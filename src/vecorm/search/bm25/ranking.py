@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from sqlalchemy import (
+    Boolean,
     Float,
     Integer,
     Select,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    exists,
     func,
     literal,
     literal_column,
@@ -217,7 +219,15 @@ def scores(
         and tables.distributed_by is None
     )
     shape = _Shape(
-        postings, tuple(names), mode, threshold if pruned else None, seed_postings, depth, prefix
+        postings,
+        tuple(names),
+        mode,
+        threshold if pruned else None,
+        seed_postings,
+        depth,
+        prefix,
+        # ``only`` names rows read from the table, which its row security filtered already.
+        tables.table if only is None else None,
     )
     conditions = scoped(postings)
     if only is not None:
@@ -257,6 +267,9 @@ class _Shape:
     seed: int
     depth: int
     prefix: str
+    #: The model's table, to keep its rows the current role sees when row-level security
+    #: applies to it (``None``: the postings are of rows read from the table already).
+    secured: Table | None = None
 
 
 def _scored(
@@ -265,7 +278,11 @@ def _scored(
     """``key .., score`` (in units of 1 / :data:`SCORE_SCALE`) of the documents holding the
     terms of ``weighted`` (the statistics CTE; ``query`` the query's terms), every posting
     summed, or with MaxScore pruning (the ``depth`` best) when ``shape.prune_above`` is set;
-    ``conditions`` restrict the postings."""
+    ``conditions`` restrict the postings.
+
+    With ``shape.secured``, a role that the table's row-level security restricts scores every
+    posting and keeps the documents it sees (the side tables carry no policy): pruning and
+    the ``depth`` cut would otherwise rank rows it cannot see and then lose them."""
     postings, names = shape.postings, shape.names
 
     def contribution(tf_column: Any, dl_column: Any) -> ColumnElement[Any]:
@@ -293,8 +310,19 @@ def _scored(
             pg.count(literal_column("*"))
             == select(pg.count(literal_column("*"))).select_from(query).scalar_subquery()
         )
+    if shape.secured is not None:
+        restricted = _row_security_active(shape.secured)
+        everything = exhaustive.subquery(f"{shape.prefix}_everything")
+        table_keys = _keys(shape.secured, names)
+        seen = (
+            select(*(everything.c[name] for name in names), everything.c.score)
+            .select_from(everything)
+            .where(exists().where(keys_equal(table_keys, [everything.c[n] for n in names])))
+            .where(restricted)
+        )
+        exhaustive = exhaustive.where(~restricted)
     if shape.prune_above is None:
-        return exhaustive
+        return exhaustive if shape.secured is None else union_all(exhaustive, seen)
     many = select(pg.sum(weighted.c.df)).scalar_subquery() > _constant(shape.prune_above)
     pruned_select, pruning = _max_score(
         postings,
@@ -310,6 +338,8 @@ def _scored(
     useful = and_(many, pruning)
     # Each branch keeps its own best rows: only those pass the gate and the union.
     branches = [exhaustive.where(~useful), pruned_select.where(useful)]
+    if shape.secured is not None:
+        branches = [branches[0], branches[1].where(~restricted), seen]
     return union_all(
         *(
             branch.order_by(
@@ -319,6 +349,13 @@ def _scored(
             for branch in branches
         )
     )
+
+
+def _row_security_active(table: Table) -> ColumnElement[bool]:
+    """Whether row-level security applies to ``table`` for the current role, asked once per
+    statement (an InitPlan: the branch it rules out never runs)."""
+    active = pg.row_security_active(catalog.RegClass(table), type_=Boolean)
+    return select(active).scalar_subquery()
 
 
 def _stand_ins(prefix: str) -> tuple[TableClause, TableClause]:
