@@ -868,7 +868,7 @@ def _update_from(
     """``UPDATE schema.table SET <vector, digest, model> FROM <source> AS vecorm_batch (k0 ..,
     embedding, digest) WHERE <key> = vecorm_batch.k0 ...``, with ``binds`` and the model's."""
     preparer = dialect.identifier_preparer
-    table = qualified_in(dialect, schema, columns.table.name)
+    table = qualified_in(preparer, schema, columns.table.name)
     names = [f"k{n}" for n in range(len(columns.keys))]
     match = " AND ".join(
         f"{table}.{preparer.quote(key.name)} {_equals(key)} vecorm_batch.{name}"

@@ -302,11 +302,7 @@ def _partitions(connection: Connection, qualified: str) -> list[str]:
     return [str(name) for (name,) in rows]
 
 
-def _index_valid(connection: Connection, name: str, schema: str | None) -> bool | None:
-    preparer = connection.dialect.identifier_preparer
-    qualified = preparer.quote(name)
-    if schema:
-        qualified = f"{preparer.quote_schema(schema)}.{qualified}"
+def _index_valid(connection: Connection, qualified: str) -> bool | None:
     return connection.execute(
         text(
             "SELECT indisvalid FROM pg_catalog.pg_index "
@@ -446,12 +442,11 @@ def _build_one(
     concurrently: bool,
     wait_timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT,
 ) -> None:
-    schema = connection.schema_for_object(index.table) if index.table is not None else None
     qualified = _qualified_index(connection, index)
     if not concurrently:
         connection.execute(CreateIndex(index, if_not_exists=True))
         return
-    if _index_valid(connection, str(index.name), schema) is False:
+    if _index_valid(connection, qualified) is False:
         # A failed CONCURRENTLY build leaves an INVALID index behind; start afresh.
         drop = text(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
         run_concurrently(

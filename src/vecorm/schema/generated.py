@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
+from vecorm.schema.pgcatalog import qualified_in
+
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 
@@ -67,8 +69,7 @@ SEARCH_PATH = "pg_catalog, pg_temp"
 
 def qualified_name(schema: str | None, name: str) -> str:
     """``"schema"."name"``, quoted; just ``"name"`` without a schema."""
-    quoted = _PREPARER.quote(name)
-    return f"{_PREPARER.quote_schema(schema)}.{quoted}" if schema else quoted
+    return qualified_in(_PREPARER, schema, name)
 
 
 @dataclass(frozen=True)

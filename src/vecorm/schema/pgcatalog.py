@@ -22,10 +22,10 @@ from typing import Any
 
 from sqlalchemy import Table, Text, TypeDecorator, cast, func, literal, text
 from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.compiler import IdentifierPreparer, SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement, Tuple
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import TableClause
@@ -76,7 +76,8 @@ def qualified_table(connection: Connection, table: TableClause, name: str | None
     ``connection``'s dialect and qualified with the schema the connection runs the table in:
     its ``schema_translate_map``'s, else the table's own, else none (the ``search_path``
     resolves it), as SQLAlchemy names the table in the statements it compiles."""
-    return qualified_in(connection.dialect, effective_schema(connection, table), name or table.name)
+    preparer = connection.dialect.identifier_preparer
+    return qualified_in(preparer, effective_schema(connection, table), name or table.name)
 
 
 def effective_schema(connection: Connection, table: TableClause) -> str | None:
@@ -88,9 +89,9 @@ def effective_schema(connection: Connection, table: TableClause) -> str | None:
     return table.schema
 
 
-def qualified_in(dialect: Dialect, schema: str | None, name: str) -> str:
-    """``"schema"."name"`` (``"name"`` without a schema) quoted by ``dialect``."""
-    preparer = dialect.identifier_preparer
+def qualified_in(preparer: IdentifierPreparer, schema: str | None, name: str) -> str:
+    """``"schema"."name"`` (``"name"`` without a schema) quoted by ``preparer`` (a dialect's:
+    a pyformat driver's doubles ``%``)."""
     quoted = preparer.quote(name)
     return f"{preparer.quote_schema(schema)}.{quoted}" if schema else quoted
 

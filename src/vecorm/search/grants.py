@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from vecorm.errors import ConfigurationError
-from vecorm.schema.pgcatalog import relation_exists
+from vecorm.schema.pgcatalog import qualified_in, relation_exists
 from vecorm.search import bm25
 
 _PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
@@ -40,7 +40,7 @@ _OWNED_SEQUENCES = text(
 
 
 def _qualified(schema: str, name: str) -> str:
-    return f"{_PREPARER.quote_schema(schema)}.{_PREPARER.quote(name)}"
+    return qualified_in(_PREPARER, schema, name)
 
 
 def grant_statements(

@@ -47,7 +47,7 @@ from vecorm.embedding.embedders.base import Embedder
 from vecorm.errors import VecormError
 from vecorm.schema.config import search_config
 from vecorm.schema.embeddings import EmbeddingSlot, embedding_slots
-from vecorm.schema.pgcatalog import pg
+from vecorm.schema.pgcatalog import pg, qualified_in
 from vecorm.search.explain import indexes_used
 
 __all__ = [
@@ -617,8 +617,7 @@ def _qualified(side: Any) -> str:
 
 def _qualified_name(schema: str | None, name: str) -> str:
     """``"schema"."name"``, quoted where needed, as ``to_regclass`` reads it."""
-    quoted = PREPARER.quote(name)
-    return f"{PREPARER.quote_schema(schema)}.{quoted}" if schema else quoted
+    return qualified_in(PREPARER, schema, name)
 
 
 def _declared_indexes(model: type[Any], vector_column: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from vecorm.errors import ConfigurationError, VecormError
 from vecorm.schema.config import SearchConfig
-from vecorm.schema.pgcatalog import relation_exists
+from vecorm.schema.pgcatalog import qualified_in, relation_exists
 from vecorm.search.bm25 import ddl
 from vecorm.search.bm25.tables import (
     PREPARER,
@@ -75,8 +75,7 @@ def _create_ddl(target: Table, connection: Connection, **kw: Any) -> None:
 
 def _qualified(connection: Connection, schema: str, name: str) -> str:
     """``"schema"."name"`` as a value (a bound parameter), quoted by the connection's dialect."""
-    preparer = connection.dialect.identifier_preparer
-    return f"{preparer.quote_schema(schema)}.{preparer.quote(name)}"
+    return qualified_in(connection.dialect.identifier_preparer, schema, name)
 
 
 def _postings_created(target: Table, connection: Connection, **_: Any) -> None:
@@ -237,7 +236,7 @@ def reconcile_document_count(connection: Connection, table_name: str, schema: st
 
 def _names(table_name: str, schema: str) -> dict[str, str]:
     def qualified(name: str) -> str:
-        return f"{PREPARER.quote_schema(schema)}.{PREPARER.quote(name)}"
+        return qualified_in(PREPARER, schema, name)
 
     return {
         "table": qualified(table_name),
